@@ -1,0 +1,1 @@
+"""The shipped benchmarks: each measures tagwatch beside the naive way in one run."""

@@ -1,0 +1,111 @@
+"""The `tagwatch` command line (DESIGN 3.5).
+
+Exit status: 0 done, 1 runtime failure, 2 bad usage or bad input (with a
+message on stderr naming what is wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(Exception):
+    """Bad usage or bad input: exit status 2, with the message."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 on bad usage
+    if not hasattr(args, "handler"):
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return args.handler(args)
+    except BadInput as exc:
+        print(f"tagwatch: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tagwatch", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    zones = commands.add_parser("zones", help="geometry only: fixes against their tags' zones")
+    zones.add_argument("cases", type=Path, help="a case file or a folder of them")
+    zones.add_argument("fixes", type=Path, help="CSV with header: tag,ts,lat,lon[,acc]")
+    zones.set_defaults(handler=_zones)
+
+    cases = commands.add_parser("cases", help="case files").add_subparsers(metavar="ACTION")
+    check = cases.add_parser("check", help="validate case files and print what loaded")
+    check.add_argument("cases", type=Path, help="a case file or a folder of them")
+    check.set_defaults(handler=_cases_check)
+
+    bench = commands.add_parser("bench", help="the shipped benchmarks")
+    which = bench.add_subparsers(metavar="BENCHMARK")
+    core = which.add_parser("core", help="geometry core beside a naive per-point loop")
+    core.add_argument("--json", action="store_true", help="print one JSON object")
+    core.add_argument("--small", action="store_true", help="a small workload (smoke test)")
+    core.set_defaults(handler=_bench_core)
+    return parser
+
+
+def _load_zoneset(path: Path):
+    from zones import ZoneSet, load_cases
+
+    try:
+        result = load_cases(path)
+    except FileNotFoundError as exc:
+        raise BadInput(str(exc)) from None
+    for error in result.errors:
+        print(f"tagwatch: refused {error}", file=sys.stderr)
+    return ZoneSet(result.cases), result
+
+
+def _cases_check(args: argparse.Namespace) -> int:
+    _, result = _load_zoneset(args.cases)
+    for case in result.cases:
+        zones = ", ".join(
+            f"{z.zone_id} ({z.kind}{', scheduled' if z.schedule else ''})" for z in case.zones
+        )
+        print(
+            f"{case.id}: tags {', '.join(case.tags)}; {len(case.victims)} victim(s); "
+            f"zones: {zones or 'none'}  [{case.source}]"
+        )
+    print(f"{len(result.cases)} case(s) loaded, {len(result.errors)} refused")
+    return EXIT_BAD_INPUT if result.errors else EXIT_OK
+
+
+def _zones(args: argparse.Namespace) -> int:
+    from tagwatch.zones_csv import InputError, write_zone_rows
+
+    zoneset, result = _load_zoneset(args.cases)
+    if result.errors:
+        raise BadInput(f"{len(result.errors)} case file(s) refused; fix them first")
+    try:
+        with open(args.fixes, newline="", encoding="utf-8") as stream:
+            _, unknown = write_zone_rows(zoneset, stream, str(args.fixes), sys.stdout)
+    except OSError as exc:
+        raise BadInput(f"{args.fixes}: cannot read: {exc.strerror}") from None
+    except (InputError, UnicodeDecodeError) as exc:
+        raise BadInput(str(exc)) from None
+    for tag in sorted(unknown):
+        print(f"tagwatch: tag {tag!r} belongs to no case: no rows for its fixes", file=sys.stderr)
+    return EXIT_OK
+
+
+def _bench_core(args: argparse.Namespace) -> int:
+    from tagwatch.bench import core
+    from tagwatch.bench.report import emit
+
+    emit(core.main(args.json, small=args.small), core.RESULT_LINES, args.json)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

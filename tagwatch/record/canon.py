@@ -1,0 +1,57 @@
+"""Canonical JSON and the entry hash: the one definition both writing and verifying use.
+
+hash = sha256(prev_hash as ASCII hex || UTF-8 canonical JSON of
+              [chain, seq, kind, tag, event_ts, alert_id, recorded_at, body])
+
+Canonical JSON: sorted keys, no whitespace, UTF-8 (no \\u escapes for non-ASCII), no NaN
+or infinity, floats in shortest round-trip form (orjson's output, which matches Python's
+json for these values). event_ts and recorded_at are always floats (an int 5 and a float
+5.0 would hash apart). The body is stored as its canonical text and hashed as stored, so
+a verifier never re-encodes it, and a body rewritten to an equivalent but differently
+spelled JSON text is still a changed entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import orjson
+
+from tagwatch.record.model import RecordError
+
+GENESIS = "0" * 64
+
+_encode = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+def canonical(value: object, what: str) -> str:
+    """Canonical JSON text of value; `what` names it in the error."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        if b"null" not in text:
+            return text.decode("utf-8")
+        # orjson writes NaN and infinity as null: let the strict encoder refuse them
+        return _encode(value)
+    except (TypeError, ValueError) as exc:
+        raise RecordError(f"{what}: not canonical JSON: {exc}") from exc
+
+
+def entry_hash(
+    prev_hash: str,
+    chain: str,
+    seq: int,
+    kind: str,
+    tag: str | None,
+    event_ts: float | None,
+    alert_id: str | None,
+    recorded_at: float,
+    body_json: str,
+) -> str:
+    """Hash of one chain entry; body_json is the stored canonical body text."""
+    # the callers pass finite floats only, so orjson's null-for-NaN cannot occur here
+    head = orjson.dumps([chain, seq, kind, tag, event_ts, alert_id, recorded_at])
+    doc = head[:-1] + b"," + body_json.encode("utf-8") + b"]"
+    return hashlib.sha256(prev_hash.encode("utf-8") + doc).hexdigest()

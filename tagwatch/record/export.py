@@ -1,0 +1,107 @@
+"""The evidence bundle for one case and time range.
+
+Files: fixes.geojson, alerts.jsonl, chain.jsonl, manifest.json (with each file's SHA-256).
+An entry's time is its event_ts, or recorded_at where it has none. chain.jsonl holds every
+entry from the first to the last in range by seq, so each prev_hash link in it can be
+checked, and each line carries all the hashed fields, so anyone can recompute the hashes
+(see canon.py for the definition) without tagwatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tagwatch.record.canon import GENESIS
+from tagwatch.record.chain import ENTRY_COLUMNS, StoredEntry, verify_chains
+from tagwatch.record.db import Db
+
+_IN_RANGE = "chain = ? AND COALESCE(event_ts, recorded_at) BETWEEN ? AND ?"
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def _fix_feature(body: dict) -> dict:
+    lat, lon = body.get("lat"), body.get("lon")
+    has_point = isinstance(lat, int | float) and isinstance(lon, int | float)
+    geometry = {"type": "Point", "coordinates": [lon, lat]} if has_point else None
+    return {"type": "Feature", "geometry": geometry, "properties": body}
+
+
+def _fixes(db: Db, chain: str, since: float, until: float) -> str:
+    rows = db.query(
+        "SELECT body FROM entries WHERE chain = ? AND kind = 'fix' "
+        "AND event_ts BETWEEN ? AND ? ORDER BY event_ts, seq",
+        (chain, since, until),
+    )
+    features = [_fix_feature(json.loads(body)) for (body,) in rows]
+    return json.dumps({"type": "FeatureCollection", "features": features},
+                      ensure_ascii=False, indent=1) + "\n"
+
+
+def _alerts(db: Db, chain: str, since: float, until: float) -> str:
+    rows = db.query(
+        f"SELECT body FROM entries WHERE {_IN_RANGE} AND kind = 'alert' ORDER BY seq",
+        (chain, since, until),
+    )
+    return "".join(body + "\n" for (body,) in rows)
+
+
+def _chain(db: Db, chain: str, since: float, until: float) -> tuple[str, dict]:
+    first, last = db.query(f"SELECT min(seq), max(seq) FROM entries WHERE {_IN_RANGE}",
+                           (chain, since, until))[0]
+    rows = [] if first is None else db.query(
+        f"SELECT {ENTRY_COLUMNS} FROM entries WHERE chain = ? AND seq BETWEEN ? AND ? "
+        "ORDER BY seq", (chain, first, last))
+    lines = []
+    for row in rows:
+        entry = StoredEntry(*row)
+        record = {name: getattr(entry, name) for name in (
+            "chain", "seq", "kind", "tag", "event_ts", "alert_id", "recorded_at",
+            "body", "prev_hash", "hash")}
+        lines.append(_dumps(record) + "\n")  # body stays the exact hashed text
+    found = db.query("SELECT seq, hash FROM chain_heads WHERE chain = ?", (chain,))
+    seq, digest = found[0] if found else (0, GENESIS)
+    head = {"chain": chain, "seq": seq, "hash": digest}
+    lines.append(_dumps({"head": head}) + "\n")
+    return "".join(lines), head
+
+
+def write_bundle(db: Db, case_id: str, since: float, until: float, out_dir: Path) -> Path:
+    """Write the bundle from the caller's snapshot transaction; returns out_dir."""
+    chain = f"case:{case_id}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chain_text, head = _chain(db, chain, since, until)
+    files = {
+        "fixes.geojson": _fixes(db, chain, since, until),
+        "alerts.jsonl": _alerts(db, chain, since, until),
+        "chain.jsonl": chain_text,
+    }
+    sums = {}
+    for name, text in files.items():
+        data = text.encode("utf-8")
+        (out_dir / name).write_bytes(data)
+        sums[name] = hashlib.sha256(data).hexdigest()
+    problems = verify_chains(db, chain)
+    manifest = {
+        "case": case_id, "chain": chain, "since": since, "until": until,
+        "since_rfc3339": _rfc3339(since), "until_rfc3339": _rfc3339(until),
+        "generated": _rfc3339(datetime.now(UTC).timestamp()),
+        "head": head,
+        "sha256": sums,
+        "verify": [{"seq": p.seq, "what": p.what, "detail": p.detail} for p in problems],
+        "hash_rule": "sha256(prev_hash hex || canonical JSON of [chain, seq, kind, tag, "
+                     "event_ts, alert_id, recorded_at, body]); canonical JSON: sorted keys, "
+                     "no spaces, UTF-8, body as stored",
+    }
+    (out_dir / "manifest.json").write_text(
+        json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return out_dir

@@ -1,0 +1,105 @@
+"""The record's schema: an ordered list of migrations, applied at open.
+
+Migration N (1-based) brings the database to schema version N. Each runs in its own
+transaction together with its row in `schema_version`, so a crash leaves a clean version.
+Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tagwatch.record.db import Db
+from tagwatch.record.model import RecordError
+
+_COMMON = [
+    # Operational state, mutable, outside the chain.
+    """CREATE TABLE chain_heads (
+        chain TEXT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)""",
+    """CREATE TABLE checkpoints (
+        key TEXT PRIMARY KEY, state {blob} NOT NULL, recorded_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE alert_latest (
+        alert_id TEXT PRIMARY KEY, entry_id BIGINT NOT NULL, state TEXT,
+        body TEXT NOT NULL)""",
+    "CREATE INDEX alert_latest_order ON alert_latest (entry_id)",
+    "CREATE INDEX outbox_due ON outbox (not_before) WHERE status = 'pending'",
+    "CREATE INDEX entries_track ON entries (tag, event_ts) WHERE kind = 'fix'",
+    "CREATE INDEX entries_alert ON entries (alert_id) WHERE alert_id IS NOT NULL",
+]
+
+_ENTRIES = """CREATE TABLE entries (
+    id {id},
+    chain TEXT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL, tag TEXT,
+    event_ts DOUBLE PRECISION, alert_id TEXT, recorded_at DOUBLE PRECISION NOT NULL,
+    body TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
+    UNIQUE (chain, seq))"""
+
+_OUTBOX = """CREATE TABLE outbox (
+    id {id},
+    alert_id TEXT NOT NULL, channel TEXT NOT NULL, target TEXT NOT NULL, body TEXT NOT NULL,
+    not_before DOUBLE PRECISION NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, result TEXT,
+    created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)"""
+
+_SQLITE_V1 = [
+    _ENTRIES.format(id="INTEGER PRIMARY KEY"),
+    _OUTBOX.format(id="INTEGER PRIMARY KEY"),
+    *(s.format(blob="BLOB") for s in _COMMON),
+    """CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries
+       BEGIN SELECT RAISE(ABORT, 'entries is append-only: UPDATE refused'); END""",
+    """CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries
+       BEGIN SELECT RAISE(ABORT, 'entries is append-only: DELETE refused'); END""",
+]
+
+_PG_V1 = [
+    _ENTRIES.format(id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+    _OUTBOX.format(id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+    *(s.format(blob="BYTEA") for s in _COMMON),
+    """CREATE FUNCTION tagwatch_entries_append_only() RETURNS trigger
+       LANGUAGE plpgsql AS $$
+       BEGIN RAISE EXCEPTION 'entries is append-only: % refused', TG_OP; END $$""",
+    """CREATE TRIGGER entries_append_only BEFORE UPDATE OR DELETE ON entries
+       FOR EACH ROW EXECUTE FUNCTION tagwatch_entries_append_only()""",
+    """CREATE TRIGGER entries_no_truncate BEFORE TRUNCATE ON entries
+       FOR EACH STATEMENT EXECUTE FUNCTION tagwatch_entries_append_only()""",
+]
+
+# One entry per version: {dialect: statements}.
+MIGRATIONS: list[dict[str, list[str]]] = [
+    {"sqlite": _SQLITE_V1, "postgresql": _PG_V1},
+]
+
+_VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"""
+
+
+def current_version(db: Db) -> int:
+    row = db.query("SELECT max(version) FROM schema_version")[0]
+    return int(row[0] or 0)
+
+
+def migrate(db: Db) -> list[int]:
+    """Bring the schema up to date; returns the versions applied (empty if none)."""
+    with db.transaction(write=True):
+        db.script([_VERSION_TABLE])
+    applied = []
+    for version, statements in enumerate(MIGRATIONS, start=1):
+        with db.transaction(write=True):
+            if db.dialect == "postgresql":
+                # two daemons starting together must not both migrate
+                db.query("SELECT pg_advisory_xact_lock(hashtext('tagwatch.record.schema'))")
+            found = current_version(db)
+            if found > len(MIGRATIONS):
+                raise RecordError(
+                    f"{db.label}: schema_version is {found}, newer than this tagwatch "
+                    f"knows ({len(MIGRATIONS)}); upgrade tagwatch, or open another database"
+                )
+            if found >= version:
+                continue
+            db.script(statements[db.dialect])
+            db.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (version, time.time()),
+            )
+            applied.append(version)
+    return applied

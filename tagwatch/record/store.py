@@ -1,0 +1,214 @@
+"""The case record: append-only hash-chained entries, the outbox and rule checkpoints.
+
+Synchronous and thread-safe (one lock per Record): the async daemon calls it from a
+worker thread. One commit is one database transaction holding everything a micro-batch
+changed, so a crash leaves either all of a batch's effects or none.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from tagwatch.record import chain as chains
+from tagwatch.record.canon import GENESIS, canonical
+from tagwatch.record.db import Db, connect
+from tagwatch.record.model import Batch, OutboxItem, OutboxRow, Problem, RecordError
+from tagwatch.record.schema import migrate
+
+_ENTRY_INSERT_COLUMNS = (
+    "chain, seq, kind, tag, event_ts, alert_id, recorded_at, body, prev_hash, hash"
+)
+_HEAD_COLUMNS = (("chain", "text"), ("seq", "bigint"), ("hash", "text"))
+_CHECKPOINT_COLUMNS = (("key", "text"), ("state", "bytea"), ("recorded_at", "float8"))
+_UPSERT_ALERT = (
+    "INSERT INTO alert_latest (alert_id, entry_id, state, body) "
+    "VALUES (?, (SELECT id FROM entries WHERE chain = ? AND seq = ?), ?, ?) "
+    "ON CONFLICT (alert_id) DO UPDATE SET entry_id = excluded.entry_id, "
+    "state = excluded.state, body = excluded.body"
+)
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox (alert_id, channel, target, body, not_before, created_at, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_OUTBOX_COLUMNS = "id, alert_id, channel, target, body, not_before, attempts, last_error"
+
+
+class Record:
+    def __init__(self, db: Db, migrations_applied: list[int]) -> None:
+        self._db = db
+        self._lock = threading.Lock()
+        self.migrations_applied = migrations_applied
+
+    @classmethod
+    def open(cls, url: str) -> Record:
+        """Open (creating or migrating the schema) the record at url."""
+        db = connect(url)
+        try:
+            applied = migrate(db)
+        except BaseException:
+            db.close()
+            raise
+        return cls(db, applied)
+
+    @property
+    def label(self) -> str:
+        """The database URL without its password."""
+        return self._db.label
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- writing -------------------------------------------------------------------
+
+    def commit(self, batch: Batch, recorded_at: float) -> None:
+        """Everything of one micro-batch, in one transaction."""
+        outbox = [_outbox_row(item, recorded_at) for item in batch.outbox]
+        points = [_checkpoint_row(key, state, recorded_at)
+                  for key, state in batch.checkpoints.items()]
+        with self._lock, self._db.transaction(write=True) as db:
+            if batch.entries:
+                heads = db.lock_heads(sorted({e.chain for e in batch.entries}), GENESIS)
+                rows = chains.append_rows(batch.entries, heads, recorded_at)
+                db.insert_rows("entries", _ENTRY_INSERT_COLUMNS, rows)
+                db.upsert_rows("chain_heads", "chain", _HEAD_COLUMNS,
+                               [(c, s, h) for c, (s, h) in heads.items()])
+                alerts = _alert_rows(rows)
+                if alerts:
+                    db.executemany(_UPSERT_ALERT, alerts)
+            if outbox:
+                db.executemany(_INSERT_OUTBOX, outbox)
+            if points:
+                db.upsert_rows("checkpoints", "key", _CHECKPOINT_COLUMNS, points)
+
+    # --- reading -------------------------------------------------------------------
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock, self._db.transaction(write=False) as db:
+            return db.query(sql, params)
+
+    def checkpoints(self) -> dict[str, bytes]:
+        return {key: bytes(state) for key, state in
+                self._read("SELECT key, state FROM checkpoints")}
+
+    def latest_alerts(self, state: str | None = None, limit: int = 1000) -> list[dict]:
+        """Latest alert record of each alert id, most recently changed first.
+
+        state "open" means anything but resolved; another state matches exactly.
+        """
+        where, params = "", ()
+        if state == "open":
+            where = "WHERE state IS NULL OR state <> 'resolved'"
+        elif state is not None:
+            where, params = "WHERE state = ?", (state,)
+        rows = self._read(
+            f"SELECT body FROM alert_latest {where} ORDER BY entry_id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [json.loads(body) for (body,) in rows]
+
+    def alert_history(self, alert_id: str) -> list[dict]:
+        """Every entry about that alert (alert records and operator actions), in order.
+
+        Each is the whole entry: chain, seq, kind, tag, event_ts, alert_id, recorded_at,
+        hash and body (a dict).
+        """
+        rows = self._read(
+            f"SELECT {chains.ENTRY_COLUMNS} FROM entries WHERE alert_id = ? ORDER BY id",
+            (alert_id,),
+        )
+        return [_entry_dict(chains.StoredEntry(*row)) for row in rows]
+
+    def track(self, tag: str, since: float) -> list[dict]:
+        """Bodies of the tag's accepted fixes with event_ts >= since, by event_ts."""
+        rows = self._read(
+            "SELECT body FROM entries WHERE tag = ? AND kind = 'fix' AND event_ts >= ? "
+            "ORDER BY event_ts, id",
+            (tag, float(since)),
+        )
+        return [json.loads(body) for (body,) in rows]
+
+    # --- outbox --------------------------------------------------------------------
+
+    def outbox_due(self, now: float, limit: int = 100) -> list[OutboxRow]:
+        rows = self._read(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = 'pending' "
+            "AND not_before <= ? ORDER BY not_before, id LIMIT ?",
+            (float(now), limit),
+        )
+        return [OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7])
+                for r in rows]
+
+    def _outbox_set(self, row_id: int, assignments: str, params: tuple) -> None:
+        with self._lock, self._db.transaction(write=True) as db:
+            count = db.execute(
+                f"UPDATE outbox SET {assignments}, updated_at = ? WHERE id = ?",
+                (*params, time.time(), row_id),
+            )
+        if count != 1:
+            raise RecordError(f"{self.label}: outbox row {row_id}: no such row")
+
+    def outbox_done(self, row_id: int, result: dict) -> None:
+        text = canonical(result, f"outbox row {row_id}: result")
+        self._outbox_set(row_id, "status = 'done', result = ?", (text,))
+
+    def outbox_retry(self, row_id: int, not_before: float, error: str) -> None:
+        self._outbox_set(
+            row_id, "not_before = ?, attempts = attempts + 1, last_error = ?",
+            (float(not_before), error),
+        )
+
+    def outbox_failed(self, row_id: int, error: str) -> None:
+        self._outbox_set(
+            row_id, "status = 'failed', attempts = attempts + 1, last_error = ?", (error,)
+        )
+
+    def outbox_depth(self) -> int:
+        return int(self._read("SELECT count(*) FROM outbox WHERE status = 'pending'")[0][0])
+
+    # --- evidence ------------------------------------------------------------------
+
+    def verify(self, chain: str | None = None) -> list[Problem]:
+        """Recompute every chain (or one); an empty list means intact."""
+        with self._lock, self._db.transaction(write=False) as db:
+            return chains.verify_chains(db, chain)
+
+    def export(self, case_id: str, since: float, until: float, out_dir: Path) -> Path:
+        """Write the evidence bundle of a case and time range into out_dir."""
+        from tagwatch.record.export import write_bundle
+
+        with self._lock, self._db.transaction(write=False) as db:
+            return write_bundle(db, case_id, float(since), float(until), Path(out_dir))
+
+
+def _outbox_row(item: OutboxItem, recorded_at: float) -> tuple:
+    body = canonical(item.body, f"outbox item {item.channel!r} of alert {item.alert_id!r}")
+    return (item.alert_id, item.channel, item.target, body, float(item.not_before),
+            recorded_at, recorded_at)
+
+
+def _checkpoint_row(key: str, state: bytes, recorded_at: float) -> tuple:
+    if not isinstance(state, bytes | bytearray | memoryview):
+        raise RecordError(f"checkpoint {key!r}: state must be bytes, not {type(state).__name__}")
+    return (key, bytes(state), recorded_at)
+
+
+def _alert_rows(rows: list[tuple]) -> list[tuple]:
+    """alert_latest upserts for the alert entries among inserted rows, last one per id."""
+    latest: dict[str, tuple] = {}
+    for chain, seq, kind, _tag, _ts, alert_id, _at, body, _prev, _hash in rows:
+        if kind == "alert" and alert_id is not None:
+            state = json.loads(body).get("state")
+            latest[alert_id] = (alert_id, chain, seq, state if isinstance(state, str) else None,
+                                body)
+    return list(latest.values())
+
+
+def _entry_dict(row: chains.StoredEntry) -> dict:
+    return {"chain": row.chain, "seq": row.seq, "kind": row.kind, "tag": row.tag,
+            "event_ts": row.event_ts, "alert_id": row.alert_id,
+            "recorded_at": row.recorded_at, "prev_hash": row.prev_hash, "hash": row.hash,
+            "body": json.loads(row.body)}

@@ -1,0 +1,12 @@
+"""Shared test configuration."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def example_cases() -> Path:
+    return ROOT / "config" / "cases"

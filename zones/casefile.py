@@ -158,7 +158,7 @@ def _victims(raw: object, file: str) -> tuple[Victim, ...]:
         phone = v.get("phone")
         if phone is not None and (not isinstance(phone, str) or not _E164.match(phone)):
             raise CaseFileError(
-                file, f"{where}.phone", "must be an E.164 number such as +447700900123"
+                file, f"{where}.phone", "must be an E.164 number (+, country code, number)"
             )
         device = v.get("device")
         if device is not None and (not isinstance(device, str) or not device.strip()):

@@ -130,6 +130,9 @@ class ZoneSet:
     def pairs(self, tag_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(fix, zone) index pairs for every zone of every fix's tag; tag -1 has none."""
         tag_idx = np.asarray(tag_idx, dtype=np.int64)
+        if len(self.tags) == 0:
+            tag_idx = np.full(len(tag_idx), -1, dtype=np.int64)
+            return tag_idx[:0], tag_idx[:0]
         known = tag_idx >= 0
         starts = np.where(known, self.tag_zone_ptr[np.maximum(tag_idx, 0)], 0)
         ends = np.where(known, self.tag_zone_ptr[np.maximum(tag_idx, 0) + 1], 0)
@@ -150,7 +153,11 @@ class ZoneSet:
         """Evaluate fixes against their tags' zones; `ts` (Unix s) None means all active."""
         lon = np.asarray(lon, dtype=np.float64)
         lat = np.asarray(lat, dtype=np.float64)
-        tag_idx = np.where(np.isfinite(lon) & np.isfinite(lat), tag_idx, -1)
+        # Positions that cannot be on Earth have no rows (the decoder refuses them first).
+        valid = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180)
+        if ts is not None:
+            valid &= np.isfinite(np.asarray(ts, dtype=np.float64))
+        tag_idx = np.where(valid, tag_idx, -1)
         fix, zone = self.pairs(tag_idx)
         if len(fix) == 0:
             return _empty()

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.brokers"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -1,0 +1,509 @@
+"""The MQTT edge: an asyncio adapter around paho-mqtt 2 that acknowledges after commit.
+
+Why not aiomqtt: aiomqtt 2 sends PUBACK as soon as a QoS 1 message arrives, so a crash
+between receipt and commit loses the message. Here paho runs with ``manual_ack=True`` and
+the daemon calls :meth:`MqttConnection.ack` only once the message's effects are durable;
+a process killed before that leaves the message unacknowledged in the broker's session,
+and the broker sends it again on the next connect (DESIGN 4).
+
+Threads: paho's own network thread (``loop_start``) does all socket work, connects and
+reconnects. Its callbacks hand events to the asyncio loop with ``call_soon_threadsafe``,
+which keeps their order. ``publish`` and ``ack`` are called from the asyncio thread; paho
+queues them under its own locks and wakes its network thread, which is the threading
+model paho documents for ``loop_start``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = structlog.get_logger("tagwatch.mqtt")
+
+
+class _PahoNoise(logging.Filter):
+    # paho's network loop logs this at ERROR once after every clean DISCONNECT.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_paho_log = logging.getLogger("paho.mqtt")
+_paho_log.addFilter(_PahoNoise())
+
+# CONNACK "unsupported protocol version": 1 in MQTT 3.1.1, 0x84 in MQTT 5 (paho maps 1 to 0x84).
+_UNSUPPORTED_PROTOCOL = (1, 0x84)
+_BACKOFF_BASE_S = 0.5
+_BACKOFF_CAP_S = 10.0
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str
+    port: int = 1883
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    client_id: str = "tagwatch-1"
+    session_expiry_s: int = 86400
+    keepalive_s: int = 30
+    # auto: try MQTT 5, fall back to 3.1.1 when the broker refuses it (amqtt speaks only 3.1.1)
+    protocol: Literal["5", "3.1.1", "auto"] = "auto"
+    # MQTT 5 Receive Maximum: how many QoS 1 messages the broker may have unacknowledged
+    # with us at once. It bounds the in-memory queue and must exceed an ingest micro-batch.
+    receive_maximum: int = 1000
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> BrokerSettings:
+        """Settings from ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...``."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"broker url {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (8883 if tls else 1883),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else kwargs.pop("username", None),
+            password=unquote(parts.password) if parts.password else kwargs.pop("password", None),
+            **kwargs,
+        )
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    received: float  # time.time() at arrival
+    retain: bool = False
+    dup: bool = False
+    # Which connection delivered it: a packet id is only meaningful on its own connection.
+    connection: int = 0
+
+
+class Backoff:
+    """Exponential backoff with full jitter in [d/2, d], capped."""
+
+    def __init__(self, base_s: float = _BACKOFF_BASE_S, cap_s: float = _BACKOFF_CAP_S) -> None:
+        self.base_s, self.cap_s, self.attempt = base_s, cap_s, 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+Payload = bytes | Callable[[], bytes]
+
+
+@dataclass
+class _State:
+    """What the paho thread reports; read and written on the asyncio thread only."""
+
+    connection: int = 0  # number of successful CONNACKs so far
+    protocol: int = paho.MQTTv5
+    sub_mid: int | None = None
+    last_error: str = "no connection attempt yet"
+    pending_pubs: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+
+
+def _tls_context(s: BrokerSettings) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=s.ca_file)
+    if s.cert_file:
+        ctx.load_cert_chain(s.cert_file, s.key_file)
+    return ctx
+
+
+async def probe_mqtt5(settings: BrokerSettings, timeout_s: float = 5.0) -> bool:
+    """Does the broker speak MQTT 5? Asks with a bare CONNECT under a throwaway client id.
+
+    Done before the real connection because a 3.1.1-only broker may not answer a full
+    MQTT 5 CONNECT at all (amqtt 0.12 stalls on one that carries a will), while every
+    broker answers this one: 3.1.1 brokers refuse it with return code 1 or close the
+    socket. The probe sends no credentials, has clean start on and leaves no session.
+    """
+    client_id = f"tagwatch-probe-{random.getrandbits(48):012x}".encode()
+    body = (b"\x00\x04MQTT\x05\x02\x00\x0a\x00"  # MQTT 5, clean start, keepalive 10, no props
+            + len(client_id).to_bytes(2, "big") + client_id)
+    ctx = _tls_context(settings) if settings.tls else None
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_connection(settings.host, settings.port, ssl=ctx)
+        try:
+            writer.write(b"\x10" + bytes([len(body)]) + body)
+            await writer.drain()
+            try:
+                head = await reader.readexactly(4)
+            except asyncio.IncompleteReadError as exc:
+                head = exc.partial  # closed without a CONNACK: a 3.1.1-only broker
+            if len(head) >= 4 and head[0] == 0x20 and head[3] == 0:
+                writer.write(b"\xe0\x00")  # DISCONNECT, normal
+                await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    # CONNACK: 0x20, remaining length, flags, reason. 3.1.1 refusal: 1; MQTT 5's: 0x84.
+    return len(head) >= 4 and head[0] == 0x20 and head[3] not in _UNSUPPORTED_PROTOCOL
+
+
+class MqttConnection:
+    """One MQTT session: QoS 1 subscriptions, manual acknowledgement, status and will."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        subscriptions: list[tuple[str, int]],
+        will: tuple[str, bytes] | None = None,
+        online: tuple[str, Payload] | None = None,
+        *,
+        connect_timeout_s: float | None = None,
+        publish_timeout_s: float = 30.0,
+        offline_on_close: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = list(subscriptions)
+        self.will = will
+        self.online = online
+        self.connect_timeout_s = connect_timeout_s
+        self.publish_timeout_s = publish_timeout_s
+        self.offline_on_close = offline_on_close
+        self._where = f"{settings.host}:{settings.port}"
+        self.connected = asyncio.Event()  # CONNACK accepted
+        self.ready = asyncio.Event()  # ... and SUBACK received: messages can flow
+        self.reconnects = 0
+        self.session_lost = 0
+        self._state = _State()
+        # Unbounded on purpose: a bounded queue would have to drop or block paho's thread.
+        # It cannot grow without bound, because every QoS 1 message in it is unacknowledged
+        # and the broker stops sending once Receive Maximum (MQTT 5) or its max inflight
+        # (Mosquitto's max_inflight_messages on 3.1.1) unacknowledged messages are out.
+        self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: paho.Client | None = None
+        self._backoff = Backoff()
+        self._closing = False
+        # Link generation, changed by paho's thread on every CONNACK and every loss. An ack
+        # checks it under the lock, so a PUBACK is never queued onto a later connection,
+        # where its packet id could name another, uncommitted message.
+        self._link = 0
+        self._link_lock = threading.Lock()
+        self._changed = asyncio.Event()  # replaced after each state change; see wait_until
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> MqttConnection:
+        self._loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                self._state.protocol = await self._choose_protocol()
+                self._start_client()
+                await self.ready.wait()
+        except TimeoutError:
+            await self._stop_client()
+            raise ConnectionError(
+                f"MQTT broker {self.settings.host}:{self.settings.port}: not connected within "
+                f"{self.connect_timeout_s} s ({self._state.last_error})"
+            ) from None
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._closing:
+            return
+        if self.offline_on_close and self.will and self.connected.is_set():
+            # A clean DISCONNECT discards the will, so say "offline" ourselves.
+            with contextlib.suppress(Exception):
+                await self.publish(self.will[0], self.will[1], qos=1, retain=True, timeout_s=5.0)
+        self._closing = True
+        await self._stop_client()
+        for fut in self._state.pending_pubs.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("MQTT connection closed before PUBACK"))
+        self._queue.put_nowait(None)
+
+    async def _choose_protocol(self) -> int:
+        wanted = self.settings.protocol
+        if wanted != "auto":
+            return paho.MQTTv311 if wanted == "3.1.1" else paho.MQTTv5
+        while True:
+            try:
+                speaks_v5 = await probe_mqtt5(self.settings)
+            except OSError as exc:
+                self._note_error(f"protocol probe: {exc}")
+                await asyncio.sleep(self._backoff.next())  # broker down: back off and retry
+                continue
+            self._backoff.reset()
+            if not speaks_v5:
+                log.info("protocol_fallback", broker=self._where, protocol="3.1.1",
+                         reason="broker refused MQTT 5")
+            return paho.MQTTv5 if speaks_v5 else paho.MQTTv311
+
+    async def _stop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.disconnect()  # reason 0 (normal): the broker discards the will
+        await asyncio.to_thread(client.loop_stop)
+        self.connected.clear()
+        self.ready.clear()
+
+    def _start_client(self) -> None:
+        client = self._make_client(self._state.protocol)
+        self._client = client
+        s = self.settings
+        if self._state.protocol == paho.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = s.session_expiry_s
+            props.ReceiveMaximum = s.receive_maximum
+            # clean_start=False on every connect, the first included: paho's default
+            # (MQTT_CLEAN_START_FIRST_ONLY) would wipe the session of the previous process.
+            client.connect_async(s.host, s.port, s.keepalive_s, clean_start=False, properties=props)
+        else:
+            client.connect_async(s.host, s.port, s.keepalive_s)
+        client.loop_start()
+
+    def _make_client(self, protocol: int) -> paho.Client:
+        s = self.settings
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=protocol,
+            clean_session=None if protocol == paho.MQTTv5 else False,
+            manual_ack=True,
+        )
+        client.suppress_exceptions = True  # a bug in a callback must not kill the network thread
+        client.enable_logger(_paho_log)  # paho's packet trace, at DEBUG
+        client.max_queued_messages_set(0)  # 0 = unlimited: never refuse a publish while offline
+        client.reconnect_delay_set(self._backoff.next(), _BACKOFF_CAP_S)  # first-connect retry
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls:
+            client.tls_set(
+                ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        if self.will:
+            client.will_set(self.will[0], self.will[1], qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    # ---- public API ------------------------------------------------------------------
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Every message, in arrival order; ends when the connection is closed."""
+        while True:
+            msg = await self._queue.get()
+            if msg is None:
+                self._queue.put_nowait(None)  # let other iterators end too
+                return
+            yield msg
+
+    @property
+    def protocol(self) -> str:
+        return "5" if self._state.protocol == paho.MQTTv5 else "3.1.1"
+
+    async def wait_until(self, predicate: Callable[[MqttConnection], bool],
+                         timeout_s: float = 10.0) -> None:
+        """Wait for a state change (connect, disconnect, ready) that makes predicate true."""
+        async with asyncio.timeout(timeout_s):
+            while not predicate(self):
+                await self._changed.wait()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def ack(self, msg: Message) -> None:
+        """Acknowledge ``msg`` (QoS 1 PUBACK) once its effects are committed."""
+        if msg.qos == 0 or self._client is None:
+            return
+        with self._link_lock:
+            if msg.connection == self._link:
+                self._client.ack(msg.mid, msg.qos)
+                return
+        # The broker redelivers it on the new connection, and that copy gets acknowledged.
+        log.debug("ack_skipped", topic=msg.topic, mid=msg.mid, reason="earlier connection")
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Publish; for QoS 1 return once the broker has acknowledged it (PUBACK).
+
+        While offline paho keeps the message and sends it after reconnecting.
+        """
+        if self._client is None:
+            raise ConnectionError(f"publish to {topic!r}: MQTT connection is not open")
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            why = paho.error_string(info.rc)
+            raise ConnectionError(f"publish to {topic!r} refused by paho: {why}")
+        if qos == 0:
+            return
+        # on_publish reaches us through call_soon_threadsafe, so it runs after this
+        # registration even when the PUBACK has already arrived.
+        fut = self._loop.create_future()  # type: ignore[union-attr]
+        self._state.pending_pubs[info.mid] = fut
+        timeout = self.publish_timeout_s if timeout_s is None else timeout_s
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"publish to {topic!r}: no PUBACK within {timeout} s") from None
+        finally:
+            self._state.pending_pubs.pop(info.mid, None)
+
+    # ---- paho thread callbacks: hand over to the asyncio loop --------------------------
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(self, client: paho.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any
+                    ) -> None:
+        if rc.is_failure:
+            self._set_retry_delay(client)
+            self._call(self._connect_refused, rc.value, str(rc))
+            return
+        self._backoff.reset()
+        with self._link_lock:
+            self._link += 1
+        # Resubscribe on every connect: harmless with a kept session, needed without one.
+        mid = client.subscribe(self._subscribe_args(client))[1] if self.subscriptions else None
+        self._call(self._connect_accepted, bool(flags.session_present), mid)
+
+    def _on_connect_fail(self, client: paho.Client, _u: Any) -> None:
+        self._set_retry_delay(client)
+        self._call(self._note_error, "TCP/TLS connection failed")
+
+    def _on_disconnect(self, client: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any
+                       ) -> None:
+        with self._link_lock:
+            self._link += 1
+        self._set_retry_delay(client)
+        self._call(self._disconnected, str(rc))
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any
+                      ) -> None:
+        self._call(self._subscribed, mid, [(rc.value, str(rc)) for rc in rcs])
+
+    def _on_message(self, _c: paho.Client, _u: Any, m: paho.MQTTMessage) -> None:
+        self._call(self._received, m, time.time(), self._link)
+
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
+        self._call(self._published, mid, rc.value, str(rc))
+
+    def _set_retry_delay(self, client: paho.Client) -> None:
+        # paho waits min_delay before its next attempt; setting it per attempt adds jitter.
+        delay = self._backoff.next()
+        client.reconnect_delay_set(delay, max(delay, _BACKOFF_CAP_S))
+
+    def _subscribe_args(self, client: paho.Client) -> list[tuple[str, Any]]:
+        if client.protocol == paho.MQTTv5:
+            from paho.mqtt.subscribeoptions import SubscribeOptions
+
+            return [(t, SubscribeOptions(qos=q)) for t, q in self.subscriptions]
+        return [(t, q) for t, q in self.subscriptions]
+
+    # ---- on the asyncio thread ---------------------------------------------------------
+
+    def _connect_refused(self, code: int, reason: str) -> None:
+        self._note_error(f"CONNACK refused: {reason}")
+        log.warning("connect_refused", broker=self._where, reason=reason, code=code)
+
+    def _connect_accepted(self, session_present: bool, sub_mid: int | None) -> None:
+        st = self._state
+        st.connection += 1
+        st.last_error = "none"
+        st.sub_mid = sub_mid
+        protocol = "5" if st.protocol == paho.MQTTv5 else "3.1.1"
+        log.info("connected", broker=self._where, client_id=self.settings.client_id,
+                 session_present=session_present, protocol=protocol, connection=st.connection)
+        if st.connection > 1:
+            self.reconnects += 1
+            if not session_present:
+                self.session_lost += 1
+                log.warning("session_lost", broker=self._where, client_id=self.settings.client_id,
+                            detail="session_present false on a reconnect: messages may be lost")
+        self.connected.set()
+        self._notify()
+        if sub_mid is None:
+            self._go_online()
+
+    def _subscribed(self, mid: int, codes: list[tuple[int, str]]) -> None:
+        if mid != self._state.sub_mid or self._client is None:
+            return
+        pairs = zip(self.subscriptions, codes, strict=False)
+        refused = [(t, reason) for (t, _q), (code, reason) in pairs if code >= 0x80]
+        if refused:
+            # No "online": tagwatch is not listening to what it was told to.
+            log.error("subscribe_refused", topics=refused)
+            self._note_error(f"SUBACK refused {refused}")
+            return
+        log.info("subscribed", topics=[t for t, _ in self.subscriptions])
+        self._go_online()
+
+    def _go_online(self) -> None:
+        if self.online and self._client is not None:
+            topic, payload = self.online
+            body = payload() if callable(payload) else payload
+            self._client.publish(topic, body, qos=1, retain=True)
+        self.ready.set()
+        self._notify()
+
+    def _disconnected(self, reason: str) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        self.ready.clear()
+        if not self._state.last_error.startswith("CONNACK refused"):  # keep the real cause
+            self._note_error(f"disconnected: {reason}")
+        self._notify()
+        if self._closing:
+            log.info("disconnected", broker=self._where, reason=reason)
+        elif was_connected:
+            log.warning("disconnected", broker=self._where, reason=reason)
+
+    def _note_error(self, text: str) -> None:
+        self._state.last_error = text
+
+    def _received(self, m: paho.MQTTMessage, received: float, link: int) -> None:
+        self._queue.put_nowait(Message(
+            topic=m.topic, payload=bytes(m.payload), qos=m.qos, mid=m.mid, received=received,
+            retain=bool(m.retain), dup=bool(m.dup), connection=link,
+        ))
+
+    def _published(self, mid: int, code: int, reason: str) -> None:
+        fut = self._state.pending_pubs.get(mid)
+        if fut is None or fut.done():
+            return
+        if code >= 0x80:
+            fut.set_exception(ConnectionError(f"publish mid {mid} refused by broker: {reason}"))
+        else:
+            fut.set_result(None)

@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     zones.add_argument("fixes", type=Path, help="CSV with header: tag,ts,lat,lon[,acc]")
     zones.set_defaults(handler=_zones)
 
+    replay = commands.add_parser(
+        "replay", help="the full rule pipeline offline, in event time: alert records as JSON lines"
+    )
+    replay.add_argument("cases", type=Path, help="a case file or a folder of them")
+    replay.add_argument("input", type=Path, help="CSV of fixes, or a JSON-lines MQTT capture")
+    replay.add_argument("--config", type=Path, help="take the [rules] of this configuration")
+    replay.set_defaults(handler=_replay)
+
     cases = commands.add_parser("cases", help="case files").add_subparsers(metavar="ACTION")
     check = cases.add_parser("check", help="validate case files and print what loaded")
     check.add_argument("cases", type=Path, help="a case file or a folder of them")
@@ -96,6 +104,37 @@ def _zones(args: argparse.Namespace) -> int:
         raise BadInput(str(exc)) from None
     for tag in sorted(unknown):
         print(f"tagwatch: tag {tag!r} belongs to no case: no rows for its fixes", file=sys.stderr)
+    return EXIT_OK
+
+
+def _rules(config_path: Path | None):
+    from tagwatch.config import ConfigError, Rules, load_config
+
+    if config_path is None:
+        return Rules()
+    try:
+        return load_config(config_path, {}).rules
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from tagwatch.config import ConfigError
+    from tagwatch.replay import ReplayInputError, replay
+
+    rules = _rules(args.config)
+    zoneset, result = _load_zoneset(args.cases)
+    if result.errors:
+        raise BadInput(f"{len(result.errors)} case file(s) refused; fix them first")
+    try:
+        count = replay(zoneset, rules, args.input, sys.stdout.buffer)
+    except OSError as exc:
+        raise BadInput(f"{args.input}: cannot read: {exc.strerror}") from None
+    except (ReplayInputError, ConfigError, UnicodeDecodeError) as exc:
+        raise BadInput(
+            f"{args.input}: {exc}" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        ) from None
+    print(f"tagwatch: replay wrote {count} alert record(s)", file=sys.stderr)
     return EXIT_OK
 
 

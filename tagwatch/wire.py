@@ -79,8 +79,9 @@ class Topics:
 
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         if not prefix or prefix.startswith("/") or prefix.endswith("/"):
-            raise ValueError(f"topic prefix {prefix!r} must be non-empty without a leading or "
-                             "trailing '/'")
+            raise ValueError(
+                f"topic prefix {prefix!r} must be non-empty without a leading or trailing '/'"
+            )
         if "+" in prefix or "#" in prefix or "\x00" in prefix:
             raise ValueError(f"topic prefix {prefix!r} must not contain '+', '#' or NUL")
         self.prefix = prefix
@@ -171,11 +172,23 @@ def rfc3339(ts: float) -> str:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def parse_rfc3339(text: str) -> float:
+    """Unix seconds of an RFC 3339 time with an offset or Z; ValueError otherwise."""
+    moment = datetime.fromisoformat(text.strip())
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset")
+    return moment.timestamp()
+
+
 def rejected_message(rej: Rejection, received: float) -> bytes:
     """Payload for {prefix}/rejected/{tag_id}."""
     return msgspec.json.encode(
-        {"reason": rej.reason, "detail": rej.detail, "received": rfc3339(received),
-         "payload": rej.payload}
+        {
+            "reason": rej.reason,
+            "detail": rej.detail,
+            "received": rfc3339(received),
+            "payload": rej.payload,
+        }
     )
 
 
@@ -305,13 +318,19 @@ def _decode_slow(
     """The reference decoder: decides every acceptance and every rejection reason."""
     size = len(payload)
     if size > MAX_PAYLOAD_BYTES:
-        return [], [_whole(payload, "payload_too_large",
-                           f"payload is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit")]
+        return [], [
+            _whole(
+                payload,
+                "payload_too_large",
+                f"payload is {size} bytes, over the {MAX_PAYLOAD_BYTES}-byte limit",
+            )
+        ]
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return [], [_whole(payload, "not_utf8", f"payload is not UTF-8: {exc.reason} "
-                                                f"at byte {exc.start}")]
+        return [], [
+            _whole(payload, "not_utf8", f"payload is not UTF-8: {exc.reason} at byte {exc.start}")
+        ]
     try:
         doc = _JSON.decode(text)
     except (ValueError, RecursionError) as exc:
@@ -323,22 +342,40 @@ def _decode_slow(
             return [result], []
         return [], [_whole(payload, result[0][0], "; ".join(d for _, d in result))]
     if not isinstance(doc, list):
-        return [], [_whole(payload, "not_object", f"payload is {_described(doc)}, not a "
-                                                  "fix object or an array of fix objects")]
+        return [], [
+            _whole(
+                payload,
+                "not_object",
+                f"payload is {_described(doc)}, not a fix object or an array of fix objects",
+            )
+        ]
     return _check_batch(doc, text, payload, source, device_id, limit, received)
 
 
 def _check_batch(
-    doc: list[Any], text: str, payload: bytes, source: str, device_id: str,
-    limit: float, received: float | None,
+    doc: list[Any],
+    text: str,
+    payload: bytes,
+    source: str,
+    device_id: str,
+    limit: float,
+    received: float | None,
 ) -> tuple[list[Fix], list[Rejection]]:
     total = len(doc)
     if total == 0:
-        return [], [_whole(payload, "empty_batch",
-                           "payload is an empty array: a batch needs at least one fix")]
+        return [], [
+            _whole(
+                payload, "empty_batch", "payload is an empty array: a batch needs at least one fix"
+            )
+        ]
     if total > MAX_BATCH:
-        return [], [_whole(payload, "batch_too_large",
-                           f"batch of {total} fixes is over the {MAX_BATCH}-fix limit")]
+        return [], [
+            _whole(
+                payload,
+                "batch_too_large",
+                f"batch of {total} fixes is over the {MAX_BATCH}-fix limit",
+            )
+        ]
     fixes: list[Fix] = []
     rejections: list[Rejection] = []
     texts: list[str] | None = None
@@ -346,8 +383,7 @@ def _check_batch(
         if isinstance(element, dict):
             result = _check_fix(element, source, device_id, limit, received)
         else:
-            result = [("not_object", f"element is {_described(element)}, "
-                                     "not a fix object")]
+            result = [("not_object", f"element is {_described(element)}, not a fix object")]
         if isinstance(result, Fix):
             fixes.append(result)
             continue
@@ -394,8 +430,20 @@ def _check_fix(
     strap = _choice(obj, "strap", ("ok", "tamper"), problems)
     if problems:
         return problems
-    return Fix(device_id, ts, lat, lon, 15.0 if acc is None else acc, seq, kind,
-               spd, hdg, bat, strap, source)
+    return Fix(
+        device_id,
+        ts,
+        lat,
+        lon,
+        15.0 if acc is None else acc,
+        seq,
+        kind,
+        spd,
+        hdg,
+        bat,
+        strap,
+        source,
+    )
 
 
 def _check_tag(tag: Any, device_id: str, problems: _Problems) -> None:
@@ -404,8 +452,9 @@ def _check_tag(tag: Any, device_id: str, problems: _Problems) -> None:
     if not isinstance(tag, str):
         problems.append(("wrong_type", f"tag is {_described(tag)}, expected a string"))
     elif tag != device_id:
-        problems.append(("tag_mismatch", f"tag {_show(tag)} does not match the topic's id "
-                                         f"{_show(device_id)}"))
+        problems.append(
+            ("tag_mismatch", f"tag {_show(tag)} does not match the topic's id {_show(device_id)}")
+        )
 
 
 def _timestamp(value: Any, limit: float, received: float | None, problems: _Problems) -> Any:
@@ -455,20 +504,27 @@ def _position(obj: dict[str, Any], kind: str, problems: _Problems) -> tuple[Any,
     if kind != "none":
         for name, value in (("lat", lat), ("lon", lon)):
             if value is None:
-                problems.append(("missing_field", f'{name} is missing (required unless fix '
-                                                  'is "none")'))
+                problems.append(
+                    ("missing_field", f'{name} is missing (required unless fix is "none")')
+                )
     elif (lat is None) != (lon is None):
         given, missing = ("lat", "lon") if lon is None else ("lon", "lat")
-        problems.append(("missing_field", f"{missing} is missing: {given} was given and a "
-                                          "position needs both"))
+        problems.append(
+            ("missing_field", f"{missing} is missing: {given} was given and a position needs both")
+        )
     if lat == 0.0 and lon == 0.0:
-        problems.append(("null_island", "lat 0 and lon 0: a position at exactly 0,0 is a "
-                                        "device without a fix"))
+        problems.append(
+            ("null_island", "lat 0 and lon 0: a position at exactly 0,0 is a device without a fix")
+        )
     return lat, lon
 
 
 def _number(
-    obj: dict[str, Any], name: str, problems: _Problems, low: float, high: float,
+    obj: dict[str, Any],
+    name: str,
+    problems: _Problems,
+    low: float,
+    high: float,
     low_open: bool = False,
 ) -> Any:
     """The field as a float in range, None when absent, _BAD when wrong (problem recorded)."""
@@ -479,8 +535,11 @@ def _number(
     if number is _BAD:
         return _BAD
     if number < low or (low_open and number == low) or number > high:
-        bounds = f"must be > {low:g}" if low_open else (
-            f"must be >= {low:g}" if high == math.inf else f"is outside {low:g}..{high:g}")
+        bounds = (
+            f"must be > {low:g}"
+            if low_open
+            else (f"must be >= {low:g}" if high == math.inf else f"is outside {low:g}..{high:g}")
+        )
         problems.append(("out_of_range", f"{name} {_show(value)} {bounds}"))
         return _BAD
     return number
@@ -488,8 +547,7 @@ def _number(
 
 def _as_float(name: str, value: Any, problems: _Problems) -> Any:
     if type(value) is bool or not isinstance(value, int | float):
-        problems.append(("wrong_type", f"{name} is {_described(value)}, "
-                                       "expected a number"))
+        problems.append(("wrong_type", f"{name} is {_described(value)}, expected a number"))
         return _BAD
     try:
         number = float(value)
@@ -506,8 +564,7 @@ def _seq(value: Any, problems: _Problems) -> Any:
     if value is None:
         return None
     if type(value) is not int:
-        problems.append(("wrong_type", f"seq is {_described(value)}, "
-                                       "expected an integer"))
+        problems.append(("wrong_type", f"seq is {_described(value)}, expected an integer"))
         return _BAD
     if not 0 <= value <= _MAX_SEQ:
         problems.append(("out_of_range", f"seq {_show(value)} is outside 0..2^63-1"))
@@ -520,18 +577,25 @@ def _choice(obj: dict[str, Any], name: str, allowed: tuple[str, ...], problems: 
     if value is None:
         return None
     if not isinstance(value, str):
-        problems.append(("wrong_type", f"{name} is {_described(value)}, "
-                                       "expected a string"))
+        problems.append(("wrong_type", f"{name} is {_described(value)}, expected a string"))
         return _BAD
     if value not in allowed:
-        problems.append(("out_of_range", f"{name} {_show(value)} is not one of "
-                                         f"{', '.join(allowed)}"))
+        problems.append(
+            ("out_of_range", f"{name} {_show(value)} is not one of {', '.join(allowed)}")
+        )
         return _BAD
     return value
 
 
-_KINDS = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
-          list: "an array", dict: "an object", type(None): "null"}
+_KINDS = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
 
 
 def _kind(value: Any) -> str:
@@ -539,7 +603,7 @@ def _kind(value: Any) -> str:
 
 
 def _described(value: Any) -> str:
-    """"a string 'x'", "an array": containers are left to the rejection's payload."""
+    """ "a string 'x'", "an array": containers are left to the rejection's payload."""
     if isinstance(value, dict | list):
         return _kind(value)
     return f"{_kind(value)} {_show(value)}"

@@ -149,8 +149,12 @@ class ZoneSet:
         lat: np.ndarray,
         ts: np.ndarray | None = None,
         horizon_m: float = np.inf,
+        xyz: np.ndarray | None = None,
     ) -> Evaluation:
-        """Evaluate fixes against their tags' zones; `ts` (Unix s) None means all active."""
+        """Evaluate fixes against their tags' zones; `ts` (Unix s) None means all active.
+
+        `xyz` may pass the fixes' ECEF coordinates when the caller has them already.
+        """
         lon = np.asarray(lon, dtype=np.float64)
         lat = np.asarray(lat, dtype=np.float64)
         # Positions that cannot be on Earth have no rows (the decoder refuses them first).
@@ -161,7 +165,7 @@ class ZoneSet:
         fix, zone = self.pairs(tag_idx)
         if len(fix) == 0:
             return _empty()
-        xyz = ecef(lon, lat)
+        xyz = ecef(lon, lat) if xyz is None else xyz
         bound = self._tag_bound(tag_idx, xyz)
         near = bound[fix] <= horizon_m
         inside = np.zeros(len(fix), dtype=bool)

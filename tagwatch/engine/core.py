@@ -1,0 +1,375 @@
+"""The rule engine: per-tag state machines driven by fixes in arrival order.
+
+Pure and deterministic: no I/O, no asyncio, no wall clock. Its meaning is
+defined one fix at a time, in arrival order; the pipeline batches the geometry
+in front of it but never changes what it decides, so the live daemon and
+`tagwatch replay` agree whatever their batch boundaries.
+
+Per tag fix: watchdog bookkeeping, tag rules (tamper, battery, jump), then the
+zone rules for every zone of the tag's cases, then the victim-device rules,
+then the report-rate decision. Far from everything, a fix only updates the
+bookkeeping: the zone rules see a zone only when the fix is within the rules'
+horizon of it or a track for it is still open.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+from tagwatch.config import Rules, rules_with
+from tagwatch.engine import patterns, tag_rules, victim_rules, watchdog, zone_rules
+from tagwatch.engine.context import FixView, VictimInfo, ZoneInfo
+from tagwatch.engine.emit import Emitter
+from tagwatch.engine.state import (
+    DeviceState,
+    TagState,
+    VictimTrack,
+    ZoneTrack,
+    dump,
+    load_device,
+    load_tag,
+)
+from tagwatch.wire import Fix, rate_command, warn_command
+from zones import ZoneSet
+
+DUPLICATE, LATE, LIVE = "duplicate", "late", "live"
+RECENT_KEYS = 32  # duplicate keys remembered per tag (seq and time+position)
+RATE_S = {"fast": 5, "near": 15, "far": 60}  # report interval asked of the tag
+WARN_TEXT = "You are near a restricted area. Leave now."
+_A, _F = 6378137.0, 1 / 298.257223563
+_E2 = _F * (2 - _F)
+
+
+def ecef_point(lon: float, lat: float) -> tuple[float, float, float]:
+    """ECEF of one point on the ellipsoid (the same formula pyproj uses, for scalars)."""
+    phi, lam = math.radians(lat), math.radians(lon)
+    sp, cp = math.sin(phi), math.cos(phi)
+    n = _A / math.sqrt(1 - _E2 * sp * sp)
+    return n * cp * math.cos(lam), n * cp * math.sin(lam), n * (1 - _E2) * sp
+
+
+def chord(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    # Within a few km the chord equals the geodesic to well under a millimetre.
+    return math.sqrt((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 + (a[2] - b[2]) ** 2)
+
+
+class Engine:
+    def __init__(self, zoneset: ZoneSet, rules: Rules) -> None:
+        self.tags: dict[str, TagState] = {}
+        self.devices: dict[str, DeviceState] = {}
+        self.watch = watchdog.Watchdogs()
+        self.clock = -math.inf
+        self.dirty: set[str] = set()
+        self.rules = rules
+        self.configure(zoneset)
+
+    # -- configuration -------------------------------------------------------
+
+    def configure(self, zoneset: ZoneSet) -> None:
+        """Take a (new) set of cases; rule state for zones that remain is kept."""
+        self.zoneset = zoneset
+        case_rules = {
+            c.id: rules_with(self.rules, c.rules, f"{c.source}: case.rules") for c in zoneset.cases
+        }
+        self.zone_info = [
+            ZoneInfo(
+                f"{z.case_id}/{z.zone_id}",
+                z.case_id,
+                z.zone_id,
+                z.kind == "exclusion",
+                z.warn_m if z.warn_m is not None else case_rules[z.case_id].warn_m,
+                z.victim,
+                case_rules[z.case_id],
+            )
+            for z in zoneset.zones
+        ]
+        self.tag_cases: dict[str, list[tuple[str, Rules]]] = {}
+        self.tag_victims: dict[str, list[VictimInfo]] = {}
+        self.device_victims: dict[str, list[tuple[str, VictimInfo]]] = {}
+        for case in zoneset.cases:
+            rules = case_rules[case.id]
+            victims = [
+                VictimInfo(
+                    f"{case.id}/{v.id}",
+                    case.id,
+                    v.id,
+                    v.device,
+                    v.mobile_radius_m or rules.mobile_radius_m,
+                    rules,
+                )
+                for v in case.victims
+                if v.device
+            ]
+            for tag in case.tags:
+                self.tag_cases.setdefault(tag, []).append((case.id, rules))
+                self.tag_victims.setdefault(tag, []).extend(victims)
+                for v in victims:
+                    self.device_victims.setdefault(v.device, []).append((tag, v))
+        all_rules = [*case_rules.values(), self.rules]
+        max_warn = max([z.warn_m for z in self.zone_info] + [0.0])
+        self.quiet_m = max(
+            max(
+                r.approach_max_m + r.exit_margin_m,
+                r.loiter_m + r.exit_margin_m,
+                r.near_m + r.exit_margin_m,
+                max_warn + r.exit_margin_m,
+            )
+            for r in all_rules
+        )
+
+    @property
+    def horizon_m(self) -> float:
+        """Distances the rules need exactly; the geometry core may bound the rest."""
+        return self.quiet_m
+
+    def knows_tag(self, tag: str) -> bool:
+        return tag in self.tag_cases
+
+    def knows_device(self, device: str) -> bool:
+        return device in self.device_victims
+
+    # -- ordering and duplicates ---------------------------------------------
+
+    def classify(self, fix: Fix) -> str:
+        """Duplicate, late (older than the tag's latest) or live; remembers the fix."""
+        st = self.tags.get(fix.tag)
+        if st is None:
+            st = self.tags[fix.tag] = TagState()
+        keys = _keys(fix)
+        if any(k in st.recent for k in keys):
+            return DUPLICATE
+        st.recent.extend(keys)
+        del st.recent[: max(0, len(st.recent) - RECENT_KEYS)]
+        self.dirty.add(fix.tag)
+        if st.last_ts is not None and fix.ts < st.last_ts:
+            return LATE
+        st.last_ts = fix.ts
+        return LIVE
+
+    def seen_payload(self, tag: str, digest: bytes) -> bool:
+        """A whole message seen before (a broker redelivery after a crash)."""
+        st = self.tags.get(tag)
+        if st is None:
+            st = self.tags[tag] = TagState()
+        if digest in st.payloads:
+            return True
+        st.payloads.append(digest)
+        del st.payloads[: max(0, len(st.payloads) - 16)]
+        return False
+
+    # -- the watchdog clock ---------------------------------------------------
+
+    def advance(self, now: float, em: Emitter) -> None:
+        """Move the watchdog clock to `now`, firing every deadline before it in order."""
+        if now <= self.clock:
+            return
+        self.clock = now
+        for _due, tag, kind in self.watch.due(now):
+            st, cases = self.tags.get(tag), self.tag_cases.get(tag)
+            if st is None or not cases:
+                continue
+            fire_at = watchdog.should_fire(st, kind, cases[0][1], now)
+            if fire_at is not None:
+                watchdog.fire(st, tag, kind, fire_at, cases, em)
+                self.dirty.add(tag)
+            elif kind == watchdog.NO_COMMS and st.no_comms is None:
+                self._arm(tag, st, kind)
+
+    def _arm(self, tag: str, st: TagState, kind: str) -> None:
+        cases = self.tag_cases.get(tag)
+        if cases:
+            due = watchdog.deadline(st, kind, cases[0][1])
+            if due is not None:
+                self.watch.arm(tag, kind, due)
+
+    # -- tag fixes -------------------------------------------------------------
+
+    def tag_fix(self, fix: Fix, xyz: tuple | None, rows: Iterator, em: Emitter) -> None:
+        """A live fix; `rows` are its (zone index, inside, distance, active) rows."""
+        tag, st, cases = fix.tag, self.tags[fix.tag], self.tag_cases[fix.tag]
+        st.last_msg_ts = fix.ts
+        self._arm(tag, st, watchdog.NO_COMMS)
+        watchdog.end(st, tag, watchdog.NO_COMMS, fix.ts, cases, em)
+        tag_rules.tamper(st, tag, fix, cases, em)
+        tag_rules.battery(st, tag, fix, cases, em)
+        if fix.lat is None or xyz is None:
+            self._no_position(st, fix, cases, em)
+            return
+        plausible = not tag_rules.jumped(st, tag, fix, cases, em)
+        watchdog.end(st, tag, watchdog.NO_FIX, fix.ts, cases, em)
+        st.last_pos_ts = fix.ts
+        if plausible:
+            st.lon, st.lat, st.acc, st.pos_ts, st.xyz = fix.lon, fix.lat, fix.acc, fix.ts, xyz
+        nearest = self._zones(st, fix, rows, plausible, em)
+        nearest = min(nearest, self._victims(st, fix, xyz, plausible, em))
+        st.near = nearest <= cases[0][1].near_m
+        self._rate(st, tag, nearest, cases[0][1], em)
+
+    def _no_position(self, st: TagState, fix: Fix, cases, em: Emitter) -> None:
+        self._arm(fix.tag, st, watchdog.NO_FIX)
+        rules = cases[0][1]
+        since = st.last_pos_ts
+        if st.no_fix is None and since is not None and fix.ts - since >= rules.no_fix_s:
+            watchdog.fire(st, fix.tag, watchdog.NO_FIX, fix.ts, cases, em)
+
+    def _zones(self, st: TagState, fix: Fix, rows: Iterator, plausible: bool, em: Emitter) -> float:
+        """Zone rules for one fix; returns the distance to the nearest exclusion zone."""
+        nearest = math.inf
+        visiting: set[str] = set()
+        for z, _inside, distance, active in rows:
+            info = self.zone_info[z]
+            if info.exclusion:
+                nearest = min(nearest, distance)
+            track = st.zones.get(info.key)
+            if track is None:
+                if not self._worth_a_track(info, distance, active):
+                    continue
+                track = st.zones[info.key] = ZoneTrack()
+            view = FixView(fix.tag, fix, distance, plausible)
+            opened = zone_rules.apply(track, info, view, active, em)
+            if zone_rules.ZONE_WARNING in opened or (
+                zone_rules.BREACH in opened and track.warning is None
+            ):
+                em.command(fix.tag, warn_command(WARN_TEXT))  # the offender is told first
+            if track.warning or track.approach or track.loiter:
+                visiting.add(info.case)
+            if track.quiet() and track.inside_run == 0 and track.exit_run == 0:
+                del st.zones[info.key]
+        for case in sorted(visiting):
+            patterns.activity(st, fix.tag, case, fix, self._case_rules(fix.tag, case), em)
+        return nearest
+
+    def _worth_a_track(self, info: ZoneInfo, distance: float, active: bool) -> bool:
+        if not active:
+            return False
+        if info.exclusion:
+            return distance <= self.quiet_m
+        return distance > 0  # outside an active curfew zone
+
+    def _case_rules(self, tag: str, case: str) -> Rules:
+        return next(r for c, r in self.tag_cases[tag] if c == case)
+
+    def _victims(self, st: TagState, fix: Fix, xyz: tuple, plausible: bool, em: Emitter) -> float:
+        nearest = math.inf
+        for victim in self.tag_victims.get(fix.tag, ()):
+            device = self.devices.get(victim.device)
+            if device is None:
+                continue
+            track = st.victims.get(victim.key)
+            age = abs(fix.ts - device.ts)
+            if age > victim.rules.victim_fresh_s:
+                if track is not None:
+                    view = FixView(fix.tag, fix, chord(xyz, device.xyz), plausible)
+                    victim_rules.stale(track, victim, view, em, age)
+                    victim_rules.forget_window(track)
+                continue
+            distance = chord(xyz, device.xyz)
+            nearest = min(nearest, distance)
+            if track is None:
+                if distance > self.quiet_m:
+                    continue
+                track = st.victims[victim.key] = VictimTrack()
+            view = FixView(fix.tag, fix, distance, plausible)
+            victim_rules.proximity(track, victim, view, em, fix.ts)
+            if victim_rules.approach_device(track, victim, view, em) or track.approach:
+                patterns.activity(st, fix.tag, victim.case, fix, victim.rules, em)
+        return nearest
+
+    def _rate(self, st: TagState, tag: str, nearest: float, rules: Rules, em: Emitter) -> None:
+        busy = any(t.breach or t.warning or t.approach for t in st.zones.values()) or any(
+            t.proximity or t.approach for t in st.victims.values()
+        )
+        if busy:
+            level = "fast"
+        elif nearest <= rules.near_m or (st.rate == "near" and nearest <= rules.near_m + 100):
+            level = "near"
+        else:
+            level = "far"
+        if level != st.rate:
+            st.rate = level
+            em.command(tag, rate_command(RATE_S[level]))
+
+    # -- late fixes --------------------------------------------------------------
+
+    def late_fix(self, fix: Fix, rows: Iterator, em: Emitter) -> None:
+        """An out-of-order fix: the late-breach check only, never the live rules."""
+        st = self.tags[fix.tag]
+        for z, _inside, distance, active in rows:
+            info = self.zone_info[z]
+            track = st.zones.get(info.key)
+            if track is None:
+                if (
+                    not active
+                    or (info.exclusion and distance > 0)
+                    or (not info.exclusion and distance <= 0)
+                ):
+                    continue
+                track = st.zones[info.key] = ZoneTrack()
+            zone_rules.late(track, info, FixView(fix.tag, fix, distance, False), active, em)
+
+    def end_late_runs(self, tag: str) -> None:
+        """A live fix ends every run of late fixes of its tag."""
+        st = self.tags.get(tag)
+        if st is not None:
+            for track in st.zones.values():
+                track.late_run = None
+
+    # -- victim devices ------------------------------------------------------------
+
+    def victim_fix(self, fix: Fix, xyz: tuple, em: Emitter) -> None:
+        device = self.devices.get(fix.tag)
+        if device is not None and fix.ts <= device.ts:
+            return  # an older or duplicate victim position moves nothing
+        self.devices[fix.tag] = DeviceState(fix.ts, fix.lon, fix.lat, xyz)
+        self.dirty.add(f"device:{fix.tag}")
+        for tag, victim in self.device_victims.get(fix.tag, ()):
+            st = self.tags.get(tag)
+            if st is None or st.xyz is None or st.pos_ts is None:
+                continue
+            if abs(fix.ts - st.pos_ts) > victim.rules.victim_fresh_s:
+                continue
+            track = st.victims.get(victim.key)
+            distance = chord(st.xyz, xyz)
+            if track is None:
+                if distance > victim.radius_m:
+                    continue
+                track = st.victims[victim.key] = VictimTrack()
+            last = Fix(tag=tag, ts=st.pos_ts, lat=st.lat, lon=st.lon, acc=st.acc or 15.0)
+            victim_rules.proximity(track, victim, FixView(tag, last, distance, True), em, fix.ts)
+            self.dirty.add(tag)
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def checkpoints(self) -> dict[str, bytes]:
+        """Snapshots of what changed since the last call, keyed `tag:ID` / `device:ID`."""
+        out = {}
+        for key in self.dirty:
+            if key.startswith("device:"):
+                out[key] = dump(self.devices[key[7:]])
+            elif key in self.tags:
+                out[f"tag:{key}"] = dump(self.tags[key])
+        out["engine:clock"] = repr(self.clock).encode()
+        self.dirty.clear()
+        return out
+
+    def restore(self, checkpoints: dict[str, bytes]) -> None:
+        for key, blob in checkpoints.items():
+            if key.startswith("tag:"):
+                self.tags[key[4:]] = load_tag(blob)
+            elif key.startswith("device:"):
+                self.devices[key[7:]] = load_device(blob)
+            elif key == "engine:clock":
+                self.clock = float(blob.decode())
+        for tag, st in self.tags.items():
+            if st.no_comms is None:
+                self._arm(tag, st, watchdog.NO_COMMS)
+            positioned = st.last_pos_ts if st.last_pos_ts is not None else -math.inf
+            if st.no_fix is None and st.last_msg_ts is not None and st.last_msg_ts > positioned:
+                self._arm(tag, st, watchdog.NO_FIX)
+
+
+
+def _keys(fix: Fix) -> tuple:
+    position = ("p", fix.ts, fix.lat, fix.lon)
+    return (("s", fix.seq), position) if fix.seq is not None else (position,)

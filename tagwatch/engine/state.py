@@ -1,0 +1,110 @@
+"""Per-tag and per-device rule state: explicit, small, and checkpointable.
+
+Everything the rules remember lives here, so a restart that restores these
+structs resumes exactly where it stopped: hysteresis counters, approach
+windows, open episodes and watchdog times. Keys are stable across case
+reloads: a zone is `case/zone`, a victim is `case/victim`.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Episode(msgspec.Struct):
+    """An open alert episode: its id, when it opened, and what was last published."""
+
+    id: str
+    opened: float
+    severity: str
+    confidence: str | None = None
+
+
+class ZoneTrack(msgspec.Struct):
+    breach: Episode | None = None
+    inside_run: int = 0  # consecutive fixes inside (confirms a breach)
+    exit_run: int = 0  # consecutive fixes clearly outside (ends a breach)
+    warning: Episode | None = None
+    warn_clear_run: int = 0
+    approach: Episode | None = None
+    approach_low_run: int = 0
+    window: list[tuple[float, float, float]] = msgspec.field(default_factory=list)  # ts, d, acc
+    loiter_start: float | None = None
+    loiter_last: float | None = None
+    loiter: Episode | None = None
+    late_run: str | None = None  # id of the late breach of the current run of late fixes
+
+    def quiet(self) -> bool:
+        """Nothing open and nothing counting: the track can be dropped."""
+        return (
+            self.breach is None
+            and self.warning is None
+            and self.approach is None
+            and self.loiter is None
+            and self.loiter_start is None
+            and not self.window
+            and self.late_run is None
+        )
+
+
+class VictimTrack(msgspec.Struct):
+    proximity: Episode | None = None
+    clear_run: int = 0
+    approach: Episode | None = None
+    approach_low_run: int = 0
+    window: list[tuple[float, float, float]] = msgspec.field(default_factory=list)
+
+
+class Visit(msgspec.Struct):
+    start: float
+    end: float
+    alerted: bool = False
+
+
+class TagState(msgspec.Struct):
+    last_ts: float | None = None  # latest live fix (the ordering watermark)
+    last_msg_ts: float | None = None
+    last_pos_ts: float | None = None
+    lon: float | None = None  # last plausible position (jump reference)
+    lat: float | None = None
+    acc: float | None = None
+    pos_ts: float | None = None
+    xyz: tuple[float, float, float] | None = None  # ECEF of the last plausible position
+    near: bool = False  # last position within near_m of an exclusion zone or victim
+    recent: list[tuple] = msgspec.field(default_factory=list)  # duplicate keys
+    payloads: list[bytes] = msgspec.field(default_factory=list)  # digests of recent messages
+    battery_armed: bool = True
+    tampered: bool = False
+    no_comms: Episode | None = None
+    no_fix: Episode | None = None
+    rate: str | None = None
+    zones: dict[str, ZoneTrack] = msgspec.field(default_factory=dict)
+    victims: dict[str, VictimTrack] = msgspec.field(default_factory=dict)
+    visits: dict[str, list[Visit]] = msgspec.field(default_factory=dict)  # per case
+
+
+class DeviceState(msgspec.Struct):
+    """A victim device's last position (it moves that victim's mobile zone)."""
+
+    ts: float
+    lon: float
+    lat: float
+    xyz: tuple[float, float, float]
+    recent: list[tuple] = msgspec.field(default_factory=list)
+
+
+_encoder = msgspec.msgpack.Encoder()
+_tag_decoder = msgspec.msgpack.Decoder(TagState)
+_device_decoder = msgspec.msgpack.Decoder(DeviceState)
+
+
+def dump(state: TagState | DeviceState) -> bytes:
+    return _encoder.encode(state)
+
+
+def load_tag(blob: bytes) -> TagState:
+    return _tag_decoder.decode(blob)
+
+
+def load_device(blob: bytes) -> DeviceState:
+    return _device_decoder.decode(blob)

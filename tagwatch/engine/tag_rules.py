@@ -1,0 +1,94 @@
+"""Rules about the tag itself: tamper, battery, jump. Point events, one per case.
+
+- Tamper: raised when `strap` turns to "tamper"; re-armed by a fix with "ok".
+- Battery: once per discharge; re-armed when `bat` rises 10 points above
+  `battery_low_pct`.
+- Jump: implied speed from the last plausible fix above `max_speed_mps`, both
+  fixes with acc <= 50 m. The jumped fix is still tested against the zones but
+  not used for speeds, and the next test compares with the last plausible fix.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tagwatch.config import Rules
+from tagwatch.engine.alerts import CRITICAL, OPEN, WARNING, alert_id
+from tagwatch.engine.emit import Emitter
+from tagwatch.engine.state import TagState
+from tagwatch.wire import Fix
+
+TAMPER, BATTERY, JUMP = "tag.tamper", "tag.battery_low", "tag.jump"
+JUMP_MAX_ACC_M = 50.0
+EARTH_RADIUS_M = 6_371_008.8
+
+
+def _point(
+    em: Emitter, kind: str, severity: str, case: str, tag: str, fix: Fix, detail: str
+) -> None:
+    ep_id = alert_id(case, tag, kind, None, fix.ts)
+    em.record(
+        id=ep_id,
+        type=kind,
+        severity=severity,
+        state=OPEN,
+        case=case,
+        tag=tag,
+        ts=fix.ts,
+        fix=fix,
+        detail=detail,
+    )
+
+
+def tamper(st: TagState, tag: str, fix: Fix, cases: list[tuple[str, Rules]], em: Emitter) -> None:
+    if fix.strap == "ok":
+        st.tampered = False
+    elif fix.strap == "tamper" and not st.tampered:
+        st.tampered = True
+        for case, _ in cases:
+            _point(em, TAMPER, CRITICAL, case, tag, fix, "strap tamper reported by the tag")
+
+
+def battery(st: TagState, tag: str, fix: Fix, cases: list[tuple[str, Rules]], em: Emitter) -> None:
+    if fix.bat is None:
+        return
+    low = cases[0][1].battery_low_pct
+    if st.battery_armed and fix.bat <= low:
+        st.battery_armed = False
+        for case, _ in cases:
+            _point(em, BATTERY, WARNING, case, tag, fix, f"battery at {fix.bat:.0f}%")
+    elif not st.battery_armed and fix.bat >= low + 10:
+        st.battery_armed = True
+
+
+def jumped(st: TagState, tag: str, fix: Fix, cases: list[tuple[str, Rules]], em: Emitter) -> bool:
+    """True when this fix jumped from the last plausible one (and raise tag.jump)."""
+    if st.lat is None or st.pos_ts is None or fix.lat is None:
+        return False
+    if fix.acc > JUMP_MAX_ACC_M or (st.acc or 0.0) > JUMP_MAX_ACC_M:
+        return False
+    distance = _haversine(st.lat, st.lon, fix.lat, fix.lon)
+    dt = fix.ts - st.pos_ts
+    max_speed = cases[0][1].max_speed_mps
+    if distance <= max_speed * max(dt, 0.0):
+        return False
+    speed = distance / dt if dt > 0 else math.inf
+    for case, _ in cases:
+        _point(
+            em,
+            JUMP,
+            WARNING,
+            case,
+            tag,
+            fix,
+            f"moved {distance:.0f} m in {dt:.0f} s ({speed:.0f} m/s): implausible",
+        )
+    return True
+
+
+def _haversine(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    # A sphere is accurate to 0.5% here, plenty for a speed plausibility check.
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))

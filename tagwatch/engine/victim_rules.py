@@ -1,0 +1,157 @@
+"""Rules about a tag and a victim's own device: proximity and approach.
+
+The victim's device is a zone that moves. Proximity is checked whenever
+either side reports, and only against a fresh position (within
+`victim_fresh_s` of the fix): a stale one never raises a proximity, and an
+open proximity whose victim position goes stale is updated to say so rather
+than silently resolved (no false sense of safety).
+"""
+
+from __future__ import annotations
+
+from tagwatch.engine import approach
+from tagwatch.engine.alerts import CRITICAL, OPEN, RESOLVED, UPDATED, alert_id
+from tagwatch.engine.context import FixView, VictimInfo
+from tagwatch.engine.emit import Emitter
+from tagwatch.engine.state import Episode, VictimTrack
+
+PROXIMITY = "proximity"
+STALE = "stale"
+
+
+def _emit(
+    em: Emitter,
+    victim: VictimInfo,
+    view: FixView,
+    kind: str,
+    ep: Episode,
+    state: str,
+    detail: str,
+    ts: float | None = None,
+    **extra,
+) -> None:
+    em.record(
+        id=ep.id,
+        type=kind,
+        severity=ep.severity,
+        state=state,
+        case=victim.case,
+        tag=view.tag,
+        ts=view.fix.ts if ts is None else ts,
+        fix=view.fix,
+        zone=None,
+        victim=victim.victim,
+        distance=view.distance,
+        confidence=ep.confidence,
+        detail=detail,
+        **extra,
+    )
+
+
+def proximity(
+    track: VictimTrack, victim: VictimInfo, view: FixView, em: Emitter, ts: float
+) -> bool:
+    """Check proximity with a fresh distance; `ts` is the event that caused the check."""
+    d, rules = view.distance, victim.rules
+    episode = track.proximity
+    if d <= victim.radius_m:
+        track.clear_run = 0
+        if episode is None:
+            ep_id = alert_id(victim.case, view.tag, PROXIMITY, victim.victim, ts)
+            track.proximity = Episode(ep_id, ts, CRITICAL, "confirmed")
+            _emit(
+                em,
+                victim,
+                view,
+                PROXIMITY,
+                track.proximity,
+                OPEN,
+                f"{d:.0f} m from victim {victim.victim}'s device",
+                ts=ts,
+            )
+            return True
+        if episode.confidence == STALE:
+            episode.confidence = "confirmed"
+            _emit(
+                em,
+                victim,
+                view,
+                PROXIMITY,
+                episode,
+                UPDATED,
+                f"{d:.0f} m from victim {victim.victim}'s device (position fresh again)",
+                ts=ts,
+            )
+        return False
+    if episode is not None and d > victim.radius_m + rules.exit_margin_m:
+        track.clear_run += 1
+        if track.clear_run >= 2:
+            _emit(
+                em,
+                victim,
+                view,
+                PROXIMITY,
+                episode,
+                RESOLVED,
+                f"{d:.0f} m from victim {victim.victim}'s device",
+                ts=ts,
+            )
+            track.proximity = None
+            track.clear_run = 0
+    return False
+
+
+def stale(track: VictimTrack, victim: VictimInfo, view: FixView, em: Emitter, age_s: float) -> None:
+    """The victim's position is too old to judge: say so on an open proximity, once."""
+    episode = track.proximity
+    if episode is None or episode.confidence == STALE:
+        return
+    episode.confidence = STALE
+    _emit(
+        em,
+        victim,
+        view,
+        PROXIMITY,
+        episode,
+        UPDATED,
+        f"victim {victim.victim}'s device position is {age_s:.0f} s old: proximity unknown",
+    )
+
+
+def approach_device(track: VictimTrack, victim: VictimInfo, view: FixView, em: Emitter) -> bool:
+    rules, d = victim.rules, view.distance
+    if view.plausible:
+        approach.update_window(track.window, view.fix.ts, d, view.fix.acc, rules)
+    severity, closing, eta = approach.assess(track.window, d, rules)
+    state, episode = approach.step(track, severity, closing, rules, d)
+    if state is None:
+        return False
+    if state == OPEN:
+        ep_id = alert_id(victim.case, view.tag, approach.APPROACH, victim.victim, view.fix.ts)
+        track.approach = episode = Episode(ep_id, view.fix.ts, severity)
+    assert episode is not None
+    if state == UPDATED:
+        episode.severity = severity
+    if state == RESOLVED:
+        detail = f"no longer closing on victim {victim.victim}"
+    else:
+        detail = f"closing on victim {victim.victim} at {closing:.1f} m/s, arrival in {eta:.0f} s"
+    _emit(
+        em,
+        victim,
+        view,
+        approach.APPROACH,
+        episode,
+        state,
+        detail,
+        closing=closing,
+        eta=eta if state != RESOLVED else None,
+    )
+    if state == RESOLVED:
+        track.approach = None
+        track.approach_low_run = 0
+    return state == OPEN
+
+
+def forget_window(track: VictimTrack) -> None:
+    track.window.clear()

@@ -1,0 +1,383 @@
+"""Rules about one fix and one zone: breach, exit, warning, curfew, loitering, approach.
+
+Semantics (DESIGN 3.6, and the README where the design is silent):
+- One fix inside an active exclusion zone opens a `probable` breach (warning);
+  a second consecutive fix inside confirms it (critical). A fix outside but
+  within max(exit_margin_m, acc) of the boundary is ambiguous: it neither
+  confirms nor breaks the run. A clearly-outside fix resets it.
+- A breach ends after 2 consecutive fixes outside by more than
+  max(exit_margin_m, acc); `zone.exit` is published only for a confirmed
+  breach (a probable one that never confirmed just resolves).
+- A zone whose schedule ends while a breach is open resolves it ("schedule
+  ended"); one whose window opens while the tag is inside breaches at the next fix.
+- Curfew (inclusion zone, scheduled): the mirror image, outside instead of inside.
+"""
+
+from __future__ import annotations
+
+from tagwatch.engine import approach
+from tagwatch.engine.alerts import (
+    CRITICAL,
+    INFO,
+    OPEN,
+    RESOLVED,
+    UPDATED,
+    WARNING,
+    alert_id,
+)
+from tagwatch.engine.context import FixView, ZoneInfo
+from tagwatch.engine.emit import Emitter
+from tagwatch.engine.state import Episode, ZoneTrack
+
+BREACH, EXIT, ZONE_WARNING, CURFEW = "zone.breach", "zone.exit", "zone.warning", "curfew.breach"
+LATE_BREACH, LOITERING = "zone.late_breach", "pattern.loitering"
+PROBABLE, CONFIRMED = "probable", "confirmed"
+
+
+def apply(track: ZoneTrack, zone: ZoneInfo, view: FixView, active: bool, em: Emitter) -> list[str]:
+    """Apply every zone rule for one live fix; returns the episode kinds opened."""
+    if not zone.exclusion:
+        _curfew(track, zone, view, active, em)
+        return []
+    if not active:
+        _schedule_ended(track, zone, view, em)
+        return []
+    opened = []
+    if _breach(track, zone, view, em):
+        opened.append(BREACH)
+    if _warning(track, zone, view, em):
+        opened.append(ZONE_WARNING)
+    if _loitering(track, zone, view, em):
+        opened.append(LOITERING)
+    if _approach(track, zone, view, em):
+        opened.append(approach.APPROACH)
+    return opened
+
+
+def _clear_margin(zone: ZoneInfo, view: FixView) -> float:
+    return max(zone.rules.exit_margin_m, view.fix.acc)
+
+
+def _emit(
+    em: Emitter,
+    zone: ZoneInfo,
+    view: FixView,
+    kind: str,
+    ep_id: str,
+    severity: str,
+    state: str,
+    detail: str,
+    **extra,
+) -> None:
+    em.record(
+        id=ep_id,
+        type=kind,
+        severity=severity,
+        state=state,
+        case=zone.case,
+        tag=view.tag,
+        ts=view.fix.ts,
+        fix=view.fix,
+        zone=zone.zone,
+        victim=zone.victim,
+        distance=view.distance,
+        detail=detail,
+        **extra,
+    )
+
+
+def _breach(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> bool:
+    d = view.distance
+    if d <= 0:
+        track.exit_run = 0
+        track.inside_run += 1
+        return _inside(
+            track, zone, view, em, BREACH, f"inside exclusion zone {zone.zone} by {-d:.0f} m"
+        )
+    if d > _clear_margin(zone, view):
+        track.inside_run = 0
+        if track.breach is not None:
+            track.exit_run += 1
+            if track.exit_run >= 2:
+                _end_breach(track, zone, view, em, BREACH, f"left exclusion zone {zone.zone}")
+    else:
+        track.exit_run = 0  # ambiguous: neither confirms nor ends
+    return False
+
+
+def _inside(
+    track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter, kind: str, detail: str
+) -> bool:
+    """The shared confirmation logic of zone and curfew breaches; True when opened."""
+    episode = track.breach
+    if episode is None:
+        ep_id = alert_id(zone.case, view.tag, kind, zone.zone, view.fix.ts)
+        track.breach = Episode(ep_id, view.fix.ts, WARNING, PROBABLE)
+        _emit(
+            em,
+            zone,
+            view,
+            kind,
+            ep_id,
+            WARNING,
+            OPEN,
+            f"{detail} (one fix: probable)",
+            confidence=PROBABLE,
+        )
+        return True
+    if episode.confidence == PROBABLE and track.inside_run >= 2:
+        episode.severity, episode.confidence = CRITICAL, CONFIRMED
+        _emit(
+            em,
+            zone,
+            view,
+            kind,
+            episode.id,
+            CRITICAL,
+            UPDATED,
+            f"{detail} (confirmed)",
+            confidence=CONFIRMED,
+        )
+    return False
+
+
+def _end_breach(
+    track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter, kind: str, detail: str
+) -> None:
+    episode = track.breach
+    assert episode is not None
+    confirmed = episode.confidence == CONFIRMED
+    _emit(
+        em,
+        zone,
+        view,
+        kind,
+        episode.id,
+        episode.severity,
+        RESOLVED,
+        detail if confirmed else f"{detail}; the breach was never confirmed",
+        confidence=episode.confidence,
+    )
+    if confirmed and kind == BREACH:
+        exit_id = alert_id(zone.case, view.tag, EXIT, zone.zone, view.fix.ts)
+        _emit(em, zone, view, EXIT, exit_id, INFO, OPEN, detail)
+    track.breach = None
+    track.exit_run = track.inside_run = 0
+
+
+def _schedule_ended(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> None:
+    """Outside its schedule a zone raises nothing, and open episodes end."""
+    if track.breach is not None:
+        kind = BREACH if zone.exclusion else CURFEW
+        episode = track.breach
+        _emit(
+            em,
+            zone,
+            view,
+            kind,
+            episode.id,
+            episode.severity,
+            RESOLVED,
+            f"schedule of zone {zone.zone} ended",
+            confidence=episode.confidence,
+        )
+        track.breach = None
+    for attr, kind in (
+        ("warning", ZONE_WARNING),
+        ("approach", approach.APPROACH),
+        ("loiter", LOITERING),
+    ):
+        episode = getattr(track, attr)
+        if episode is not None:
+            _emit(
+                em,
+                zone,
+                view,
+                kind,
+                episode.id,
+                episode.severity,
+                RESOLVED,
+                f"schedule of zone {zone.zone} ended",
+            )
+            setattr(track, attr, None)
+    track.inside_run = track.exit_run = track.warn_clear_run = track.approach_low_run = 0
+    track.window.clear()
+    track.loiter_start = track.loiter_last = None
+
+
+def _curfew(track: ZoneTrack, zone: ZoneInfo, view: FixView, active: bool, em: Emitter) -> None:
+    if not active:
+        if track.breach is not None:
+            _schedule_ended(track, zone, view, em)
+        return
+    d = view.distance
+    if d > 0:
+        track.exit_run = 0
+        track.inside_run += 1  # "inside" the violation: outside the inclusion zone
+        _inside(track, zone, view, em, CURFEW, f"outside curfew zone {zone.zone} by {d:.0f} m")
+    elif -d > _clear_margin(zone, view):
+        track.inside_run = 0
+        if track.breach is not None:
+            track.exit_run += 1
+            if track.exit_run >= 2:
+                _end_breach(track, zone, view, em, CURFEW, f"back inside curfew zone {zone.zone}")
+    else:
+        track.exit_run = 0
+
+
+def _warning(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> bool:
+    d = view.distance
+    if 0 < d <= zone.warn_m:
+        track.warn_clear_run = 0
+        if track.warning is None and track.breach is None:
+            ep_id = alert_id(zone.case, view.tag, ZONE_WARNING, zone.zone, view.fix.ts)
+            track.warning = Episode(ep_id, view.fix.ts, WARNING)
+            _emit(
+                em,
+                zone,
+                view,
+                ZONE_WARNING,
+                ep_id,
+                WARNING,
+                OPEN,
+                f"{d:.0f} m from exclusion zone {zone.zone} (warning ring {zone.warn_m:.0f} m)",
+            )
+            return True
+        return False
+    if track.warning is not None and d > zone.warn_m + zone.rules.exit_margin_m:
+        track.warn_clear_run += 1
+        if track.warn_clear_run >= 2:
+            _emit(
+                em,
+                zone,
+                view,
+                ZONE_WARNING,
+                track.warning.id,
+                WARNING,
+                RESOLVED,
+                f"left the warning ring of zone {zone.zone}",
+            )
+            track.warning = None
+            track.warn_clear_run = 0
+    elif d <= 0:
+        track.warn_clear_run = 0
+    return False
+
+
+def _loitering(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> bool:
+    rules, d, ts = zone.rules, view.distance, view.fix.ts
+    if d <= 0 or d > rules.loiter_m + rules.exit_margin_m:
+        _end_loiter(track, zone, view, em)
+        return False
+    if d > rules.loiter_m:
+        return False  # hysteresis band: keeps a running loiter, starts none
+    if track.loiter_start is None or ts - (track.loiter_last or ts) > rules.no_comms_s:
+        _end_loiter(track, zone, view, em)
+        track.loiter_start = ts
+    track.loiter_last = ts
+    if track.loiter is None and ts - track.loiter_start >= rules.loiter_s:
+        ep_id = alert_id(zone.case, view.tag, LOITERING, zone.zone, ts)
+        track.loiter = Episode(ep_id, ts, WARNING)
+        minutes = (ts - track.loiter_start) / 60
+        _emit(
+            em,
+            zone,
+            view,
+            LOITERING,
+            ep_id,
+            WARNING,
+            OPEN,
+            f"within {rules.loiter_m:.0f} m of zone {zone.zone} for {minutes:.0f} min",
+        )
+        return True
+    return False
+
+
+def _end_loiter(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> None:
+    if track.loiter is not None:
+        _emit(
+            em,
+            zone,
+            view,
+            LOITERING,
+            track.loiter.id,
+            WARNING,
+            RESOLVED,
+            f"no longer loitering near zone {zone.zone}",
+        )
+        track.loiter = None
+    track.loiter_start = track.loiter_last = None
+
+
+def _approach(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> bool:
+    rules, d = zone.rules, view.distance
+    if d <= 0:
+        track.window.clear()
+        if track.approach is not None:  # arrived: the breach takes over
+            _emit(
+                em,
+                zone,
+                view,
+                approach.APPROACH,
+                track.approach.id,
+                track.approach.severity,
+                RESOLVED,
+                f"reached zone {zone.zone}",
+            )
+            track.approach = None
+        return False
+    if view.plausible:
+        approach.update_window(track.window, view.fix.ts, d, view.fix.acc, rules)
+    severity, closing, eta = approach.assess(track.window, d, rules)
+    state, episode = approach.step(track, severity, closing, rules, d)
+    if state is None:
+        return False
+    if state == OPEN:
+        ep_id = alert_id(zone.case, view.tag, approach.APPROACH, zone.zone, view.fix.ts)
+        track.approach = episode = Episode(ep_id, view.fix.ts, severity)
+    assert episode is not None
+    if state == UPDATED:
+        episode.severity = severity
+    detail = (
+        f"closing on zone {zone.zone} at {closing:.1f} m/s, arrival in {eta:.0f} s"
+        if state != RESOLVED
+        else f"no longer closing on zone {zone.zone}"
+    )
+    _emit(
+        em,
+        zone,
+        view,
+        approach.APPROACH,
+        episode.id,
+        episode.severity,
+        state,
+        detail,
+        closing=closing,
+        eta=eta if state != RESOLVED else None,
+    )
+    if state == RESOLVED:
+        track.approach = None
+        track.approach_low_run = 0
+    return state == OPEN
+
+
+def late(track: ZoneTrack, zone: ZoneInfo, view: FixView, active: bool, em: Emitter) -> None:
+    """A buffered, out-of-order fix: one late breach per run of late fixes inside a zone."""
+    violating = active and (view.distance <= 0 if zone.exclusion else view.distance > 0)
+    if not violating:
+        track.late_run = None
+        return
+    if track.late_run is not None:
+        return
+    track.late_run = alert_id(zone.case, view.tag, LATE_BREACH, zone.zone, view.fix.ts)
+    where = "inside exclusion zone" if zone.exclusion else "outside curfew zone"
+    _emit(
+        em,
+        zone,
+        view,
+        LATE_BREACH,
+        track.late_run,
+        WARNING,
+        OPEN,
+        f"a buffered fix shows the tag {where} {zone.zone} earlier",
+    )

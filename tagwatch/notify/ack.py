@@ -1,0 +1,49 @@
+"""Acknowledgement of an alert: the operator action and the `acknowledged` record.
+
+Both go on the alert's case chain `case:<case>` in one commit, so the record never
+holds an acknowledged alert without who did it and when. Acknowledging an alert that is
+already acknowledged records the action again (every ack is evidence) but no second
+`acknowledged` record. A resolved alert cannot be acknowledged.
+"""
+
+from __future__ import annotations
+
+from tagwatch.record import Batch, Entry, Record, RecordError
+from tagwatch.wire import rfc3339
+
+
+class AckError(RecordError):
+    """The alert cannot be acknowledged; the message names the alert and the record."""
+
+
+def acknowledge(record: Record, alert_id: str, by: str, note: str, now: float) -> dict:
+    """Acknowledge alert_id (or a unique prefix of it, such as the SMS reference)."""
+    alert_id, latest = _latest(record, alert_id)
+    if latest.get("state") == "resolved":
+        raise AckError(f"{record.label}: alert {alert_id}: already resolved")
+    chain, tag = f"case:{latest['case']}", latest.get("tag")
+    action = {"action": "acknowledge", "alert": alert_id, "by": by, "note": note,
+              "at": rfc3339(now)}
+    entries = [Entry(chain, "action", action, tag=tag, event_ts=now, alert_id=alert_id)]
+    acked = latest
+    if latest.get("state") != "acknowledged":
+        detail = f"acknowledged by {by}" + (f": {note}" if note else "")
+        acked = {**latest, "state": "acknowledged", "ts": rfc3339(now),
+                 "raised": rfc3339(now), "detail": detail}
+        entries.append(Entry(chain, "alert", acked, tag=tag, event_ts=now, alert_id=alert_id))
+    record.commit(Batch(entries=entries), recorded_at=now)
+    return acked
+
+
+def _latest(record: Record, alert_id: str) -> tuple[str, dict]:
+    bodies = [e["body"] for e in record.alert_history(alert_id) if e["kind"] == "alert"]
+    if bodies:
+        return alert_id, bodies[-1]
+    prefix = alert_id.strip().lower()
+    found = [a for a in record.latest_alerts(limit=100_000) if a["id"].startswith(prefix)]
+    if len(found) == 1 and prefix:
+        return found[0]["id"], found[0]
+    if len(found) > 1 and prefix:
+        raise AckError(f"{record.label}: alert {alert_id!r}: {len(found)} alerts start "
+                       "with it; give more of the id")
+    raise AckError(f"{record.label}: alert {alert_id!r}: no such alert")

@@ -1,0 +1,136 @@
+"""Escalation of unacknowledged critical alerts: a pure state machine on a given clock.
+
+Policy as built:
+- A critical alert (`open`/`updated` record, severity critical) starts a clock at its
+  `ts` (event time). Not acknowledged within `ack_timeout_s`: an `escalated` record of
+  level 1 (police control again, at a higher level). Another `ack_timeout_s` without
+  acknowledgement: level 2 (police again, and a voice call to the victim). Level 2 is
+  the last.
+- An SMS accepted by Twilio but not `delivered` within `sms_delivery_timeout_s`, or
+  reported `failed`/`undelivered`, escalates to level 1 at once (if the alert is below).
+- An acknowledgement (operator or victim), or an `acknowledged` or `resolved` record
+  seen through `observe`, stops the clock for good.
+- Escalated records carry `ts` = the deadline that fired (watchdogs fire at their
+  deadline) and `raised` = the `now` given to `tick`.
+
+`tick(now)` is driven by wall-clock time in the daemon and by event time in replay.
+Thread-safe: the inbound webhooks (feed threads) and the daemon share one instance.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+
+from tagwatch.notify.records import escalated_record, escalation_level, record_time
+
+MAX_LEVEL = 2
+_DELIVERY_FAILED = {"failed", "undelivered"}
+
+
+@dataclass(frozen=True)
+class EscalationSettings:
+    ack_timeout_s: float = 120.0  # Rules.ack_timeout_s
+    sms_delivery_timeout_s: float = 300.0
+
+
+@dataclass
+class _Clock:
+    record: dict  # the latest record of the alert
+    level: int
+    deadline: float | None  # next ack deadline; None once at MAX_LEVEL
+    sms_deadline: float | None = None  # when an accepted SMS must be delivered by
+    sms_reason: str = ""
+
+
+@dataclass
+class Escalation:
+    settings: EscalationSettings = field(default_factory=EscalationSettings)
+    _clocks: dict[str, _Clock] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def observe(self, record: dict) -> None:
+        """Feed every alert record published (also the ones this object made)."""
+        with self._lock:
+            alert_id, state = record["id"], record.get("state")
+            clock = self._clocks.get(alert_id)
+            if state in ("acknowledged", "resolved"):
+                self._clocks.pop(alert_id, None)
+            elif clock is not None:
+                clock.record = record
+                clock.level = max(clock.level, escalation_level(record))
+            elif state in ("open", "updated") and record.get("severity") == "critical":
+                deadline = record_time(record) + self.settings.ack_timeout_s
+                self._clocks[alert_id] = _Clock(record, 0, deadline)
+
+    def acknowledge(self, alert_id: str, by: str, note: str, at: float) -> bool:
+        """Stop the clock of alert_id; False if it had none (unknown, or already stopped)."""
+        with self._lock:
+            return self._clocks.pop(alert_id, None) is not None
+
+    def sms_accepted(self, alert_id: str, at: float) -> None:
+        """Twilio took an SMS for alert_id at `at`: it must be delivered in time."""
+        with self._lock:
+            clock = self._clocks.get(alert_id)
+            if clock is not None and clock.sms_deadline is None:
+                clock.sms_deadline = at + self.settings.sms_delivery_timeout_s
+                clock.sms_reason = (f"SMS to the victim not delivered within "
+                                    f"{self.settings.sms_delivery_timeout_s:g} s")
+
+    def delivery_status(self, alert_id: str, status: str, at: float) -> None:
+        """A Twilio status for an SMS of alert_id (already ordered: see inbound.Statuses)."""
+        with self._lock:
+            clock = self._clocks.get(alert_id)
+            if clock is None:
+                return
+            if status == "delivered":
+                clock.sms_deadline = None
+            elif status in _DELIVERY_FAILED:
+                clock.sms_deadline, clock.sms_reason = at, f"SMS to the victim {status}"
+
+    def tick(self, now: float) -> list[dict]:
+        """The `escalated` records due at `now`, in deadline order."""
+        with self._lock:
+            out: list[dict] = []
+            for clock in self._clocks.values():
+                out += self._due(clock, now)
+            return sorted(out, key=lambda r: (r["ts"], r["id"]))
+
+    def _due(self, clock: _Clock, now: float) -> list[dict]:
+        out = []
+        if clock.sms_deadline is not None and clock.sms_deadline <= now:
+            if clock.level < 1:
+                out.append(self._raise(clock, 1, clock.sms_reason, clock.sms_deadline, now))
+            clock.sms_deadline = None
+        while clock.deadline is not None and clock.deadline <= now:
+            fired, level = clock.deadline, clock.level + 1
+            reason = (f"not acknowledged within {self.settings.ack_timeout_s * level:g} s"
+                      + ("; calling the victim" if level >= 2 else "; police control again"))
+            out.append(self._raise(clock, level, reason, fired, now))
+            clock.deadline = None if level >= MAX_LEVEL else fired + self.settings.ack_timeout_s
+        return out
+
+    def _raise(self, clock: _Clock, level: int, reason: str, ts: float, now: float) -> dict:
+        clock.level = level
+        if level >= MAX_LEVEL:
+            clock.deadline = None
+        clock.record = escalated_record(clock.record, level, reason, ts, now)
+        return clock.record
+
+    def pending(self) -> dict[str, int]:
+        """Alert id -> current level, for every running clock."""
+        with self._lock:
+            return {k: c.level for k, c in self._clocks.items()}
+
+    def to_bytes(self) -> bytes:
+        with self._lock:
+            return json.dumps({k: asdict(c) for k, c in self._clocks.items()}).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, settings: EscalationSettings) -> Escalation:
+        try:
+            clocks = {k: _Clock(**v) for k, v in json.loads(data).items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"escalation checkpoint: unreadable: {exc}") from None
+        return cls(settings, clocks)

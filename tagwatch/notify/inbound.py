@@ -1,0 +1,158 @@
+"""Inbound Twilio webhooks, ASGI-agnostic: (method, path, headers, body) -> Reply.
+
+`path` is the request path with its query string, as Twilio requested it; the URL
+Twilio signed is `public_base_url + path`, so public_base_url must be the address
+Twilio is configured with (scheme, host and port as seen from outside). Every request
+must carry a valid `X-Twilio-Signature`, else 403 and nothing happens.
+
+- status_callback: the SMS status callbacks the dispatcher asked for
+  (`?alert=..&case=..&row=..`). Twilio may send them twice or out of order; only a
+  status more advanced than the one kept for that message SID counts: it goes into the
+  case record (kind "delivery", no phone number) and to the escalation.
+- sms_reply: a victim's answer to an alert SMS acknowledges that victim's latest
+  unacknowledged alert (open, updated or escalated), by "victim:<id>".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
+
+from tagwatch.notify import texts
+from tagwatch.notify.ack import AckError, acknowledge
+from tagwatch.notify.escalation import Escalation
+from tagwatch.notify.outcome import redact
+from tagwatch.notify.records import DELIVERY_FAILED
+from tagwatch.record import Batch, Entry, Record
+
+# Later in the list = more advanced; equal rank: first one kept.
+STATUS_RANK = {"accepted": 0, "scheduled": 0, "queued": 1, "sending": 2, "sent": 3,
+               "delivered": 4, "undelivered": 4, "failed": 4, "canceled": 4, "read": 5}
+_TWIML = "application/xml"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain"
+
+
+@dataclass
+class Statuses:
+    """The most advanced status seen per message SID (kept small: terminal ones expire)."""
+
+    latest: dict[str, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def advance(self, sid: str, status: str) -> bool:
+        """Keep status if it is more advanced than the one held; True if it was."""
+        rank = STATUS_RANK.get(status)
+        if rank is None:
+            return False
+        with self._lock:
+            held = self.latest.get(sid)
+            if held is not None and STATUS_RANK[held] >= rank:
+                return False
+            self.latest[sid] = status
+            return True
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
+
+
+class TwilioInbound:
+    def __init__(
+        self,
+        auth_token: str,
+        public_base_url: str,
+        record: Record,
+        victims_by_phone: Mapping[str, tuple[str, str]],  # phone -> (case id, victim id)
+        escalation: Escalation | None = None,
+        statuses: Statuses | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.validator = RequestValidator(auth_token)
+        self.base = public_base_url.rstrip("/")
+        self.record, self.victims, self.escalation = record, victims_by_phone, escalation
+        self.statuses = statuses or Statuses()
+        self.clock = clock
+
+    def _verified(self, method: str, path: str, headers: Mapping[str, str],
+                  body: bytes) -> dict[str, str] | Reply:
+        if method.upper() != "POST":
+            return Reply(405, f"{path}: POST only".encode())
+        try:
+            params = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        except UnicodeDecodeError:
+            return Reply(400, f"{path}: body is not UTF-8 form data".encode())
+        signature = _header(headers, "X-Twilio-Signature")
+        if not signature or not self.validator.validate(self.base + path, params, signature):
+            return Reply(403, f"{path}: X-Twilio-Signature missing or invalid".encode())
+        return params
+
+    def status_callback(self, method: str, path: str, headers: Mapping[str, str],
+                        body: bytes) -> Reply:
+        params = self._verified(method, path, headers, body)
+        if isinstance(params, Reply):
+            return params
+        query = dict(parse_qsl(urlsplit(path).query))
+        alert_id, case = query.get("alert"), query.get("case")
+        sid, status = params.get("MessageSid"), params.get("MessageStatus")
+        if not alert_id or not case or not sid or not status:
+            return Reply(400, f"{path}: needs ?alert= and ?case=, MessageSid and "
+                              "MessageStatus".encode())
+        if not self.statuses.advance(sid, status):
+            return Reply(204)  # duplicate or older than what we hold: nothing to do
+        now = self.clock()
+        entry = {"channel": "sms", "sid": sid, "status": status, "row": query.get("row"),
+                 "error_code": params.get("ErrorCode")}
+        self.record.commit(Batch(entries=[Entry(f"case:{case}", "delivery", entry,
+                                                event_ts=now, alert_id=alert_id)]), now)
+        if self.escalation is not None:
+            self.escalation.delivery_status(alert_id, status, now)
+        return Reply(204)
+
+    def sms_reply(self, method: str, path: str, headers: Mapping[str, str],
+                  body: bytes) -> Reply:
+        params = self._verified(method, path, headers, body)
+        if isinstance(params, Reply):
+            return params
+        who = self.victims.get(params.get("From", ""))
+        if who is None:
+            return _twiml(None)  # say nothing to an unknown number
+        case, victim = who
+        alert = self._latest_open(case, victim)
+        if alert is None:
+            return _twiml(None)
+        now = self.clock()
+        note = "SMS reply: " + redact(params.get("Body", ""))[:160]
+        try:
+            acknowledge(self.record, alert["id"], f"victim:{victim}", note, now)
+        except AckError:
+            return _twiml(None)  # resolved in between: nothing left to acknowledge
+        if self.escalation is not None:
+            self.escalation.acknowledge(alert["id"], f"victim:{victim}", note, now)
+        return _twiml(texts.render("ack", alert["id"]))
+
+    def _latest_open(self, case: str, victim: str) -> dict | None:
+        for alert in self.record.latest_alerts(state="open"):
+            if (alert.get("case") == case and alert.get("victim") in (victim, None)
+                    and alert.get("state") in ("open", "updated", "escalated")
+                    and alert.get("type") != DELIVERY_FAILED):
+                return alert
+        return None
+
+
+def _twiml(text: str | None) -> Reply:
+    response = MessagingResponse()
+    if text:
+        response.message(text)
+    return Reply(200, str(response).encode(), _TWIML)

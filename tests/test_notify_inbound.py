@@ -1,0 +1,121 @@
+"""Inbound Twilio webhooks (signature checked) and acknowledgement into the case record."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlencode
+
+import pytest
+from twilio.request_validator import RequestValidator
+
+from tagwatch.notify import texts
+from tagwatch.notify.ack import AckError, acknowledge
+from tagwatch.notify.escalation import Escalation, EscalationSettings
+from tagwatch.notify.inbound import TwilioInbound
+from tagwatch.record import Batch, Entry, Record
+from tests.test_notify_policy import PHONES, T0, alert
+
+TOKEN, BASE = "secret-token", "https://tagwatch.example:8443"
+
+
+@pytest.fixture
+def record(tmp_path):
+    rec = Record.open(f"sqlite:///{tmp_path}/record.db")
+    yield rec
+    rec.close()
+
+
+def store(record: Record, rec: dict) -> None:
+    record.commit(Batch(entries=[Entry(f"case:{rec['case']}", "alert", rec, tag=rec["tag"],
+                                       event_ts=T0, alert_id=rec["id"])]), time.time())
+
+
+def signed(path: str, params: dict, token: str = TOKEN) -> tuple[dict, bytes]:
+    signature = RequestValidator(token).compute_signature(BASE + path, params)
+    return {"X-Twilio-Signature": signature}, urlencode(params).encode()
+
+
+def inbound(record: Record, esc: Escalation | None = None) -> TwilioInbound:
+    return TwilioInbound(TOKEN, BASE, record, {PHONES["V-01"]: ("C-0001", "V-01")}, esc,
+                         clock=lambda: T0 + 30)
+
+
+def status(hooks: TwilioInbound, sid: str, state: str, token: str = TOKEN):
+    path = f"/twilio/status?alert={alert()['id']}&case=C-0001&row=1"
+    headers, body = signed(path, {"MessageSid": sid, "MessageStatus": state}, token)
+    return hooks.status_callback("POST", path, headers, body)
+
+
+def deliveries(record: Record) -> list[str]:
+    return [e["body"]["status"] for e in record.alert_history(alert()["id"])
+            if e["kind"] == "delivery"]
+
+
+def test_status_callbacks_keep_the_most_advanced_status(record):
+    esc = Escalation(EscalationSettings(ack_timeout_s=3600))
+    esc.observe(alert())
+    hooks = inbound(record, esc)
+    answers = [status(hooks, "SM1", s).status for s in ("sent", "delivered", "sent", "delivered")]
+    assert answers == [204, 204, 204, 204]
+    assert deliveries(record) == ["sent", "delivered"]  # late and repeated ones ignored
+    assert record.verify() == []
+
+
+def test_a_forged_status_callback_is_refused(record):
+    esc = Escalation(EscalationSettings(ack_timeout_s=3600))
+    esc.observe(alert())
+    hooks = inbound(record, esc)
+    assert status(hooks, "SM1", "failed", token="not the token").status == 403
+    path = f"/twilio/status?alert={alert()['id']}&case=C-0001"
+    assert hooks.status_callback("POST", path, {}, b"MessageSid=SM1").status == 403
+    assert deliveries(record) == [] and esc.tick(T0 + 60) == []
+    assert status(hooks, "SM1", "failed").status == 204  # the genuine one counts
+    (escalated,) = esc.tick(T0 + 60)
+    assert "SMS to the victim failed" in escalated["detail"]
+
+
+def test_a_victim_reply_acknowledges_the_latest_open_alert(record):
+    store(record, alert(1))
+    store(record, alert(2, at=T0 + 10))
+    esc = Escalation(EscalationSettings(ack_timeout_s=120))
+    esc.observe(alert(1))
+    esc.observe(alert(2, at=T0 + 10))
+    hooks = inbound(record, esc)
+    headers, body = signed("/twilio/sms", {"From": PHONES["V-01"], "Body": "got it, safe"})
+    reply = hooks.sms_reply("POST", "/twilio/sms", headers, body)
+    assert reply.status == 200 and texts.reference(alert(2)["id"]) in reply.body.decode()
+    latest = {a["id"]: a["state"] for a in record.latest_alerts()}
+    assert latest == {alert(1)["id"]: "open", alert(2)["id"]: "acknowledged"}
+    (action,) = [e for e in record.alert_history(alert(2)["id"]) if e["kind"] == "action"]
+    assert action["body"]["by"] == "victim:V-01" and "got it, safe" in action["body"]["note"]
+    assert [r["id"] for r in esc.tick(T0 + 1000)] == [alert(1)["id"]] * 2  # only the other
+
+
+def test_a_forged_or_unknown_reply_acknowledges_nothing(record):
+    store(record, alert())
+    hooks = inbound(record)
+    headers, body = signed("/twilio/sms", {"From": PHONES["V-01"], "Body": "ok"}, "wrong")
+    assert hooks.sms_reply("POST", "/twilio/sms", headers, body).status == 403
+    headers, body = signed("/twilio/sms", {"From": "+15005550006", "Body": "ok"})
+    assert hooks.sms_reply("POST", "/twilio/sms", headers, body).status == 200
+    assert record.latest_alerts()[0]["state"] == "open"
+
+
+def test_operator_acknowledgement_is_recorded_in_one_commit(record):
+    store(record, alert())
+    ref = texts.reference(alert()["id"])
+    acked = acknowledge(record, ref, "duty-operator", "called the victim", T0 + 50)
+    assert acked["state"] == "acknowledged" and acked["id"] == alert()["id"]
+    assert acked["detail"] == "acknowledged by duty-operator: called the victim"
+    history = record.alert_history(alert()["id"])
+    assert [(e["kind"], e["chain"]) for e in history] == [
+        ("alert", "case:C-0001"), ("action", "case:C-0001"), ("alert", "case:C-0001")]
+    assert history[1]["recorded_at"] == history[2]["recorded_at"]
+    again = acknowledge(record, alert()["id"], "supervisor", "", T0 + 80)
+    assert again == acked and len(record.alert_history(alert()["id"])) == 4
+    assert record.verify() == []
+    with pytest.raises(AckError, match="no such alert"):
+        acknowledge(record, "ffffff", "duty-operator", "", T0)
+    store(record, alert(state="resolved"))
+    with pytest.raises(AckError, match="already resolved"):
+        acknowledge(record, alert()["id"], "duty-operator", "", T0)

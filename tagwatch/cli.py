@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     core.add_argument("--json", action="store_true", help="print one JSON object")
     core.add_argument("--small", action="store_true", help="a small workload (smoke test)")
     core.set_defaults(handler=_bench_core)
+    pipe = which.add_parser(
+        "pipeline", help="decode + geometry + rules, batched beside one at a time"
+    )
+    pipe.add_argument("--json", action="store_true", help="print one JSON object")
+    pipe.add_argument("--small", action="store_true", help="a small workload (smoke test)")
+    pipe.set_defaults(handler=_bench_pipeline)
     return parser
 
 
@@ -143,6 +149,14 @@ def _bench_core(args: argparse.Namespace) -> int:
     from tagwatch.bench.report import emit
 
     emit(core.main(args.json, small=args.small), core.RESULT_LINES, args.json)
+    return EXIT_OK
+
+
+def _bench_pipeline(args: argparse.Namespace) -> int:
+    from tagwatch.bench import pipeline
+    from tagwatch.bench.report import emit
+
+    emit(pipeline.main(small=args.small), pipeline.RESULT_LINES, args.json)
     return EXIT_OK
 
 

@@ -46,7 +46,6 @@ class Result:
     rejected: list[Rejected] = field(default_factory=list)
     accepted: list[tuple[Fix, bool]] = field(default_factory=list)  # (fix, late)
     duplicates: int = 0
-    checkpoints: dict[str, bytes] = field(default_factory=dict)
 
     def rejected_by_reason(self) -> Counter:
         return Counter(r.rejection.reason for r in self.rejected)
@@ -82,8 +81,14 @@ class Pipeline:
         rows = self._geometry(tag_idx, lon, lat, ts, xyz)
         self._rules(items, rows, xyz, Emitter(out, raised))
         result.records, result.commands = out.records, out.commands
-        result.checkpoints = self.engine.checkpoints()
         return result
+
+    def checkpoints(self) -> dict[str, bytes]:
+        """Rule state changed since the last call, to commit with the batch's effects."""
+        return self.engine.checkpoints()
+
+    def restore(self, checkpoints: dict[str, bytes]) -> None:
+        self.engine.restore(checkpoints)
 
     def tick(self, now: float, raised: float | None = None) -> Result:
         """Advance the watchdog clock (the daemon's wall-clock tick)."""

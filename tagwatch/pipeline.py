@@ -51,11 +51,8 @@ class Result:
         return Counter(r.rejection.reason for r in self.rejected)
 
 
-@dataclass
-class _Item:
-    fix: Fix
-    kind: str  # "live", "late" or "victim"
-    row: int = -1  # index into the geometry batch
+VICTIM = "victim"
+TOPIC_CACHE = 200_000  # parsed topics kept; one per tag and device
 
 
 class Pipeline:
@@ -64,6 +61,7 @@ class Pipeline:
         self.rules = rules
         self.topics = topics
         self.event_clock = event_clock
+        self._topic_cache: dict[str, tuple[str, str] | None] = {}
 
     @property
     def zoneset(self) -> ZoneSet:
@@ -75,11 +73,11 @@ class Pipeline:
     def process(self, messages: list[Inbound], raised: float | None = None) -> Result:
         result = Result()
         out = Output()
-        items = self._decode(messages, result)
-        lon, lat, ts, tag_idx = self._positions(items)
-        xyz = ecef(lon, lat) if len(lon) else np.zeros((0, 3))
+        fixes, kinds = self._decode(messages, result)
+        lon, lat, ts, tag_idx = self._arrays(fixes, kinds)
+        xyz = ecef(lon, lat)
         rows = self._geometry(tag_idx, lon, lat, ts, xyz)
-        self._rules(items, rows, xyz, Emitter(out, raised))
+        self._rules(fixes, kinds, rows, xyz, Emitter(out, raised))
         result.records, result.commands = out.records, out.commands
         return result
 
@@ -94,92 +92,124 @@ class Pipeline:
         """Advance the watchdog clock (the daemon's wall-clock tick)."""
         out = Output()
         self.engine.advance(now, Emitter(out, raised))
-        return Result(
-            records=out.records, commands=out.commands, checkpoints=self.engine.checkpoints()
-        )
+        return Result(records=out.records, commands=out.commands)
 
-    def _decode(self, messages: list[Inbound], result: Result) -> list[_Item]:
-        items: list[_Item] = []
+    def _parse(self, topic: str) -> tuple[str, str] | None:
+        parsed = self._topic_cache.get(topic, False)
+        if parsed is False:
+            if len(self._topic_cache) >= TOPIC_CACHE:
+                self._topic_cache.clear()
+            parsed = self._topic_cache[topic] = self.topics.parse(topic)
+        return parsed
+
+    def _decode(self, messages: list[Inbound], result: Result) -> tuple[list[Fix], list[str]]:
+        """Accepted fixes in arrival order, each with its kind (live, late or victim)."""
+        fixes: list[Fix] = []
+        kinds: list[str] = []
         engine = self.engine
         max_future = self.rules.max_future_s
         for msg in messages:
-            parsed = self.topics.parse(msg.topic)
+            parsed = self._parse(msg.topic)
             if parsed is None:
-                result.rejected.append(
-                    _reject("", "unknown_topic", f"topic {msg.topic!r} is not a fix topic", msg)
-                )
+                detail = f"topic {msg.topic!r} is not a fix topic"
+                result.rejected.append(_reject("", "unknown_topic", detail, msg))
                 continue
             source, ident = parsed
-            if source == "tag":
-                if not engine.knows_tag(ident):
-                    result.rejected.append(
-                        _reject(ident, "unknown_tag", f"tag {ident!r} belongs to no case", msg)
-                    )
-                    continue
-                if engine.seen_payload(ident, _digest(msg.payload)):
-                    result.duplicates += 1
-                    continue
-            elif not engine.knows_device(ident):
-                result.rejected.append(
-                    _reject(ident, "unknown_device", f"device {ident!r} belongs to no victim", msg)
-                )
+            problem = self._unknown(source, ident)
+            if problem:
+                result.rejected.append(_reject(ident, *problem, msg))
                 continue
-            fixes, rejections = decode_payload(source, ident, msg.payload, msg.received, max_future)
-            result.rejected.extend(Rejected(ident, r, msg.received) for r in rejections)
-            for fix in fixes:
-                if source == "victim":
+            # A buffered upload redelivered whole is dropped whole; single fixes are
+            # recognised one by one below.
+            if (
+                source == "tag"
+                and msg.payload[:1] == b"["
+                and engine.seen_payload(ident, _digest(msg.payload))
+            ):
+                result.duplicates += 1
+                continue
+            decoded, rejections = decode_payload(
+                source, ident, msg.payload, msg.received, max_future
+            )
+            if rejections:
+                result.rejected.extend(Rejected(ident, r, msg.received) for r in rejections)
+            for fix in decoded:
+                if source == VICTIM:
                     if fix.lat is not None:
-                        items.append(_Item(fix, "victim"))
+                        fixes.append(fix)
+                        kinds.append(VICTIM)
                     continue
                 kind = engine.classify(fix)
                 if kind == DUPLICATE:
                     result.duplicates += 1
                     continue
-                items.append(_Item(fix, kind))
+                fixes.append(fix)
+                kinds.append(kind)
                 result.accepted.append((fix, kind == LATE))
-        return items
+        return fixes, kinds
 
-    def _positions(self, items: list[_Item]):
-        positioned = [it for it in items if it.fix.lat is not None]
-        for i, it in enumerate(positioned):
-            it.row = i
-        zs = self.engine.zoneset
-        lon = np.fromiter((it.fix.lon for it in positioned), np.float64, len(positioned))
-        lat = np.fromiter((it.fix.lat for it in positioned), np.float64, len(positioned))
-        ts = np.fromiter((it.fix.ts for it in positioned), np.float64, len(positioned))
+    def _unknown(self, source: str, ident: str) -> tuple[str, str] | None:
+        if source == "tag":
+            if not self.engine.knows_tag(ident):
+                return "unknown_tag", f"tag {ident!r} belongs to no case"
+        elif not self.engine.knows_device(ident):
+            return "unknown_device", f"device {ident!r} belongs to no victim"
+        return None
+
+    def _arrays(self, fixes: list[Fix], kinds: list[str]):
+        n = len(fixes)
+        nan = float("nan")
+        lon = np.fromiter((nan if f.lon is None else f.lon for f in fixes), np.float64, n)
+        lat = np.fromiter((nan if f.lat is None else f.lat for f in fixes), np.float64, n)
+        ts = np.fromiter((f.ts for f in fixes), np.float64, n)
+        index = self.engine.zoneset.tag_index
         tag_idx = np.fromiter(
-            (zs.tag_index(it.fix.tag) if it.kind != "victim" else -1 for it in positioned),
+            (-1 if k == VICTIM else index(f.tag) for f, k in zip(fixes, kinds, strict=True)),
             np.int64,
-            len(positioned),
+            n,
         )
         return lon, lat, ts, tag_idx
 
     def _geometry(self, tag_idx, lon, lat, ts, xyz) -> tuple:
-        ev = self.engine.zoneset.evaluate(tag_idx, lon, lat, ts, self.engine.horizon_m, xyz)
-        starts = np.searchsorted(ev.fix, np.arange(len(lon) + 1)).tolist()
+        """Each fix's zone rows, and whether the zone rules have anything to look at."""
+        zoneset, n = self.engine.zoneset, len(lon)
+        ev = zoneset.evaluate(tag_idx, lon, lat, ts, self.engine.horizon_m, xyz)
+        starts = np.searchsorted(ev.fix, np.arange(n + 1))
+        exclusion = zoneset.zone_exclusion[ev.zone]
+        within = (exclusion & (ev.distance_m <= self.engine.horizon_m)) | (
+            ~exclusion & ev.active & (ev.distance_m > 0)
+        )
+        needs = np.zeros(n, dtype=bool)
+        needs[ev.fix[within]] = True
         return (
-            starts,
+            starts.tolist(),
             ev.zone.tolist(),
             ev.inside.tolist(),
             ev.distance_m.tolist(),
             ev.active.tolist(),
+            needs.tolist(),
         )
 
-    def _rules(self, items: list[_Item], rows: tuple, xyz: np.ndarray, em: Emitter) -> None:
-        starts, zone, inside, distance, active = rows
-        xyz_rows = xyz.tolist()
+    def _rules(
+        self, fixes: list[Fix], kinds: list[str], rows: tuple, xyz: np.ndarray, em: Emitter
+    ) -> None:
+        starts, zone, inside, distance, active, needs = rows
+        points = xyz.tolist()
         engine = self.engine
-        for it in items:
-            fix = it.fix
-            if self.event_clock and it.kind != LATE:
+        event_clock = self.event_clock
+        for i, fix in enumerate(fixes):
+            kind = kinds[i]
+            if event_clock and kind != LATE and fix.ts > engine.clock:
                 engine.advance(fix.ts, em)
-            point = tuple(xyz_rows[it.row]) if it.row >= 0 else None
-            if it.kind == "victim":
+            point = tuple(points[i]) if fix.lat is not None else None
+            if kind == VICTIM:
                 engine.victim_fix(fix, point, em)
                 continue
-            s, e = (starts[it.row], starts[it.row + 1]) if it.row >= 0 else (0, 0)
+            if kind != LATE and point is not None and not needs[i] and engine.quiet_fix(fix, point):
+                continue
+            s, e = starts[i], starts[i + 1]
             fix_rows = zip(zone[s:e], inside[s:e], distance[s:e], active[s:e], strict=True)
-            if it.kind == LATE:
+            if kind == LATE:
                 engine.late_fix(fix, fix_rows, em)
             else:
                 engine.end_late_runs(fix.tag)

@@ -34,7 +34,7 @@ from tagwatch.wire import Fix, rate_command, warn_command
 from zones import ZoneSet
 
 DUPLICATE, LATE, LIVE = "duplicate", "late", "live"
-RECENT_KEYS = 32  # duplicate keys remembered per tag (seq and time+position)
+RECENT = 16  # fixes remembered per tag for duplicate detection (seq, and time+position)
 RATE_S = {"fast": 5, "near": 15, "far": 60}  # report interval asked of the tag
 WARN_TEXT = "You are near a restricted area. Leave now."
 _A, _F = 6378137.0, 1 / 298.257223563
@@ -106,6 +106,7 @@ class Engine:
                 self.tag_victims.setdefault(tag, []).extend(victims)
                 for v in victims:
                     self.device_victims.setdefault(v.device, []).append((tag, v))
+        self.tag_rules = {tag: cases[0][1] for tag, cases in self.tag_cases.items()}
         all_rules = [*case_rules.values(), self.rules]
         max_warn = max([z.warn_m for z in self.zone_info] + [0.0])
         self.quiet_m = max(
@@ -136,11 +137,13 @@ class Engine:
         st = self.tags.get(fix.tag)
         if st is None:
             st = self.tags[fix.tag] = TagState()
-        keys = _keys(fix)
-        if any(k in st.recent for k in keys):
+        position = (fix.ts, fix.lat, fix.lon)
+        seq = fix.seq
+        if position in st.positions or (seq is not None and seq in st.seqs):
             return DUPLICATE
-        st.recent.extend(keys)
-        del st.recent[: max(0, len(st.recent) - RECENT_KEYS)]
+        _remember(st.positions, position)
+        if seq is not None:
+            _remember(st.seqs, seq)
         self.dirty.add(fix.tag)
         if st.last_ts is not None and fix.ts < st.last_ts:
             return LATE
@@ -205,6 +208,46 @@ class Engine:
         nearest = min(nearest, self._victims(st, fix, xyz, plausible, em))
         st.near = nearest <= cases[0][1].near_m
         self._rate(st, tag, nearest, cases[0][1], em)
+
+    def quiet_fix(self, fix: Fix, xyz: tuple) -> bool:
+        """Bookkeeping only, for a live positioned fix that the caller found farther than
+        `horizon_m` from every zone of its tag (and outside no active curfew zone).
+
+        Returns False, changing nothing, when any rule could still have something to
+        say (an open track or episode, a device event, a possible jump, a victim
+        device nearby, a report-rate change): then the caller uses `tag_fix`.
+        """
+        tag = fix.tag
+        st = self.tags[tag]
+        if st.zones or st.victims or st.no_comms or st.no_fix or st.rate != "far":
+            return False
+        rules = self.tag_rules[tag]
+        if not _device_quiet(st, fix, rules) or self._maybe_jump(st, fix, xyz, rules):
+            return False
+        for victim in self.tag_victims.get(tag, ()):
+            device = self.devices.get(victim.device)
+            if (
+                device is not None
+                and abs(fix.ts - device.ts) <= rules.victim_fresh_s
+                and chord(xyz, device.xyz) <= self.quiet_m
+            ):
+                return False
+        ts = fix.ts
+        st.last_msg_ts = st.last_pos_ts = st.pos_ts = ts
+        st.lon, st.lat, st.acc, st.xyz, st.near = fix.lon, fix.lat, fix.acc, xyz, False
+        if (tag, watchdog.NO_COMMS) not in self.watch.armed:
+            self.watch.arm(tag, watchdog.NO_COMMS, ts + rules.no_comms_s)
+        return True
+
+    @staticmethod
+    def _maybe_jump(st: TagState, fix: Fix, xyz: tuple, rules: Rules) -> bool:
+        if st.xyz is None or fix.acc > tag_rules.JUMP_MAX_ACC_M:
+            return False
+        if (st.acc or 0.0) > tag_rules.JUMP_MAX_ACC_M:
+            return False
+        # The chord is shorter than the geodesic by far less than 1% here.
+        dt = max(fix.ts - (st.pos_ts or fix.ts), 0.0)
+        return chord(xyz, st.xyz) * 1.01 > rules.max_speed_mps * dt
 
     def _no_position(self, st: TagState, fix: Fix, cases, em: Emitter) -> None:
         self._arm(fix.tag, st, watchdog.NO_FIX)
@@ -369,7 +412,19 @@ class Engine:
                 self._arm(tag, st, watchdog.NO_FIX)
 
 
+def _device_quiet(st: TagState, fix: Fix, rules: Rules) -> bool:
+    """No tamper or battery transition in this fix."""
+    strap = fix.strap
+    if strap is not None and (strap == "tamper") != st.tampered:
+        return False
+    bat = fix.bat
+    if bat is None:
+        return True
+    low = rules.battery_low_pct
+    return bat > low if st.battery_armed else bat < low + 10
 
-def _keys(fix: Fix) -> tuple:
-    position = ("p", fix.ts, fix.lat, fix.lon)
-    return (("s", fix.seq), position) if fix.seq is not None else (position,)
+
+def _remember(recent: list, key: object) -> None:
+    recent.append(key)
+    if len(recent) > RECENT:
+        del recent[0]

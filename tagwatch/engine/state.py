@@ -71,8 +71,9 @@ class TagState(msgspec.Struct):
     pos_ts: float | None = None
     xyz: tuple[float, float, float] | None = None  # ECEF of the last plausible position
     near: bool = False  # last position within near_m of an exclusion zone or victim
-    recent: list[tuple] = msgspec.field(default_factory=list)  # duplicate keys
-    payloads: list[bytes] = msgspec.field(default_factory=list)  # digests of recent messages
+    seqs: list[int] = msgspec.field(default_factory=list)  # recent seq values (duplicates)
+    positions: list[tuple] = msgspec.field(default_factory=list)  # recent (ts, lat, lon)
+    payloads: list[bytes] = msgspec.field(default_factory=list)  # digests of recent batches
     battery_armed: bool = True
     tampered: bool = False
     no_comms: Episode | None = None
@@ -90,7 +91,6 @@ class DeviceState(msgspec.Struct):
     lon: float
     lat: float
     xyz: tuple[float, float, float]
-    recent: list[tuple] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -27,11 +27,11 @@ NO_COMMS, NO_FIX = "tag.no_comms", "tag.no_fix"
 class Watchdogs:
     def __init__(self) -> None:
         self._heap: list[tuple[float, str, str]] = []
-        self._armed: set[tuple[str, str]] = set()
+        self.armed: set[tuple[str, str]] = set()
 
     def arm(self, tag: str, kind: str, deadline: float) -> None:
-        if (tag, kind) not in self._armed:
-            self._armed.add((tag, kind))
+        if (tag, kind) not in self.armed:
+            self.armed.add((tag, kind))
             heapq.heappush(self._heap, (deadline, tag, kind))
 
     def due(self, now: float) -> list[tuple[float, str, str]]:
@@ -42,7 +42,7 @@ class Watchdogs:
         popped = []
         while self._heap and self._heap[0][0] < now:
             entry = heapq.heappop(self._heap)
-            self._armed.discard((entry[1], entry[2]))
+            self.armed.discard((entry[1], entry[2]))
             popped.append(entry)
         return popped
 

@@ -36,10 +36,13 @@ class FixView:
     hot path, and this is several times cheaper to create.
     """
 
-    __slots__ = ("distance", "fix", "plausible", "tag")
+    __slots__ = ("distance", "exact", "fix", "plausible", "tag")
 
-    def __init__(self, tag: str, fix: Fix, distance: float, plausible: bool) -> None:
+    def __init__(
+        self, tag: str, fix: Fix, distance: float, plausible: bool, exact: bool = True
+    ) -> None:
         self.tag = tag
         self.fix = fix
         self.distance = distance  # signed metres, negative inside
         self.plausible = plausible  # False for a jumped fix: tested against zones, no speeds
+        self.exact = exact  # False beyond the geometry horizon: a lower bound, no speeds

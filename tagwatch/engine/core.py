@@ -17,8 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
+
 from tagwatch.config import Rules, rules_with
-from tagwatch.engine import patterns, tag_rules, victim_rules, watchdog, zone_rules
+from tagwatch.engine import patterns, seqs, tag_rules, victim_rules, watchdog, zone_rules
 from tagwatch.engine.context import FixView, VictimInfo, ZoneInfo
 from tagwatch.engine.emit import Emitter
 from tagwatch.engine.state import (
@@ -139,16 +141,27 @@ class Engine:
             st = self.tags[fix.tag] = TagState()
         position = (fix.ts, fix.lat, fix.lon)
         seq = fix.seq
-        if position in st.positions or (seq is not None and seq in st.seqs):
+        if position in st.positions or (seq is not None and self._seen_seq(st, fix)):
             return DUPLICATE
         _remember(st.positions, position)
         if seq is not None:
-            _remember(st.seqs, seq)
+            _remember(st.recent_seqs, seq)
+            seqs.add(st.seqs, seq)
         self.dirty.add(fix.tag)
         if st.last_ts is not None and fix.ts < st.last_ts:
             return LATE
         st.last_ts = fix.ts
         return LIVE
+
+    @staticmethod
+    def _seen_seq(st: TagState, fix: Fix) -> bool:
+        """A recent seq is a duplicate (DESIGN 4). An older seen seq is one only when the
+        fix is not newer than the latest: a re-uploaded buffer is recognised however
+        long, but a device that reboots and counts from 0 again is never silenced."""
+        if fix.seq in st.recent_seqs:
+            return True
+        newest = st.last_ts is None or fix.ts > st.last_ts
+        return not newest and seqs.seen(st.seqs, fix.seq)
 
     def seen_payload(self, tag: str, digest: bytes) -> bool:
         """A whole message seen before (a broker redelivery after a crash)."""
@@ -202,9 +215,10 @@ class Engine:
         plausible = not tag_rules.jumped(st, tag, fix, cases, em)
         watchdog.end(st, tag, watchdog.NO_FIX, fix.ts, cases, em)
         st.last_pos_ts = fix.ts
+        nearest = self._zones(st, fix, rows, plausible, em)
         if plausible:
             st.lon, st.lat, st.acc, st.pos_ts, st.xyz = fix.lon, fix.lat, fix.acc, fix.ts, xyz
-        nearest = self._zones(st, fix, rows, plausible, em)
+            _remember_position(st, fix, cases[0][1])
         nearest = min(nearest, self._victims(st, fix, xyz, plausible, em))
         st.near = nearest <= cases[0][1].near_m
         self._rate(st, tag, nearest, cases[0][1], em)
@@ -235,6 +249,7 @@ class Engine:
         ts = fix.ts
         st.last_msg_ts = st.last_pos_ts = st.pos_ts = ts
         st.lon, st.lat, st.acc, st.xyz, st.near = fix.lon, fix.lat, fix.acc, xyz, False
+        _remember_position(st, fix, rules)
         if (tag, watchdog.NO_COMMS) not in self.watch.armed:
             self.watch.arm(tag, watchdog.NO_COMMS, ts + rules.no_comms_s)
         return True
@@ -269,7 +284,9 @@ class Engine:
                 if not self._worth_a_track(info, distance, active):
                     continue
                 track = st.zones[info.key] = ZoneTrack()
-            view = FixView(fix.tag, fix, distance, plausible)
+                if info.exclusion:
+                    self._seed_window(track, z, fix.tag, st)
+            view = FixView(fix.tag, fix, distance, plausible, distance <= self.quiet_m)
             opened = zone_rules.apply(track, info, view, active, em)
             if zone_rules.ZONE_WARNING in opened or (
                 zone_rules.BREACH in opened and track.warning is None
@@ -282,6 +299,22 @@ class Engine:
         for case in sorted(visiting):
             patterns.activity(st, fix.tag, case, fix, self._case_rules(fix.tag, case), em)
         return nearest
+
+    def _seed_window(self, track: ZoneTrack, z: int, tag: str, st: TagState) -> None:
+        """A zone comes within range: fill its approach window from the tag's recent
+        positions, so an approach is judged on the last approach_window_s at once."""
+        if not st.history:
+            return
+        ts, lon, lat, acc = (np.array(column) for column in zip(*st.history, strict=True))
+        tag_idx = np.full(len(ts), self.zoneset.tag_index(tag))
+        ev = self.zoneset.evaluate(tag_idx, lon, lat)
+        for f, d in zip(
+            ev.fix[ev.zone == z].tolist(), ev.distance_m[ev.zone == z].tolist(), strict=True
+        ):
+            if d <= 0:
+                track.window.clear()
+            else:
+                track.window.append((float(ts[f]), d, float(acc[f])))
 
     def _worth_a_track(self, info: ZoneInfo, distance: float, active: bool) -> bool:
         if not active:
@@ -325,8 +358,10 @@ class Engine:
         )
         if busy:
             level = "fast"
-        elif nearest <= rules.near_m or (st.rate == "near" and nearest <= rules.near_m + 100):
-            level = "near"
+        elif nearest <= rules.approach_max_m or (
+            st.rate == "near" and nearest <= rules.approach_max_m + 200
+        ):
+            level = "near"  # close enough to approach: enough fixes to judge a closing speed
         else:
             level = "far"
         if level != st.rate:
@@ -422,6 +457,14 @@ def _device_quiet(st: TagState, fix: Fix, rules: Rules) -> bool:
         return True
     low = rules.battery_low_pct
     return bat > low if st.battery_armed else bat < low + 10
+
+
+def _remember_position(st: TagState, fix: Fix, rules: Rules) -> None:
+    history = st.history
+    history.append((fix.ts, fix.lon, fix.lat, fix.acc))
+    oldest = fix.ts - rules.approach_window_s
+    while history[0][0] < oldest:
+        del history[0]
 
 
 def _remember(recent: list, key: object) -> None:

@@ -2,8 +2,9 @@
 
 Approach, warning and loitering episodes that overlap or are less than
 `repeat_gap_s` apart are one visit. When `repeat_count` visits fall within
-`repeat_window_d` days, the visit that completes the count raises one alert
-(and so does each further visit while the count holds).
+`repeat_window_d` days, the visit that completes the count raises one alert.
+Further visits raise nothing while an alerted visit is still in the window;
+once it has slid out, the next visit that completes a count raises again.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def activity(st: TagState, tag: str, case: str, fix: Fix, rules: Rules, em: Emit
     window_start = ts - rules.repeat_window_d * 86400
     while visits and visits[0].end < window_start:
         visits.pop(0)
-    if len(visits) >= rules.repeat_count:
+    if len(visits) >= rules.repeat_count and not any(v.alerted for v in visits):
         visits[-1].alerted = True
         em.record(
             id=alert_id(case, tag, REPEATED, None, ts),

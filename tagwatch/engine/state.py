@@ -71,9 +71,13 @@ class TagState(msgspec.Struct):
     pos_ts: float | None = None
     xyz: tuple[float, float, float] | None = None  # ECEF of the last plausible position
     near: bool = False  # last position within near_m of an exclusion zone or victim
-    seqs: list[int] = msgspec.field(default_factory=list)  # recent seq values (duplicates)
+    recent_seqs: list[int] = msgspec.field(default_factory=list)  # the last few seq values
+    seqs: list[list[int]] = msgspec.field(default_factory=list)  # every seen seq, as [lo, hi]
     positions: list[tuple] = msgspec.field(default_factory=list)  # recent (ts, lat, lon)
     payloads: list[bytes] = msgspec.field(default_factory=list)  # digests of recent batches
+    history: list[tuple[float, float, float, float]] = msgspec.field(default_factory=list)
+    # (ts, lon, lat, acc) of plausible fixes within approach_window_s: seeds the approach
+    # window of a zone the tag comes within range of
     battery_armed: bool = True
     tampered: bool = False
     no_comms: Episode | None = None

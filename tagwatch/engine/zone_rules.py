@@ -326,7 +326,9 @@ def _approach(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> b
             )
             track.approach = None
         return False
-    if view.plausible:
+    if not view.exact:
+        track.window.clear()  # beyond the horizon distances are bounds, not measurements
+    elif view.plausible:
         approach.update_window(track.window, view.fix.ts, d, view.fix.acc, rules)
     severity, closing, eta = approach.assess(track.window, d, rules)
     state, episode = approach.step(track, severity, closing, rules, d)
@@ -364,6 +366,9 @@ def _approach(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> b
 def late(track: ZoneTrack, zone: ZoneInfo, view: FixView, active: bool, em: Emitter) -> None:
     """A buffered, out-of-order fix: one late breach per run of late fixes inside a zone."""
     violating = active and (view.distance <= 0 if zone.exclusion else view.distance > 0)
+    covered = track.breach is not None and track.breach.opened <= view.fix.ts
+    if covered:
+        return  # the live breach episode already covers this time
     if not violating:
         track.late_run = None
         return

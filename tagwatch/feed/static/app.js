@@ -1,0 +1,394 @@
+// The operator dashboard: alert queue, details with acknowledge/resolve, map panel.
+// Events only mark alerts dirty; one requestAnimationFrame pass updates the keyed rows
+// that changed and moves only the rows that are out of place, so a burst of events costs
+// one layout per frame, not one per event.
+
+import { drawMap } from "./map.js";
+
+const SEVERITY = { critical: 2, warning: 1, info: 0 };
+const NEEDS_ACTION = new Set(["open", "updated", "escalated"]);
+const ALARM_EVERY_MS = 4000;
+const TRACK_WINDOW_MS = 30 * 60 * 1000;
+
+const $ = (id) => document.getElementById(id);
+const tileUrl = document.body.dataset.tileUrl || null;
+
+const S = {
+  token: sessionStorage.getItem("tagwatch.token"),
+  muted: sessionStorage.getItem("tagwatch.muted") === "1",
+  alerts: new Map(), // id -> latest record
+  firstSeen: new Map(), // id -> ms, for age and order
+  rows: new Map(), // id -> row element
+  dirty: new Set(),
+  orderDirty: false,
+  frame: 0,
+  selected: null,
+  source: null,
+  lastEventId: null,
+  audio: null,
+  lastAlarm: 0,
+  zonesCache: new Map(),
+  mapFor: null,
+};
+
+// Figures the browser test reads.
+window.__tagwatch = { events: 0, flushes: 0, lastFlushMs: 0, maxFlushMs: 0, mark: undefined,
+                      shown: () => S.rows.size, alert: (id) => S.alerts.get(id) };
+
+// --- API -------------------------------------------------------------------------------
+
+async function api(path, options = {}) {
+  const headers = { Authorization: `Bearer ${S.token}`, ...(options.headers || {}) };
+  const resp = await fetch(path, { ...options, headers });
+  if (resp.status === 401) { signOut("Your token was not accepted."); throw new Error("401"); }
+  return resp;
+}
+
+// --- formatting ------------------------------------------------------------------------
+
+const fmt = {
+  metres: (v) => (v == null ? "—" : v < 0 ? `${Math.round(-v)} m inside` : `${Math.round(v)} m`),
+  speed: (v) => (v == null ? "—" : `${v.toFixed(1)} m/s`),
+  duration(s) {
+    if (s == null) return "—";
+    if (s < 90) return `${Math.round(s)} s`;
+    if (s < 5400) return `${Math.round(s / 60)} min`;
+    return `${(s / 3600).toFixed(1)} h`;
+  },
+  text: (v) => (v == null || v === "" ? "—" : String(v)),
+};
+
+function escalationLevel(rec) {
+  if (rec.escalation_level != null) return rec.escalation_level;
+  const m = /^escalation level (\d+):/.exec(rec.detail || "");
+  return m ? Number(m[1]) : rec.state === "escalated" ? 1 : null;
+}
+
+function delivery(rec) {
+  const d = rec.delivery;
+  if (d == null) return null;
+  if (typeof d === "string") return d;
+  return Object.entries(d).map(([k, v]) => `${k}: ${typeof v === "object" ? v.status : v}`).join(", ");
+}
+
+// --- queue -----------------------------------------------------------------------------
+
+function upsert(rec) {
+  if (!rec || !rec.id) return;
+  const known = S.alerts.get(rec.id);
+  if (!S.firstSeen.has(rec.id)) S.firstSeen.set(rec.id, Date.parse(rec.raised || rec.ts) || Date.now());
+  if (!known || known.severity !== rec.severity || known.state !== rec.state) S.orderDirty = true;
+  if (rec.severity === "critical" && NEEDS_ACTION.has(rec.state)
+      && (!known || known.state !== rec.state)) S.lastAlarm = 0; // sound at once
+  S.alerts.set(rec.id, rec);
+  S.dirty.add(rec.id);
+  if (!S.frame) S.frame = requestAnimationFrame(flush);
+}
+
+function compare(a, b) {
+  const ra = S.alerts.get(a), rb = S.alerts.get(b);
+  return (SEVERITY[rb.severity] ?? 0) - (SEVERITY[ra.severity] ?? 0)
+    || NEEDS_ACTION.has(rb.state) - NEEDS_ACTION.has(ra.state)
+    || S.firstSeen.get(a) - S.firstSeen.get(b)
+    || (a < b ? -1 : 1);
+}
+
+function makeRow(id) {
+  const row = document.createElement("div");
+  row.className = "row row-grid";
+  row.dataset.id = id;
+  row.tabIndex = 0;
+  row.setAttribute("role", "listitem");
+  for (const cls of ["sev", "type", "tag", "where", "num dist", "num eta", "state", "num age"]) {
+    const span = document.createElement("span");
+    span.className = cls;
+    row.appendChild(span);
+  }
+  return row;
+}
+
+function fillRow(row, rec, now) {
+  const c = row.children;
+  row.className = `row row-grid sev-${rec.severity} st-${rec.state}`
+    + (S.selected === rec.id ? " selected" : "");
+  c[0].textContent = rec.severity;
+  c[1].textContent = rec.type;
+  c[2].textContent = rec.tag ?? "—";
+  c[3].textContent = rec.zone ? `${rec.zone} · ${rec.case}` : rec.case;
+  c[4].textContent = fmt.metres(rec.distance_m);
+  c[5].textContent = rec.eta_s == null ? "—" : fmt.duration(rec.eta_s);
+  c[6].textContent = rec.state + (rec.state === "escalated" ? ` L${escalationLevel(rec)}` : "");
+  c[7].textContent = fmt.duration((now - S.firstSeen.get(rec.id)) / 1000);
+}
+
+function flush() {
+  const t0 = performance.now();
+  S.frame = 0;
+  const container = $("rows");
+  const now = Date.now();
+  for (const id of S.dirty) {
+    const rec = S.alerts.get(id);
+    let row = S.rows.get(id);
+    if (rec.state === "resolved") {
+      if (row) { row.remove(); S.rows.delete(id); }
+      S.alerts.delete(id);
+      continue;
+    }
+    if (!row) { row = makeRow(id); S.rows.set(id, row); S.orderDirty = true; }
+    fillRow(row, rec, now);
+  }
+  if (S.orderDirty) reorder(container);
+  if (S.selected && S.dirty.has(S.selected)) showDetails(S.selected);
+  S.dirty.clear();
+  S.orderDirty = false;
+  updateCounts();
+  const ms = performance.now() - t0;
+  const stats = window.__tagwatch;
+  stats.flushes += 1; stats.lastFlushMs = ms; stats.maxFlushMs = Math.max(stats.maxFlushMs, ms);
+}
+
+function reorder(container) {
+  const ids = [...S.rows.keys()].sort(compare);
+  let cursor = container.firstChild;
+  for (const id of ids) {
+    const row = S.rows.get(id);
+    if (row === cursor) cursor = cursor.nextSibling;
+    else container.insertBefore(row, cursor); // moves only rows out of place
+  }
+}
+
+function updateCounts() {
+  let critical = 0, pending = 0;
+  for (const rec of S.alerts.values()) {
+    if (rec.severity === "critical" && NEEDS_ACTION.has(rec.state)) critical++;
+    if (NEEDS_ACTION.has(rec.state)) pending++;
+  }
+  $("counts").innerHTML = `<b>${S.rows.size}</b> open · <b>${pending}</b> need action`;
+  $("empty").hidden = S.rows.size > 0;
+  const banner = $("banner");
+  banner.hidden = critical === 0;
+  banner.textContent = critical === 1 ? "1 CRITICAL ALERT NEEDS ACTION"
+    : `${critical} CRITICAL ALERTS NEED ACTION`;
+  S.critical = critical;
+}
+
+function tickAges() {
+  const now = Date.now();
+  for (const [id, row] of S.rows) {
+    row.lastChild.textContent = fmt.duration((now - S.firstSeen.get(id)) / 1000);
+  }
+  alarm();
+}
+
+// --- sound -----------------------------------------------------------------------------
+
+function alarm() {
+  if (S.muted || !S.audio || !S.critical) return;
+  const now = Date.now();
+  if (now - S.lastAlarm < ALARM_EVERY_MS) return;
+  S.lastAlarm = now;
+  const ctx = S.audio;
+  const t = ctx.currentTime;
+  for (const [i, freq] of [[0, 880], [1, 660], [2, 880]]) {
+    const osc = ctx.createOscillator();
+    const gain = ctx.createGain();
+    osc.type = "square";
+    osc.frequency.value = freq;
+    gain.gain.setValueAtTime(0.0001, t + i * 0.22);
+    gain.gain.exponentialRampToValueAtTime(0.25, t + i * 0.22 + 0.02);
+    gain.gain.exponentialRampToValueAtTime(0.0001, t + i * 0.22 + 0.2);
+    osc.connect(gain).connect(ctx.destination);
+    osc.start(t + i * 0.22);
+    osc.stop(t + i * 0.22 + 0.21);
+  }
+}
+
+function setMuted(muted) {
+  S.muted = muted;
+  sessionStorage.setItem("tagwatch.muted", muted ? "1" : "0");
+  const b = $("mute");
+  b.textContent = muted ? "Sound muted" : "Sound on";
+  b.setAttribute("aria-pressed", String(muted));
+}
+
+// --- details and actions ---------------------------------------------------------------
+
+function field(dl, name, value) {
+  const dt = document.createElement("dt");
+  dt.textContent = name;
+  const dd = document.createElement("dd");
+  dd.textContent = value;
+  dl.append(dt, dd);
+}
+
+function showDetails(id) {
+  const rec = S.alerts.get(id);
+  const box = $("details");
+  if (!rec) { box.innerHTML = '<p class="hint">This alert is resolved.</p>'; return; }
+  box.className = `details sev-${rec.severity}`;
+  const h = document.createElement("h2");
+  h.textContent = `${rec.severity.toUpperCase()} · ${rec.type}`;
+  const sub = document.createElement("p");
+  sub.className = "sub";
+  sub.textContent = rec.detail || "";
+  const dl = document.createElement("dl");
+  field(dl, "State", rec.state);
+  field(dl, "Tag", fmt.text(rec.tag));
+  field(dl, "Case", fmt.text(rec.case));
+  field(dl, "Zone", fmt.text(rec.zone ?? rec.victim));
+  field(dl, "Distance", fmt.metres(rec.distance_m));
+  field(dl, "Closing speed", fmt.speed(rec.closing_mps));
+  field(dl, "Time to arrival", rec.eta_s == null ? "—" : fmt.duration(rec.eta_s));
+  field(dl, "Confidence", fmt.text(rec.confidence));
+  const level = escalationLevel(rec);
+  if (level != null) field(dl, "Escalation level", String(level));
+  const sent = delivery(rec);
+  if (sent != null) field(dl, "Delivery", sent);
+  field(dl, "Fix time", fmt.text(rec.ts));
+  field(dl, "Alert id", rec.id);
+  const note = document.createElement("textarea");
+  note.id = "note";
+  note.placeholder = "Note for the case record (what you did, who you called)";
+  const keep = box.querySelector("#note");
+  if (keep && box.dataset.id === id) note.value = keep.value;
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  actions.innerHTML = '<button id="ack" class="btn btn-primary" type="button">Acknowledge</button>'
+    + '<button id="resolve" class="btn btn-danger" type="button">Resolve</button><span id="msg" class="msg"></span>';
+  box.dataset.id = id;
+  box.replaceChildren(h, sub, dl, note, actions);
+  $("ack").disabled = rec.state === "acknowledged";
+  $("ack").onclick = () => act(id, "ack");
+  $("resolve").onclick = () => act(id, "resolve");
+}
+
+async function act(id, what) {
+  const note = $("note").value;
+  $("msg").textContent = "";
+  const resp = await api(`/api/alerts/${encodeURIComponent(id)}/${what}`, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ note }),
+  });
+  if (resp.ok) { upsert(await resp.json()); return; }
+  const reason = { 403: "Your role may only view alerts.", 404: "No such alert.",
+                   409: "This alert is already resolved." }[resp.status];
+  $("msg").textContent = reason || `Failed: HTTP ${resp.status}`;
+}
+
+function select(id) {
+  const old = S.rows.get(S.selected);
+  if (old) old.classList.remove("selected");
+  S.selected = id;
+  const row = S.rows.get(id);
+  if (row) row.classList.add("selected");
+  showDetails(id);
+  loadMap(id);
+}
+
+async function loadMap(id) {
+  const rec = S.alerts.get(id);
+  if (!rec) return;
+  S.mapFor = id;
+  let zones = S.zonesCache.get(rec.case);
+  if (zones === undefined && rec.case) {
+    const r = await api(`/api/cases/${encodeURIComponent(rec.case)}/zones`);
+    zones = r.ok ? await r.json() : null;
+    S.zonesCache.set(rec.case, zones);
+  }
+  let track = null;
+  if (rec.tag) {
+    const since = new Date((Date.parse(rec.ts) || Date.now()) - TRACK_WINDOW_MS).toISOString();
+    const r = await api(`/api/tags/${encodeURIComponent(rec.tag)}/track?since=${encodeURIComponent(since)}`);
+    track = r.ok ? await r.json() : null;
+  }
+  if (S.mapFor !== id) return; // another alert was selected meanwhile
+  $("map-note").textContent = drawMap($("map"), { alert: S.alerts.get(id) || rec, zones, track, tileUrl });
+}
+
+// --- live stream -----------------------------------------------------------------------
+
+function setConn(live, text) {
+  const c = $("conn");
+  c.className = `conn ${live ? "conn-live" : "conn-off"}`;
+  c.textContent = text;
+}
+
+function openStream(lastId) {
+  if (S.source) S.source.close();
+  let url = `/api/events?access_token=${encodeURIComponent(S.token)}`;
+  if (lastId) url += `&last_event_id=${encodeURIComponent(lastId)}`;
+  const source = new EventSource(url);
+  S.source = source;
+  source.onopen = () => setConn(true, "live");
+  source.onmessage = (e) => {
+    if (e.lastEventId) S.lastEventId = e.lastEventId;
+    const stats = window.__tagwatch;
+    stats.events += 1;
+    if (stats.mark === null) stats.mark = performance.now(); // a test's start mark
+    upsert(JSON.parse(e.data));
+  };
+  source.onerror = () => {
+    // EventSource retries by itself (sending Last-Event-ID); when it gives up (an HTTP
+    // error such as a restarted daemon answering 503), start again from the last id.
+    setConn(false, "reconnecting…");
+    if (source.readyState === EventSource.CLOSED) {
+      setTimeout(() => { if (S.source === source) openStream(S.lastEventId || lastId); }, 3000);
+    }
+  };
+}
+
+async function start() {
+  const resp = await api("/api/alerts?state=open");
+  if (!resp.ok) { setConn(false, `error ${resp.status}`); return; }
+  const watermark = resp.headers.get("X-Last-Event-ID");
+  for (const rec of (await resp.json()).reverse()) upsert(rec);
+  S.lastEventId = watermark;
+  openStream(watermark);
+}
+
+// --- sign in ---------------------------------------------------------------------------
+
+function signOut(message) {
+  sessionStorage.removeItem("tagwatch.token");
+  S.token = null;
+  if (S.source) { S.source.close(); S.source = null; }
+  setConn(false, "signed out");
+  $("login-error").textContent = message || "";
+  if (!$("login").open) $("login").showModal();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  S.token = $("token").value.trim();
+  if (!S.audio) S.audio = new AudioContext(); // needs this user gesture to be allowed
+  const probe = await fetch("/api/alerts?state=open&limit=1", { headers: { Authorization: `Bearer ${S.token}` } });
+  if (probe.status === 401) { $("login-error").textContent = "That token was not accepted."; return; }
+  sessionStorage.setItem("tagwatch.token", S.token);
+  $("login").close();
+  $("token").value = "";
+  start();
+}
+
+function init() {
+  setMuted(S.muted);
+  $("mute").onclick = () => setMuted(!S.muted);
+  $("signout").onclick = () => signOut("");
+  $("login-form").addEventListener("submit", signIn);
+  $("rows").addEventListener("click", (e) => {
+    const row = e.target.closest(".row");
+    if (row) select(row.dataset.id);
+  });
+  $("rows").addEventListener("keydown", (e) => {
+    const row = e.target.closest(".row");
+    if (row && e.key === "Enter") select(row.dataset.id);
+  });
+  setInterval(tickAges, 1000);
+  if (S.token) {
+    // A reload keeps the token (sessionStorage); sound needs a click on the page first.
+    document.addEventListener("pointerdown", () => { if (!S.audio) S.audio = new AudioContext(); }, { once: true });
+    start();
+  } else {
+    $("login").showModal();
+  }
+}
+
+init();

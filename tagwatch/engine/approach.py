@@ -12,7 +12,17 @@ from __future__ import annotations
 import math
 
 from tagwatch.config import Rules
-from tagwatch.engine.alerts import CRITICAL, OPEN, RESOLVED, SEVERITY_RANK, UPDATED, WARNING
+from tagwatch.engine.alerts import (
+    CRITICAL,
+    OPEN,
+    RESOLVED,
+    SEVERITY_RANK,
+    UPDATED,
+    WARNING,
+    alert_id,
+)
+from tagwatch.engine.context import FixView
+from tagwatch.engine.emit import Emitter
 from tagwatch.engine.state import Episode
 
 APPROACH = "approach"
@@ -87,3 +97,57 @@ def step(
     if track.approach_low_run >= 2:
         return RESOLVED, episode
     return None, episode
+
+
+def follow(
+    track,
+    view: FixView,
+    rules: Rules,
+    em: Emitter,
+    *,
+    case: str,
+    zone: str | None,
+    victim: str | None,
+    label: str,
+) -> bool:
+    """Advance the approach episode of one zone or victim-device track; True when opened.
+
+    `label` names what is approached in the detail ("zone home", "victim V-01").
+    """
+    d = view.distance
+    if not view.exact:
+        track.window.clear()  # beyond the horizon distances are bounds, not measurements
+    elif view.plausible:
+        update_window(track.window, view.fix.ts, d, view.fix.acc, rules)
+    severity, closing, eta = assess(track.window, d, rules)
+    state, episode = step(track, severity, closing, rules, d)
+    if state is None:
+        return False
+    if state == OPEN:
+        ep_id = alert_id(case, view.tag, APPROACH, zone or victim, view.fix.ts)
+        track.approach = episode = Episode(ep_id, view.fix.ts, severity)
+    elif state == UPDATED:
+        episode.severity = severity
+    if state == RESOLVED:
+        detail, eta = f"no longer closing on {label}", None
+        track.approach = None
+        track.approach_low_run = 0
+    else:
+        detail = f"closing on {label} at {closing:.1f} m/s, arrival in {eta:.0f} s"
+    em.record(
+        id=episode.id,
+        type=APPROACH,
+        severity=episode.severity,
+        state=state,
+        case=case,
+        tag=view.tag,
+        ts=view.fix.ts,
+        fix=view.fix,
+        zone=zone,
+        victim=victim,
+        distance=d,
+        closing=closing,
+        eta=eta,
+        detail=detail,
+    )
+    return state == OPEN

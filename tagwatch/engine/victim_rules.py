@@ -119,38 +119,16 @@ def stale(track: VictimTrack, victim: VictimInfo, view: FixView, em: Emitter, ag
 
 
 def approach_device(track: VictimTrack, victim: VictimInfo, view: FixView, em: Emitter) -> bool:
-    rules, d = victim.rules, view.distance
-    if view.plausible:
-        approach.update_window(track.window, view.fix.ts, d, view.fix.acc, rules)
-    severity, closing, eta = approach.assess(track.window, d, rules)
-    state, episode = approach.step(track, severity, closing, rules, d)
-    if state is None:
-        return False
-    if state == OPEN:
-        ep_id = alert_id(victim.case, view.tag, approach.APPROACH, victim.victim, view.fix.ts)
-        track.approach = episode = Episode(ep_id, view.fix.ts, severity)
-    assert episode is not None
-    if state == UPDATED:
-        episode.severity = severity
-    if state == RESOLVED:
-        detail = f"no longer closing on victim {victim.victim}"
-    else:
-        detail = f"closing on victim {victim.victim} at {closing:.1f} m/s, arrival in {eta:.0f} s"
-    _emit(
-        em,
-        victim,
+    return approach.follow(
+        track,
         view,
-        approach.APPROACH,
-        episode,
-        state,
-        detail,
-        closing=closing,
-        eta=eta if state != RESOLVED else None,
+        victim.rules,
+        em,
+        case=victim.case,
+        zone=None,
+        victim=victim.victim,
+        label=f"victim {victim.victim}",
     )
-    if state == RESOLVED:
-        track.approach = None
-        track.approach_low_run = 0
-    return state == OPEN
 
 
 def forget_window(track: VictimTrack) -> None:

@@ -326,41 +326,16 @@ def _approach(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> b
             )
             track.approach = None
         return False
-    if not view.exact:
-        track.window.clear()  # beyond the horizon distances are bounds, not measurements
-    elif view.plausible:
-        approach.update_window(track.window, view.fix.ts, d, view.fix.acc, rules)
-    severity, closing, eta = approach.assess(track.window, d, rules)
-    state, episode = approach.step(track, severity, closing, rules, d)
-    if state is None:
-        return False
-    if state == OPEN:
-        ep_id = alert_id(zone.case, view.tag, approach.APPROACH, zone.zone, view.fix.ts)
-        track.approach = episode = Episode(ep_id, view.fix.ts, severity)
-    assert episode is not None
-    if state == UPDATED:
-        episode.severity = severity
-    detail = (
-        f"closing on zone {zone.zone} at {closing:.1f} m/s, arrival in {eta:.0f} s"
-        if state != RESOLVED
-        else f"no longer closing on zone {zone.zone}"
-    )
-    _emit(
-        em,
-        zone,
+    return approach.follow(
+        track,
         view,
-        approach.APPROACH,
-        episode.id,
-        episode.severity,
-        state,
-        detail,
-        closing=closing,
-        eta=eta if state != RESOLVED else None,
+        rules,
+        em,
+        case=zone.case,
+        zone=zone.zone,
+        victim=zone.victim,
+        label=f"zone {zone.zone}",
     )
-    if state == RESOLVED:
-        track.approach = None
-        track.approach_low_run = 0
-    return state == OPEN
 
 
 def late(track: ZoneTrack, zone: ZoneInfo, view: FixView, active: bool, em: Emitter) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -76,7 +77,9 @@ class BrokerSettings:
         """Settings from ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...``."""
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"broker url {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+            raise ValueError(
+                f"broker url {url!r}: expected mqtt://host[:port] or mqtts://host[:port]"
+            )
         tls = parts.scheme == "mqtts"
         return cls(
             host=parts.hostname,
@@ -137,6 +140,13 @@ def _tls_context(s: BrokerSettings) -> ssl.SSLContext:
     return ctx
 
 
+def _no_delay(client: paho.Client) -> None:
+    """Small packets go out at once (Nagle plus delayed ACKs would add ~40 ms per alert)."""
+    sock = client.socket()
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 async def probe_mqtt5(settings: BrokerSettings, timeout_s: float = 5.0) -> bool:
     """Does the broker speak MQTT 5? Asks with a bare CONNECT under a throwaway client id.
 
@@ -146,8 +156,11 @@ async def probe_mqtt5(settings: BrokerSettings, timeout_s: float = 5.0) -> bool:
     socket. The probe sends no credentials, has clean start on and leaves no session.
     """
     client_id = f"tagwatch-probe-{random.getrandbits(48):012x}".encode()
-    body = (b"\x00\x04MQTT\x05\x02\x00\x0a\x00"  # MQTT 5, clean start, keepalive 10, no props
-            + len(client_id).to_bytes(2, "big") + client_id)
+    body = (
+        b"\x00\x04MQTT\x05\x02\x00\x0a\x00"  # MQTT 5, clean start, keepalive 10, no props
+        + len(client_id).to_bytes(2, "big")
+        + client_id
+    )
     ctx = _tls_context(settings) if settings.tls else None
     async with asyncio.timeout(timeout_s):
         reader, writer = await asyncio.open_connection(settings.host, settings.port, ssl=ctx)
@@ -256,8 +269,12 @@ class MqttConnection:
                 continue
             self._backoff.reset()
             if not speaks_v5:
-                log.info("protocol_fallback", broker=self._where, protocol="3.1.1",
-                         reason="broker refused MQTT 5")
+                log.info(
+                    "protocol_fallback",
+                    broker=self._where,
+                    protocol="3.1.1",
+                    reason="broker refused MQTT 5",
+                )
             return paho.MQTTv5 if speaks_v5 else paho.MQTTv311
 
     async def _stop_client(self) -> None:
@@ -301,7 +318,9 @@ class MqttConnection:
             client.username_pw_set(s.username, s.password)
         if s.tls:
             client.tls_set(
-                ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file,
+                ca_certs=s.ca_file,
+                certfile=s.cert_file,
+                keyfile=s.key_file,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
         if self.will:
@@ -329,8 +348,9 @@ class MqttConnection:
     def protocol(self) -> str:
         return "5" if self._state.protocol == paho.MQTTv5 else "3.1.1"
 
-    async def wait_until(self, predicate: Callable[[MqttConnection], bool],
-                         timeout_s: float = 10.0) -> None:
+    async def wait_until(
+        self, predicate: Callable[[MqttConnection], bool], timeout_s: float = 10.0
+    ) -> None:
         """Wait for a state change (connect, disconnect, ready) that makes predicate true."""
         async with asyncio.timeout(timeout_s):
             while not predicate(self):
@@ -352,7 +372,11 @@ class MqttConnection:
         log.debug("ack_skipped", topic=msg.topic, mid=msg.mid, reason="earlier connection")
 
     async def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
         timeout_s: float | None = None,
     ) -> None:
         """Publish; for QoS 1 return once the broker has acknowledged it (PUBACK).
@@ -386,13 +410,15 @@ class MqttConnection:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(fn, *args)
 
-    def _on_connect(self, client: paho.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any
-                    ) -> None:
+    def _on_connect(
+        self, client: paho.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any
+    ) -> None:
         if rc.is_failure:
             self._set_retry_delay(client)
             self._call(self._connect_refused, rc.value, str(rc))
             return
         self._backoff.reset()
+        _no_delay(client)
         with self._link_lock:
             self._link += 1
         # Resubscribe on every connect: harmless with a kept session, needed without one.
@@ -403,15 +429,17 @@ class MqttConnection:
         self._set_retry_delay(client)
         self._call(self._note_error, "TCP/TLS connection failed")
 
-    def _on_disconnect(self, client: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any
-                       ) -> None:
+    def _on_disconnect(
+        self, client: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any
+    ) -> None:
         with self._link_lock:
             self._link += 1
         self._set_retry_delay(client)
         self._call(self._disconnected, str(rc))
 
-    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any
-                      ) -> None:
+    def _on_subscribe(
+        self, _c: paho.Client, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any
+    ) -> None:
         self._call(self._subscribed, mid, [(rc.value, str(rc)) for rc in rcs])
 
     def _on_message(self, _c: paho.Client, _u: Any, m: paho.MQTTMessage) -> None:
@@ -444,14 +472,24 @@ class MqttConnection:
         st.last_error = "none"
         st.sub_mid = sub_mid
         protocol = "5" if st.protocol == paho.MQTTv5 else "3.1.1"
-        log.info("connected", broker=self._where, client_id=self.settings.client_id,
-                 session_present=session_present, protocol=protocol, connection=st.connection)
+        log.info(
+            "connected",
+            broker=self._where,
+            client_id=self.settings.client_id,
+            session_present=session_present,
+            protocol=protocol,
+            connection=st.connection,
+        )
         if st.connection > 1:
             self.reconnects += 1
             if not session_present:
                 self.session_lost += 1
-                log.warning("session_lost", broker=self._where, client_id=self.settings.client_id,
-                            detail="session_present false on a reconnect: messages may be lost")
+                log.warning(
+                    "session_lost",
+                    broker=self._where,
+                    client_id=self.settings.client_id,
+                    detail="session_present false on a reconnect: messages may be lost",
+                )
         self.connected.set()
         self._notify()
         if sub_mid is None:
@@ -494,10 +532,18 @@ class MqttConnection:
         self._state.last_error = text
 
     def _received(self, m: paho.MQTTMessage, received: float, link: int) -> None:
-        self._queue.put_nowait(Message(
-            topic=m.topic, payload=bytes(m.payload), qos=m.qos, mid=m.mid, received=received,
-            retain=bool(m.retain), dup=bool(m.dup), connection=link,
-        ))
+        self._queue.put_nowait(
+            Message(
+                topic=m.topic,
+                payload=bytes(m.payload),
+                qos=m.qos,
+                mid=m.mid,
+                received=received,
+                retain=bool(m.retain),
+                dup=bool(m.dup),
+                connection=link,
+            )
+        )
 
     def _published(self, mid: int, code: int, reason: str) -> None:
         fut = self._state.pending_pubs.get(mid)

@@ -2,9 +2,8 @@
 
 The same rule serves zones and victim devices. A window holds (ts, distance,
 acc) of plausible fixes within the approach horizon. The closing speed must
-exceed `approach_min_mps` and also twice its own standard error (from the
-fixes' reported accuracy), so GPS jitter of a tag standing still never looks
-like an approach.
+exceed `approach_min_mps` and also twice its own standard error, so GPS
+jitter or an outlier near a tag standing still never looks like an approach.
 """
 
 from __future__ import annotations
@@ -29,24 +28,29 @@ APPROACH = "approach"
 
 
 def closing_speed(window: list[tuple[float, float, float]]) -> tuple[float, float] | None:
-    """(closing speed m/s, its standard error), or None with fewer than 3 fixes."""
+    """(closing speed m/s, its standard error), or None with fewer than 3 fixes.
+
+    The standard error is the larger of two estimates: from the fixes' reported
+    accuracy, and from the scatter of the fixes about the fitted line. An
+    overconfident outlier (far off, small `acc`) fools the first but not the second.
+    """
     n = len(window)
     if n < 3:
         return None
     t0 = window[0][0]
-    st = sd = stt = std = sacc = 0.0
-    for ts, d, acc in window:
-        t = ts - t0
-        st += t
-        sd += d
-        stt += t * t
-        std += t * d
-        sacc += acc
-    sxx = stt - st * st / n
+    ts = [w[0] - t0 for w in window]
+    t_mean = sum(ts) / n
+    d_mean = sum(w[1] for w in window) / n
+    sxx = sum((t - t_mean) ** 2 for t in ts)
     if sxx <= 0:
         return None
-    slope = (std - st * sd / n) / sxx
-    return -slope, (sacc / n) / math.sqrt(sxx)
+    slope = sum((t - t_mean) * (w[1] - d_mean) for t, w in zip(ts, window, strict=True)) / sxx
+    residual = sum(
+        (w[1] - d_mean - slope * (t - t_mean)) ** 2 for t, w in zip(ts, window, strict=True)
+    )
+    scatter = math.sqrt(residual / (n - 2))
+    reported = sum(w[2] for w in window) / n
+    return -slope, max(scatter, reported) / math.sqrt(sxx)
 
 
 def update_window(window: list, ts: float, distance: float, acc: float, rules: Rules) -> None:

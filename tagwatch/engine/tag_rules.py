@@ -4,8 +4,10 @@
 - Battery: once per discharge; re-armed when `bat` rises 10 points above
   `battery_low_pct`.
 - Jump: implied speed from the last plausible fix above `max_speed_mps`, both
-  fixes with acc <= 50 m. The jumped fix is still tested against the zones but
-  not used for speeds, and the next test compares with the last plausible fix.
+  fixes with acc <= 50 m. The distance counted is what lies beyond both fixes'
+  accuracy, so two fixes taken at the same second a few metres apart are no jump.
+  The jumped fix is still tested against the zones but not used for speeds, and
+  the next test compares with the last plausible fix.
 """
 
 from __future__ import annotations
@@ -68,9 +70,10 @@ def jumped(st: TagState, tag: str, fix: Fix, cases: list[tuple[str, Rules]], em:
     if fix.acc > JUMP_MAX_ACC_M or (st.acc or 0.0) > JUMP_MAX_ACC_M:
         return False
     distance = _haversine(st.lat, st.lon, fix.lat, fix.lon)
+    beyond = distance - fix.acc - (st.acc or 0.0)
     dt = fix.ts - st.pos_ts
     max_speed = cases[0][1].max_speed_mps
-    if distance <= max_speed * max(dt, 0.0):
+    if beyond <= max_speed * max(dt, 0.0):
         return False
     speed = distance / dt if dt > 0 else math.inf
     for case, _ in cases:

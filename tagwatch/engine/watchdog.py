@@ -106,6 +106,9 @@ def end(
     if episode is None:
         return
     detail = "the tag is reporting again" if kind == NO_COMMS else "the tag has a position again"
+    # A buffered upload can carry fixes older than the alert: the episode still
+    # ends now, never before it began.
+    ts = max(ts, episode.opened)
     for case, _ in cases:
         em.record(
             id=alert_id(case, tag, kind, None, episode.opened),

@@ -1,0 +1,152 @@
+"""Running a scenario live: publish to the broker in accelerated or real time, verify alerts.
+
+Pacing: the message of scenario time t is published at wall time
+`wall0 + t / speed`. Fix timestamps are always `start + t` (scenario time),
+so schedules are deterministic and the daemon's event-time rules see real
+speeds. Commands on `{prefix}/tags/+/cmd` (`rate`, `warn`) reach the simulated
+tags as they arrive. Alerts on `{prefix}/alerts/#` are verified as they come;
+after the script the runner waits until every expectation is met or its wall
+deadline has passed.
+
+Wall-clock watchdogs: `tag.no_comms` in a daemon that ticks its watchdogs on
+the wall clock compares the wall clock with fix timestamps of scenario time.
+Accelerated runs therefore need a daemon whose watchdog clock is event time
+(the pipeline's `event_clock=True`, as replay does); with `realtime=True` the
+runner instead re-bases the scenario to start now (`rebase=True`), so fix
+timestamps track the wall clock and a wall-clock daemon judges silence truly;
+schedules then fall at the real time of day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiomqtt
+import orjson
+
+from simulators.scenario import Scenario, load_scenario
+from simulators.verify import Verifier, VerifyResult
+from tagwatch.wire import Topics
+
+SETTLE_S = 1.0  # after the last expectation is met, still listen for forbidden alerts
+
+
+def broker_address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise ValueError(f"broker URL {url!r}: expected mqtt://HOST[:PORT]")
+    return parts.hostname, parts.port or 1883
+
+
+def no_delay(mqtt: aiomqtt.Client) -> None:
+    """Turn Nagle off on a connected client: with the peer's delayed ACK it adds ~40 ms
+    to small QoS 1 messages. aiomqtt has no option for it, so reach the paho socket."""
+    sock = mqtt._client.socket()
+    if sock is not None and hasattr(sock, "setsockopt"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def client(url: str, name: str, in_flight: int = 100) -> aiomqtt.Client:
+    host, port = broker_address(url)
+    mqtt = aiomqtt.Client(host, port, identifier=f"{name}-{uuid.uuid4().hex[:8]}",
+                          max_queued_incoming_messages=0, max_inflight_messages=in_flight)
+    # concurrent QoS 1 publishes are the point of `load`; aiomqtt warns at 10 by default
+    mqtt.pending_calls_threshold = max(mqtt.pending_calls_threshold, 2 * in_flight)
+    return mqtt
+
+
+async def run_scenario(
+    path: str | Path | Scenario,
+    broker_url: str,
+    prefix: str = "tagwatch/v1",
+    speed: float = 60.0,
+    on_alert: Callable[[dict], None] | None = None,
+    realtime: bool = False,
+    on_command: Callable[[str, str], None] | None = None,
+) -> VerifyResult:
+    """Publish a scenario to the broker and verify the alerts that come back.
+
+    `speed` divides the wall pacing (ignored when `realtime`); `on_alert` gets every
+    alert record as a dict as it arrives. Raises ScenarioError for a bad file.
+    """
+    scenario = path if isinstance(path, Scenario) else load_scenario(path)
+    if realtime:
+        speed = 1.0
+        scenario = replace(scenario, start=float(int(time.time())))
+    topics = Topics(prefix)
+    sim = scenario.simulation(topics)
+    wall0 = time.time() + 0.5
+    verifier = Verifier(scenario, wall_at=lambda t: wall0 + t / speed)
+    async with client(broker_url, "tagwatch-sim") as mqtt:
+        no_delay(mqtt)
+        await mqtt.subscribe(f"{prefix}/alerts/#", qos=1)
+        await mqtt.subscribe(f"{prefix}/tags/+/cmd", qos=1)
+        listener = asyncio.create_task(
+            _listen(mqtt, prefix, sim, verifier, on_alert, on_command))
+        try:
+            verifier.result.published = await _publish(mqtt, sim, scenario, wall0, speed)
+            await _wait_for_expectations(verifier, listener)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+    return verifier.finish()
+
+
+async def _publish(mqtt: aiomqtt.Client, sim, scenario: Scenario, wall0: float,
+                   speed: float) -> int:
+    count = 0
+    while (t := sim.next_time()) <= scenario.duration_s:
+        delay = wall0 + t / speed - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        for em in sim.step():
+            await mqtt.publish(em.topic, em.payload, qos=1)
+            count += 1
+    return count
+
+
+async def _listen(mqtt, prefix, sim, verifier: Verifier, on_alert, on_command):
+    cmd_head, alert_head = f"{prefix}/tags/", f"{prefix}/alerts/"
+    async for message in mqtt.messages:
+        topic = message.topic.value
+        now = time.time()
+        if topic.startswith(alert_head):
+            try:
+                alert = orjson.loads(message.payload)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(alert, dict):
+                verifier.on_alert(alert, now)
+                if on_alert is not None:
+                    on_alert(alert)
+        elif topic.startswith(cmd_head) and topic.endswith("/cmd"):
+            tag = topic[len(cmd_head):-len("/cmd")]
+            done = sim.command(tag, bytes(message.payload))
+            if done and on_command is not None:
+                on_command(tag, done)
+
+
+async def _wait_for_expectations(verifier: Verifier, listener: asyncio.Task) -> None:
+    """Until every expectation is met (then a short settle) or all wall deadlines passed."""
+    while True:
+        pending = verifier.pending
+        if listener.done():
+            listener.result()  # re-raises a broken connection
+            return
+        if not pending:
+            await asyncio.sleep(SETTLE_S)
+            return
+        last = max(verifier.deadline(rule) for rule in pending)
+        if time.time() > last:
+            return
+        await asyncio.sleep(min(0.2, max(0.01, last - time.time())))

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-import orjson
+import msgspec
 
 from tagwatch.config import Rules
 from tagwatch.engine.alerts import encode
@@ -63,7 +63,7 @@ def _capture(stream: IO[str], name: str) -> Iterator[Inbound]:
                 f'{name}: line {number}: expected {{"topic": str, "payload": ...}}'
             )
         payload = entry["payload"]
-        raw = payload.encode() if isinstance(payload, str) else orjson.dumps(payload)
+        raw = payload.encode() if isinstance(payload, str) else msgspec.json.encode(payload)
         yield Inbound(entry["topic"], raw, _received(entry.get("received"), name, number))
 
 
@@ -89,7 +89,7 @@ def _csv(stream: IO[str], name: str, topics: Topics) -> Iterator[Inbound]:
         if not tag:
             raise ReplayInputError(f"{name}: line {reader.line_num}: tag is empty")
         fix = {k: _value(k, v) for k, v in row.items() if k and v not in (None, "")}
-        yield Inbound(topics.tag_fix(tag), orjson.dumps(fix), None)
+        yield Inbound(topics.tag_fix(tag), msgspec.json.encode(fix), None)
 
 
 def _value(field: str, text: str) -> object:

@@ -206,8 +206,9 @@ def load_keys(path: Path) -> dict[str, bytes]:
             continue
         parts = text.split()
         if len(parts) != 2:
-            raise KeyFileError(f"{path}:{number}: expected `device_id hexkey`, got {len(parts)} "
-                               "words")
+            raise KeyFileError(
+                f"{path}:{number}: expected `device_id hexkey`, got {len(parts)} words"
+            )
         device, hexkey = parts
         _add_key(keys, device, hexkey, f"{path}:{number}")
     return keys
@@ -231,8 +232,10 @@ def _add_key(keys: dict[str, bytes], device: str, hexkey: str, where: str) -> No
         raise KeyFileError(f"{where}: the key of {device} is not hex digits")
     key = bytes.fromhex(hexkey)
     if len(key) < MIN_KEY_BYTES:
-        raise KeyFileError(f"{where}: the key of {device} has {len(key)} bytes; at least "
-                           f"{MIN_KEY_BYTES} are needed")
+        raise KeyFileError(
+            f"{where}: the key of {device} has {len(key)} bytes; at least "
+            f"{MIN_KEY_BYTES} are needed"
+        )
     keys[device] = key
 
 

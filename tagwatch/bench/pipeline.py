@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 import numpy as np
-import orjson
 
 from tagwatch.bench.report import Progress
 from tagwatch.bench.workload import london_cases
@@ -61,7 +61,7 @@ def generate_day(cases, tags: int, seconds: int, seed: int = 5) -> list[Inbound]
                 "acc": 8,
                 "seq": k,
             }
-            messages.append(Inbound(topics.tag_fix(tag), orjson.dumps(payload), None))
+            messages.append(Inbound(topics.tag_fix(tag), msgspec.json.encode(payload), None))
     return messages
 
 

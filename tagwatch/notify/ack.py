@@ -22,14 +22,24 @@ def acknowledge(record: Record, alert_id: str, by: str, note: str, now: float) -
     if latest.get("state") == "resolved":
         raise AckError(f"{record.label}: alert {alert_id}: already resolved")
     chain, tag = f"case:{latest['case']}", latest.get("tag")
-    action = {"action": "acknowledge", "alert": alert_id, "by": by, "note": note,
-              "at": rfc3339(now)}
+    action = {
+        "action": "acknowledge",
+        "alert": alert_id,
+        "by": by,
+        "note": note,
+        "at": rfc3339(now),
+    }
     entries = [Entry(chain, "action", action, tag=tag, event_ts=now, alert_id=alert_id)]
     acked = latest
     if latest.get("state") != "acknowledged":
         detail = f"acknowledged by {by}" + (f": {note}" if note else "")
-        acked = {**latest, "state": "acknowledged", "ts": rfc3339(now),
-                 "raised": rfc3339(now), "detail": detail}
+        acked = {
+            **latest,
+            "state": "acknowledged",
+            "ts": rfc3339(now),
+            "raised": rfc3339(now),
+            "detail": detail,
+        }
         entries.append(Entry(chain, "alert", acked, tag=tag, event_ts=now, alert_id=alert_id))
     record.commit(Batch(entries=entries), recorded_at=now)
     return acked
@@ -44,6 +54,8 @@ def _latest(record: Record, alert_id: str) -> tuple[str, dict]:
     if len(found) == 1 and prefix:
         return found[0]["id"], found[0]
     if len(found) > 1 and prefix:
-        raise AckError(f"{record.label}: alert {alert_id!r}: {len(found)} alerts start "
-                       "with it; give more of the id")
+        raise AckError(
+            f"{record.label}: alert {alert_id!r}: {len(found)} alerts start "
+            "with it; give more of the id"
+        )
     raise AckError(f"{record.label}: alert {alert_id!r}: no such alert")

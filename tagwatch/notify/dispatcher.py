@@ -140,8 +140,9 @@ class Dispatcher:
             return await asyncio.to_thread(twilio.send_sms, row.target, row.body["text"], url)
         if row.channel == CALL:
             twilio = self._twilio(row)
-            return await asyncio.to_thread(twilio.call, row.target, row.body["text"],
-                                           row.body.get("language", "en-GB"))
+            return await asyncio.to_thread(
+                twilio.call, row.target, row.body["text"], row.body.get("language", "en-GB")
+            )
         if row.channel == POLICE:
             if self.police is None:
                 raise SendFailed("permanent", "no [notify.police] webhook configured")
@@ -158,19 +159,22 @@ class Dispatcher:
         base = self.settings.status_callback_url
         if not base:
             return None
-        query = urlencode({"alert": row.alert_id, "case": row.body.get("case", ""),
-                           "row": row.id})
+        query = urlencode({"alert": row.alert_id, "case": row.body.get("case", ""), "row": row.id})
         return f"{base}{'&' if '?' in base else '?'}{query}"
 
     def _police_record(self, row: OutboxRow) -> dict:
         """The alert record the police item refers to, read back from the case record."""
-        bodies = [e["body"] for e in self.record.alert_history(row.alert_id)
-                  if e["kind"] == "alert"]
+        bodies = [
+            e["body"] for e in self.record.alert_history(row.alert_id) if e["kind"] == "alert"
+        ]
         want = (row.body.get("state"), row.body.get("raised"))
         match = [b for b in bodies if (b.get("state"), b.get("raised")) == want]
         if not match:
-            raise SendFailed("retry", f"outbox row {row.id}: alert {row.alert_id} "
-                             f"({want[0]} raised {want[1]}) is not in the case record")
+            raise SendFailed(
+                "retry",
+                f"outbox row {row.id}: alert {row.alert_id} "
+                f"({want[0]} raised {want[1]}) is not in the case record",
+            )
         return match[-1]
 
     async def _done(self, row: OutboxRow, result: dict) -> None:
@@ -185,21 +189,30 @@ class Dispatcher:
         error = f"attempt {attempt}: {failed.kind}: {failed.detail}"
         if failed.kind == "permanent" or attempt >= self.settings.max_attempts:
             await asyncio.to_thread(self.record.outbox_failed, row.id, error)
-            await self._emit(failure_alert(
-                row.alert_id, row.channel, row.id, row.body.get("case", ""),
-                row.body.get("tag"), row.body.get("victim"),
-                f"{attempt} attempt(s), last: {failed.kind}: {failed.detail}", now))
+            await self._emit(
+                failure_alert(
+                    row.alert_id,
+                    row.channel,
+                    row.id,
+                    row.body.get("case", ""),
+                    row.body.get("tag"),
+                    row.body.get("victim"),
+                    f"{attempt} attempt(s), last: {failed.kind}: {failed.detail}",
+                    now,
+                )
+            )
             return
         delay = self.backoff(row.attempts)
         if failed.retry_after is not None:
             delay = max(delay, failed.retry_after)
-            self._paused[row.channel] = max(self._paused.get(row.channel, 0.0),
-                                            now + failed.retry_after)
+            self._paused[row.channel] = max(
+                self._paused.get(row.channel, 0.0), now + failed.retry_after
+            )
         await asyncio.to_thread(self.record.outbox_retry, row.id, now + delay, error)
 
     def backoff(self, attempts: int) -> float:
         """Delay before the next try after `attempts` failed ones: equal jitter."""
-        full = min(self.settings.max_delay_s, self.settings.base_delay_s * 2 ** attempts)
+        full = min(self.settings.max_delay_s, self.settings.base_delay_s * 2**attempts)
         return full / 2 + self.rng.random() * full / 2
 
     async def _emit(self, alert: dict) -> None:
@@ -210,6 +223,11 @@ class Dispatcher:
 
 def _content_key(row: OutboxRow) -> tuple:
     if row.channel == POLICE:
-        return (row.alert_id, POLICE, row.body.get("state"), row.body.get("raised"),
-                row.body.get("level"))
+        return (
+            row.alert_id,
+            POLICE,
+            row.body.get("state"),
+            row.body.get("raised"),
+            row.body.get("level"),
+        )
     return (row.alert_id, row.channel, row.target, row.body.get("text"))

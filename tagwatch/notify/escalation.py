@@ -75,8 +75,10 @@ class Escalation:
             clock = self._clocks.get(alert_id)
             if clock is not None and clock.sms_deadline is None:
                 clock.sms_deadline = at + self.settings.sms_delivery_timeout_s
-                clock.sms_reason = (f"SMS to the victim not delivered within "
-                                    f"{self.settings.sms_delivery_timeout_s:g} s")
+                clock.sms_reason = (
+                    f"SMS to the victim not delivered within "
+                    f"{self.settings.sms_delivery_timeout_s:g} s"
+                )
 
     def delivery_status(self, alert_id: str, status: str, at: float) -> None:
         """A Twilio status for an SMS of alert_id (already ordered: see inbound.Statuses)."""
@@ -105,8 +107,9 @@ class Escalation:
             clock.sms_deadline = None
         while clock.deadline is not None and clock.deadline <= now:
             fired, level = clock.deadline, clock.level + 1
-            reason = (f"not acknowledged within {self.settings.ack_timeout_s * level:g} s"
-                      + ("; calling the victim" if level >= 2 else "; police control again"))
+            reason = f"not acknowledged within {self.settings.ack_timeout_s * level:g} s" + (
+                "; calling the victim" if level >= 2 else "; police control again"
+            )
             out.append(self._raise(clock, level, reason, fired, now))
             clock.deadline = None if level >= MAX_LEVEL else fired + self.settings.ack_timeout_s
         return out

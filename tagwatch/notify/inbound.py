@@ -32,8 +32,18 @@ from tagwatch.notify.records import DELIVERY_FAILED
 from tagwatch.record import Batch, Entry, Record
 
 # Later in the list = more advanced; equal rank: first one kept.
-STATUS_RANK = {"accepted": 0, "scheduled": 0, "queued": 1, "sending": 2, "sent": 3,
-               "delivered": 4, "undelivered": 4, "failed": 4, "canceled": 4, "read": 5}
+STATUS_RANK = {
+    "accepted": 0,
+    "scheduled": 0,
+    "queued": 1,
+    "sending": 2,
+    "sent": 3,
+    "delivered": 4,
+    "undelivered": 4,
+    "failed": 4,
+    "canceled": 4,
+    "read": 5,
+}
 _TWIML = "application/xml"
 
 
@@ -85,8 +95,9 @@ class TwilioInbound:
         self.statuses = statuses or Statuses()
         self.clock = clock
 
-    def _verified(self, method: str, path: str, headers: Mapping[str, str],
-                  body: bytes) -> dict[str, str] | Reply:
+    def _verified(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> dict[str, str] | Reply:
         if method.upper() != "POST":
             return Reply(405, f"{path}: POST only".encode())
         try:
@@ -98,8 +109,9 @@ class TwilioInbound:
             return Reply(403, f"{path}: X-Twilio-Signature missing or invalid".encode())
         return params
 
-    def status_callback(self, method: str, path: str, headers: Mapping[str, str],
-                        body: bytes) -> Reply:
+    def status_callback(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> Reply:
         params = self._verified(method, path, headers, body)
         if isinstance(params, Reply):
             return params
@@ -107,21 +119,30 @@ class TwilioInbound:
         alert_id, case = query.get("alert"), query.get("case")
         sid, status = params.get("MessageSid"), params.get("MessageStatus")
         if not alert_id or not case or not sid or not status:
-            return Reply(400, f"{path}: needs ?alert= and ?case=, MessageSid and "
-                              "MessageStatus".encode())
+            return Reply(
+                400, f"{path}: needs ?alert= and ?case=, MessageSid and MessageStatus".encode()
+            )
         if not self.statuses.advance(sid, status):
             return Reply(204)  # duplicate or older than what we hold: nothing to do
         now = self.clock()
-        entry = {"channel": "sms", "sid": sid, "status": status, "row": query.get("row"),
-                 "error_code": params.get("ErrorCode")}
-        self.record.commit(Batch(entries=[Entry(f"case:{case}", "delivery", entry,
-                                                event_ts=now, alert_id=alert_id)]), now)
+        entry = {
+            "channel": "sms",
+            "sid": sid,
+            "status": status,
+            "row": query.get("row"),
+            "error_code": params.get("ErrorCode"),
+        }
+        self.record.commit(
+            Batch(
+                entries=[Entry(f"case:{case}", "delivery", entry, event_ts=now, alert_id=alert_id)]
+            ),
+            now,
+        )
         if self.escalation is not None:
             self.escalation.delivery_status(alert_id, status, now)
         return Reply(204)
 
-    def sms_reply(self, method: str, path: str, headers: Mapping[str, str],
-                  body: bytes) -> Reply:
+    def sms_reply(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         params = self._verified(method, path, headers, body)
         if isinstance(params, Reply):
             return params
@@ -144,9 +165,12 @@ class TwilioInbound:
 
     def _latest_open(self, case: str, victim: str) -> dict | None:
         for alert in self.record.latest_alerts(state="open"):
-            if (alert.get("case") == case and alert.get("victim") in (victim, None)
-                    and alert.get("state") in ("open", "updated", "escalated")
-                    and alert.get("type") != DELIVERY_FAILED):
+            if (
+                alert.get("case") == case
+                and alert.get("victim") in (victim, None)
+                and alert.get("state") in ("open", "updated", "escalated")
+                and alert.get("type") != DELIVERY_FAILED
+            ):
                 return alert
         return None
 

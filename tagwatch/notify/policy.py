@@ -65,15 +65,19 @@ class SmsLedger:
     def from_bytes(cls, data: bytes) -> SmsLedger:
         try:
             doc = json.loads(data)
-            return cls(dict(doc["texted"]), {k: list(v) for k, v in doc["sends"].items()},
-                       dict(doc["summary_at"]))
+            return cls(
+                dict(doc["texted"]),
+                {k: list(v) for k, v in doc["sends"].items()},
+                dict(doc["summary_at"]),
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"SMS ledger checkpoint: unreadable: {exc}") from None
 
     def prune(self, now: float, window_s: float, keep_s: float) -> None:
         self.texted = {k: t for k, t in self.texted.items() if t > now - keep_s}
-        self.sends = {k: kept for k, v in self.sends.items()
-                      if (kept := [t for t in v if t > now - window_s])}
+        self.sends = {
+            k: kept for k, v in self.sends.items() if (kept := [t for t in v if t > now - window_s])
+        }
         self.summary_at = {k: t for k, t in self.summary_at.items() if t > now}
 
 
@@ -108,8 +112,14 @@ def deliveries_for(
 
 
 def _victim_body(record: dict, victim: Victim, kind: str, text: str, language: str) -> dict:
-    return {"kind": kind, "text": text, "case": record["case"], "victim": victim.id,
-            "tag": record.get("tag"), "language": language}
+    return {
+        "kind": kind,
+        "text": text,
+        "case": record["case"],
+        "victim": victim.id,
+        "tag": record.get("tag"),
+        "language": language,
+    }
 
 
 def _language(case: Case, settings: PolicySettings) -> str:
@@ -117,12 +127,18 @@ def _language(case: Case, settings: PolicySettings) -> str:
 
 
 def _text(key: str, record: dict, case: Case, settings: PolicySettings) -> str:
-    return texts.render(key, record["id"], _language(case, settings),
-                        settings.case_texts.get(case.id), settings.emergency)
+    return texts.render(
+        key,
+        record["id"],
+        _language(case, settings),
+        settings.case_texts.get(case.id),
+        settings.emergency,
+    )
 
 
-def _sms_items(record: dict, case: Case, settings: PolicySettings, ledger: SmsLedger,
-               now: float) -> list[OutboxItem]:
+def _sms_items(
+    record: dict, case: Case, settings: PolicySettings, ledger: SmsLedger, now: float
+) -> list[OutboxItem]:
     if record["id"] in ledger.texted:
         return []
     ledger.prune(now, settings.sms_window_s, settings.ledger_keep_s)
@@ -144,8 +160,7 @@ def _sms_items(record: dict, case: Case, settings: PolicySettings, ledger: SmsLe
     return items
 
 
-def _call_items(record: dict, case: Case, settings: PolicySettings,
-                now: float) -> list[OutboxItem]:
+def _call_items(record: dict, case: Case, settings: PolicySettings, now: float) -> list[OutboxItem]:
     text = _text("call", record, case, settings)
     language = texts.SAY_LANGUAGES.get(_language(case, settings), "en-GB")
     items = []
@@ -156,7 +171,13 @@ def _call_items(record: dict, case: Case, settings: PolicySettings,
 
 
 def _police_item(record: dict, now: float) -> OutboxItem:
-    body = {"kind": POLICE, "case": record["case"], "tag": record.get("tag"),
-            "victim": record.get("victim"), "state": record["state"],
-            "raised": record["raised"], "level": escalation_level(record)}
+    body = {
+        "kind": POLICE,
+        "case": record["case"],
+        "tag": record.get("tag"),
+        "victim": record.get("victim"),
+        "state": record["state"],
+        "raised": record["raised"],
+        "level": escalation_level(record),
+    }
     return OutboxItem(record["id"], POLICE, POLICE, body, now)

@@ -13,8 +13,24 @@ from datetime import datetime
 from tagwatch.wire import rfc3339
 
 RECORD_KEYS = (
-    "id", "type", "severity", "state", "case", "tag", "zone", "victim", "ts", "raised",
-    "lat", "lon", "acc", "distance_m", "closing_mps", "eta_s", "confidence", "detail",
+    "id",
+    "type",
+    "severity",
+    "state",
+    "case",
+    "tag",
+    "zone",
+    "victim",
+    "ts",
+    "raised",
+    "lat",
+    "lon",
+    "acc",
+    "distance_m",
+    "closing_mps",
+    "eta_s",
+    "confidence",
+    "detail",
 )
 DELIVERY_FAILED = "delivery.failed"
 _LEVEL = re.compile(r"escalation level (\d+):")
@@ -41,19 +57,44 @@ def escalation_level(record: dict) -> int:
 
 
 def escalated_record(record: dict, level: int, reason: str, ts: float, raised: float) -> dict:
-    return {**record, "state": "escalated", "ts": rfc3339(ts), "raised": rfc3339(raised),
-            "detail": f"escalation level {level}: {reason}"}
+    return {
+        **record,
+        "state": "escalated",
+        "ts": rfc3339(ts),
+        "raised": rfc3339(raised),
+        "detail": f"escalation level {level}: {reason}",
+    }
 
 
-def failure_alert(alert_id: str, channel: str, row_id: int, case: str, tag: str | None,
-                  victim: str | None, error: str, now: float) -> dict:
+def failure_alert(
+    alert_id: str,
+    channel: str,
+    row_id: int,
+    case: str,
+    tag: str | None,
+    victim: str | None,
+    error: str,
+    now: float,
+) -> dict:
     """An operators' alert for a delivery that kept failing (no position, no phone)."""
     key = f"{alert_id}\x1f{channel}\x1f{row_id}"
     return {
-        "id": hashlib.sha256(key.encode()).hexdigest()[:24], "type": DELIVERY_FAILED,
-        "severity": "critical", "state": "open", "case": case, "tag": tag, "zone": None,
-        "victim": victim, "ts": rfc3339(now), "raised": rfc3339(now), "lat": None,
-        "lon": None, "acc": None, "distance_m": None, "closing_mps": None, "eta_s": None,
+        "id": hashlib.sha256(key.encode()).hexdigest()[:24],
+        "type": DELIVERY_FAILED,
+        "severity": "critical",
+        "state": "open",
+        "case": case,
+        "tag": tag,
+        "zone": None,
+        "victim": victim,
+        "ts": rfc3339(now),
+        "raised": rfc3339(now),
+        "lat": None,
+        "lon": None,
+        "acc": None,
+        "distance_m": None,
+        "closing_mps": None,
+        "eta_s": None,
         "confidence": None,
         "detail": f"{channel} delivery of alert {alert_id} failed for good: {error}",
     }

@@ -38,7 +38,7 @@ class RebasedHttpClient(TwilioHttpClient):
 
     def request(self, method: str, url: str, *args, **kwargs) -> Response:  # type: ignore[override]
         if url.startswith(TWILIO_API):
-            url = self.api_base + url[len(TWILIO_API):]
+            url = self.api_base + url[len(TWILIO_API) :]
         self._local.last = None
         response = super().request(method, url, *args, **kwargs)
         self._local.last = response
@@ -59,19 +59,26 @@ class TwilioChannel:
 
     def send_sms(self, to: str, text: str, status_callback: str | None = None) -> Sent:
         extra = {"status_callback": status_callback} if status_callback else {}
-        message = self._call(lambda: self.client.messages.create(
-            to=to, from_=self.config.from_number, body=text, **extra))
+        message = self._call(
+            lambda: self.client.messages.create(
+                to=to, from_=self.config.from_number, body=text, **extra
+            )
+        )
         return Sent({"sid": message.sid, "status": str(message.status)})
 
-    def call(self, to: str, text: str, language: str = "en-GB",
-             status_callback: str | None = None) -> Sent:
+    def call(
+        self, to: str, text: str, language: str = "en-GB", status_callback: str | None = None
+    ) -> Sent:
         twiml = VoiceResponse()
         twiml.say(text, language=language)
         twiml.pause(length=1)
         twiml.say(text, language=language)  # said twice: the first may be missed
         extra = {"status_callback": status_callback} if status_callback else {}
-        call = self._call(lambda: self.client.calls.create(
-            to=to, from_=self.config.from_number, twiml=str(twiml), **extra))
+        call = self._call(
+            lambda: self.client.calls.create(
+                to=to, from_=self.config.from_number, twiml=str(twiml), **extra
+            )
+        )
         return Sent({"sid": call.sid, "status": str(call.status)})
 
     def _call(self, send):
@@ -79,16 +86,20 @@ class TwilioChannel:
             return send()
         except TwilioRestException as exc:
             retry_after = retry_after_seconds(self.http.last_header("Retry-After"))
-            raise SendFailed(kind_for_status(exc.status),
-                             f"Twilio HTTP {exc.status} (code {exc.code}): {exc.msg}",
-                             retry_after) from None
+            raise SendFailed(
+                kind_for_status(exc.status),
+                f"Twilio HTTP {exc.status} (code {exc.code}): {exc.msg}",
+                retry_after,
+            ) from None
         except requests.exceptions.ConnectTimeout as exc:
-            raise SendFailed("retry", f"Twilio at {self.config.api_base}: connect "
-                             f"timeout: {exc}") from None
+            raise SendFailed(
+                "retry", f"Twilio at {self.config.api_base}: connect timeout: {exc}"
+            ) from None
         except requests.exceptions.Timeout:
             # the request may have reached Twilio: resend, the text carries the same ref
-            raise SendFailed("unknown", f"Twilio at {self.config.api_base}: no answer in "
-                             f"{self.http.timeout:g} s") from None
+            raise SendFailed(
+                "unknown", f"Twilio at {self.config.api_base}: no answer in {self.http.timeout:g} s"
+            ) from None
         except requests.exceptions.RequestException as exc:
             raise SendFailed("retry", f"Twilio at {self.config.api_base}: {exc}") from None
         except TwilioException as exc:

@@ -47,8 +47,9 @@ class PoliceWebhook:
         }
         where = f"police webhook {self.config.webhook_url}"
         try:
-            response = await self.client.post(self.config.webhook_url, content=body,
-                                              headers=headers)
+            response = await self.client.post(
+                self.config.webhook_url, content=body, headers=headers
+            )
         except httpx.ConnectTimeout as exc:
             raise SendFailed("retry", f"{where}: connect timeout: {exc}") from None
         except httpx.TimeoutException:
@@ -57,9 +58,11 @@ class PoliceWebhook:
             raise SendFailed("retry", f"{where}: {type(exc).__name__}: {exc}") from None
         if response.is_success:
             return Sent({"status": response.status_code})
-        raise SendFailed(kind_for_status(response.status_code),
-                         f"{where}: HTTP {response.status_code}: {response.text[:200]}",
-                         retry_after_seconds(response.headers.get("Retry-After")))
+        raise SendFailed(
+            kind_for_status(response.status_code),
+            f"{where}: HTTP {response.status_code}: {response.text[:200]}",
+            retry_after_seconds(response.headers.get("Retry-After")),
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -77,8 +77,18 @@ def append_rows(
         )
         heads[entry.chain] = (seq, digest)
         rows.append(
-            (entry.chain, seq, entry.kind, entry.tag, event_ts, entry.alert_id, stamp, body,
-             prev, digest)
+            (
+                entry.chain,
+                seq,
+                entry.kind,
+                entry.tag,
+                event_ts,
+                entry.alert_id,
+                stamp,
+                body,
+                prev,
+                digest,
+            )
         )
     return rows
 
@@ -104,15 +114,23 @@ class ChainCheck:
         elif row.seq < expected:
             self._report(row.seq, "reordered", f"seq {row.seq} appears again after {expected - 1}")
         elif self.prev and row.id < self.prev.id:
-            self._report(row.seq, "reordered", f"id {row.id} of seq {row.seq} comes before "
-                         f"id {self.prev.id} of seq {self.prev.seq}")
+            self._report(
+                row.seq,
+                "reordered",
+                f"id {row.id} of seq {row.seq} comes before "
+                f"id {self.prev.id} of seq {self.prev.seq}",
+            )
         hash_ok = row.computed() == row.hash
         link = self.prev.hash if self.prev else GENESIS
         if not hash_ok:
             (self.suspects if len(self.suspects) < _MAX_SUSPECTS else self.overflow).append(row)
         elif row.prev_hash != link and row.seq == expected and not self.prev_bad:
-            self._report(row.seq, "removed", f"prev_hash of seq {row.seq} does not link to "
-                         f"seq {row.seq - 1}: an entry was removed or rewritten")
+            self._report(
+                row.seq,
+                "removed",
+                f"prev_hash of seq {row.seq} does not link to "
+                f"seq {row.seq - 1}: an entry was removed or rewritten",
+            )
         self.prev, self.prev_bad = row, not hash_ok
 
     def finish(self, head: tuple[int, str] | None) -> list[Problem]:
@@ -122,8 +140,11 @@ class ChainCheck:
         if head is None:
             self._report(last_seq, "truncated", "chain has entries but no head row")
         elif head[0] > last_seq:
-            self._report(last_seq + 1, "truncated",
-                         f"head says seq {head[0]}, the last entry is seq {last_seq}")
+            self._report(
+                last_seq + 1,
+                "truncated",
+                f"head says seq {head[0]}, the last entry is seq {last_seq}",
+            )
         elif head[0] < last_seq:
             self._report(head[0] + 1, "altered", f"entries past the head seq {head[0]}")
         elif head[1] != last_hash:
@@ -144,8 +165,9 @@ class ChainCheck:
             if row.seq in swapped:
                 self._report(row.seq, "reordered", swapped[row.seq])
             else:
-                self._report(row.seq, "altered", f"hash of seq {row.seq} does not match "
-                             "its contents")
+                self._report(
+                    row.seq, "altered", f"hash of seq {row.seq} does not match its contents"
+                )
 
 
 def _swap_fits(a: StoredEntry, b: StoredEntry, names: tuple[str, ...]) -> bool:
@@ -157,8 +179,10 @@ def _swap_fits(a: StoredEntry, b: StoredEntry, names: tuple[str, ...]) -> bool:
 def verify_chains(db: Db, chain: str | None) -> list[Problem]:
     """Check every chain (or one) from one snapshot; callers open the transaction."""
     where, params = ("WHERE chain = ?", (chain,)) if chain is not None else ("", ())
-    heads = {c: (s, h) for c, s, h in
-             db.query(f"SELECT chain, seq, hash FROM chain_heads {where}", params)}
+    heads = {
+        c: (s, h)
+        for c, s, h in db.query(f"SELECT chain, seq, hash FROM chain_heads {where}", params)
+    }
     problems: list[Problem] = []
     check: ChainCheck | None = None
     for row in db.stream(

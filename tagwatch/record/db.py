@@ -62,7 +62,10 @@ class Db:
         self.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
 
     def upsert_rows(
-        self, table: str, key: str, columns: Sequence[tuple[str, str]],
+        self,
+        table: str,
+        key: str,
+        columns: Sequence[tuple[str, str]],
         rows: Sequence[Sequence[Any]],
     ) -> None:
         """Insert rows or replace those with the same key; columns are (name, pg type)."""
@@ -71,7 +74,9 @@ class Db:
         sets = ", ".join(f"{name} = excluded.{name}" for name, _ in columns if name != key)
         self.executemany(
             f"INSERT INTO {table} ({names}) VALUES ({marks}) "
-            f"ON CONFLICT ({key}) DO UPDATE SET {sets}", rows)
+            f"ON CONFLICT ({key}) DO UPDATE SET {sets}",
+            rows,
+        )
 
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Row]:
         raise NotImplementedError
@@ -98,9 +103,7 @@ class SqliteDb(Db):
             raise RecordError(f"record url {url!r}: expected sqlite:///absolute/path.db")
         self.path = ":memory:" if path == "/:memory:" else path
         try:
-            self.conn = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None
-            )
+            self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             # WAL with synchronous=FULL: every commit is fsynced, so a batch whose fixes
             # the daemon then acknowledges to the broker survives a power cut, not only
             # a process crash (NORMAL would be crash-safe but could lose the last
@@ -180,9 +183,9 @@ class PostgresDb(Db):
 
     def _connect(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
-            extra = {} if "connect_timeout" in conninfo_to_dict(self.url) else {
-                "connect_timeout": 5
-            }
+            extra = (
+                {} if "connect_timeout" in conninfo_to_dict(self.url) else {"connect_timeout": 5}
+            )
             try:
                 self.conn = psycopg.connect(self.url, autocommit=True, **extra)
             except psycopg.Error as exc:
@@ -238,14 +241,15 @@ class PostgresDb(Db):
         # COPY costs a fraction of executemany's per-row client work (measured: the
         # record's commit rate roughly doubles); it fires INSERT triggers alike.
         assert self.conn is not None
-        with self.conn.cursor() as cur, cur.copy(
-            f"COPY {table} ({columns}) FROM STDIN"
-        ) as copy:
+        with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
 
     def upsert_rows(
-        self, table: str, key: str, columns: Sequence[tuple[str, str]],
+        self,
+        table: str,
+        key: str,
+        columns: Sequence[tuple[str, str]],
         rows: Sequence[Sequence[Any]],
     ) -> None:
         # One statement over arrays instead of a statement per row: same effect, and

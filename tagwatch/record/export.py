@@ -43,8 +43,12 @@ def _fixes(db: Db, chain: str, since: float, until: float) -> str:
         (chain, since, until),
     )
     features = [_fix_feature(json.loads(body)) for (body,) in rows]
-    return json.dumps({"type": "FeatureCollection", "features": features},
-                      ensure_ascii=False, indent=1) + "\n"
+    return (
+        json.dumps(
+            {"type": "FeatureCollection", "features": features}, ensure_ascii=False, indent=1
+        )
+        + "\n"
+    )
 
 
 def _alerts(db: Db, chain: str, since: float, until: float) -> str:
@@ -56,17 +60,36 @@ def _alerts(db: Db, chain: str, since: float, until: float) -> str:
 
 
 def _chain(db: Db, chain: str, since: float, until: float) -> tuple[str, dict]:
-    first, last = db.query(f"SELECT min(seq), max(seq) FROM entries WHERE {_IN_RANGE}",
-                           (chain, since, until))[0]
-    rows = [] if first is None else db.query(
-        f"SELECT {ENTRY_COLUMNS} FROM entries WHERE chain = ? AND seq BETWEEN ? AND ? "
-        "ORDER BY seq", (chain, first, last))
+    first, last = db.query(
+        f"SELECT min(seq), max(seq) FROM entries WHERE {_IN_RANGE}", (chain, since, until)
+    )[0]
+    rows = (
+        []
+        if first is None
+        else db.query(
+            f"SELECT {ENTRY_COLUMNS} FROM entries WHERE chain = ? AND seq BETWEEN ? AND ? "
+            "ORDER BY seq",
+            (chain, first, last),
+        )
+    )
     lines = []
     for row in rows:
         entry = StoredEntry(*row)
-        record = {name: getattr(entry, name) for name in (
-            "chain", "seq", "kind", "tag", "event_ts", "alert_id", "recorded_at",
-            "body", "prev_hash", "hash")}
+        record = {
+            name: getattr(entry, name)
+            for name in (
+                "chain",
+                "seq",
+                "kind",
+                "tag",
+                "event_ts",
+                "alert_id",
+                "recorded_at",
+                "body",
+                "prev_hash",
+                "hash",
+            )
+        }
         lines.append(_dumps(record) + "\n")  # body stays the exact hashed text
     found = db.query("SELECT seq, hash FROM chain_heads WHERE chain = ?", (chain,))
     seq, digest = found[0] if found else (0, GENESIS)
@@ -92,16 +115,21 @@ def write_bundle(db: Db, case_id: str, since: float, until: float, out_dir: Path
         sums[name] = hashlib.sha256(data).hexdigest()
     problems = verify_chains(db, chain)
     manifest = {
-        "case": case_id, "chain": chain, "since": since, "until": until,
-        "since_rfc3339": _rfc3339(since), "until_rfc3339": _rfc3339(until),
+        "case": case_id,
+        "chain": chain,
+        "since": since,
+        "until": until,
+        "since_rfc3339": _rfc3339(since),
+        "until_rfc3339": _rfc3339(until),
         "generated": _rfc3339(datetime.now(UTC).timestamp()),
         "head": head,
         "sha256": sums,
         "verify": [{"seq": p.seq, "what": p.what, "detail": p.detail} for p in problems],
         "hash_rule": "sha256(prev_hash hex || canonical JSON of [chain, seq, kind, tag, "
-                     "event_ts, alert_id, recorded_at, body]); canonical JSON: sorted keys, "
-                     "no spaces, UTF-8, body as stored",
+        "event_ts, alert_id, recorded_at, body]); canonical JSON: sorted keys, "
+        "no spaces, UTF-8, body as stored",
     }
     (out_dir / "manifest.json").write_text(
-        json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+    )
     return out_dir

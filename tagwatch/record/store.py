@@ -67,15 +67,20 @@ class Record:
     def commit(self, batch: Batch, recorded_at: float) -> None:
         """Everything of one micro-batch, in one transaction."""
         outbox = [_outbox_row(item, recorded_at) for item in batch.outbox]
-        points = [_checkpoint_row(key, state, recorded_at)
-                  for key, state in batch.checkpoints.items()]
+        points = [
+            _checkpoint_row(key, state, recorded_at) for key, state in batch.checkpoints.items()
+        ]
         with self._lock, self._db.transaction(write=True) as db:
             if batch.entries:
                 heads = db.lock_heads(sorted({e.chain for e in batch.entries}), GENESIS)
                 rows = chains.append_rows(batch.entries, heads, recorded_at)
                 db.insert_rows("entries", _ENTRY_INSERT_COLUMNS, rows)
-                db.upsert_rows("chain_heads", "chain", _HEAD_COLUMNS,
-                               [(c, s, h) for c, (s, h) in heads.items()])
+                db.upsert_rows(
+                    "chain_heads",
+                    "chain",
+                    _HEAD_COLUMNS,
+                    [(c, s, h) for c, (s, h) in heads.items()],
+                )
                 alerts = _alert_rows(rows)
                 if alerts:
                     db.executemany(_UPSERT_ALERT, alerts)
@@ -91,8 +96,9 @@ class Record:
             return db.query(sql, params)
 
     def checkpoints(self) -> dict[str, bytes]:
-        return {key: bytes(state) for key, state in
-                self._read("SELECT key, state FROM checkpoints")}
+        return {
+            key: bytes(state) for key, state in self._read("SELECT key, state FROM checkpoints")
+        }
 
     def latest_alerts(self, state: str | None = None, limit: int = 1000) -> list[dict]:
         """Latest alert record of each alert id, most recently changed first.
@@ -139,8 +145,7 @@ class Record:
             "AND not_before <= ? ORDER BY not_before, id LIMIT ?",
             (float(now), limit),
         )
-        return [OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7])
-                for r in rows]
+        return [OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in rows]
 
     def _outbox_set(self, row_id: int, assignments: str, params: tuple) -> None:
         with self._lock, self._db.transaction(write=True) as db:
@@ -157,7 +162,8 @@ class Record:
 
     def outbox_retry(self, row_id: int, not_before: float, error: str) -> None:
         self._outbox_set(
-            row_id, "not_before = ?, attempts = attempts + 1, last_error = ?",
+            row_id,
+            "not_before = ?, attempts = attempts + 1, last_error = ?",
             (float(not_before), error),
         )
 
@@ -186,8 +192,15 @@ class Record:
 
 def _outbox_row(item: OutboxItem, recorded_at: float) -> tuple:
     body = canonical(item.body, f"outbox item {item.channel!r} of alert {item.alert_id!r}")
-    return (item.alert_id, item.channel, item.target, body, float(item.not_before),
-            recorded_at, recorded_at)
+    return (
+        item.alert_id,
+        item.channel,
+        item.target,
+        body,
+        float(item.not_before),
+        recorded_at,
+        recorded_at,
+    )
 
 
 def _checkpoint_row(key: str, state: bytes, recorded_at: float) -> tuple:
@@ -202,13 +215,26 @@ def _alert_rows(rows: list[tuple]) -> list[tuple]:
     for chain, seq, kind, _tag, _ts, alert_id, _at, body, _prev, _hash in rows:
         if kind == "alert" and alert_id is not None:
             state = json.loads(body).get("state")
-            latest[alert_id] = (alert_id, chain, seq, state if isinstance(state, str) else None,
-                                body)
+            latest[alert_id] = (
+                alert_id,
+                chain,
+                seq,
+                state if isinstance(state, str) else None,
+                body,
+            )
     return list(latest.values())
 
 
 def _entry_dict(row: chains.StoredEntry) -> dict:
-    return {"chain": row.chain, "seq": row.seq, "kind": row.kind, "tag": row.tag,
-            "event_ts": row.event_ts, "alert_id": row.alert_id,
-            "recorded_at": row.recorded_at, "prev_hash": row.prev_hash, "hash": row.hash,
-            "body": json.loads(row.body)}
+    return {
+        "chain": row.chain,
+        "seq": row.seq,
+        "kind": row.kind,
+        "tag": row.tag,
+        "event_ts": row.event_ts,
+        "alert_id": row.alert_id,
+        "recorded_at": row.recorded_at,
+        "prev_hash": row.prev_hash,
+        "hash": row.hash,
+        "body": json.loads(row.body),
+    }

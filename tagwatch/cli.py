@@ -66,7 +66,37 @@ def _parser() -> argparse.ArgumentParser:
     pipe.add_argument("--json", action="store_true", help="print one JSON object")
     pipe.add_argument("--small", action="store_true", help="a small workload (smoke test)")
     pipe.set_defaults(handler=_bench_pipeline)
+    _daemon_commands(commands)
     return parser
+
+
+def _daemon_commands(commands: argparse._SubParsersAction) -> None:
+    conf = "the configuration file (default: env TAGWATCH_CONFIG, else defaults + environment)"
+    run = commands.add_parser("run", help="the daemon")
+    run.add_argument("--config", type=Path, help=conf)
+    run.set_defaults(handler=_run)
+
+    record = commands.add_parser("record", help="the case record").add_subparsers(
+        metavar="ACTION")
+    verify = record.add_parser("verify", help="check the case record's hash chains")
+    verify.add_argument("--config", type=Path, help=conf)
+    verify.set_defaults(handler=_record_verify)
+    export = record.add_parser("export", help="write an evidence bundle for a case")
+    export.add_argument("--config", type=Path, help=conf)
+    export.add_argument("--case", required=True, help="case id, e.g. C-0001")
+    export.add_argument("--since", required=True, help="RFC 3339 time, e.g. 2026-11-28T00:00:00Z")
+    export.add_argument("--until", required=True, help="RFC 3339 time")
+    export.add_argument("--out", type=Path, required=True, help="output folder")
+    export.set_defaults(handler=_record_export)
+
+    alerts = commands.add_parser("alerts", help="alerts in the case record").add_subparsers(
+        metavar="ACTION")
+    ack = alerts.add_parser("ack", help="acknowledge an alert (id or a unique prefix)")
+    ack.add_argument("alert_id", metavar="ID")
+    ack.add_argument("--by", default=None, help="who acknowledges (default: $USER)")
+    ack.add_argument("--note", default="", help="a note kept in the case record")
+    ack.add_argument("--config", type=Path, help=conf)
+    ack.set_defaults(handler=_alerts_ack)
 
 
 def _load_zoneset(path: Path):
@@ -157,6 +187,117 @@ def _bench_pipeline(args: argparse.Namespace) -> int:
     from tagwatch.bench.report import emit
 
     emit(pipeline.main(small=args.small), pipeline.RESULT_LINES, args.json)
+    return EXIT_OK
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    import os
+
+    if args.config is not None:
+        return args.config
+    env = os.environ.get("TAGWATCH_CONFIG")
+    return Path(env) if env else None
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+
+    from tagwatch.daemon.main import run
+
+    return run(_config_path(args), os.environ)
+
+
+def _open_record(args: argparse.Namespace):
+    import os
+
+    from tagwatch.config import ConfigError, load_config
+    from tagwatch.record import Record, RecordError
+
+    try:
+        config = load_config(_config_path(args), os.environ)
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+    try:
+        return Record.open(config.record.url)
+    except RecordError as exc:
+        raise _Failure(f"case record: {exc}") from None
+
+
+class _Failure(Exception):
+    """A runtime failure: exit status 1, with the message."""
+
+
+def _record_verify(args: argparse.Namespace) -> int:
+    try:
+        record = _open_record(args)
+    except _Failure as exc:
+        print(f"tagwatch: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        problems = record.verify()
+    finally:
+        record.close()
+    for p in problems:
+        print(f"{p.chain}\tseq {p.seq}\t{p.what}\t{p.detail}")
+    if problems:
+        print(f"tagwatch: {record.label}: {len(problems)} problem(s) in the case record",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{record.label}: every chain intact")
+    return EXIT_OK
+
+
+def _record_export(args: argparse.Namespace) -> int:
+    from tagwatch.record import RecordError
+    from tagwatch.wire import parse_rfc3339
+
+    times = {}
+    for name in ("since", "until"):
+        try:
+            times[name] = parse_rfc3339(getattr(args, name))
+        except ValueError:
+            raise BadInput(f"--{name} {getattr(args, name)!r}: expected an RFC 3339 time "
+                           "with an offset or Z") from None
+    try:
+        record = _open_record(args)
+    except _Failure as exc:
+        print(f"tagwatch: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        out = record.export(args.case, times["since"], times["until"], args.out)
+    except RecordError as exc:
+        print(f"tagwatch: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        record.close()
+    print(out)
+    return EXIT_OK
+
+
+def _alerts_ack(args: argparse.Namespace) -> int:
+    import getpass
+    import json
+    import time
+
+    from tagwatch.notify.ack import AckError, acknowledge
+    from tagwatch.record import RecordError
+
+    try:
+        record = _open_record(args)
+    except _Failure as exc:
+        print(f"tagwatch: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    by = args.by or getpass.getuser()
+    try:
+        acked = acknowledge(record, args.alert_id, by, args.note, time.time())
+    except AckError as exc:
+        raise BadInput(str(exc)) from None
+    except RecordError as exc:
+        print(f"tagwatch: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        record.close()
+    print(json.dumps(acked))
     return EXIT_OK
 
 

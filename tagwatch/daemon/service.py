@@ -1,0 +1,421 @@
+"""The Daemon: ingest, pipeline, one commit per batch, acknowledgement after it, publish.
+
+Acknowledgement after commit: paho runs with manual_ack (tagwatch.mqtt). A batch's
+messages are acknowledged only once `Record.commit` of its Batch has returned; the alert
+records and commands are outbox rows of that same transaction, published afterwards by
+the Publisher. A crash before the commit: nothing acknowledged, the broker redelivers
+everything and the checkpoints are those of the previous batch. A crash after it: the
+redelivered messages are duplicates for the restored rule state, and the pending outbox
+rows are published at the next start.
+
+Units of work (a batch, a tick, a delivery failure) hold `self._work` from the pipeline
+call to the end of the commit, so checkpoints and entries are committed in the order the
+pipeline made them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from tagwatch.config import RULE_NAMES, Config
+from tagwatch.daemon import http
+from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY, Effects, EffectsBuilder, Notify
+from tagwatch.daemon.ingest import Batcher
+from tagwatch.daemon.metrics import Metrics
+from tagwatch.daemon.outbox import NotifyView, Publisher
+from tagwatch.mqtt import Backoff, BrokerSettings, Message, MqttConnection
+from tagwatch.notify.escalation import Escalation, EscalationSettings
+from tagwatch.notify.policy import PolicySettings, SmsLedger
+from tagwatch.pipeline import Inbound, Pipeline
+from tagwatch.record import Batch, Record, RecordError
+from tagwatch.wire import Topics, status_message
+from zones import Case, ZoneSet, load_cases
+
+log = structlog.get_logger("tagwatch.daemon")
+_ACK_POLL_LIMIT = 1000
+
+
+class CasesRefused(Exception):
+    """Case files refused at start; the message names each file and problem."""
+
+
+def load_zoneset(path: Path) -> tuple[ZoneSet, dict[str, Case]]:
+    """All cases or CasesRefused (at start and at reload: all or nothing)."""
+    try:
+        result = load_cases(path, rule_names=RULE_NAMES)
+    except (FileNotFoundError, OSError) as exc:
+        raise CasesRefused(str(exc)) from None
+    if result.errors:
+        raise CasesRefused("; ".join(f"refused {e}" for e in result.errors))
+    return ZoneSet(result.cases), {c.id: c for c in result.cases}
+
+
+class Daemon:
+    def __init__(self, config: Config, record: Record, zoneset: ZoneSet,
+                 cases: dict[str, Case]) -> None:
+        self.config = config
+        self.record = record
+        self.cases = cases
+        self.topics = Topics(config.broker.topic_prefix)
+        self.pipeline = Pipeline(zoneset, config.rules, self.topics, event_clock=False)
+        self.metrics = Metrics()
+        self.instance = f"{config.broker.client_id}@{socket.gethostname()}:{os.getpid()}"
+        self.since = time.time()
+        self.notify = Notify(
+            PolicySettings(sms_enabled=config.notify.twilio is not None,
+                           police_enabled=config.notify.police is not None),
+            SmsLedger(), Escalation(EscalationSettings(ack_timeout_s=config.rules.ack_timeout_s)))
+        self.effects = EffectsBuilder(
+            self.topics, self.notify, lambda: self.cases, self._tag_cases,
+            lambda ident: self.pipeline.engine.knows_device(ident))
+        self.batcher: Batcher[Message] = Batcher(
+            config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0)
+        self.stopping = asyncio.Event()
+        self.dispatch_wake = asyncio.Event()
+        self.record_down: str | None = None
+        self.conn: MqttConnection | None = None
+        self.publisher: Publisher | None = None
+        self._work = asyncio.Lock()
+        self._acked_seen: set[str] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._reloading: asyncio.Task | None = None
+        self._serving = False  # pending outbox rows flushed, ingest running
+
+    # ---- state ---------------------------------------------------------------------
+
+    def _tag_cases(self, tag: str) -> list[str]:
+        return [case for case, _rules in self.pipeline.engine.tag_cases.get(tag, ())]
+
+    def restore(self) -> None:
+        points = self.record.checkpoints()
+        if LEDGER_KEY in points:
+            self.notify.ledger = SmsLedger.from_bytes(points.pop(LEDGER_KEY))
+        if ESCALATION_KEY in points:
+            self.notify.escalation = Escalation.from_bytes(
+                points.pop(ESCALATION_KEY), self.notify.escalation.settings)
+        self.pipeline.restore(points)
+        self._acked_seen = {a["id"] for a in self.record.latest_alerts("acknowledged",
+                                                                       _ACK_POLL_LIMIT)}
+        log.info("restored", checkpoints=len(points), escalations=len(
+            self.notify.escalation.pending()))
+
+    def not_ready(self) -> list[str]:
+        reasons = [] if self._serving else ["starting"]
+        if self.conn is None or not self.conn.ready.is_set():
+            reasons.append("broker: not connected with subscriptions acknowledged")
+        if self.record_down is not None:
+            reasons.append(f"record: unavailable: {self.record_down}")
+        if self.stopping.is_set():
+            reasons.append("stopping")
+        return reasons
+
+    def refresh_metrics(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            self.metrics.broker(conn.ready.is_set(), conn.reconnects, conn.session_lost)
+        else:
+            self.metrics.broker(False, 0, 0)
+
+    # ---- the run -------------------------------------------------------------------
+
+    async def run(self, settings: BrokerSettings) -> None:
+        self.metrics.up.set(1)
+        self._signals()
+        server, http_task = await http.serve(http.build_app(self), self.config.feed.host,
+                                             self.config.feed.port)
+        log.info("http_listening", listen=self.config.feed.listen)
+        try:
+            await self._connected(settings)
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(http_task, 5.0)
+
+    async def _connected(self, settings: BrokerSettings) -> None:
+        status = self.topics.status
+        self.conn = MqttConnection(
+            settings,
+            [(self.topics.tag_fixes, 1), (self.topics.victim_fixes, 1)],
+            will=(status, status_message("offline", self.instance, self.since)),
+            online=(status, lambda: status_message("online", self.instance, time.time())),
+        )
+        connect = asyncio.create_task(self.conn.__aenter__())
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({connect, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not connect.done():
+            connect.cancel()
+            with contextlib.suppress(BaseException):
+                await connect
+            return
+        connect.result()
+        try:
+            await self._serve(self.conn)
+        finally:
+            await self.conn.__aexit__(None, None, None)
+            log.info("offline_published", topic=status)
+
+    async def _serve(self, conn: MqttConnection) -> None:
+        self.publisher = Publisher(self.record, conn)
+        await self.publisher.flush()  # rows left by a previous run go out first
+        dispatcher = self._dispatcher()
+        self._tasks = [
+            asyncio.create_task(self.batcher.pump(conn.messages()), name="pump"),
+            asyncio.create_task(self.publisher.run(), name="publisher"),
+            asyncio.create_task(self._ticker(), name="ticker"),
+        ]
+        if dispatcher is not None:
+            self._tasks.append(asyncio.create_task(self._supervise(dispatcher), name="notify"))
+        log.info("running", instance=self.instance)
+        self._serving = True
+        try:
+            await self._ingest()
+        finally:
+            log.info("draining")
+            if dispatcher is not None:
+                dispatcher.stop()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.publisher.flush(), 10.0)
+
+    async def _ingest(self) -> None:
+        while not self.stopping.is_set():
+            batch = await self.batcher.next_batch(self.stopping)
+            if batch:
+                await self._handle(batch)
+
+    # ---- units of work -------------------------------------------------------------
+
+    async def _handle(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        async with self._work:
+            now = time.time()
+            inbound = [Inbound(m.topic, m.payload, m.received) for m in messages]
+            try:
+                result = self.pipeline.process(inbound, raised=now)
+            except Exception:
+                # not acknowledged: the broker redelivers them after a reconnect
+                log.exception("pipeline_failed", messages=len(messages))
+                return
+            fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
+            await self._commit(fx.batch)
+        for m in messages:
+            await self.conn.ack(m)  # type: ignore[union-attr]
+        self._after_commit(fx)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _ticker(self) -> None:
+        tick_s = self.config.ingest.tick_s
+        while True:
+            await asyncio.sleep(tick_s)
+            try:
+                await self._tick()
+                await self._poll_acks()
+                await self._gauges()
+            except Exception:
+                log.exception("tick_failed")
+
+    async def _tick(self) -> None:
+        async with self._work:
+            now = time.time()
+            result = self.pipeline.tick(now, raised=now)
+            fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
+            escalated = self.notify.escalation.tick(now)
+            if escalated:
+                more = self.effects.from_records(escalated, now)
+                fx.batch.entries += more.batch.entries
+                fx.batch.outbox += more.batch.outbox
+                fx.batch.checkpoints.update(more.batch.checkpoints)
+                fx.alert_types.update(more.alert_types)
+                fx.records += more.records
+            if not fx.empty:
+                await self._commit(fx.batch)
+        self._after_commit(fx)
+
+    async def record_alerts(self, records: list[dict]) -> None:
+        """Record, publish and run the policy on alert records made outside the pipeline
+        (the dispatcher's delivery.failed alerts)."""
+        async with self._work:
+            fx = self.effects.from_records(records, time.time())
+            await self._commit(fx.batch)
+        self._after_commit(fx)
+
+    async def _commit(self, batch: Batch) -> None:
+        """Commit, retrying with backoff until it succeeds: the batch is kept meanwhile."""
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            started = time.perf_counter()
+            try:
+                await asyncio.to_thread(self.record.commit, batch, time.time())
+            except RecordError as exc:
+                self.metrics.write_errors.inc()
+                if self.record_down is None:
+                    self.record_down = str(exc)
+                    self.metrics.record_available.set(0)
+                    log.error("record_unavailable", record=self.record.label, error=str(exc),
+                              detail="holding the batch unacknowledged; retrying")
+                await asyncio.sleep(backoff.next())
+                continue
+            self.metrics.write_seconds.observe(time.perf_counter() - started)
+            if self.record_down is not None:
+                log.warning("record_available", record=self.record.label,
+                            detail="writing again after an outage")
+                self.record_down = None
+                self.metrics.record_available.set(1)
+            return
+
+    def _after_commit(self, fx: Effects) -> None:
+        m = self.metrics
+        m.fixes.inc(fx.fixes)
+        m.duplicates.inc(fx.duplicates)
+        for reason, n in fx.rejected_reasons.items():
+            m.rejected.labels(reason=reason).inc(n)
+        for kind, n in fx.alert_types.items():
+            m.alerts.labels(type=kind).inc(n)
+        if fx.rejected_reasons:
+            log.info("rejected", by_reason=dict(fx.rejected_reasons))
+        for record in fx.records:
+            log.info("alert", alert=record["id"], type=record["type"], state=record["state"],
+                     severity=record["severity"], case=record["case"])
+        if self.publisher is not None and (fx.rejected or fx.has_mqtt):
+            self.publisher.send(fx.rejected)
+        if fx.has_deliveries:
+            self.dispatch_wake.set()
+
+    async def _poll_acks(self) -> None:
+        """Acks written by another process (the CLI) stop escalation here too."""
+        if not self.notify.escalation.pending():
+            return
+        try:
+            acked = await asyncio.to_thread(self.record.latest_alerts, "acknowledged",
+                                            _ACK_POLL_LIMIT)
+        except RecordError:
+            return
+        for alert in acked:
+            if alert["id"] not in self._acked_seen:
+                self._acked_seen.add(alert["id"])
+                self.notify.escalation.observe(alert)
+                log.info("acknowledged_elsewhere", alert=alert["id"])
+
+    async def _gauges(self) -> None:
+        self.refresh_metrics()
+        with contextlib.suppress(RecordError):
+            depth = await asyncio.to_thread(self.record.outbox_depth)
+            self.metrics.outbox_depth.set(depth)
+        self.metrics.tags_silent.set(self._silent_tags(time.time()))
+
+    def _silent_tags(self, now: float) -> int:
+        engine = self.pipeline.engine
+        states = getattr(engine, "tags", {})
+        limit = now - self.config.rules.no_comms_s
+        silent = 0
+        for tag in engine.tag_cases:
+            last = getattr(states.get(tag), "last_msg_ts", None)
+            if last is None or last < limit:
+                silent += 1
+        return silent
+
+    # ---- notifications -------------------------------------------------------------
+
+    def _dispatcher(self):
+        twilio_cfg, police_cfg = self.config.notify.twilio, self.config.notify.police
+        if twilio_cfg is None and police_cfg is None:
+            return None
+        from tagwatch.notify.dispatcher import Dispatcher
+        from tagwatch.notify.twilio_channel import TwilioChannel
+        from tagwatch.notify.webhook import PoliceWebhook
+
+        view = NotifyView(self.record, lambda ch: self.metrics.deliveries_failed.labels(
+            channel=ch).inc())
+        return Dispatcher(
+            view,  # type: ignore[arg-type]
+            twilio=TwilioChannel(twilio_cfg) if twilio_cfg else None,
+            police=PoliceWebhook(police_cfg) if police_cfg else None,
+            on_failure=lambda alert: self.record_alerts([alert]),
+            escalation=self.notify.escalation,
+            wake=self.dispatch_wake,
+        )
+
+    async def _supervise(self, dispatcher) -> None:
+        backoff = Backoff(0.5, 10.0)
+        while True:
+            try:
+                await dispatcher.run()
+                return
+            except RecordError as exc:
+                log.warning("dispatcher_paused", error=str(exc))
+            except Exception:
+                log.exception("dispatcher_failed")
+            await asyncio.sleep(backoff.next())
+
+    # ---- signals -------------------------------------------------------------------
+
+    def _signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop, sig.name)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+
+    def _stop(self, name: str) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping", signal=name)
+            self.stopping.set()
+
+    def _reload_soon(self) -> None:
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.create_task(self.reload())
+
+    async def reload(self) -> bool:
+        path = self.config.cases.path
+        try:
+            zoneset, cases = await asyncio.to_thread(load_zoneset, path)
+        except CasesRefused as exc:
+            log.error("reload_refused", cases=str(path), error=str(exc),
+                      detail="keeping the cases loaded before")
+            return False
+        async with self._work:
+            self.pipeline.reload(zoneset)
+            self.cases = cases
+        log.info("reloaded", cases=len(cases), path=str(path))
+        return True
+
+
+def broker_settings(config: Config, url: str | None = None) -> BrokerSettings:
+    b = config.broker
+    if url is not None:
+        return BrokerSettings.from_url(url, client_id=b.client_id,
+                                       session_expiry_s=b.session_expiry_s,
+                                       keepalive_s=b.keepalive_s)
+    return BrokerSettings(
+        host=b.host, port=b.port, tls=b.tls,
+        ca_file=str(b.ca_file) if b.ca_file else None,
+        cert_file=str(b.cert_file) if b.cert_file else None,
+        key_file=str(b.key_file) if b.key_file else None,
+        username=b.username, password=b.password, client_id=b.client_id,
+        session_expiry_s=b.session_expiry_s, keepalive_s=b.keepalive_s,
+    )
+
+
+def summarise_notify(config: Config) -> Callable[[], None]:
+    def say() -> None:
+        if config.notify.twilio is None:
+            log.warning("notify", detail="no SMS or calls: [notify.twilio] absent")
+        else:
+            log.info("notify", detail="SMS and calls through Twilio",
+                     api_base=config.notify.twilio.api_base)
+        if config.notify.police is None:
+            log.info("notify", detail="no police webhook: [notify.police] webhook_url not set")
+        else:
+            log.info("notify", detail="police webhook configured")
+    return say

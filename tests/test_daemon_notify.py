@@ -1,0 +1,59 @@
+"""Notifications through the daemon, against the local Twilio server: a confirmed breach
+gives one SMS within a second; `tagwatch alerts ack` acknowledges it in the record."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tests.daemon_harness import (
+    Collector,
+    Publisher,
+    RecordDb,
+    breach_fixes,
+    make_daemon,
+    record_db,  # noqa: F401  (fixture)
+)
+from tests.twilio_server import TwilioServer
+
+SID = "AC" + "1" * 32
+
+
+def test_breach_texts_the_victim_once_and_the_cli_acknowledges(
+        tmp_path: Path, broker_url: str, record_db: RecordDb) -> None:  # noqa: F811
+    with TwilioServer(account_sid=SID, auth_token="tok") as twilio:
+        extra = (f'[notify.twilio]\naccount_sid = "{SID}"\nfrom = "+447700900000"\n'
+                 f'api_base = "{twilio.url}"\n')
+        d = make_daemon(tmp_path, broker_url, record_db.url, extra=extra,
+                        env={"TWILIO_AUTH_TOKEN": "tok"})
+        col = Collector(broker_url, f"{d.prefix}/alerts/#")
+        pub = Publisher(broker_url)
+        d.start()
+        try:
+            d.wait_ready()
+            first, second = breach_fixes()
+            pub.send(f"{d.prefix}/tags/T-1001/fix", first)
+            pub.send(f"{d.prefix}/tags/T-1001/fix", second)
+            confirmed_at = time.monotonic()
+            (sms,) = twilio.wait_for(1, timeout=5, path="Messages.json")
+            assert sms.at - confirmed_at <= 1.0
+            assert sms.form["To"] == "+447700900123" and sms.form["From"] == "+447700900000"
+            assert "51.5" not in sms.form["Body"] and "-0.12" not in sms.form["Body"]
+
+            col.wait_for(lambda ms: len(ms) >= 2, 10, "breach records")
+            alert_id = col.json_on("/alerts/")[0]["id"]
+            done = d.cli("alerts", "ack", alert_id, "--by", "duty-operator", "--note", "seen")
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["state"] == "acknowledged"
+            state = record_db.raw(f"SELECT state FROM alert_latest WHERE alert_id = '{alert_id}'")
+            assert state == [("acknowledged",)]
+            missing = d.cli("alerts", "ack", "ffffffffffff")
+            assert missing.returncode == 2 and "no such alert" in missing.stderr
+            assert "no SMS or calls" not in d.logs()
+            assert len(twilio.seen) == 1  # one SMS per episode, no duplicate
+            assert d.stop() == 0
+        finally:
+            d.kill()
+            col.close()
+            pub.close()

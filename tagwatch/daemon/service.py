@@ -35,7 +35,7 @@ from tagwatch.daemon.outbox import NotifyView, Publisher
 from tagwatch.mqtt import Backoff, BrokerSettings, Message, MqttConnection
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.policy import PolicySettings, SmsLedger
-from tagwatch.pipeline import Inbound, Pipeline
+from tagwatch.pipeline import Inbound, Pipeline, Result
 from tagwatch.record import Batch, Record, RecordError
 from tagwatch.wire import Topics, status_message
 from zones import Case, ZoneSet, load_cases
@@ -66,7 +66,8 @@ class Daemon:
         self.record = record
         self.cases = cases
         self.topics = Topics(config.broker.topic_prefix)
-        self.pipeline = Pipeline(zoneset, config.rules, self.topics, event_clock=False)
+        self.event_clock = config.ingest.clock == "event"
+        self.pipeline = Pipeline(zoneset, config.rules, self.topics, self.event_clock)
         self.metrics = Metrics()
         self.instance = f"{config.broker.client_id}@{socket.gethostname()}:{os.getpid()}"
         self.since = time.time()
@@ -229,7 +230,8 @@ class Daemon:
     async def _tick(self) -> None:
         async with self._work:
             now = time.time()
-            result = self.pipeline.tick(now, raised=now)
+            # On the event clock the fixes themselves move the watchdogs (as in replay).
+            result = Result() if self.event_clock else self.pipeline.tick(now, raised=now)
             fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
             escalated = self.notify.escalation.tick(now)
             if escalated:

@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     pipe.add_argument("--json", action="store_true", help="print one JSON object")
     pipe.add_argument("--small", action="store_true", help="a small workload (smoke test)")
     pipe.set_defaults(handler=_bench_pipeline)
+    e2e = which.add_parser("e2e", help="tagwatch run through a broker beside a bare receiver")
+    e2e.add_argument("--broker", required=True, help="mqtt://host:port of a running broker")
+    e2e.add_argument("--fixes", type=int, default=100_000, help="fixes for the throughput run")
+    e2e.add_argument("--json", action="store_true", help="print one JSON object")
+    e2e.set_defaults(handler=_bench_e2e)
     _daemon_commands(commands)
     return parser
 
@@ -76,8 +81,7 @@ def _daemon_commands(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--config", type=Path, help=conf)
     run.set_defaults(handler=_run)
 
-    record = commands.add_parser("record", help="the case record").add_subparsers(
-        metavar="ACTION")
+    record = commands.add_parser("record", help="the case record").add_subparsers(metavar="ACTION")
     verify = record.add_parser("verify", help="check the case record's hash chains")
     verify.add_argument("--config", type=Path, help=conf)
     verify.set_defaults(handler=_record_verify)
@@ -90,7 +94,8 @@ def _daemon_commands(commands: argparse._SubParsersAction) -> None:
     export.set_defaults(handler=_record_export)
 
     alerts = commands.add_parser("alerts", help="alerts in the case record").add_subparsers(
-        metavar="ACTION")
+        metavar="ACTION"
+    )
     ack = alerts.add_parser("ack", help="acknowledge an alert (id or a unique prefix)")
     ack.add_argument("alert_id", metavar="ID")
     ack.add_argument("--by", default=None, help="who acknowledges (default: $USER)")
@@ -240,8 +245,10 @@ def _record_verify(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"{p.chain}\tseq {p.seq}\t{p.what}\t{p.detail}")
     if problems:
-        print(f"tagwatch: {record.label}: {len(problems)} problem(s) in the case record",
-              file=sys.stderr)
+        print(
+            f"tagwatch: {record.label}: {len(problems)} problem(s) in the case record",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     print(f"{record.label}: every chain intact")
     return EXIT_OK
@@ -256,8 +263,9 @@ def _record_export(args: argparse.Namespace) -> int:
         try:
             times[name] = parse_rfc3339(getattr(args, name))
         except ValueError:
-            raise BadInput(f"--{name} {getattr(args, name)!r}: expected an RFC 3339 time "
-                           "with an offset or Z") from None
+            raise BadInput(
+                f"--{name} {getattr(args, name)!r}: expected an RFC 3339 time with an offset or Z"
+            ) from None
     try:
         record = _open_record(args)
     except _Failure as exc:
@@ -298,6 +306,14 @@ def _alerts_ack(args: argparse.Namespace) -> int:
     finally:
         record.close()
     print(json.dumps(acked))
+    return EXIT_OK
+
+
+def _bench_e2e(args: argparse.Namespace) -> int:
+    from tagwatch.bench import e2e
+    from tagwatch.bench.report import emit
+
+    emit(e2e.run(args.broker, fixes=args.fixes), e2e.RESULT_LINES, args.json)
     return EXIT_OK
 
 

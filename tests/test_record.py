@@ -141,14 +141,17 @@ def test_commit_then_read_back(record: Record) -> None:
 
 
 def test_hash_is_sha256_of_prev_hash_and_canonical_json(record: Record) -> None:
+    """Hash rule 2 (schema 2): the body enters the hash through body_hash."""
     record.commit(Batch([fix(1), fix(2)], [], {}), T0 + 10)
     assert record.alert_history("unknown") == []
     record.commit(Batch([alert("a1", "open", 3)], [], {}), T0 + 11)
     entry = record.alert_history("a1")[0]
-    doc = [CHAIN, 3, "alert", "T-1001", T0 + 3, "a1", T0 + 11, entry["body"]]
+    body = json.dumps(entry["body"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert entry["body_hash"] == hashlib.sha256(body.encode()).hexdigest()
+    doc = [CHAIN, 3, "alert", "T-1001", T0 + 3, "a1", T0 + 11, entry["body_hash"]]
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     expected = hashlib.sha256(entry["prev_hash"].encode() + text.encode()).hexdigest()
-    assert entry["seq"] == 3
+    assert (entry["seq"], entry["hash_rule"]) == (3, 2)
     assert entry["hash"] == expected
 
 
@@ -260,7 +263,7 @@ def test_verify_checks_each_chain_apart(backend: Backend, record: Record) -> Non
 
 
 def test_reopening_applies_no_migration(backend: Backend, record: Record) -> None:
-    assert record.migrations_applied == [1]
+    assert record.migrations_applied == [1, 2]
     again = Record.open(backend.url)
     assert again.migrations_applied == []
     again.close()
@@ -333,11 +336,13 @@ def test_export_bundle_and_manifest(record: Record, tmp_path: Path) -> None:
     entries, head = lines[:-1], lines[-1]
     assert [e["seq"] for e in entries] == [2, 3, 4, 5, 6, 7]
     assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(entries))
-    for e in entries:  # the bundle alone is enough to recompute every hash
+    for e in entries:  # the bundle alone is enough to recompute every hash (rule 2)
+        assert e["hash_rule"] == 2
+        assert hashlib.sha256(e["body"].encode()).hexdigest() == e["body_hash"]
         envelope = json.dumps([e[k] for k in ("chain", "seq", "kind", "tag", "event_ts",
-                                              "alert_id", "recorded_at")],
+                                              "alert_id", "recorded_at", "body_hash")],
                               separators=(",", ":"), ensure_ascii=False)
-        text = f"{e['prev_hash']}{envelope[:-1]},{e['body']}]"
+        text = f"{e['prev_hash']}{envelope}"
         assert hashlib.sha256(text.encode()).hexdigest() == e["hash"]
     assert head["head"]["seq"] == 8
 

@@ -2,22 +2,28 @@
 
 from tagwatch.record.model import (
     Batch,
+    ChainPurge,
     Entry,
     OutboxItem,
     OutboxRow,
     Problem,
+    PurgeReport,
     RecordError,
     RecordUnavailable,
+    VerifyReport,
 )
 from tagwatch.record.store import Record
 
 __all__ = [
     "Batch",
+    "ChainPurge",
     "Entry",
     "OutboxItem",
     "OutboxRow",
     "Problem",
+    "PurgeReport",
     "Record",
     "RecordError",
     "RecordUnavailable",
+    "VerifyReport",
 ]

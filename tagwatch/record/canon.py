@@ -1,7 +1,18 @@
 """Canonical JSON and the entry hash: the one definition both writing and verifying use.
 
-hash = sha256(prev_hash as ASCII hex || UTF-8 canonical JSON of
-              [chain, seq, kind, tag, event_ts, alert_id, recorded_at, body])
+Each entry names its hash rule (column hash_rule):
+
+rule 1 (entries written before schema 2; never rewritten, so exported evidence still matches):
+  hash = sha256(prev_hash as ASCII hex || UTF-8 canonical JSON of
+                [chain, seq, kind, tag, event_ts, alert_id, recorded_at, body])
+rule 2 (every entry since schema 2):
+  body_hash = sha256(UTF-8 canonical body text) as hex
+  hash = sha256(prev_hash as ASCII hex || UTF-8 canonical JSON of
+                [chain, seq, kind, tag, event_ts, alert_id, recorded_at, body_hash])
+Under rule 2 the chain covers the body only through body_hash, so a fix's body can be
+purged (set to NULL) while every hash and link still verifies; a body that is present must
+match its body_hash. The two preimages cannot collide: a rule-1 body is a JSON object,
+a rule-2 body_hash a JSON string.
 
 Canonical JSON: sorted keys, no whitespace, UTF-8 (no \\u escapes for non-ASCII), no NaN
 or infinity, floats in shortest round-trip form (orjson's output, which matches Python's
@@ -50,8 +61,29 @@ def entry_hash(
     recorded_at: float,
     body_json: str,
 ) -> str:
-    """Hash of one chain entry; body_json is the stored canonical body text."""
+    """Hash of one rule-1 chain entry; body_json is the stored canonical body text."""
     # the callers pass finite floats only, so orjson's null-for-NaN cannot occur here
     head = orjson.dumps([chain, seq, kind, tag, event_ts, alert_id, recorded_at])
     doc = head[:-1] + b"," + body_json.encode("utf-8") + b"]"
+    return hashlib.sha256(prev_hash.encode("utf-8") + doc).hexdigest()
+
+
+def body_digest(body_json: str) -> str:
+    """body_hash of a rule-2 entry: sha256 hex of the stored canonical body text."""
+    return hashlib.sha256(body_json.encode("utf-8")).hexdigest()
+
+
+def entry_hash_v2(
+    prev_hash: str,
+    chain: str,
+    seq: int,
+    kind: str,
+    tag: str | None,
+    event_ts: float | None,
+    alert_id: str | None,
+    recorded_at: float,
+    body_hash: str,
+) -> str:
+    """Hash of one rule-2 chain entry (see the module docstring)."""
+    doc = orjson.dumps([chain, seq, kind, tag, event_ts, alert_id, recorded_at, body_hash])
     return hashlib.sha256(prev_hash.encode("utf-8") + doc).hexdigest()

@@ -5,18 +5,28 @@ Pure functions over tuples; store.py does the reading and writing.
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tagwatch.record.canon import GENESIS, canonical, entry_hash
+from tagwatch.record.canon import GENESIS, body_digest, canonical, entry_hash, entry_hash_v2
 from tagwatch.record.db import Db
-from tagwatch.record.model import Entry, Problem, RecordError
+from tagwatch.record.model import Entry, Problem, RecordError, VerifyReport
 
 # Columns of a stored entry, in this order, everywhere entries are read for checking.
-ENTRY_COLUMNS = "id, chain, seq, kind, tag, event_ts, alert_id, recorded_at, body, prev_hash, hash"
-_CONTENT = ("kind", "tag", "event_ts", "alert_id", "recorded_at", "body")
+ENTRY_COLUMNS = (
+    "id, chain, seq, kind, tag, event_ts, alert_id, recorded_at, body, body_hash, hash_rule, "
+    "prev_hash, hash"
+)
+# Columns written by append_rows, in the order of its tuples.
+INSERT_COLUMNS = ENTRY_COLUMNS.removeprefix("id, ")
+HASH_RULE = 2  # the rule every new entry is written with (canon.py)
+PURGE_KIND = "purge"
+_CONTENT = ("kind", "tag", "event_ts", "alert_id", "recorded_at", "body", "body_hash")
+_HASHED = ("seq", "kind", "tag", "event_ts", "alert_id", "recorded_at")
 # Column groups whose exchange between two rows we test, to name a swap "reordered".
 _SWAPS: tuple[tuple[str, ...], ...] = (
     ("seq",),
@@ -36,17 +46,30 @@ class StoredEntry:
     event_ts: float | None
     alert_id: str | None
     recorded_at: float
-    body: str
+    body: str | None  # None: purged (rule 2 fixes only)
+    body_hash: str | None  # None under rule 1
+    hash_rule: int
     prev_hash: str
     hash: str
 
+    @property
+    def purged(self) -> bool:
+        return self.body is None
+
     def computed(self, **override: object) -> str:
+        """The hash this entry's contents give under its rule; "" if they cannot match."""
         values = {name: getattr(self, name) for name in ("seq", *_CONTENT)}
         values.update(override)
+        head = [values[name] for name in _HASHED]
+        body, body_hash = values["body"], values["body_hash"]
         try:
-            return entry_hash(
-                self.prev_hash, self.chain, *(values[name] for name in ("seq", *_CONTENT))
-            )
+            if self.hash_rule == 1:
+                return entry_hash(self.prev_hash, self.chain, *head, body)  # type: ignore[arg-type]
+            if self.hash_rule != HASH_RULE:
+                return ""
+            if body is not None and body_digest(body) != body_hash:  # type: ignore[arg-type]
+                return ""  # a present body must be the one its body_hash names
+            return entry_hash_v2(self.prev_hash, self.chain, *head, body_hash)  # type: ignore[arg-type]
         except (TypeError, AttributeError, ValueError):
             return ""  # a column rewritten to another type (SQLite allows it): no match
 
@@ -72,8 +95,17 @@ def append_rows(
         event_ts = _as_float(entry.event_ts, f"{what}: event_ts")
         seq, prev = heads.get(entry.chain, (0, GENESIS))
         seq += 1
-        digest = entry_hash(
-            prev, entry.chain, seq, entry.kind, entry.tag, event_ts, entry.alert_id, stamp, body
+        body_hash = body_digest(body)
+        digest = entry_hash_v2(
+            prev,
+            entry.chain,
+            seq,
+            entry.kind,
+            entry.tag,
+            event_ts,
+            entry.alert_id,
+            stamp,
+            body_hash,
         )
         heads[entry.chain] = (seq, digest)
         rows.append(
@@ -86,6 +118,8 @@ def append_rows(
                 entry.alert_id,
                 stamp,
                 body,
+                body_hash,
+                HASH_RULE,
                 prev,
                 digest,
             )
@@ -103,6 +137,8 @@ class ChainCheck:
         self.prev_bad = False
         self.suspects: list[StoredEntry] = []
         self.overflow: list[StoredEntry] = []
+        self.purged = SeqRanges()  # entries found without a body
+        self.claimed = SeqRanges()  # seqs that verified purge entries say they purged
 
     def _report(self, seq: int, what: str, detail: str) -> None:
         self.problems.append(Problem(self.chain, seq, what, detail))
@@ -131,10 +167,35 @@ class ChainCheck:
                 f"prev_hash of seq {row.seq} does not link to "
                 f"seq {row.seq - 1}: an entry was removed or rewritten",
             )
+        if hash_ok:
+            self._note_purge(row)
         self.prev, self.prev_bad = row, not hash_ok
+
+    def _note_purge(self, row: StoredEntry) -> None:
+        if row.purged:
+            self.purged.add(row.seq, row.seq)
+        elif row.kind == PURGE_KIND:
+            for first, last in purge_claims(row.body or ""):
+                self.claimed.add(first, last)
+
+    def _unrecorded_purges(self) -> None:
+        # The trigger lets any rule-2 fix body be set to NULL; only one that a purge entry
+        # (itself in the chain) accounts for is a purge, any other is a removed body.
+        claims = self.claimed.merged()
+        starts = [first for first, _ in claims]
+        for first, last in self.purged.merged():
+            i = bisect.bisect_right(starts, first) - 1
+            if i < 0 or claims[i][1] < last:
+                self._report(
+                    first,
+                    "altered",
+                    f"body of seq {first}..{last} is missing and no purge entry records "
+                    "removing it",
+                )
 
     def finish(self, head: tuple[int, str] | None) -> list[Problem]:
         self._name_swaps()
+        self._unrecorded_purges()
         last_seq = self.prev.seq if self.prev else 0
         last_hash = self.prev.hash if self.prev else GENESIS
         if head is None:
@@ -176,27 +237,73 @@ def _swap_fits(a: StoredEntry, b: StoredEntry, names: tuple[str, ...]) -> bool:
     return a.computed(**a_gets) == a.hash and b.computed(**b_gets) == b.hash
 
 
+class SeqRanges:
+    """Inclusive seq ranges, added in any order; kept compact when added in order."""
+
+    def __init__(self) -> None:
+        self.ranges: list[list[int]] = []
+
+    def add(self, first: int, last: int) -> None:
+        if self.ranges and self.ranges[-1][1] + 1 == first:
+            self.ranges[-1][1] = last
+        else:
+            self.ranges.append([first, last])
+
+    def merged(self) -> list[tuple[int, int]]:
+        out: list[list[int]] = []
+        for first, last in sorted(self.ranges):
+            if out and first <= out[-1][1] + 1:
+                out[-1][1] = max(out[-1][1], last)
+            else:
+                out.append([first, last])
+        return [(a, b) for a, b in out]
+
+    def count(self) -> int:
+        return sum(last - first + 1 for first, last in self.ranges)
+
+
+def purge_claims(body_json: str) -> list[tuple[int, int]]:
+    """The seq ranges a purge entry's body says it purged (none if it is malformed)."""
+    try:
+        ranges = json.loads(body_json).get("ranges", [])
+        return [(int(a), int(b)) for a, b in ranges if int(a) <= int(b)]
+    except (ValueError, TypeError, AttributeError):
+        return []
+
+
 def verify_chains(db: Db, chain: str | None) -> list[Problem]:
     """Check every chain (or one) from one snapshot; callers open the transaction."""
+    return verify_report(db, chain).problems
+
+
+def verify_report(db: Db, chain: str | None) -> VerifyReport:
+    """Problems and purged-entry counts of every chain (or one), from one snapshot."""
     where, params = ("WHERE chain = ?", (chain,)) if chain is not None else ("", ())
     heads = {
         c: (s, h)
         for c, s, h in db.query(f"SELECT chain, seq, hash FROM chain_heads {where}", params)
     }
     problems: list[Problem] = []
+    purged: dict[str, int] = {}
     check: ChainCheck | None = None
+
+    def done(check: ChainCheck) -> None:
+        problems.extend(check.finish(heads.pop(check.chain, None)))
+        if check.purged.ranges:
+            purged[check.chain] = check.purged.count()
+
     for row in db.stream(
         f"SELECT {ENTRY_COLUMNS} FROM entries {where} ORDER BY chain, seq, id", params
     ):
         entry = StoredEntry(*row)
         if check is None or check.chain != entry.chain:
             if check is not None:
-                problems += check.finish(heads.pop(check.chain, None))
+                done(check)
             check = ChainCheck(entry.chain)
         check.feed(entry)
     if check is not None:
-        problems += check.finish(heads.pop(check.chain, None))
+        done(check)
     for name, (seq, _hash) in sorted(heads.items()):
         if seq > 0:
             problems.append(Problem(name, 1, "truncated", f"head says seq {seq}, no entries"))
-    return problems
+    return VerifyReport(problems, purged)

@@ -4,7 +4,10 @@ Files: fixes.geojson, alerts.jsonl, chain.jsonl, manifest.json (with each file's
 An entry's time is its event_ts, or recorded_at where it has none. chain.jsonl holds every
 entry from the first to the last in range by seq, so each prev_hash link in it can be
 checked, and each line carries all the hashed fields, so anyone can recompute the hashes
-(see canon.py for the definition) without tagwatch.
+(see canon.py for the definition, and each line's hash_rule) without tagwatch.
+A purged fix (DESIGN: data retention) stays in the bundle as a feature with geometry null
+and properties {"purged": true, "record_seq", "tag", "ts"}, and in chain.jsonl with body
+null; the manifest counts them. Its body_hash still lets its hash and links be checked.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tagwatch.record.canon import GENESIS
-from tagwatch.record.chain import ENTRY_COLUMNS, StoredEntry, verify_chains
+from tagwatch.record.chain import ENTRY_COLUMNS, StoredEntry, verify_report
 from tagwatch.record.db import Db
 
 _IN_RANGE = "chain = ? AND COALESCE(event_ts, recorded_at) BETWEEN ? AND ?"
@@ -36,19 +39,26 @@ def _fix_feature(body: dict) -> dict:
     return {"type": "Feature", "geometry": geometry, "properties": body}
 
 
-def _fixes(db: Db, chain: str, since: float, until: float) -> str:
+def _purged_feature(seq: int, tag: str | None, event_ts: float) -> dict:
+    properties = {"purged": True, "record_seq": seq, "tag": tag, "ts": event_ts}
+    return {"type": "Feature", "geometry": None, "properties": properties}
+
+
+def _fixes(db: Db, chain: str, since: float, until: float) -> tuple[str, int]:
+    """The GeoJSON text, and how many of its features are purged fixes."""
     rows = db.query(
-        "SELECT body FROM entries WHERE chain = ? AND kind = 'fix' "
+        "SELECT seq, tag, event_ts, body FROM entries WHERE chain = ? AND kind = 'fix' "
         "AND event_ts BETWEEN ? AND ? ORDER BY event_ts, seq",
         (chain, since, until),
     )
-    features = [_fix_feature(json.loads(body)) for (body,) in rows]
-    return (
-        json.dumps(
-            {"type": "FeatureCollection", "features": features}, ensure_ascii=False, indent=1
-        )
-        + "\n"
+    features = [
+        _purged_feature(seq, tag, ts) if body is None else _fix_feature(json.loads(body))
+        for seq, tag, ts, body in rows
+    ]
+    text = json.dumps(
+        {"type": "FeatureCollection", "features": features}, ensure_ascii=False, indent=1
     )
+    return text + "\n", sum(1 for row in rows if row[3] is None)
 
 
 def _alerts(db: Db, chain: str, since: float, until: float) -> str:
@@ -86,6 +96,8 @@ def _chain(db: Db, chain: str, since: float, until: float) -> tuple[str, dict]:
                 "alert_id",
                 "recorded_at",
                 "body",
+                "body_hash",
+                "hash_rule",
                 "prev_hash",
                 "hash",
             )
@@ -103,8 +115,9 @@ def write_bundle(db: Db, case_id: str, since: float, until: float, out_dir: Path
     chain = f"case:{case_id}"
     out_dir.mkdir(parents=True, exist_ok=True)
     chain_text, head = _chain(db, chain, since, until)
+    fixes_text, purged = _fixes(db, chain, since, until)
     files = {
-        "fixes.geojson": _fixes(db, chain, since, until),
+        "fixes.geojson": fixes_text,
         "alerts.jsonl": _alerts(db, chain, since, until),
         "chain.jsonl": chain_text,
     }
@@ -113,7 +126,7 @@ def write_bundle(db: Db, case_id: str, since: float, until: float, out_dir: Path
         data = text.encode("utf-8")
         (out_dir / name).write_bytes(data)
         sums[name] = hashlib.sha256(data).hexdigest()
-    problems = verify_chains(db, chain)
+    report = verify_report(db, chain)
     manifest = {
         "case": case_id,
         "chain": chain,
@@ -124,10 +137,16 @@ def write_bundle(db: Db, case_id: str, since: float, until: float, out_dir: Path
         "generated": _rfc3339(datetime.now(UTC).timestamp()),
         "head": head,
         "sha256": sums,
-        "verify": [{"seq": p.seq, "what": p.what, "detail": p.detail} for p in problems],
-        "hash_rule": "sha256(prev_hash hex || canonical JSON of [chain, seq, kind, tag, "
-        "event_ts, alert_id, recorded_at, body]); canonical JSON: sorted keys, "
-        "no spaces, UTF-8, body as stored",
+        "verify": [{"seq": p.seq, "what": p.what, "detail": p.detail} for p in report.problems],
+        "purged": {"fixes_in_range": purged, "chain": report.purged.get(chain, 0)},
+        "hash_rule": {
+            "1": "sha256(prev_hash hex || canonical JSON of [chain, seq, kind, tag, "
+            "event_ts, alert_id, recorded_at, body]); body as stored",
+            "2": "sha256(prev_hash hex || canonical JSON of [chain, seq, kind, tag, "
+            "event_ts, alert_id, recorded_at, body_hash]); body_hash = sha256 hex of the "
+            "body as stored; a purged body is null",
+            "canonical_json": "sorted keys, no spaces, UTF-8",
+        },
     }
     (out_dir / "manifest.json").write_text(
         json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"

@@ -65,3 +65,50 @@ class Problem:
     seq: int
     what: str
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What `Record.verify_report` found: problems (empty: intact), and per chain how many
+    entries have had their body purged (a recorded purge is not a problem)."""
+
+    problems: list[Problem]
+    purged: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChainPurge:
+    """One chain's part of a purge.
+
+    purged: fix bodies removed now; kept_in_window: old fixes kept as alert evidence;
+    legacy_kept: old fixes written before schema 2 (hash rule 1), which cannot be purged
+    without breaking their hash; first_seq, last_seq: the purged range (0 if none);
+    purge_seq: the seq of the purge entry recording it (0 if nothing was purged).
+    """
+
+    chain: str
+    purged: int
+    kept_in_window: int
+    legacy_kept: int
+    first_seq: int = 0
+    last_seq: int = 0
+    purge_seq: int = 0
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    older_than: float
+    keep_window_s: float
+    chains: dict[str, ChainPurge] = field(default_factory=dict)
+
+    @property
+    def purged(self) -> int:
+        return sum(c.purged for c in self.chains.values())
+
+    @property
+    def kept_in_window(self) -> int:
+        return sum(c.kept_in_window for c in self.chains.values())
+
+    @property
+    def legacy_kept(self) -> int:
+        return sum(c.legacy_kept for c in self.chains.values())

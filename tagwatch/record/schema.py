@@ -64,9 +64,82 @@ _PG_V1 = [
        FOR EACH STATEMENT EXECUTE FUNCTION tagwatch_entries_append_only()""",
 ]
 
+# Schema 2: retention. Every entry names its hash rule (1: body hashed inline, the entries
+# written before; 2: body hashed through body_hash, see canon.py). A rule-2 fix body may be
+# purged to NULL; the triggers allow that one UPDATE and refuse every other. Existing rows
+# keep rule 1 and their hashes untouched.
+_ENTRIES_COLUMNS_V1 = (
+    "id, chain, seq, kind, tag, event_ts, alert_id, recorded_at, body, prev_hash, hash"
+)
+# An UPDATE is a purge when a rule-2 fix loses its body and nothing else changes.
+_PURGE_ONLY = " AND ".join(
+    [
+        "OLD.kind = 'fix'",
+        "OLD.hash_rule = 2",
+        "NEW.body IS NULL",
+        *(
+            f"NEW.{c} IS OLD.{c}"
+            for c in (*_ENTRIES_COLUMNS_V1.split(", "), "body_hash", "hash_rule")
+            if c != "body"
+        ),
+    ]
+)
+_PURGE_INDEX = (
+    "CREATE INDEX entries_purge ON entries (chain, event_ts) "
+    "WHERE kind = 'fix' AND body IS NOT NULL"
+)
+
+# SQLite cannot drop NOT NULL from a column: rebuild the table (same ids, same rows).
+# DROP TABLE fires no DELETE trigger, and takes the old triggers and indexes with it.
+_SQLITE_V2 = [
+    """CREATE TABLE entries_v2 (
+    id INTEGER PRIMARY KEY,
+    chain TEXT NOT NULL, seq BIGINT NOT NULL, kind TEXT NOT NULL, tag TEXT,
+    event_ts DOUBLE PRECISION, alert_id TEXT, recorded_at DOUBLE PRECISION NOT NULL,
+    body TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
+    body_hash TEXT, hash_rule INTEGER NOT NULL,
+    UNIQUE (chain, seq))""",
+    f"INSERT INTO entries_v2 ({_ENTRIES_COLUMNS_V1}, body_hash, hash_rule) "
+    f"SELECT {_ENTRIES_COLUMNS_V1}, NULL, 1 FROM entries ORDER BY id",
+    "DROP TABLE entries",
+    "ALTER TABLE entries_v2 RENAME TO entries",
+    "CREATE INDEX entries_track ON entries (tag, event_ts) WHERE kind = 'fix'",
+    "CREATE INDEX entries_alert ON entries (alert_id) WHERE alert_id IS NOT NULL",
+    _PURGE_INDEX,
+    f"""CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries
+       WHEN NOT ({_PURGE_ONLY})
+       BEGIN SELECT RAISE(ABORT,
+         'entries is append-only: UPDATE refused (only purging a fix body is allowed)'); END""",
+    """CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries
+       BEGIN SELECT RAISE(ABORT, 'entries is append-only: DELETE refused'); END""",
+]
+
+# Comparing the rows as jsonb minus body also guards any column added later.
+_PG_V2 = [
+    "ALTER TABLE entries ADD COLUMN body_hash TEXT, "
+    "ADD COLUMN hash_rule SMALLINT NOT NULL DEFAULT 1",
+    "ALTER TABLE entries ALTER COLUMN hash_rule DROP DEFAULT",
+    "ALTER TABLE entries ALTER COLUMN body DROP NOT NULL",
+    _PURGE_INDEX,
+    """CREATE OR REPLACE FUNCTION tagwatch_entries_append_only() RETURNS trigger
+       LANGUAGE plpgsql AS $$
+       BEGIN
+         IF TG_OP = 'UPDATE' THEN
+           IF OLD.kind = 'fix' AND OLD.hash_rule = 2 AND NEW.body IS NULL
+              AND to_jsonb(NEW) - 'body' = to_jsonb(OLD) - 'body' THEN
+             RETURN NEW;
+           END IF;
+           RAISE EXCEPTION
+             'entries is append-only: UPDATE refused (only purging a fix body is allowed)';
+         END IF;
+         RAISE EXCEPTION 'entries is append-only: % refused', TG_OP;
+       END $$""",
+]
+
 # One entry per version: {dialect: statements}.
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SQLITE_V1, "postgresql": _PG_V1},
+    {"sqlite": _SQLITE_V2, "postgresql": _PG_V2},
 ]
 
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

@@ -13,14 +13,20 @@ import time
 from pathlib import Path
 
 from tagwatch.record import chain as chains
+from tagwatch.record import retention
 from tagwatch.record.canon import GENESIS, canonical
 from tagwatch.record.db import Db, connect
-from tagwatch.record.model import Batch, OutboxItem, OutboxRow, Problem, RecordError
+from tagwatch.record.model import (
+    Batch,
+    OutboxItem,
+    OutboxRow,
+    Problem,
+    PurgeReport,
+    RecordError,
+    VerifyReport,
+)
 from tagwatch.record.schema import migrate
 
-_ENTRY_INSERT_COLUMNS = (
-    "chain, seq, kind, tag, event_ts, alert_id, recorded_at, body, prev_hash, hash"
-)
 _HEAD_COLUMNS = (("chain", "text"), ("seq", "bigint"), ("hash", "text"))
 _CHECKPOINT_COLUMNS = (("key", "text"), ("state", "bytea"), ("recorded_at", "float8"))
 _UPSERT_ALERT = (
@@ -74,7 +80,7 @@ class Record:
             if batch.entries:
                 heads = db.lock_heads(sorted({e.chain for e in batch.entries}), GENESIS)
                 rows = chains.append_rows(batch.entries, heads, recorded_at)
-                db.insert_rows("entries", _ENTRY_INSERT_COLUMNS, rows)
+                db.insert_rows("entries", chains.INSERT_COLUMNS, rows)
                 db.upsert_rows(
                     "chain_heads",
                     "chain",
@@ -129,10 +135,13 @@ class Record:
         return [_entry_dict(chains.StoredEntry(*row)) for row in rows]
 
     def track(self, tag: str, since: float) -> list[dict]:
-        """Bodies of the tag's accepted fixes with event_ts >= since, by event_ts."""
+        """Bodies of the tag's accepted fixes with event_ts >= since, by event_ts.
+
+        Purged fixes are left out.
+        """
         rows = self._read(
             "SELECT body FROM entries WHERE tag = ? AND kind = 'fix' AND event_ts >= ? "
-            "ORDER BY event_ts, id",
+            "AND body IS NOT NULL ORDER BY event_ts, id",
             (tag, float(since)),
         )
         return [json.loads(body) for (body,) in rows]
@@ -178,9 +187,35 @@ class Record:
     # --- evidence ------------------------------------------------------------------
 
     def verify(self, chain: str | None = None) -> list[Problem]:
-        """Recompute every chain (or one); an empty list means intact."""
+        """Recompute every chain (or one); an empty list means intact (purges included)."""
+        return self.verify_report(chain).problems
+
+    def verify_report(self, chain: str | None = None) -> VerifyReport:
+        """verify, plus how many entries of each chain have had their body purged."""
         with self._lock, self._db.transaction(write=False) as db:
-            return chains.verify_chains(db, chain)
+            return chains.verify_report(db, chain)
+
+    def purge(self, older_than: float, keep_window_s: float, now: float) -> PurgeReport:
+        """Purge the bodies of fixes with event_ts < older_than, except alert evidence.
+
+        A fix is kept when its event_ts lies within keep_window_s of an alert on its chain
+        (from the alert's first to its last alert entry). Each chain is purged in its own
+        transaction, together with the "purge" entry that records it (recorded_at and
+        event_ts = now), so the lock on a case is short and a failure leaves each chain
+        either purged and recorded or untouched. Fixes written before schema 2 (hash rule
+        1) are never purged: they are counted as legacy_kept.
+        """
+        older_than, keep_window_s, now = float(older_than), float(keep_window_s), float(now)
+        retention.check_args(older_than, keep_window_s, now)
+        with self._lock, self._db.transaction(write=False) as db:
+            names = retention.chains_with_candidates(db, older_than)
+        report = PurgeReport(older_than, keep_window_s)
+        for name in names:
+            with self._lock, self._db.transaction(write=True) as db:
+                report.chains[name] = retention.purge_chain(
+                    db, name, older_than, keep_window_s, now
+                )
+        return report
 
     def export(self, case_id: str, since: float, until: float, out_dir: Path) -> Path:
         """Write the evidence bundle of a case and time range into out_dir."""
@@ -212,7 +247,7 @@ def _checkpoint_row(key: str, state: bytes, recorded_at: float) -> tuple:
 def _alert_rows(rows: list[tuple]) -> list[tuple]:
     """alert_latest upserts for the alert entries among inserted rows, last one per id."""
     latest: dict[str, tuple] = {}
-    for chain, seq, kind, _tag, _ts, alert_id, _at, body, _prev, _hash in rows:
+    for chain, seq, kind, _tag, _ts, alert_id, _at, body, *_hashes in rows:
         if kind == "alert" and alert_id is not None:
             state = json.loads(body).get("state")
             latest[alert_id] = (
@@ -236,5 +271,7 @@ def _entry_dict(row: chains.StoredEntry) -> dict:
         "recorded_at": row.recorded_at,
         "prev_hash": row.prev_hash,
         "hash": row.hash,
-        "body": json.loads(row.body),
+        "body_hash": row.body_hash,
+        "hash_rule": row.hash_rule,
+        "body": None if row.body is None else json.loads(row.body),
     }

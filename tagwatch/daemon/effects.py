@@ -73,10 +73,14 @@ class Notify:
 
 
 class EffectsBuilder:
-    def __init__(self, topics: Topics, notify: Notify,
-                 cases: Callable[[], dict[str, Case]],
-                 tag_cases: Callable[[str], list[str]],
-                 is_device: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        topics: Topics,
+        notify: Notify,
+        cases: Callable[[], dict[str, Case]],
+        tag_cases: Callable[[str], list[str]],
+        is_device: Callable[[str], bool],
+    ) -> None:
         self.topics = topics
         self.notify = notify
         self.cases = cases
@@ -93,8 +97,11 @@ class EffectsBuilder:
         self._alerts(fx, [_record_dict(r) for r in result.records], result.records, now)
         for tag, payload in result.commands:
             topic = self.topics.cmd(tag)
-            fx.batch.outbox.append(OutboxItem(
-                f"cmd:{tag}", MQTT, topic, {"topic": topic, "payload": payload.decode()}, now))
+            fx.batch.outbox.append(
+                OutboxItem(
+                    f"cmd:{tag}", MQTT, topic, {"topic": topic, "payload": payload.decode()}, now
+                )
+            )
         fx.batch.checkpoints.update(checkpoints)
         return fx
 
@@ -109,8 +116,9 @@ class EffectsBuilder:
         body.pop("source", None)
         body["late"] = late
         for case in self.tag_cases(fix.tag):
-            fx.batch.entries.append(Entry(f"case:{case}", "fix", body, tag=fix.tag,
-                                          event_ts=fix.ts))
+            fx.batch.entries.append(
+                Entry(f"case:{case}", "fix", body, tag=fix.tag, event_ts=fix.ts)
+            )
 
     def _rejected(self, fx: Effects, rej: Rejected, now: float) -> None:
         r = rej.rejection
@@ -118,16 +126,22 @@ class EffectsBuilder:
         received = rej.received if rej.received is not None else now
         if rej.source and self.is_device(rej.source):
             r = msgspec.structs.replace(r, payload="")  # a victim device's position
-        body = {"source": rej.source, "reason": r.reason, "detail": r.detail,
-                "received": rfc3339(received), "payload": r.payload}
-        fx.batch.entries.append(Entry(SYSTEM_CHAIN, "rejected", body, tag=rej.source or None,
-                                      event_ts=received))
+        body = {
+            "source": rej.source,
+            "reason": r.reason,
+            "detail": r.detail,
+            "received": rfc3339(received),
+            "payload": r.payload,
+        }
+        fx.batch.entries.append(
+            Entry(SYSTEM_CHAIN, "rejected", body, tag=rej.source or None, event_ts=received)
+        )
         if rej.source:
-            fx.rejected.append((self.topics.rejected(rej.source),
-                                rejected_message(r, received)))
+            fx.rejected.append((self.topics.rejected(rej.source), rejected_message(r, received)))
 
-    def _alerts(self, fx: Effects, records: list[dict], structs: list[AlertRecord] | None,
-                now: float) -> None:
+    def _alerts(
+        self, fx: Effects, records: list[dict], structs: list[AlertRecord] | None, now: float
+    ) -> None:
         if not records:
             return
         n = self.notify
@@ -136,13 +150,27 @@ class EffectsBuilder:
             fx.records.append(record)
             fx.alert_types[record["type"]] += 1
             chain, alert_id = f"case:{record['case']}", record["id"]
-            fx.batch.entries.append(Entry(chain, "alert", record, tag=record.get("tag"),
-                                          event_ts=record_time(record), alert_id=alert_id))
+            fx.batch.entries.append(
+                Entry(
+                    chain,
+                    "alert",
+                    record,
+                    tag=record.get("tag"),
+                    event_ts=record_time(record),
+                    alert_id=alert_id,
+                )
+            )
             topic = self.topics.alerts(record["case"])
-            payload = (structs[i] if structs is not None else record)
-            fx.batch.outbox.append(OutboxItem(
-                alert_id, MQTT, topic, {"topic": topic, "payload": _json.encode(payload).decode()},
-                now))
+            payload = structs[i] if structs is not None else record
+            fx.batch.outbox.append(
+                OutboxItem(
+                    alert_id,
+                    MQTT,
+                    topic,
+                    {"topic": topic, "payload": _json.encode(payload).decode()},
+                    now,
+                )
+            )
             case = cases.get(record["case"])
             if case is not None:
                 fx.batch.outbox.extend(deliveries_for(record, case, n.settings, n.ledger))

@@ -1,50 +1,17 @@
-"""The daemon's HTTP server: /healthz, /readyz, /metrics, and room for the feed's routes.
-
-`build_app(daemon, routes)` makes the Starlette app; the operator feed (tagwatch/feed)
-adds its routes through `routes`. `serve` runs it under uvicorn in the daemon's own
-event loop, leaving the signal handlers to the daemon.
+"""The daemon's HTTP server: the operator feed app (tagwatch/feed, with /healthz,
+/readyz and /metrics) under uvicorn in the daemon's own event loop, leaving the signal
+handlers to the daemon. Request lines are not logged: the event stream may carry a
+token in its query string.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import Protocol
+from collections.abc import Iterator
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
-
-from tagwatch.daemon.metrics import Metrics
-
-
-class Observed(Protocol):
-    metrics: Metrics
-
-    def not_ready(self) -> list[str]: ...
-
-    def refresh_metrics(self) -> None: ...
-
-
-def build_app(daemon: Observed, routes: Sequence[BaseRoute] = ()) -> Starlette:
-    async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "alive"})
-
-    async def readyz(_: Request) -> Response:
-        reasons = daemon.not_ready()
-        if reasons:
-            return JSONResponse({"ready": False, "reasons": reasons}, status_code=503)
-        return JSONResponse({"ready": True})
-
-    async def metrics(_: Request) -> Response:
-        daemon.refresh_metrics()
-        return Response(daemon.metrics.render(), media_type=daemon.metrics.content_type)
-
-    own = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
-    return Starlette(routes=[*own, *routes])
 
 
 class _Server(uvicorn.Server):
@@ -56,8 +23,9 @@ class _Server(uvicorn.Server):
 
 async def serve(app: Starlette, host: str, port: int) -> tuple[_Server, asyncio.Task]:
     """Start serving; returns once the socket listens (or raises if it cannot)."""
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                            lifespan="off", loop="none")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="off", loop="none"
+    )
     server = _Server(config)
     task = asyncio.create_task(server.serve(), name="http")
     while not server.started:

@@ -55,8 +55,9 @@ class Batcher(Generic[T]):
         getter = asyncio.ensure_future(self.queue.get())
         stopper = asyncio.ensure_future(stop.wait())
         try:
-            done, _ = await asyncio.wait({getter, stopper}, timeout=max_wait_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {getter, stopper}, timeout=max_wait_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             stopper.cancel()
             if not getter.done():

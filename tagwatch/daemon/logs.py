@@ -22,10 +22,24 @@ from typing import Any
 import structlog
 
 REDACTED = "[redacted]"
-SENSITIVE_KEYS = frozenset({
-    "phone", "to", "from_", "target", "lat", "lon", "latitude", "longitude", "position",
-    "coordinates", "geometry", "victim_lat", "victim_lon", "payload",
-})
+SENSITIVE_KEYS = frozenset(
+    {
+        "phone",
+        "to",
+        "from_",
+        "target",
+        "lat",
+        "lon",
+        "latitude",
+        "longitude",
+        "position",
+        "coordinates",
+        "geometry",
+        "victim_lat",
+        "victim_lon",
+        "payload",
+    }
+)
 _E164 = re.compile(r"\+[1-9]\d{6,14}")
 # -0.128, 51.5073, 51.50721: not a timestamp's fraction (30.405Z) nor part of a longer number
 _COORDINATE = re.compile(r"(?<![\w.])-?\d{1,3}\.\d{3,}(?![\w.])")
@@ -49,16 +63,18 @@ def _clean(key: str, value: Any) -> Any:
     return redact_text(str(value))
 
 
-def redact_victim_data(_logger: Any, _method: str, event: MutableMapping[str, Any]
-                       ) -> MutableMapping[str, Any]:
+def redact_victim_data(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """The redaction processor (see the module docstring)."""
     return {key: _clean(key, value) for key, value in event.items()}
 
 
 def configure(level: str = "info", json: bool = True) -> None:
     """Route structlog and the standard library's logging through one chain to stderr."""
-    renderer: Any = (structlog.processors.JSONRenderer() if json
-                     else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

@@ -15,8 +15,22 @@ from tagwatch.signing import REASONS as SIGNING_REASONS
 from tagwatch.wire import REASONS
 
 CHANNELS = ("sms", "call", "police", "webhook", "feed")
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0)
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 
 class Metrics:
@@ -26,36 +40,51 @@ class Metrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.up = Gauge("tagwatch_up", "1 while the daemon runs", registry=r)
         self.broker_connected = Gauge(
-            "tagwatch_broker_connected", "1 when connected with subscriptions acknowledged",
-            registry=r)
-        self.outbox_depth = Gauge("tagwatch_outbox_depth", "outbox rows not yet delivered",
-                                  registry=r)
+            "tagwatch_broker_connected",
+            "1 when connected with subscriptions acknowledged",
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "tagwatch_outbox_depth", "outbox rows not yet delivered", registry=r
+        )
         self.deliveries_failed = Counter(
-            "tagwatch_deliveries_failed", "delivery attempts that failed", ["channel"],
-            registry=r)
-        self.write_errors = Counter("tagwatch_record_write_errors",
-                                    "failed writes (commits) to the case record", registry=r)
-        self.tags_silent = Gauge("tagwatch_tags_silent",
-                                 "tags in an open case with no message for no_comms_s",
-                                 registry=r)
+            "tagwatch_deliveries_failed", "delivery attempts that failed", ["channel"], registry=r
+        )
+        self.write_errors = Counter(
+            "tagwatch_record_write_errors", "failed writes (commits) to the case record", registry=r
+        )
+        self.tags_silent = Gauge(
+            "tagwatch_tags_silent",
+            "tags in an open case with no message for no_comms_s",
+            registry=r,
+        )
         self.fixes = Counter("tagwatch_fixes", "fixes accepted", registry=r)
-        self.rejected = Counter("tagwatch_rejected", "rejected payloads or fixes", ["reason"],
-                                registry=r)
+        self.rejected = Counter(
+            "tagwatch_rejected", "rejected payloads or fixes", ["reason"], registry=r
+        )
         self.alerts = Counter("tagwatch_alerts", "alert records raised", ["type"], registry=r)
         self.batch_seconds = Histogram(
-            "tagwatch_batch_seconds", "decode, evaluate and commit one micro-batch",
-            buckets=_LATENCY_BUCKETS, registry=r)
+            "tagwatch_batch_seconds",
+            "decode, evaluate and commit one micro-batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.write_seconds = Histogram(
-            "tagwatch_record_write_seconds", "one case-record commit",
-            buckets=_LATENCY_BUCKETS, registry=r)
-        self.reconnects = Counter("tagwatch_broker_reconnects", "broker reconnections",
-                                  registry=r)
+            "tagwatch_record_write_seconds",
+            "one case-record commit",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.reconnects = Counter("tagwatch_broker_reconnects", "broker reconnections", registry=r)
         self.sessions_lost = Counter(
-            "tagwatch_broker_sessions_lost", "reconnects without the session (possible loss)",
-            registry=r)
+            "tagwatch_broker_sessions_lost",
+            "reconnects without the session (possible loss)",
+            registry=r,
+        )
         self.duplicates = Counter("tagwatch_duplicates", "duplicate fixes dropped", registry=r)
-        self.record_available = Gauge("tagwatch_record_available",
-                                      "0 while the case record cannot be written", registry=r)
+        self.record_available = Gauge(
+            "tagwatch_record_available", "0 while the case record cannot be written", registry=r
+        )
         for reason in sorted(REASONS | set(SIGNING_REASONS)):
             self.rejected.labels(reason=reason)  # every closed-set label shows from the start
         for channel in CHANNELS:

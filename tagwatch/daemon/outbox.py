@@ -81,8 +81,7 @@ class Publisher:
         """Publish what is pending; False if something must be tried again."""
         ok = await self._transient()
         try:
-            rows = await asyncio.to_thread(self.record.outbox_due, time.time() + 1.0,
-                                           _SCAN)
+            rows = await asyncio.to_thread(self.record.outbox_due, time.time() + 1.0, _SCAN)
         except RecordError as exc:
             log.warning("outbox_read_failed", error=str(exc))
             return False
@@ -97,19 +96,23 @@ class Publisher:
         if not items:
             return True
         results = await asyncio.gather(
-            *(self.conn.publish(t, p, qos=1) for t, p in items), return_exceptions=True)
-        failed = [item for item, r in zip(items, results, strict=True)
-                  if isinstance(r, BaseException)]
+            *(self.conn.publish(t, p, qos=1) for t, p in items), return_exceptions=True
+        )
+        failed = [
+            item for item, r in zip(items, results, strict=True) if isinstance(r, BaseException)
+        ]
         self.transient.extendleft(reversed(failed))
         return not failed
 
     async def _rows(self, rows: list[OutboxRow]) -> bool:
         # paho sends in call order, so gathering keeps the rows' order on the wire
         results = await asyncio.gather(
-            *(self.conn.publish(r.body["topic"], r.body["payload"].encode(), qos=1)
-              for r in rows), return_exceptions=True)
-        done = [r.id for r, res in zip(rows, results, strict=True)
-                if not isinstance(res, BaseException)]
+            *(self.conn.publish(r.body["topic"], r.body["payload"].encode(), qos=1) for r in rows),
+            return_exceptions=True,
+        )
+        done = [
+            r.id for r, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)
+        ]
         errors = [res for res in results if isinstance(res, BaseException)]
         if errors:
             log.warning("publish_failed", rows=len(errors), error=str(errors[0]))

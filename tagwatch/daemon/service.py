@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import structlog
 
 from tagwatch.config import RULE_NAMES, Config
@@ -32,7 +33,11 @@ from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY, Effects, Effects
 from tagwatch.daemon.ingest import Batcher
 from tagwatch.daemon.metrics import Metrics
 from tagwatch.daemon.outbox import NotifyView, Publisher
+from tagwatch.feed.actions import resolve
+from tagwatch.feed.app import create_app
+from tagwatch.feed.events import EventHub
 from tagwatch.mqtt import Backoff, BrokerSettings, Message, MqttConnection
+from tagwatch.notify.ack import acknowledge
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.policy import PolicySettings, SmsLedger
 from tagwatch.pipeline import Inbound, Pipeline, Result
@@ -48,6 +53,10 @@ class CasesRefused(Exception):
     """Case files refused at start; the message names each file and problem."""
 
 
+def json_bytes(record: dict) -> bytes:
+    return msgspec.json.encode(record)
+
+
 def load_zoneset(path: Path) -> tuple[ZoneSet, dict[str, Case]]:
     """All cases or CasesRefused (at start and at reload: all or nothing)."""
     try:
@@ -60,8 +69,9 @@ def load_zoneset(path: Path) -> tuple[ZoneSet, dict[str, Case]]:
 
 
 class Daemon:
-    def __init__(self, config: Config, record: Record, zoneset: ZoneSet,
-                 cases: dict[str, Case]) -> None:
+    def __init__(
+        self, config: Config, record: Record, zoneset: ZoneSet, cases: dict[str, Case]
+    ) -> None:
         self.config = config
         self.record = record
         self.cases = cases
@@ -69,17 +79,27 @@ class Daemon:
         self.event_clock = config.ingest.clock == "event"
         self.pipeline = Pipeline(zoneset, config.rules, self.topics, self.event_clock)
         self.metrics = Metrics()
+        self.hub = EventHub()  # alert records to the dashboards' event streams
         self.instance = f"{config.broker.client_id}@{socket.gethostname()}:{os.getpid()}"
         self.since = time.time()
         self.notify = Notify(
-            PolicySettings(sms_enabled=config.notify.twilio is not None,
-                           police_enabled=config.notify.police is not None),
-            SmsLedger(), Escalation(EscalationSettings(ack_timeout_s=config.rules.ack_timeout_s)))
+            PolicySettings(
+                sms_enabled=config.notify.twilio is not None,
+                police_enabled=config.notify.police is not None,
+            ),
+            SmsLedger(),
+            Escalation(EscalationSettings(ack_timeout_s=config.rules.ack_timeout_s)),
+        )
         self.effects = EffectsBuilder(
-            self.topics, self.notify, lambda: self.cases, self._tag_cases,
-            lambda ident: self.pipeline.engine.knows_device(ident))
+            self.topics,
+            self.notify,
+            lambda: self.cases,
+            self._tag_cases,
+            lambda ident: self.pipeline.engine.knows_device(ident),
+        )
         self.batcher: Batcher[Message] = Batcher(
-            config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0)
+            config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0
+        )
         self.stopping = asyncio.Event()
         self.dispatch_wake = asyncio.Event()
         self.record_down: str | None = None
@@ -102,12 +122,59 @@ class Daemon:
             self.notify.ledger = SmsLedger.from_bytes(points.pop(LEDGER_KEY))
         if ESCALATION_KEY in points:
             self.notify.escalation = Escalation.from_bytes(
-                points.pop(ESCALATION_KEY), self.notify.escalation.settings)
+                points.pop(ESCALATION_KEY), self.notify.escalation.settings
+            )
         self.pipeline.restore(points)
-        self._acked_seen = {a["id"] for a in self.record.latest_alerts("acknowledged",
-                                                                       _ACK_POLL_LIMIT)}
-        log.info("restored", checkpoints=len(points), escalations=len(
-            self.notify.escalation.pending()))
+        self._acked_seen = {
+            a["id"] for a in self.record.latest_alerts("acknowledged", _ACK_POLL_LIMIT)
+        }
+        log.info(
+            "restored", checkpoints=len(points), escalations=len(self.notify.escalation.pending())
+        )
+
+    def _feed_app(self):
+        """The operator feed (DESIGN 3.8) with health, readiness and metrics."""
+        return create_app(
+            record=self.record,
+            zones_provider=lambda: self.pipeline.zoneset,
+            users=self.config.feed.users,
+            hub=self.hub,
+            on_ack=self._acknowledge,
+            on_resolve=self._resolve,
+            health=lambda: {"ready": not self.not_ready(), "reasons": self.not_ready()},
+            metrics=self._metrics_text,
+            tile_url=self.config.feed.tile_url,
+            default_warn_m=self.config.rules.warn_m,
+        )
+
+    def _metrics_text(self) -> bytes:
+        self.refresh_metrics()
+        return self.metrics.render()
+
+    async def _acknowledge(self, alert_id: str, by: str, note: str) -> dict:
+        return await self.operator_action("ack", alert_id, by, note)
+
+    async def _resolve(self, alert_id: str, by: str, note: str) -> dict:
+        return await self.operator_action("resolve", alert_id, by, note)
+
+    async def operator_action(self, action: str, alert_id: str, by: str, note: str) -> dict:
+        """Acknowledge or resolve from the dashboard: the operator's action and the new
+        alert record are committed together (who, when, note), then the record goes to
+        the dashboards and to MQTT, and an acknowledgement stops the escalation clock.
+        An operator's resolve closes the alert record; if the engine's episode goes on
+        and changes, its next record reopens the alert with the same id."""
+        write = acknowledge if action == "ack" else resolve
+        async with self._work:
+            record = await asyncio.to_thread(write, self.record, alert_id, by, note, time.time())
+            self.notify.escalation.observe(record)
+            self._acked_seen.add(record["id"])
+        log.info("operator_action", action=action, alert=record["id"], by=by)
+        self.metrics.alerts.labels(type=record["type"]).inc()
+        self.hub.publish(record)
+        if self.publisher is not None:
+            # Best effort: the record is already in the case record and on the feed.
+            self.publisher.send([(self.topics.alerts(record["case"]), json_bytes(record))])
+        return record
 
     def not_ready(self) -> list[str]:
         reasons = [] if self._serving else ["starting"]
@@ -131,8 +198,9 @@ class Daemon:
     async def run(self, settings: BrokerSettings) -> None:
         self.metrics.up.set(1)
         self._signals()
-        server, http_task = await http.serve(http.build_app(self), self.config.feed.host,
-                                             self.config.feed.port)
+        server, http_task = await http.serve(
+            self._feed_app(), self.config.feed.host, self.config.feed.port
+        )
         log.info("http_listening", listen=self.config.feed.listen)
         try:
             await self._connected(settings)
@@ -265,14 +333,21 @@ class Daemon:
                 if self.record_down is None:
                     self.record_down = str(exc)
                     self.metrics.record_available.set(0)
-                    log.error("record_unavailable", record=self.record.label, error=str(exc),
-                              detail="holding the batch unacknowledged; retrying")
+                    log.error(
+                        "record_unavailable",
+                        record=self.record.label,
+                        error=str(exc),
+                        detail="holding the batch unacknowledged; retrying",
+                    )
                 await asyncio.sleep(backoff.next())
                 continue
             self.metrics.write_seconds.observe(time.perf_counter() - started)
             if self.record_down is not None:
-                log.warning("record_available", record=self.record.label,
-                            detail="writing again after an outage")
+                log.warning(
+                    "record_available",
+                    record=self.record.label,
+                    detail="writing again after an outage",
+                )
                 self.record_down = None
                 self.metrics.record_available.set(1)
             return
@@ -288,8 +363,15 @@ class Daemon:
         if fx.rejected_reasons:
             log.info("rejected", by_reason=dict(fx.rejected_reasons))
         for record in fx.records:
-            log.info("alert", alert=record["id"], type=record["type"], state=record["state"],
-                     severity=record["severity"], case=record["case"])
+            log.info(
+                "alert",
+                alert=record["id"],
+                type=record["type"],
+                state=record["state"],
+                severity=record["severity"],
+                case=record["case"],
+            )
+            self.hub.publish(record)
         if self.publisher is not None and (fx.rejected or fx.has_mqtt):
             self.publisher.send(fx.rejected)
         if fx.has_deliveries:
@@ -300,8 +382,9 @@ class Daemon:
         if not self.notify.escalation.pending():
             return
         try:
-            acked = await asyncio.to_thread(self.record.latest_alerts, "acknowledged",
-                                            _ACK_POLL_LIMIT)
+            acked = await asyncio.to_thread(
+                self.record.latest_alerts, "acknowledged", _ACK_POLL_LIMIT
+            )
         except RecordError:
             return
         for alert in acked:
@@ -338,8 +421,9 @@ class Daemon:
         from tagwatch.notify.twilio_channel import TwilioChannel
         from tagwatch.notify.webhook import PoliceWebhook
 
-        view = NotifyView(self.record, lambda ch: self.metrics.deliveries_failed.labels(
-            channel=ch).inc())
+        view = NotifyView(
+            self.record, lambda ch: self.metrics.deliveries_failed.labels(channel=ch).inc()
+        )
         return Dispatcher(
             view,  # type: ignore[arg-type]
             twilio=TwilioChannel(twilio_cfg) if twilio_cfg else None,
@@ -383,8 +467,12 @@ class Daemon:
         try:
             zoneset, cases = await asyncio.to_thread(load_zoneset, path)
         except CasesRefused as exc:
-            log.error("reload_refused", cases=str(path), error=str(exc),
-                      detail="keeping the cases loaded before")
+            log.error(
+                "reload_refused",
+                cases=str(path),
+                error=str(exc),
+                detail="keeping the cases loaded before",
+            )
             return False
         async with self._work:
             self.pipeline.reload(zoneset)
@@ -396,16 +484,24 @@ class Daemon:
 def broker_settings(config: Config, url: str | None = None) -> BrokerSettings:
     b = config.broker
     if url is not None:
-        return BrokerSettings.from_url(url, client_id=b.client_id,
-                                       session_expiry_s=b.session_expiry_s,
-                                       keepalive_s=b.keepalive_s)
+        return BrokerSettings.from_url(
+            url,
+            client_id=b.client_id,
+            session_expiry_s=b.session_expiry_s,
+            keepalive_s=b.keepalive_s,
+        )
     return BrokerSettings(
-        host=b.host, port=b.port, tls=b.tls,
+        host=b.host,
+        port=b.port,
+        tls=b.tls,
         ca_file=str(b.ca_file) if b.ca_file else None,
         cert_file=str(b.cert_file) if b.cert_file else None,
         key_file=str(b.key_file) if b.key_file else None,
-        username=b.username, password=b.password, client_id=b.client_id,
-        session_expiry_s=b.session_expiry_s, keepalive_s=b.keepalive_s,
+        username=b.username,
+        password=b.password,
+        client_id=b.client_id,
+        session_expiry_s=b.session_expiry_s,
+        keepalive_s=b.keepalive_s,
     )
 
 
@@ -414,10 +510,14 @@ def summarise_notify(config: Config) -> Callable[[], None]:
         if config.notify.twilio is None:
             log.warning("notify", detail="no SMS or calls: [notify.twilio] absent")
         else:
-            log.info("notify", detail="SMS and calls through Twilio",
-                     api_base=config.notify.twilio.api_base)
+            log.info(
+                "notify",
+                detail="SMS and calls through Twilio",
+                api_base=config.notify.twilio.api_base,
+            )
         if config.notify.police is None:
             log.info("notify", detail="no police webhook: [notify.police] webhook_url not set")
         else:
             log.info("notify", detail="police webhook configured")
+
     return say

@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     zones.add_argument("fixes", type=Path, help="CSV with header: tag,ts,lat,lon[,acc]")
     zones.set_defaults(handler=_zones)
 
+    demo = commands.add_parser(
+        "demo", help="everything on one machine: broker, daemon, dashboard, a simulated day"
+    )
+    demo.add_argument("--broker", help="mqtt://host:port (default: an in-process broker)")
+    demo.add_argument("--speed", type=float, default=120.0, help="scenario time per wall second")
+    demo.add_argument("--scenario", type=Path, help="a scenario file (default: a day in the life)")
+    demo.add_argument("--port", type=int, help="dashboard port (default: a free one)")
+    demo.set_defaults(handler=_demo)
+
     replay = commands.add_parser(
         "replay", help="the full rule pipeline offline, in event time: alert records as JSON lines"
     )
@@ -157,6 +166,21 @@ def _rules(config_path: Path | None):
         return load_config(config_path, {}).rules
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tagwatch import demo
+
+    if args.speed <= 0:
+        raise BadInput("--speed must be above 0")
+    scenario = args.scenario or demo.SCENARIO
+    if not scenario.is_file():
+        raise BadInput(f"{scenario}: no such scenario file")
+    try:
+        return demo.run(args.broker, args.speed, scenario, args.port)
+    except demo.DemoError as exc:
+        print(f"tagwatch demo: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _replay(args: argparse.Namespace) -> int:

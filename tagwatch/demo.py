@@ -1,0 +1,174 @@
+"""`tagwatch demo`: everything on one machine, with nothing to set up.
+
+An in-process MQTT broker (unless `--broker` names one), the daemon with a
+SQLite record in a temporary folder and the operator dashboard, and the
+simulator playing the "day in the life" scenario in accelerated time. Alerts
+are printed as they happen. Ctrl-C stops everything and removes the folder.
+
+The daemon runs with the event clock (`[ingest] clock = "event"`): the
+scenario's fixes carry scenario time, which runs faster than the wall clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from hashlib import sha256
+from pathlib import Path
+
+from tagwatch.embedded_broker import EmbeddedBroker, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIO = ROOT / "config" / "scenarios" / "day_in_the_life.toml"
+PREFIX = "tagwatch/v1"
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def run(broker: str | None, speed: float, scenario: Path, port: int | None) -> int:
+    """Run the demo until the scenario ends and then until Ctrl-C (or SIGTERM)."""
+    with tempfile.TemporaryDirectory(prefix="tagwatch-demo-") as tmp:
+        try:
+            return asyncio.run(_demo(broker, speed, scenario, port, Path(tmp)))
+        except KeyboardInterrupt:
+            return 0
+
+
+async def _demo(
+    broker: str | None, speed: float, scenario: Path, port: int | None, workdir: Path
+) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        if broker is None:
+            broker = (await stack.enter_async_context(EmbeddedBroker())).url
+            say(f"in-process MQTT broker on {broker} (demo only: nothing persists)")
+        token = secrets.token_urlsafe(16)
+        port = port or free_port()
+        config = _config(workdir, broker, port, token, scenario)
+        daemon = _start_daemon(config, workdir / "daemon.log")
+        stack.callback(_stop_daemon, daemon)
+        await _wait_ready(daemon, port, workdir / "daemon.log")
+        say(f"dashboard: http://127.0.0.1:{port}/  token: {token}")
+        say(f"record and daemon log in {workdir} (removed at exit)")
+        say(f"playing {scenario.name} at {speed:g}x; Ctrl-C stops everything\n")
+        result = await _play(scenario, broker, speed, stop)
+        if result is not None:
+            say(f"\n{result.summary()}")
+            say("the dashboard stays up; Ctrl-C stops everything")
+        await stop.wait()
+    say("stopped")
+    return 0
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _config(workdir: Path, broker: str, port: int, token: str, scenario: Path) -> Path:
+    from simulators.scenario import load_scenario
+
+    cases = load_scenario(scenario).cases
+    text = f"""\
+[broker]
+url = "{broker}"
+client_id = "tagwatch-demo"
+topic_prefix = "{PREFIX}"
+
+[cases]
+path = "{cases}"
+
+[record]
+url = "sqlite:///{workdir / "record.db"}"
+
+[ingest]
+clock = "event"
+
+[feed]
+listen = "127.0.0.1:{port}"
+
+[[feed.users]]
+name = "demo-operator"
+role = "operator"
+token_sha256 = "{sha256(token.encode()).hexdigest()}"
+
+[log]
+level = "info"
+json = true
+"""
+    path = workdir / "tagwatch.toml"
+    path.write_text(text)
+    return path
+
+
+def _start_daemon(config: Path, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGWATCH_")}
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tagwatch.cli", "run", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+async def _wait_ready(daemon: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise DemoError(
+                f"the daemon exited with {daemon.returncode}; see {log}:\n"
+                + log.read_text()[-2000:]
+            )
+        try:
+            await asyncio.to_thread(
+                urllib.request.urlopen, f"http://127.0.0.1:{port}/readyz", timeout=1
+            )
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise DemoError("the daemon did not become ready within 60 s")
+
+
+async def _play(scenario: Path, broker: str, speed: float, stop: asyncio.Event):
+    from simulators.runner import run_scenario
+    from simulators.scenario import load_scenario
+    from simulators.verify import alert_line
+
+    start = load_scenario(scenario).start
+
+    def on_alert(alert: dict) -> None:
+        say(alert_line(alert, start))
+
+    play = asyncio.create_task(run_scenario(scenario, broker, PREFIX, speed, on_alert))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({play, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not play.done():
+        play.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await play
+        return None
+    return play.result()
+
+
+def _stop_daemon(daemon: subprocess.Popen) -> None:
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
@@ -94,6 +95,12 @@ def _daemon_commands(commands: argparse._SubParsersAction) -> None:
     verify = record.add_parser("verify", help="check the case record's hash chains")
     verify.add_argument("--config", type=Path, help=conf)
     verify.set_defaults(handler=_record_verify)
+    purge = record.add_parser(
+        "purge", help="purge old fix bodies outside alerts' evidence windows (recorded)"
+    )
+    purge.add_argument("--config", type=Path, help=conf)
+    purge.add_argument("--older-than-days", type=float, help="default: [record] retention_days")
+    purge.set_defaults(handler=_record_purge)
     export = record.add_parser("export", help="write an evidence bundle for a case")
     export.add_argument("--config", type=Path, help=conf)
     export.add_argument("--case", required=True, help="case id, e.g. C-0001")
@@ -236,16 +243,21 @@ def _run(args: argparse.Namespace) -> int:
     return run(_config_path(args), os.environ)
 
 
-def _open_record(args: argparse.Namespace):
+def _loaded_config(args: argparse.Namespace):
     import os
 
     from tagwatch.config import ConfigError, load_config
-    from tagwatch.record import Record, RecordError
 
     try:
-        config = load_config(_config_path(args), os.environ)
+        return load_config(_config_path(args), os.environ)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
+
+
+def _open_record(args: argparse.Namespace):
+    from tagwatch.record import Record, RecordError
+
+    config = _loaded_config(args)
     try:
         return Record.open(config.record.url)
     except RecordError as exc:
@@ -263,11 +275,15 @@ def _record_verify(args: argparse.Namespace) -> int:
         print(f"tagwatch: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     try:
-        problems = record.verify()
+        report = record.verify_report()
     finally:
         record.close()
+    problems = report.problems
     for p in problems:
         print(f"{p.chain}\tseq {p.seq}\t{p.what}\t{p.detail}")
+    purged = sum(report.purged.values())
+    if purged:
+        print(f"{record.label}: {purged} fix bodies purged by recorded retention purges")
     if problems:
         print(
             f"tagwatch: {record.label}: {len(problems)} problem(s) in the case record",
@@ -275,6 +291,31 @@ def _record_verify(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     print(f"{record.label}: every chain intact")
+    return EXIT_OK
+
+
+def _record_purge(args: argparse.Namespace) -> int:
+    from tagwatch.daemon.retention import purge_now
+
+    try:
+        config = _loaded_config(args)
+        record = _open_record(args)
+    except _Failure as exc:
+        print(f"tagwatch: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    days = (
+        args.older_than_days if args.older_than_days is not None else (config.record.retention_days)
+    )
+    if days <= 0:
+        raise BadInput("no retention period: give --older-than-days or [record] retention_days")
+    try:
+        report = purge_now(record, days, config.record.evidence_window_h, time.time())
+    finally:
+        record.close()
+    print(
+        f"{record.label}: purged {report.purged} fix bodies older than {days:g} days; "
+        f"kept {report.kept_in_window} in alerts' evidence windows"
+    )
     return EXIT_OK
 
 

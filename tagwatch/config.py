@@ -15,7 +15,7 @@ import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -149,6 +149,10 @@ class RecordConfig:
     url: str = field(default="sqlite:///var/lib/tagwatch/record.db", repr=False)
     kind: Literal["sqlite", "postgresql"] = "sqlite"
     sqlite_path: Path | None = Path("/var/lib/tagwatch/record.db")
+    # Fix bodies older than this are purged, except within evidence_window_h of an
+    # alert of their case (the chain still verifies). 0 keeps everything.
+    retention_days: float = 0.0
+    evidence_window_h: float = 24.0
 
 
 @dataclass(frozen=True)
@@ -269,7 +273,11 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "keepalive_s": ("int", BrokerConfig.keepalive_s),
     },
     "cases": {"path": ("str", "config/cases")},
-    "record": {"url": ("str", "sqlite:///var/lib/tagwatch/record.db")},
+    "record": {
+        "url": ("str", "sqlite:///var/lib/tagwatch/record.db"),
+        "retention_days": ("float", RecordConfig.retention_days),
+        "evidence_window_h": ("float", RecordConfig.evidence_window_h),
+    },
     "rules": {
         name: ("int" if kind is int else "float", getattr(Rules(), name))
         for name, kind in _RULE_TYPES.items()
@@ -681,6 +689,16 @@ def _int_in(sec: _Section, key: str, low: int, high: int) -> int:
 
 
 def _record(sec: _Section) -> RecordConfig:
+    retention = {}
+    for key in ("retention_days", "evidence_window_h"):
+        value = sec.get(key)
+        if not math.isfinite(value) or value < 0:
+            sec.fail(key, f"must be a number >= 0, got {value}")
+        retention[key] = float(value)
+    return replace(_record_url(sec), **retention)
+
+
+def _record_url(sec: _Section) -> RecordConfig:
     url = sec.get("url")
     if url.startswith("sqlite:///"):
         # sqlite:///var/lib/x.db names /var/lib/x.db, as a file:/// URL would.

@@ -33,6 +33,7 @@ from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY, Effects, Effects
 from tagwatch.daemon.ingest import Batcher
 from tagwatch.daemon.metrics import Metrics
 from tagwatch.daemon.outbox import NotifyView, Publisher
+from tagwatch.daemon.retention import purge_daily
 from tagwatch.feed.actions import resolve
 from tagwatch.feed.app import create_app
 from tagwatch.feed.events import EventHub
@@ -244,6 +245,10 @@ class Daemon:
         ]
         if dispatcher is not None:
             self._tasks.append(asyncio.create_task(self._supervise(dispatcher), name="notify"))
+        keep = self.config.record
+        if keep.retention_days > 0:
+            purge = purge_daily(self.record, keep.retention_days, keep.evidence_window_h, time.time)
+            self._tasks.append(asyncio.create_task(purge, name="retention"))
         log.info("running", instance=self.instance)
         self._serving = True
         try:

@@ -172,6 +172,10 @@ class TwilioConfig:
     from_number: str  # the TOML key `from`
     api_base: str = "https://api.twilio.com"
     auth_token: str = field(default="", repr=False)
+    # The public https address of this daemon's feed, as Twilio reaches it: delivery
+    # status callbacks go to {public_url}/twilio/status, victims' SMS replies to
+    # {public_url}/twilio/sms (set it as the number's messaging webhook). None: neither.
+    public_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "account_sid": ("str", _REQUIRED),
         "from": ("str", _REQUIRED),
         "api_base": ("str", TwilioConfig.api_base),
+        "public_url": ("optstr", None),
     },
     "notify.police": {"webhook_url": ("str", "")},
     "feed": {"listen": ("str", FeedConfig.listen), "tile_url": ("optstr", None)},
@@ -305,7 +310,8 @@ BROKER_PASSWORD_ENV = "TAGWATCH_BROKER_PASSWORD"
 TWILIO_TOKEN_ENV = "TWILIO_AUTH_TOKEN"
 POLICE_SECRET_ENV = "TAGWATCH_POLICE_SECRET"
 USERS_ENV = "TAGWATCH_FEED_USERS"  # a JSON array of {name, role, token_sha256}
-_ENV_EXEMPT = frozenset({BROKER_PASSWORD_ENV, POLICE_SECRET_ENV, "TAGWATCH_CONFIG"})
+TAG_KEYS_ENV = "TAGWATCH_TAG_KEYS"  # signing keys' file or folder (tagwatch.signing.KEYS_ENV)
+_ENV_EXEMPT = frozenset({BROKER_PASSWORD_ENV, POLICE_SECRET_ENV, TAG_KEYS_ENV, "TAGWATCH_CONFIG"})
 
 
 def _env_name(section: str, key: str) -> str:
@@ -757,6 +763,7 @@ def _twilio(sec: _Section, environ: Mapping[str, str]) -> TwilioConfig | None:
         from_number=sender,
         api_base=_http_url(sec, "api_base").rstrip("/"),
         auth_token=token,
+        public_url=_http_url(sec, "public_url").rstrip("/") if sec.get("public_url") else None,
     )
 
 

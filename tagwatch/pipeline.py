@@ -1,7 +1,16 @@
 """The path of a fix, in one place: decode, order and dedupe, geometry, rules.
 
-    messages -> decode (wire) -> per-tag order/dedupe (engine) -> geometry (zones, one
-    vectorised call per batch) -> rules (engine, one fix at a time in arrival order)
+    messages -> [signatures, when signing is on] -> decode (wire) -> per-tag
+    order/dedupe (engine) -> geometry (zones, one vectorised call per batch) ->
+    rules (engine, one fix at a time in arrival order)
+
+Signing (DESIGN 5, tagwatch/signing.py) is on when the pipeline has keys. A
+tag's fixes must then be signed with its key and fresh: the replay check reads
+the seqs the engine already remembers per tag (TagState.seqs), so it survives a
+restart with the engine's checkpoints and needs no state of its own. A victim
+device is checked only when it has a key (its firmware may not sign); a
+replayed victim position is harmless anyway, since the engine ignores a victim
+fix not newer than the device's last one.
 
 The daemon and `tagwatch replay` both call `Pipeline.process`; only the clock
 differs (wall-clock ticks in the daemon, event time in replay). Batching only
@@ -17,10 +26,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tagwatch import signing
 from tagwatch.config import Rules
+from tagwatch.engine import seqs
 from tagwatch.engine.alerts import AlertRecord
 from tagwatch.engine.core import DUPLICATE, LATE, Engine
 from tagwatch.engine.emit import Emitter, Output
+from tagwatch.engine.state import TagState
 from tagwatch.wire import Fix, Rejection, Topics, decode_payload
 from zones import ZoneSet, ecef
 
@@ -56,11 +68,19 @@ TOPIC_CACHE = 200_000  # parsed topics kept; one per tag and device
 
 
 class Pipeline:
-    def __init__(self, zoneset: ZoneSet, rules: Rules, topics: Topics, event_clock: bool) -> None:
+    def __init__(
+        self,
+        zoneset: ZoneSet,
+        rules: Rules,
+        topics: Topics,
+        event_clock: bool,
+        keys: dict[str, bytes] | None = None,
+    ) -> None:
         self.engine = Engine(zoneset, rules)
         self.rules = rules
         self.topics = topics
         self.event_clock = event_clock
+        self.keys = keys  # device id -> signing key; None: signing off
         self._topic_cache: dict[str, tuple[str, str] | None] = {}
 
     @property
@@ -69,6 +89,10 @@ class Pipeline:
 
     def reload(self, zoneset: ZoneSet) -> None:
         self.engine.configure(zoneset)
+
+    def set_keys(self, keys: dict[str, bytes] | None) -> None:
+        """New signing keys (SIGHUP); None turns signing off. Replay state is kept."""
+        self.keys = keys
 
     def process(self, messages: list[Inbound], raised: float | None = None) -> Result:
         result = Result()
@@ -108,6 +132,7 @@ class Pipeline:
         kinds: list[str] = []
         engine = self.engine
         max_future = self.rules.max_future_s
+        signed = self.keys is not None
         for msg in messages:
             parsed = self._parse(msg.topic)
             if parsed is None:
@@ -128,9 +153,12 @@ class Pipeline:
             ):
                 result.duplicates += 1
                 continue
-            decoded, rejections = decode_payload(
-                source, ident, msg.payload, msg.received, max_future
-            )
+            payload = msg.payload
+            if signed:
+                payload = self._screen(source, ident, msg, result)
+                if payload is None:
+                    continue
+            decoded, rejections = decode_payload(source, ident, payload, msg.received, max_future)
             if rejections:
                 result.rejected.extend(Rejected(ident, r, msg.received) for r in rejections)
             for fix in decoded:
@@ -147,6 +175,28 @@ class Pipeline:
                 kinds.append(kind)
                 result.accepted.append((fix, kind == LATE))
         return fixes, kinds
+
+    def _screen(self, source: str, ident: str, msg: Inbound, result: Result) -> bytes | None:
+        """The payload with only its validly signed, fresh fixes; None when none is left."""
+        key = self.keys.get(ident) if self.keys else None
+        if source == VICTIM:
+            if key is None:
+                return msg.payload  # victim devices are checked only once they have a key
+            last_seq, seen = None, ()
+            device = f"device {ident}"
+        else:
+            if key is None:
+                detail = f"no key for tag {ident}: signing is on and its fixes are refused"
+                result.rejected.append(_reject(ident, signing.UNSIGNED, detail, msg))
+                return None
+            last_seq, seen = _replay_state(self.engine.tags.get(ident))
+            device = f"tag {ident}"
+        screened = signing.screen(msg.payload, device, key, last_seq, signing.DEFAULT_WINDOW, seen)
+        result.rejected.extend(
+            Rejected(ident, Rejection(r.reason, r.detail, r.excerpt), msg.received)
+            for r in screened.refused
+        )
+        return screened.payload
 
     def _unknown(self, source: str, ident: str) -> tuple[str, str] | None:
         if source == "tag":
@@ -214,6 +264,25 @@ class Pipeline:
             else:
                 engine.end_late_runs(fix.tag)
                 engine.tag_fix(fix, point, fix_rows, em)
+
+
+class _SeenSeqs:
+    """The seqs a tag has used, as a container over the engine's [lo, hi] ranges."""
+
+    __slots__ = ("ranges",)
+
+    def __init__(self, ranges: list[list[int]]) -> None:
+        self.ranges = ranges
+
+    def __contains__(self, seq: object) -> bool:
+        return isinstance(seq, int) and seqs.seen(self.ranges, seq)
+
+
+def _replay_state(st: TagState | None) -> tuple[int | None, _SeenSeqs | tuple]:
+    """The highest seq accepted for a tag (None: none yet) and the seqs it has used."""
+    if st is None or not st.seqs:
+        return None, ()
+    return st.seqs[-1][1], _SeenSeqs(st.seqs)
 
 
 def _digest(payload: bytes) -> bytes:

@@ -53,9 +53,14 @@ import json
 import math
 import re
 from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import orjson
+
+from tagwatch.wire import MAX_BATCH, MAX_PAYLOAD_BYTES, PAYLOAD_EXCERPT_CHARS
 
 KEYS_ENV = "TAGWATCH_TAG_KEYS"
 SIG_FIELD = "sig"
@@ -179,6 +184,139 @@ def verify(
     if seq in seen:
         return REPLAYED
     return None
+
+
+# ---------------------------------------------------------------- one MQTT payload
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One refused fix: its reason, a detail naming the device and the seq, its text."""
+
+    reason: str
+    detail: str
+    excerpt: str
+
+
+@dataclass
+class Screened:
+    """What is left of a payload for the wire decoder (None: nothing), and what was refused."""
+
+    payload: bytes | None
+    refused: list[Refusal] = field(default_factory=list)
+
+
+_JSON = json.JSONDecoder()  # the wire decoder's reference parser (tagwatch.wire slow path)
+
+
+def screen(
+    payload: bytes,
+    device: str,
+    key: bytes,
+    last_seq: int | None,
+    window: int,
+    seen: Container[int] = (),
+) -> Screened:
+    """Verify each fix object of a fix payload; keep only the validly signed, fresh ones.
+
+    A payload the wire decoder would reject whole (too large, not UTF-8, not
+    JSON, not an object or array, an empty or oversized array) is passed on
+    unchanged, so it gets the decoder's reason. Otherwise the accepted fix
+    objects are written out again as JSON (an array, or the lone object): the
+    decoder then reads exactly the members that were verified, whatever
+    duplicate names or number spellings the device sent. Array elements that
+    are not objects are passed on too, for the decoder's `not_object` (its
+    "fix n of m" then counts within what was passed on).
+    """
+    doc = _parse(payload)
+    if isinstance(doc, dict):
+        refusal = _check(doc, None, device, key, last_seq, window, seen)
+        if refusal is None:
+            return Screened(_encode(doc))
+        return Screened(None, [Refusal(refusal[0], refusal[1], _clip_bytes(payload))])
+    if not isinstance(doc, list) or not 0 < len(doc) <= MAX_BATCH:
+        return Screened(payload)
+    kept: list[Any] = []
+    refused: list[Refusal] = []
+    for n, element in enumerate(doc, 1):
+        place = f"fix {n} of {len(doc)}"
+        refusal = None
+        if isinstance(element, dict):
+            refusal = _check(element, place, device, key, last_seq, window, seen)
+        if refusal is None:
+            kept.append(element)
+        else:
+            refused.append(Refusal(refusal[0], refusal[1], _clip_obj(element)))
+    return Screened(_encode(kept) if kept else None, refused)
+
+
+def _parse(payload: bytes) -> Any:
+    """The payload's JSON value, or None when the wire decoder rejects it whole anyway."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses what the standard library reads (NaN, integers over 64 bits, lone
+    # surrogates); the wire decoder reads those, so they must be verified, not passed on.
+    try:
+        return _JSON.decode(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def _check(
+    fix: dict,
+    place: str | None,
+    device: str,
+    key: bytes,
+    last_seq: int | None,
+    window: int,
+    seen: Container[int],
+) -> tuple[str, str] | None:
+    reason = verify(fix, key, last_seq, window, seen)
+    if reason is None:
+        return None
+    seq = fix.get("seq")
+    where = f"{device} {place}" if place else device
+    if reason == UNSIGNED:
+        return reason, f"{where}: signed fixes are required and the fix has no `{SIG_FIELD}`"
+    if reason == MISSING_SEQ:
+        shown = "none" if seq is None else _clip(repr(seq))
+        return reason, f"{where}: a signed fix needs an integer `seq` >= 0, got {shown}"
+    if reason == BAD_SIGNATURE:
+        return reason, f"{where}, seq {seq}: the signature does not match the device's key"
+    if last_seq is not None and seq <= last_seq - max(window, 0):
+        return reason, (
+            f"{where}, seq {seq}: not above the last accepted seq {last_seq} "
+            f"less the replay window of {window}"
+        )
+    return reason, f"{where}, seq {seq}: this seq was already accepted"
+
+
+def _encode(doc: Any) -> bytes:
+    try:
+        return orjson.dumps(doc)
+    except TypeError:  # an integer over 64 bits: the decoder judges it, so keep it
+        return json.dumps(doc).encode("ascii")  # escapes keep lone surrogates readable
+
+
+def _clip_bytes(payload: bytes) -> str:
+    text = payload[: 4 * PAYLOAD_EXCERPT_CHARS].decode("utf-8", "replace")
+    return text[:PAYLOAD_EXCERPT_CHARS]
+
+
+def _clip_obj(element: Any) -> str:
+    try:
+        text = orjson.dumps(element).decode("utf-8")
+    except TypeError:
+        text = json.dumps(element)  # ASCII escapes: lone surrogates stay printable
+    return text[:PAYLOAD_EXCERPT_CHARS]
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # ---------------------------------------------------------------- keys

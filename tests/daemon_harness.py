@@ -180,9 +180,9 @@ class Daemon:
 
 def make_daemon(tmp_path: Path, broker_url: str, record_url: str, *, name: str = "d",
                 cases: Path = EXAMPLE_CASES, extra: str = "", env: dict | None = None,
-                tick_s: float = 0.2) -> Daemon:
+                tick_s: float = 0.2, port: int | None = None) -> Daemon:
     prefix = unique_prefix()
-    port = free_port()
+    port = port or free_port()
     config = write_config(tmp_path / f"{name}.toml", broker_url, record_url, prefix,
                           cases=cases, extra=extra, tick_s=tick_s, port=port)
     return Daemon(config, prefix, port, tmp_path / f"{name}.log", env or {})

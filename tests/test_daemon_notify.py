@@ -7,6 +7,9 @@ import json
 import time
 from pathlib import Path
 
+import httpx
+
+from tagwatch.embedded_broker import free_port
 from tests.daemon_harness import (
     Collector,
     Publisher,
@@ -53,6 +56,45 @@ def test_breach_texts_the_victim_once_and_the_cli_acknowledges(
             assert "no SMS or calls" not in d.logs()
             assert len(twilio.seen) == 1  # one SMS per episode, no duplicate
             assert d.stop() == 0
+        finally:
+            d.kill()
+            col.close()
+            pub.close()
+
+
+def test_a_signed_sms_reply_from_the_victim_acknowledges_and_a_forged_one_is_refused(
+        tmp_path: Path, broker_url: str, record_db: RecordDb) -> None:  # noqa: F811
+    from twilio.request_validator import RequestValidator
+
+    with TwilioServer(account_sid=SID, auth_token="tok") as twilio:
+        port = free_port()
+        public = f"http://127.0.0.1:{port}"
+        extra = (f'[notify.twilio]\naccount_sid = "{SID}"\nfrom = "+447700900000"\n'
+                 f'api_base = "{twilio.url}"\npublic_url = "{public}"\n')
+        d = make_daemon(tmp_path, broker_url, record_db.url, extra=extra,
+                        env={"TWILIO_AUTH_TOKEN": "tok"}, port=port)
+        col = Collector(broker_url, f"{d.prefix}/alerts/#")
+        pub = Publisher(broker_url)
+        d.start()
+        try:
+            d.wait_ready()
+            for fix in breach_fixes():
+                pub.send(f"{d.prefix}/tags/T-1001/fix", fix)
+            (sms,) = twilio.wait_for(1, timeout=5, path="Messages.json")
+            assert sms.form["StatusCallback"].startswith(f"{public}/twilio/status?alert=")
+            col.wait_for(lambda ms: len(ms) >= 2, 10, "breach records")
+            alert_id = col.json_on("/alerts/")[0]["id"]
+
+            params = {"From": "+447700900123", "To": "+447700900000", "Body": "OK",
+                      "MessageSid": "SM" + "2" * 32, "AccountSid": SID}
+            url = f"{public}/twilio/sms"
+            forged = httpx.post(url, data=params, headers={"X-Twilio-Signature": "forged"})
+            assert forged.status_code == 403
+            signature = RequestValidator("tok").compute_signature(url, params)
+            reply = httpx.post(url, data=params, headers={"X-Twilio-Signature": signature})
+            assert reply.status_code == 200, reply.text
+            state = record_db.raw(f"SELECT state FROM alert_latest WHERE alert_id = '{alert_id}'")
+            assert state == [("acknowledged",)]
         finally:
             d.kill()
             col.close()

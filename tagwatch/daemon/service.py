@@ -26,6 +26,9 @@ from pathlib import Path
 
 import msgspec
 import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from tagwatch.config import RULE_NAMES, Config
 from tagwatch.daemon import http
@@ -40,6 +43,7 @@ from tagwatch.feed.events import EventHub
 from tagwatch.mqtt import Backoff, BrokerSettings, Message, MqttConnection
 from tagwatch.notify.ack import acknowledge
 from tagwatch.notify.escalation import Escalation, EscalationSettings
+from tagwatch.notify.inbound import TwilioInbound
 from tagwatch.notify.policy import PolicySettings, SmsLedger
 from tagwatch.pipeline import Inbound, Pipeline, Result
 from tagwatch.record import Batch, Record, RecordError
@@ -52,6 +56,15 @@ _ACK_POLL_LIMIT = 1000
 
 class CasesRefused(Exception):
     """Case files refused at start; the message names each file and problem."""
+
+
+def _status_url(twilio) -> str | None:
+    return f"{twilio.public_url}/twilio/status" if twilio and twilio.public_url else None
+
+
+def victim_phones(cases: dict[str, Case]) -> dict[str, tuple[str, str]]:
+    """phone -> (case id, victim id), for victims' SMS replies."""
+    return {v.phone: (c.id, v.id) for c in cases.values() for v in c.victims if v.phone}
 
 
 def json_bytes(record: dict) -> bytes:
@@ -76,6 +89,7 @@ class Daemon:
         self.config = config
         self.record = record
         self.cases = cases
+        self.victim_phones = victim_phones(cases)  # updated in place on reload
         self.topics = Topics(config.broker.topic_prefix)
         self.event_clock = config.ingest.clock == "event"
         self.pipeline = Pipeline(zoneset, config.rules, self.topics, self.event_clock)
@@ -135,7 +149,7 @@ class Daemon:
 
     def _feed_app(self):
         """The operator feed (DESIGN 3.8) with health, readiness and metrics."""
-        return create_app(
+        app = create_app(
             record=self.record,
             zones_provider=lambda: self.pipeline.zoneset,
             users=self.config.feed.users,
@@ -147,6 +161,38 @@ class Daemon:
             tile_url=self.config.feed.tile_url,
             default_warn_m=self.config.rules.warn_m,
         )
+        app.router.routes.extend(self._twilio_routes())
+        return app
+
+    def _twilio_routes(self) -> list[Route]:
+        """Twilio's delivery status callbacks and the victims' SMS replies (signed by
+        Twilio, so no bearer token), when [notify.twilio] public_url is set."""
+        twilio = self.config.notify.twilio
+        if twilio is None or not twilio.public_url:
+            return []
+        self.inbound = TwilioInbound(
+            twilio.auth_token,
+            twilio.public_url,
+            self.record,
+            self.victim_phones,
+            escalation=self.notify.escalation,
+        )
+
+        def endpoint(handler):
+            async def route(request: Request) -> Response:
+                path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                body = await request.body()
+                reply = await asyncio.to_thread(
+                    handler, request.method, path, dict(request.headers), body
+                )
+                return Response(reply.body, reply.status, media_type=reply.content_type)
+
+            return route
+
+        return [
+            Route("/twilio/status", endpoint(self.inbound.status_callback), methods=["POST"]),
+            Route("/twilio/sms", endpoint(self.inbound.sms_reply), methods=["POST"]),
+        ]
 
     def _metrics_text(self) -> bytes:
         self.refresh_metrics()
@@ -422,7 +468,7 @@ class Daemon:
         twilio_cfg, police_cfg = self.config.notify.twilio, self.config.notify.police
         if twilio_cfg is None and police_cfg is None:
             return None
-        from tagwatch.notify.dispatcher import Dispatcher
+        from tagwatch.notify.dispatcher import Dispatcher, DispatchSettings
         from tagwatch.notify.twilio_channel import TwilioChannel
         from tagwatch.notify.webhook import PoliceWebhook
 
@@ -436,6 +482,7 @@ class Daemon:
             on_failure=lambda alert: self.record_alerts([alert]),
             escalation=self.notify.escalation,
             wake=self.dispatch_wake,
+            settings=DispatchSettings(status_callback_url=_status_url(twilio_cfg)),
         )
 
     async def _supervise(self, dispatcher) -> None:
@@ -482,6 +529,8 @@ class Daemon:
         async with self._work:
             self.pipeline.reload(zoneset)
             self.cases = cases
+            self.victim_phones.clear()
+            self.victim_phones.update(victim_phones(cases))
         log.info("reloaded", cases=len(cases), path=str(path))
         return True
 

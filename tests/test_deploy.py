@@ -520,10 +520,18 @@ def test_dockerfile() -> None:
     assert 'ENTRYPOINT ["tagwatch", "run", "--config", "/etc/tagwatch/tagwatch.toml"]' in lines
 
 
-METRICS = ("tagwatch_up", "tagwatch_broker_connected", "tagwatch_outbox_depth",
-           "tagwatch_deliveries_failed_total", "tagwatch_record_write_errors_total",
-           "tagwatch_tags_silent", "tagwatch_fixes_total", "tagwatch_rejected_total",
-           "tagwatch_alerts_total", "tagwatch_batch_seconds", "tagwatch_record_write_seconds")
+def _exported_metrics() -> tuple[str, ...]:
+    """The metric names the daemon really exports (not the *_created timestamps)."""
+    from tagwatch.daemon.metrics import Metrics
+
+    names = []
+    for line in Metrics().render().decode().splitlines():
+        if line.startswith("# TYPE ") and not line.split()[2].endswith("_created"):
+            names.append(line.split()[2])
+    return tuple(names)
+
+
+METRICS = _exported_metrics()
 MUST_WAKE = {"TagwatchDown": "tagwatch_up", "TagwatchBrokerDisconnected":
              "tagwatch_broker_connected", "TagwatchOutboxGrowing": "tagwatch_outbox_depth",
              "TagwatchDeliveriesFailing": "tagwatch_deliveries_failed_total",

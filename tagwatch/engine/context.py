@@ -18,6 +18,11 @@ class ZoneInfo:
     victim: str | None
     rules: Rules
 
+    @property
+    def approach_only_m(self) -> float:
+        """Beyond this distance only the approach rule can have something to say."""
+        return max(self.warn_m, self.rules.loiter_m) + self.rules.exit_margin_m
+
 
 @dataclass(frozen=True)
 class VictimInfo:

@@ -181,6 +181,8 @@ class Engine:
         if now <= self.clock:
             return
         self.clock = now
+        if not self.watch.any_due(now):
+            return
         for _due, tag, kind in self.watch.due(now):
             st, cases = self.tags.get(tag), self.tag_cases.get(tag)
             if st is None or not cases:

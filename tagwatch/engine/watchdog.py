@@ -34,6 +34,9 @@ class Watchdogs:
             self.armed.add((tag, kind))
             heapq.heappush(self._heap, (deadline, tag, kind))
 
+    def any_due(self, now: float) -> bool:
+        return bool(self._heap) and self._heap[0][0] < now
+
     def due(self, now: float) -> list[tuple[float, str, str]]:
         """Pop the entries whose deadline has passed (< now), in deadline order.
 

@@ -42,6 +42,8 @@ def apply(track: ZoneTrack, zone: ZoneInfo, view: FixView, active: bool, em: Emi
     if not active:
         _schedule_ended(track, zone, view, em)
         return []
+    if _approach_only(track, zone, view):
+        return [approach.APPROACH] if _approach(track, zone, view, em) else []
     opened = []
     if _breach(track, zone, view, em):
         opened.append(BREACH)
@@ -52,6 +54,18 @@ def apply(track: ZoneTrack, zone: ZoneInfo, view: FixView, active: bool, em: Emi
     if _approach(track, zone, view, em):
         opened.append(approach.APPROACH)
     return opened
+
+
+def _approach_only(track: ZoneTrack, zone: ZoneInfo, view: FixView) -> bool:
+    """Far outside the warning and loitering rings with no breach, warning or loiter
+    under way, the other rules would change nothing: the common case near a zone."""
+    return (
+        view.distance > zone.approach_only_m
+        and track.breach is None
+        and track.warning is None
+        and track.loiter is None
+        and track.loiter_start is None
+    )
 
 
 def _clear_margin(zone: ZoneInfo, view: FixView) -> float:

@@ -73,6 +73,7 @@ REPLAYED = "replayed"
 MISSING_SEQ = "missing_seq"
 REASONS = frozenset({UNSIGNED, BAD_SIGNATURE, REPLAYED, MISSING_SEQ})
 
+_string = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) writes
 _SIG_HEX = re.compile(r"[0-9a-fA-F]{64}")
 _KEY_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -103,13 +104,17 @@ def _write(value: Any) -> str:
     if isinstance(value, float):
         return _number(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # escapes exactly as JCS does
+        return _string(value)  # escapes exactly as JCS does
     if isinstance(value, Mapping):
-        names = sorted(value, key=lambda name: name.encode("utf-16-be"))
+        names = sorted(value) if all(map(str.isascii, value)) else sorted(value, key=_utf16)
         return "{" + ",".join(f"{_write(n)}:{_write(value[n])}" for n in names) + "}"
     if isinstance(value, list | tuple):
         return "[" + ",".join(_write(v) for v in value) + "]"
     raise TypeError(f"fix member of type {type(value).__name__} has no JSON form")
+
+
+def _utf16(name: str) -> bytes:
+    return name.encode("utf-16-be")
 
 
 def _number(x: float) -> str:
@@ -118,6 +123,11 @@ def _number(x: float) -> str:
         raise ValueError(f"number {x!r} has no JSON form")
     if x == 0:
         return "0"  # also -0
+    text = repr(x)
+    if "e" not in text:
+        # Python writes 1e-4 <= |x| < 1e16 in fixed notation with the same shortest
+        # digits ECMAScript uses there; only its ".0" of whole numbers differs.
+        return text[:-2] if text.endswith(".0") else text
     sign = "-" if x < 0 else ""
     _, digit_tuple, exponent = Decimal(repr(abs(x))).as_tuple()
     digits = "".join(map(str, digit_tuple)).rstrip("0")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from tagwatch import signing
 from tagwatch.config import ConfigError, load_config
 from tagwatch.daemon import logs
 from tagwatch.daemon.service import (
@@ -50,7 +51,16 @@ def run(config_path: Path | None, environ: Mapping[str, str]) -> int:
         log.error("record_open_failed", error=str(exc))
         return _fail(EXIT_FAILURE, f"case record: {exc}")
     try:
-        return asyncio.run(_main(Daemon(config, record, zoneset, cases)))
+        daemon = Daemon(config, record, zoneset, cases)
+    except signing.KeyFileError as exc:
+        record.close()
+        log.error("tag_keys_refused", error=str(exc))
+        return _fail(EXIT_BAD_INPUT, str(exc))
+    if daemon.pipeline.keys is not None:
+        log.info("signed_fixes", devices=len(daemon.pipeline.keys),
+                 detail="unsigned, wrongly signed and replayed fixes are refused")
+    try:
+        return asyncio.run(_main(daemon))
     except RecordError as exc:
         log.error("record_failed", error=str(exc))
         return _fail(EXIT_FAILURE, f"case record: {exc}")

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tagwatch import signing
 from tagwatch.config import RULE_NAMES, Config
 from tagwatch.daemon import http
 from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY, Effects, EffectsBuilder, Notify
@@ -92,7 +93,8 @@ class Daemon:
         self.victim_phones = victim_phones(cases)  # updated in place on reload
         self.topics = Topics(config.broker.topic_prefix)
         self.event_clock = config.ingest.clock == "event"
-        self.pipeline = Pipeline(zoneset, config.rules, self.topics, self.event_clock)
+        self.pipeline = Pipeline(zoneset, config.rules, self.topics, self.event_clock,
+                                 keys=signing.keys_from_env(os.environ))
         self.metrics = Metrics()
         self.hub = EventHub()  # alert records to the dashboards' event streams
         self.instance = f"{config.broker.client_id}@{socket.gethostname()}:{os.getpid()}"
@@ -526,8 +528,14 @@ class Daemon:
                 detail="keeping the cases loaded before",
             )
             return False
+        try:
+            keys = signing.keys_from_env(os.environ)
+        except signing.KeyFileError as exc:
+            log.error("reload_refused", error=str(exc), detail="keeping the cases and keys")
+            return False
         async with self._work:
             self.pipeline.reload(zoneset)
+            self.pipeline.set_keys(keys)
             self.cases = cases
             self.victim_phones.clear()
             self.victim_phones.update(victim_phones(cases))

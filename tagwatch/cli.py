@@ -77,10 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     pipe.add_argument("--small", action="store_true", help="a small workload (smoke test)")
     pipe.set_defaults(handler=_bench_pipeline)
     e2e = which.add_parser("e2e", help="tagwatch run through a broker beside a bare receiver")
-    e2e.add_argument("--broker", required=True, help="mqtt://host:port of a running broker")
+    e2e.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
     e2e.add_argument("--fixes", type=int, default=100_000, help="fixes for the throughput run")
     e2e.add_argument("--json", action="store_true", help="print one JSON object")
     e2e.set_defaults(handler=_bench_e2e)
+    notify = which.add_parser("notify", help="breach fix published to SMS request received")
+    notify.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
+    notify.add_argument("--breaches", type=int, default=200, help="breaches to time")
+    notify.add_argument("--json", action="store_true", help="print one JSON object")
+    notify.set_defaults(handler=_bench_notify)
     _daemon_commands(commands)
     return parser
 
@@ -378,8 +383,18 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     from tagwatch.bench import e2e
     from tagwatch.bench.report import emit
 
-    emit(e2e.run(args.broker, fixes=args.fixes), e2e.RESULT_LINES, args.json)
+    try:
+        emit(e2e.run(args.broker, fixes=args.fixes), e2e.RESULT_LINES, args.json)
+    except e2e.BenchError as exc:
+        print(f"tagwatch bench e2e: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
+
+
+def _bench_notify(args: argparse.Namespace) -> int:
+    from tagwatch.bench import notify
+
+    return notify.main(args.broker, args.breaches, args.json)
 
 
 if __name__ == "__main__":

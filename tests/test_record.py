@@ -367,3 +367,13 @@ def test_commit_after_the_backend_is_killed_reconnects(backend: Backend, record:
 def test_unreachable_postgres_is_unavailable_not_obscure() -> None:
     with pytest.raises(RecordUnavailable, match=r"postgresql://u:\*\*\*@127.0.0.1:1/x"):
         Record.open("postgresql://u:secret@127.0.0.1:1/x?connect_timeout=2")
+
+
+def test_many_outbox_rows_are_marked_done_in_one_call(record: Record) -> None:
+    items = [OutboxItem(f"a{i}", "mqtt", "topic", {"n": i}, T0) for i in range(3)]
+    record.commit(Batch([], items, {}), recorded_at=T0)
+    due = record.outbox_due(T0 + 1)
+    record.outbox_done_many([row.id for row in due[:2]], {"published": True})
+    assert record.outbox_depth() == 1
+    assert [row.alert_id for row in record.outbox_due(T0 + 1)] == ["a2"]
+    record.outbox_done_many([], {"published": True})  # nothing to do is fine

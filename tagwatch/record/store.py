@@ -169,6 +169,22 @@ class Record:
         text = canonical(result, f"outbox row {row_id}: result")
         self._outbox_set(row_id, "status = 'done', result = ?", (text,))
 
+    def outbox_done_many(self, row_ids: list[int], result: dict) -> None:
+        """Mark many rows done in one transaction (the publisher's whole burst)."""
+        if not row_ids:
+            return
+        text = canonical(result, "outbox rows: result")
+        now = time.time()
+        with self._lock, self._db.transaction(write=True) as db:
+            for start in range(0, len(row_ids), 500):
+                chunk = row_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                db.execute(
+                    f"UPDATE outbox SET status = 'done', result = ?, updated_at = ? "
+                    f"WHERE id IN ({marks})",
+                    (text, now, *chunk),
+                )
+
     def outbox_retry(self, row_id: int, not_before: float, error: str) -> None:
         self._outbox_set(
             row_id,

@@ -157,7 +157,7 @@ class RecordConfig:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    batch_max: int = 500
+    batch_max: int = 2000
     batch_wait_ms: int = 20
     tick_s: float = 1.0
     # The watchdog clock: "wall" in production (DESIGN 3.6); "event" drives the

@@ -71,7 +71,7 @@ class BrokerSettings:
     protocol: Literal["5", "3.1.1", "auto"] = "auto"
     # MQTT 5 Receive Maximum: how many QoS 1 messages the broker may have unacknowledged
     # with us at once. It bounds the in-memory queue and must exceed an ingest micro-batch.
-    receive_maximum: int = 1000
+    receive_maximum: int = 10000  # unacknowledged messages in flight: bounds throughput
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> BrokerSettings:

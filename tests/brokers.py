@@ -86,7 +86,7 @@ class Mosquitto:
             # session take-over discards the old connection's unread PUBACKs.
             "autosave_interval 1\n"
             "max_queued_messages 100000\n"
-            "max_inflight_messages 1000\n"
+            "max_inflight_messages 10000\n"
             # Without it Nagle and delayed ACKs add ~40 ms to every alert.
             "set_tcp_nodelay true\n"
             f"log_dest file {self.log}\n"

@@ -59,7 +59,7 @@ def test_defaults_without_a_file() -> None:
     assert config.record.kind == "sqlite"
     assert config.record.sqlite_path == Path("/var/lib/tagwatch/record.db")
     assert (config.ingest.batch_max, config.ingest.batch_wait_ms, config.ingest.tick_s) == (
-        500,
+        2000,
         20,
         1.0,
     )

@@ -281,7 +281,7 @@ path = "{workdir / "cases"}"
 url = "sqlite:///{db}"
 
 [ingest]
-batch_max = 1000
+batch_max = 2000
 batch_wait_ms = 5
 
 [feed]

@@ -53,7 +53,7 @@ class PrivateMosquitto:
             "allow_anonymous true\n"
             "persistence false\n"
             "max_queued_messages 1000000\n"
-            "max_inflight_messages 1000\n"
+            "max_inflight_messages 10000\n"
             "set_tcp_nodelay true\n"
             "log_dest none\n" + user
         )

@@ -18,8 +18,9 @@ publisher in one run:
    STALL_S the run fails with a message naming the broker setting, never hangs.
 2. Latency. At a steady 2,000 fixes/s, one tag in ten enters its zone; the time
    from publishing a fix to receiving the alert record it caused, p50/p99.
-3. Memory. The resident size of a process holding 100,000 tags' rule state
-   (each tag with its own case and one fix processed).
+3. Memory. The resident size of a process holding 100,000 tags' rule state,
+   each tag with its own case shaped like DESIGN's example (home and work
+   polygons, a school circle, a victim with a device) and one fix processed.
 """
 
 from __future__ import annotations
@@ -186,7 +187,12 @@ CHUNK = 100  # fixes per socket write
 
 
 def _publish_windowed(
-    settings: BrokerSettings, prefix: str, payloads, window: int, wait: Waiter, who: str,
+    settings: BrokerSettings,
+    prefix: str,
+    payloads,
+    window: int,
+    wait: Waiter,
+    who: str,
     broker: str,
 ) -> float:
     """Publish every fix, never more than `window` ahead of `wait`'s count; then wait
@@ -298,16 +304,18 @@ class BenchDaemon:
     a fresh SQLite record); `extra` is appended to the config, `env` to the environment."""
 
     def __init__(
-        self, workdir: Path, broker: str, prefix: str, extra: str = "",
+        self,
+        workdir: Path,
+        broker: str,
+        prefix: str,
+        extra: str = "",
         env: dict[str, str] | None = None,
     ) -> None:
         from tagwatch.embedded_broker import free_port
 
         self.port = free_port()
         config = _config(workdir, broker, prefix, self.port, extra)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TAGWATCH_")} | (
-            env or {}
-        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAGWATCH_")} | (env or {})
         self.log_path = workdir / f"daemon-{self.port}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -474,12 +482,13 @@ def _memory(tags: int) -> float:
 
 
 def _memory_child(tags: int) -> None:
+    from tagwatch.bench.workload import household_cases
     from tagwatch.config import Rules
     from tagwatch.pipeline import Inbound, Pipeline
     from tagwatch.wire import Topics
     from zones import ZoneSet
 
-    cases = london_cases(tags, seed=13)
+    cases = household_cases(tags)
     pipeline = Pipeline(ZoneSet(cases), Rules(), Topics(), event_clock=False)
     now = time.time()
     for i in range(0, tags, 1000):

@@ -56,8 +56,9 @@ def run(broker: str | None, breaches: int = 200) -> dict:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tw-notify-")))
         centres = _write_cases(workdir / "cases", breaches)
         prefix = f"bench/{uuid.uuid4().hex[:8]}/tagwatch/v1"
-        extra = (f'[notify.twilio]\naccount_sid = "{SID}"\nfrom = "{FROM}"\n'
-                 f'api_base = "{stub.url}"\n')
+        extra = (
+            f'[notify.twilio]\naccount_sid = "{SID}"\nfrom = "{FROM}"\napi_base = "{stub.url}"\n'
+        )
         progress.step(f"tagwatch run with [notify.twilio] at {stub.url}")
         daemon = BenchDaemon(workdir, broker, prefix, extra, {"TWILIO_AUTH_TOKEN": TOKEN})
         try:
@@ -69,8 +70,9 @@ def run(broker: str | None, breaches: int = 200) -> dict:
     latencies = _match(sent, received)
     progress.done()
     if not latencies:
-        raise BenchError(f"no SMS reached the Twilio stub within {WAIT_S:.0f} s; "
-                         f"see the daemon log in {workdir}")
+        raise BenchError(
+            f"no SMS reached the Twilio stub within {WAIT_S:.0f} s; see the daemon log in {workdir}"
+        )
     p50, p99 = np.percentile(latencies, [50, 99])
     return {
         "benchmark": "notify",
@@ -95,16 +97,28 @@ def _write_cases(folder: Path, n: int) -> list[tuple[float, float]]:
     for i in range(n):
         lon, lat = float(rng.uniform(-0.4, 0.2)), float(rng.uniform(51.35, 51.65))
         centres.append((lon, lat))
-        ring = [[lon - HALF, lat - HALF], [lon + HALF, lat - HALF], [lon + HALF, lat + HALF],
-                [lon - HALF, lat + HALF], [lon - HALF, lat - HALF]]
+        ring = [
+            [lon - HALF, lat - HALF],
+            [lon + HALF, lat - HALF],
+            [lon + HALF, lat + HALF],
+            [lon - HALF, lat + HALF],
+            [lon - HALF, lat - HALF],
+        ]
         doc = {
             "type": "FeatureCollection",
-            "case": {"id": f"C-N{i:05d}", "tags": [f"NT-{i:05d}"], "timezone": "Europe/London",
-                     "victims": [{"id": f"V-{i:05d}", "phone": phone(i)}]},
-            "features": [{"type": "Feature",
-                          "geometry": {"type": "Polygon", "coordinates": [ring]},
-                          "properties": {"zone": "home", "kind": "exclusion",
-                                         "victim": f"V-{i:05d}"}}],
+            "case": {
+                "id": f"C-N{i:05d}",
+                "tags": [f"NT-{i:05d}"],
+                "timezone": "Europe/London",
+                "victims": [{"id": f"V-{i:05d}", "phone": phone(i)}],
+            },
+            "features": [
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": [ring]},
+                    "properties": {"zone": "home", "kind": "exclusion", "victim": f"V-{i:05d}"},
+                }
+            ],
         }
         (folder / f"C-N{i:05d}.geojson").write_bytes(orjson.dumps(doc))
     return centres
@@ -119,9 +133,11 @@ def _schedule(centres: list[tuple[float, float]]) -> list[tuple[float, int, bool
 
 def _publish(settings: BrokerSettings, prefix: str, centres) -> dict[str, float]:
     """Publish the breaches; returns phone -> perf_counter of the confirming publish."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                         client_id=f"bench-notify-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=f"bench-notify-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv5,
+    )
     connected = threading.Event()
     client.on_connect = lambda *_a: connected.set()
     client.connect(settings.host, settings.port)
@@ -137,13 +153,16 @@ def _publish(settings: BrokerSettings, prefix: str, centres) -> dict[str, float]
             if delay > 0:
                 time.sleep(delay)
             lon, lat = centres[i]
-            fix = {"ts": round(time.time(), 3), "lat": lat, "lon": lon, "acc": 5,
-                   "seq": int(confirming)}
+            fix = {
+                "ts": round(time.time(), 3),
+                "lat": lat,
+                "lon": lon,
+                "acc": 5,
+                "seq": int(confirming),
+            }
             if confirming:
                 sent[phone(i)] = time.perf_counter()
-            last = client.publish(
-                f"{prefix}/tags/NT-{i:05d}/fix", msgspec.json.encode(fix), qos=1
-            )
+            last = client.publish(f"{prefix}/tags/NT-{i:05d}/fix", msgspec.json.encode(fix), qos=1)
         if last is not None:
             last.wait_for_publish(10)  # in-order PUBACKs: every fix is with the broker
     finally:
@@ -171,8 +190,12 @@ def main(broker: str | None, breaches: int = 200, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps({**result, "machine": machine()}, sort_keys=True))
         return 0
-    print(f"breach fix published -> SMS request at the Twilio API, {result['breaches']} "
-          f"breaches ({result['sms_received']} SMS received), broker {result['broker']}")
-    print(f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-          f"max {result['max_ms']:.1f} ms")
+    print(
+        f"breach fix published -> SMS request at the Twilio API, {result['breaches']} "
+        f"breaches ({result['sms_received']} SMS received), broker {result['broker']}"
+    )
+    print(
+        f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+        f"max {result['max_ms']:.1f} ms"
+    )
     return 0

@@ -85,9 +85,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.stub.keep(Request(self.path, form, at))
         prefix = "SM" if api["kind"] == "Messages" else "CA"
         sid = f"{prefix}{next(self.stub._ids):032x}"
-        self._json(201, {"sid": sid, "account_sid": self.stub.sid, "to": form.get("To"),
-                         "from": form.get("From"), "body": form.get("Body"),
-                         "status": "queued"})
+        self._json(
+            201,
+            {
+                "sid": sid,
+                "account_sid": self.stub.sid,
+                "to": form.get("To"),
+                "from": form.get("From"),
+                "body": form.get("Body"),
+                "status": "queued",
+            },
+        )
 
     def _json(self, status: int, doc: dict) -> None:
         data = json.dumps(doc).encode()

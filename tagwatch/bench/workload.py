@@ -56,6 +56,51 @@ def _case_doc(i: int, rng: np.random.Generator) -> dict:
     }
 
 
+def household_cases(n_tags: int, seed: int = 13) -> list[Case]:
+    """Cases shaped like DESIGN's example: a home polygon (8 vertices), a work
+    polygon (12) and a school circle with school hours, one victim with a phone
+    and a device. For memory figures: what a real caseload holds."""
+    rng = np.random.default_rng(seed)
+    return [parse_case(_household(i, rng), f"household-{i}") for i in range(n_tags)]
+
+
+def _household(i: int, rng: np.random.Generator) -> dict:
+    lon, lat = rng.uniform(LONDON[0], LONDON[2]), rng.uniform(LONDON[1], LONDON[3])
+    work_lon, work_lat, _ = GEOD.fwd(lon, lat, rng.uniform(0, 360), rng.uniform(1000, 8000))
+    school_lon, school_lat, _ = GEOD.fwd(lon, lat, rng.uniform(0, 360), rng.uniform(300, 2000))
+
+    def zone(name: str, geometry: dict, **props) -> dict:
+        props = {"zone": name, "kind": "exclusion", "victim": "V-01", **props}
+        return {"type": "Feature", "geometry": geometry, "properties": props}
+
+    return {
+        "type": "FeatureCollection",
+        "case": {
+            "id": f"C-{i:06d}",
+            "tags": [f"T-{i:06d}"],
+            "timezone": "Europe/London",
+            "victims": [{"id": "V-01", "phone": "+447700900123", "device": f"VD-{i:06d}"}],
+        },
+        "features": [
+            zone("home", {"type": "Polygon", "coordinates": [_ring(lon, lat, 8, 40)]}),
+            zone("work", {"type": "Polygon", "coordinates": [_ring(work_lon, work_lat, 12, 80)]}),
+            zone(
+                "school",
+                {"type": "Point", "coordinates": [school_lon, school_lat]},
+                radius_m=150,
+                schedule=SCHOOL_HOURS,
+            ),
+        ],
+    }
+
+
+def _ring(lon: float, lat: float, n: int, radius_m: float) -> list[list[float]]:
+    azimuths = np.linspace(0, 360, n, endpoint=False)
+    lons, lats, _ = GEOD.fwd(np.full(n, lon), np.full(n, lat), azimuths, np.full(n, radius_m))
+    ring = np.column_stack((lons, lats)).tolist()
+    return [*ring, ring[0]]
+
+
 def _star(lon: float, lat: float, rng: np.random.Generator) -> list[list[float]]:
     n = int(rng.integers(16, 201))
     azimuths = np.sort(rng.uniform(0, 360, n))

@@ -26,7 +26,7 @@ from tagwatch.engine.alerts import to_dict
 from tagwatch.feed import EventHub, create_app, record_actions
 from tagwatch.feed.stream import RETRY_MS, event_stream
 from tagwatch.pipeline import Inbound, Pipeline
-from tagwatch.record import Batch, Entry, Record
+from tagwatch.record import Batch, Entry, OutboxItem, Record
 from tagwatch.wire import Topics
 from zones import ZoneSet, load_cases
 
@@ -180,7 +180,7 @@ def events(url: str, headers: dict | None = None, read_timeout: float = 2.0) -> 
 # --- auth ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/api/alerts", "/api/events", "/api/tags/T-1001/track",
-                                  "/api/cases/C-0001/zones"])
+                                  "/api/cases/C-0001/zones", "/api/alerts/a1/deliveries"])
 def test_api_needs_a_valid_token(client: httpx.Client, path: str) -> None:
     assert client.get(path).status_code == 401
     bad = client.get(path, headers={"Authorization": "Bearer nope"})
@@ -294,6 +294,38 @@ def test_resolve_then_conflict_and_unknown(feed: Feed, client: httpx.Client) -> 
     assert "0123456789abcdef01234567" in missing.json()["error"]
     bad = client.post(f"/api/alerts/{alert['id']}/ack", json={"note": 5}, headers=OP)
     assert bad.status_code == 400
+
+
+def queue_sms(record: Record, alert: dict, phone: str, result: dict | None) -> int:
+    """An SMS outbox row for the alert, as the policy queues it; done with result if given."""
+    body = {"kind": "sms", "text": f"Alert {alert['id']}", "case": alert["case"],
+            "victim": "V-01", "tag": alert["tag"]}
+    record.commit(Batch(outbox=[OutboxItem(alert["id"], "sms", phone, body, 0.0)]), time.time())
+    row = [r for r in record.outbox_due(time.time()) if r.alert_id == alert["id"]][-1]
+    if result is not None:
+        record.outbox_done(row.id, result)
+    return row.id
+
+
+def test_deliveries_of_an_alert_without_phone_numbers(feed: Feed, client: httpx.Client) -> None:
+    alert = feed.breach(time.time() - 60)
+    row = queue_sms(feed.record, alert, "+447700900123", {"sid": "SM9", "status": "delivered"})
+    feed.record.commit(Batch(outbox=[OutboxItem(alert["id"], "mqtt", "tagwatch/v1/alerts/C",
+                                                {"payload": "x"}, 0.0)]), time.time())
+    resp = client.get(f"/api/alerts/{alert['id']}/deliveries", headers=VIEW)
+    assert resp.status_code == 200
+    [sms] = resp.json()  # the mqtt row is not a delivery to a person
+    assert sms["row"] == row and sms["channel"] == "sms" and sms["status"] == "done"
+    assert sms["delivery"] == "delivered" and sms["sid"] == "SM9" and sms["victim"] == "V-01"
+    assert "7700900123" not in resp.text
+    assert resp.json() == feed.record.deliveries(alert["id"])
+    quiet = {**alert, "id": "quiet0000000000000000001"}  # an alert nobody was told of
+    feed.record.commit(Batch([Entry("case:C-0001", "alert", quiet, alert_id=quiet["id"])]),
+                       time.time())
+    assert client.get(f"/api/alerts/{quiet['id']}/deliveries", headers=OP).json() == []
+    missing = client.get("/api/alerts/0123456789abcdef01234567/deliveries", headers=OP)
+    assert missing.status_code == 404
+    assert "0123456789abcdef01234567" in missing.json()["error"]
 
 
 # --- event stream --------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_feed_api import OPERATOR_TOKEN, running_feed
+from tagwatch.record import Batch, OutboxItem
+from tests.test_feed_api import OPERATOR_TOKEN, queue_sms, running_feed
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -110,8 +111,15 @@ def _sign_in_ack_and_screenshot(page, feed) -> None:
     for i, (sev, kind) in enumerate([("warning", "approach"), ("critical", "tag.no_comms"),
                                      ("warning", "pattern.loitering"), ("info", "zone.exit")]):
         feed.hub.publish(synthetic(i, sev, kind))
+    _deliveries(feed, breach)
     page.click(row)
     page.wait_for_selector("#map circle.pos", timeout=5_000)
+    sms = page.wait_for_selector('#deliveries .deliv-row.deliv-ok[data-channel="sms"]',
+                                 timeout=5_000)
+    assert "delivered" in sms.text_content()
+    call = page.text_content('#deliveries .deliv-row.deliv-wait[data-channel="call"]')
+    assert "retrying" in call and "<phone>" in call
+    assert "7700900" not in page.content()
     page.fill("#note", "Called police control; unit dispatched")
     page.click("#ack")
     page.wait_for_selector(f"{row}.st-acknowledged", timeout=5_000)
@@ -122,6 +130,17 @@ def _sign_in_ack_and_screenshot(page, feed) -> None:
     assert action["note"] == "Called police control; unit dispatched"
     page.wait_for_selector("#map path.z-warn", timeout=5_000)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
+
+
+def _deliveries(feed, breach: dict) -> None:
+    """The breach's SMS was delivered; its call is waiting for a second try."""
+    queue_sms(feed.record, breach, "+447700900123", {"sid": "SM0f3a", "status": "delivered"})
+    body = {"kind": "call", "text": "Alert", "case": breach["case"], "victim": "V-01"}
+    feed.record.commit(Batch(outbox=[OutboxItem(breach["id"], "call", "+447700900123", body,
+                                                 time.time())]), time.time())
+    call = [r for r in feed.record.outbox_due(time.time() + 1) if r.channel == "call"][-1]
+    feed.record.outbox_retry(call.id, time.time() + 40,
+                             "attempt 1: retry: Twilio HTTP 503 calling +447700900123")
 
 
 def _load(page, feed) -> dict:

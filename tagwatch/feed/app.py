@@ -75,6 +75,7 @@ def create_app(
         Route("/api/alerts", feed.alerts),
         Route("/api/alerts/{id}/ack", feed.ack, methods=["POST"]),
         Route("/api/alerts/{id}/resolve", feed.resolve, methods=["POST"]),
+        Route("/api/alerts/{id}/deliveries", feed.deliveries),
         Route("/api/events", feed.events),
         Route("/api/tags/{tag}/track", feed.track),
         Route("/api/cases/{case}/zones", feed.zones),
@@ -186,6 +187,20 @@ class _Feed:
         except (AlertResolved, AckError) as exc:
             raise HTTPException(409, str(exc)) from None
         return JSONResponse(result)
+
+    async def deliveries(self, request: Request) -> Response:
+        """How the alert's SMS, calls and police webhook went (Record.deliveries)."""
+        self.user(request)
+        alert_id = request.path_params["id"]
+        try:
+            found = await run_in_threadpool(self._deliveries, alert_id)
+        except UnknownAlert as exc:
+            raise HTTPException(404, f"{request.url.path}: {exc}") from None
+        return JSONResponse(found)
+
+    def _deliveries(self, alert_id: str) -> list[dict]:
+        latest_record(self.record, alert_id)  # raises UnknownAlert
+        return self.record.deliveries(alert_id)
 
     # --- event stream --------------------------------------------------------------
 

@@ -8,6 +8,7 @@ changed, so a crash leaves either all of a batch's effects or none.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -40,6 +41,26 @@ _INSERT_OUTBOX = (
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _OUTBOX_COLUMNS = "id, alert_id, channel, target, body, not_before, attempts, last_error"
+# What the page may show of a delivery: never `target` (a phone number).
+_DELIVERY_COLUMNS = "id, channel, body, status, attempts, last_error, result, updated_at"
+# Provider errors quote the To number; same pattern as tagwatch.notify.outcome.redact,
+# which the record cannot import (notify imports the record).
+_PHONE = re.compile(r"\+?\d[\d ()-]{6,}\d")
+# Twilio delivery statuses, later = more advanced. Mirrors tagwatch.notify.inbound
+# STATUS_RANK (a test keeps them equal): a status callback may be recorded twice or out
+# of order, so the most advanced one wins, not the last.
+DELIVERY_RANK = {
+    "accepted": 0,
+    "scheduled": 0,
+    "queued": 1,
+    "sending": 2,
+    "sent": 3,
+    "delivered": 4,
+    "undelivered": 4,
+    "failed": 4,
+    "canceled": 4,
+    "read": 5,
+}
 
 
 class Record:
@@ -145,6 +166,29 @@ class Record:
             (tag, float(since)),
         )
         return [json.loads(body) for (body,) in rows]
+
+    def deliveries(self, alert_id: str) -> list[dict]:
+        """How the notifications of one alert went: one dict per outbox row but "mqtt",
+        in the order they were queued. Never the target (phone number).
+
+        Keys: row, channel, victim (id, from the row's body), status (pending, done,
+        failed), attempts, last_error (phone numbers redacted), sid, delivery (the
+        provider's most advanced status: from the send's result and the recorded status
+        callbacks, kind "delivery"; None if it gave none), error_code (of that callback),
+        not_before, updated_at.
+        """
+        rows = self._read(
+            f"SELECT {_DELIVERY_COLUMNS}, not_before FROM outbox "
+            "WHERE alert_id = ? AND channel <> 'mqtt' ORDER BY id",
+            (alert_id,),
+        )
+        callbacks = self._read(
+            "SELECT body FROM entries WHERE alert_id = ? AND kind = 'delivery' "
+            "AND body IS NOT NULL ORDER BY id",
+            (alert_id,),
+        )
+        reports = [json.loads(body) for (body,) in callbacks]
+        return [_delivery(row, reports) for row in rows]
 
     # --- outbox --------------------------------------------------------------------
 
@@ -274,6 +318,32 @@ def _alert_rows(rows: list[tuple]) -> list[tuple]:
                 body,
             )
     return list(latest.values())
+
+
+def _delivery(row: tuple, reports: list[dict]) -> dict:
+    row_id, channel, body, status, attempts, last_error, result, updated_at, not_before = row
+    body = json.loads(body)
+    result = json.loads(result) if result else {}
+    sid = result.get("sid")
+    mine = [r for r in reports if str(r.get("row")) == str(row_id) or (sid and r.get("sid") == sid)]
+    sent = result.get("status")
+    best = {"status": sent} if isinstance(sent, str) else {}
+    for report in mine:
+        if DELIVERY_RANK.get(report.get("status"), -1) > DELIVERY_RANK.get(best.get("status"), -1):
+            best = report
+    return {
+        "row": row_id,
+        "channel": channel,
+        "victim": body.get("victim"),
+        "status": status,
+        "attempts": attempts,
+        "last_error": None if last_error is None else _PHONE.sub("<phone>", last_error),
+        "sid": sid if isinstance(sid, str) else None,
+        "delivery": best.get("status"),
+        "error_code": best.get("error_code"),
+        "not_before": not_before,
+        "updated_at": updated_at,
+    }
 
 
 def _entry_dict(row: chains.StoredEntry) -> dict:

@@ -9,6 +9,7 @@ const SEVERITY = { critical: 2, warning: 1, info: 0 };
 const NEEDS_ACTION = new Set(["open", "updated", "escalated"]);
 const ALARM_EVERY_MS = 4000;
 const TRACK_WINDOW_MS = 30 * 60 * 1000;
+const DELIVERY_POLL_MS = 10_000; // status callbacks are recorded but not streamed
 
 const $ = (id) => document.getElementById(id);
 const tileUrl = document.body.dataset.tileUrl || null;
@@ -29,6 +30,8 @@ const S = {
   lastAlarm: 0,
   zonesCache: new Map(),
   mapFor: null,
+  deliveries: new Map(), // id -> list from /deliveries, or { error }
+  deliveryFetch: new Map(), // id -> "busy" | "again"
 };
 
 // Figures the browser test reads.
@@ -64,11 +67,104 @@ function escalationLevel(rec) {
   return m ? Number(m[1]) : rec.state === "escalated" ? 1 : null;
 }
 
-function delivery(rec) {
-  const d = rec.delivery;
-  if (d == null) return null;
-  if (typeof d === "string") return d;
-  return Object.entries(d).map(([k, v]) => `${k}: ${typeof v === "object" ? v.status : v}`).join(", ");
+// --- deliveries (SMS, calls, police webhook) -------------------------------------------
+
+const CHANNEL = { sms: "SMS", call: "Call", police: "Police" };
+const DELIVERED = new Set(["delivered", "read"]);
+const NOT_DELIVERED = new Set(["failed", "undelivered", "canceled"]);
+
+// One outbox row -> [css class, status text, detail text]: what an operator must know.
+function deliveryStatus(d) {
+  const tries = `${d.attempts} failed attempt${d.attempts === 1 ? "" : "s"}`;
+  if (d.status === "failed") return ["bad", "✗ FAILED", `gave up after ${tries}`];
+  if (d.status === "pending") {
+    const due = d.not_before * 1000 - Date.now();
+    const when = due > 1000 ? `next try in ${fmt.duration(due / 1000)}` : "sending now";
+    if (!d.attempts) return ["wait", "pending", due > 1000 ? `due in ${fmt.duration(due / 1000)}` : when];
+    return ["wait", "pending · retrying", `${tries}, ${when}`];
+  }
+  const code = d.error_code ? `, code ${d.error_code}` : "";
+  if (NOT_DELIVERED.has(d.delivery)) return ["bad", "✗ NOT DELIVERED", `${d.delivery}${code}`];
+  if (DELIVERED.has(d.delivery)) return ["ok", "✓ delivered", ""];
+  if (d.delivery === "sent") return ["sent", "sent", "no delivery report yet"];
+  if (d.delivery) return ["sent", "sent", `provider: ${d.delivery}`];
+  return ["ok", "✓ accepted", ""];
+}
+
+function deliveryRow(d, now) {
+  const [cls, status, detail] = deliveryStatus(d);
+  const row = document.createElement("div");
+  row.className = `deliv-row deliv-${cls}`;
+  row.dataset.channel = d.channel;
+  const parts = [
+    ["deliv-chan", CHANNEL[d.channel] || d.channel],
+    ["deliv-who", d.victim || ""],
+    ["deliv-status", status],
+    ["deliv-age", d.updated_at ? `${fmt.duration(Math.max(0, now / 1000 - d.updated_at))} ago` : ""],
+  ];
+  for (const [c, text] of parts) {
+    const span = document.createElement("span");
+    span.className = c;
+    span.textContent = text;
+    row.appendChild(span);
+  }
+  const more = [detail, d.status !== "done" && d.last_error ? `last error: ${d.last_error}` : ""]
+    .filter(Boolean).join(" · ");
+  if (more) {
+    const p = document.createElement("span");
+    p.className = "deliv-more";
+    p.textContent = more;
+    row.appendChild(p);
+  }
+  return row;
+}
+
+function deliveriesBlock(id) {
+  const box = document.createElement("section");
+  box.className = "deliveries";
+  box.id = "deliveries";
+  const h = document.createElement("h3");
+  h.textContent = "Deliveries";
+  box.appendChild(h);
+  const found = S.deliveries.get(id);
+  const say = (text) => {
+    const p = document.createElement("p");
+    p.className = "hint";
+    p.textContent = text;
+    box.appendChild(p);
+  };
+  if (found === undefined) say("Loading…");
+  else if (found.error) say(`Could not load deliveries: ${found.error}`);
+  else if (found.length === 0) say("No SMS, call or police message was queued for this alert.");
+  else { const now = Date.now(); for (const d of found) box.appendChild(deliveryRow(d, now)); }
+  return box;
+}
+
+function showDeliveries(id) {
+  const old = $("deliveries");
+  if (old && S.selected === id && $("details").dataset.id === id) old.replaceWith(deliveriesBlock(id));
+}
+
+// Fetch the alert's deliveries; a call while one is in flight fetches once more after it.
+async function refreshDeliveries(id) {
+  if (S.deliveryFetch.has(id)) { S.deliveryFetch.set(id, "again"); return; }
+  S.deliveryFetch.set(id, "busy");
+  try {
+    const r = await api(`/api/alerts/${encodeURIComponent(id)}/deliveries`);
+    S.deliveries.set(id, r.ok ? await r.json() : { error: `HTTP ${r.status}` });
+  } catch (e) {
+    if (e.message !== "401") S.deliveries.set(id, { error: "network error" });
+  } finally {
+    const again = S.deliveryFetch.get(id) === "again";
+    S.deliveryFetch.delete(id);
+    showDeliveries(id);
+    if (again) refreshDeliveries(id);
+  }
+}
+
+function deliveriesUnsettled(id) {
+  const found = S.deliveries.get(id);
+  return Array.isArray(found) && found.some((d) => ["wait", "sent"].includes(deliveryStatus(d)[0]));
 }
 
 // --- queue -----------------------------------------------------------------------------
@@ -132,13 +228,17 @@ function flush() {
     if (rec.state === "resolved") {
       if (row) { row.remove(); S.rows.delete(id); }
       S.alerts.delete(id);
+      S.deliveries.delete(id);
       continue;
     }
     if (!row) { row = makeRow(id); S.rows.set(id, row); S.orderDirty = true; }
     fillRow(row, rec, now);
   }
   if (S.orderDirty) reorder(container);
-  if (S.selected && S.dirty.has(S.selected)) showDetails(S.selected);
+  if (S.selected && S.dirty.has(S.selected)) {
+    showDetails(S.selected);
+    refreshDeliveries(S.selected); // a new record (escalation, ack) may follow a send
+  }
   S.dirty.clear();
   S.orderDirty = false;
   updateCounts();
@@ -242,8 +342,6 @@ function showDetails(id) {
   field(dl, "Confidence", fmt.text(rec.confidence));
   const level = escalationLevel(rec);
   if (level != null) field(dl, "Escalation level", String(level));
-  const sent = delivery(rec);
-  if (sent != null) field(dl, "Delivery", sent);
   field(dl, "Fix time", fmt.text(rec.ts));
   field(dl, "Alert id", rec.id);
   const note = document.createElement("textarea");
@@ -256,7 +354,7 @@ function showDetails(id) {
   actions.innerHTML = '<button id="ack" class="btn btn-primary" type="button">Acknowledge</button>'
     + '<button id="resolve" class="btn btn-danger" type="button">Resolve</button><span id="msg" class="msg"></span>';
   box.dataset.id = id;
-  box.replaceChildren(h, sub, dl, note, actions);
+  box.replaceChildren(h, sub, dl, deliveriesBlock(id), note, actions);
   $("ack").disabled = rec.state === "acknowledged";
   $("ack").onclick = () => act(id, "ack");
   $("resolve").onclick = () => act(id, "resolve");
@@ -281,6 +379,7 @@ function select(id) {
   const row = S.rows.get(id);
   if (row) row.classList.add("selected");
   showDetails(id);
+  refreshDeliveries(id);
   loadMap(id);
 }
 
@@ -382,6 +481,8 @@ function init() {
     if (row && e.key === "Enter") select(row.dataset.id);
   });
   setInterval(tickAges, 1000);
+  setInterval(() => { if (S.selected && deliveriesUnsettled(S.selected)) refreshDeliveries(S.selected); },
+              DELIVERY_POLL_MS);
   if (S.token) {
     // A reload keeps the token (sessionStorage); sound needs a click on the page first.
     document.addEventListener("pointerdown", () => { if (!S.audio) S.audio = new AudioContext(); }, { once: true });

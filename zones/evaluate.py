@@ -29,7 +29,7 @@ import shapely
 
 from zones.geodesy import ecef
 from zones.models import EXCLUSION, Case, Zone
-from zones.schedule import Schedule
+from zones.schedule import Schedule, local_clock
 
 
 @dataclass(frozen=True)
@@ -138,9 +138,9 @@ class ZoneSet:
         ends = np.where(known, self.tag_zone_ptr[np.maximum(tag_idx, 0) + 1], 0)
         counts = ends - starts
         fix = np.repeat(np.arange(len(tag_idx), dtype=np.int64), counts)
-        first = np.repeat(starts - (np.cumsum(counts) - counts), counts)
-        zone = self.tag_zones[first + np.arange(len(fix), dtype=np.int64)]
-        return fix, zone
+        # The k-th pair of a fix is its tag's k-th zone; gathers beat a second repeat.
+        offsets = np.arange(len(fix), dtype=np.int64) - (np.cumsum(counts) - counts)[fix]
+        return fix, self.tag_zones[starts[fix] + offsets]
 
     def evaluate(
         self,
@@ -193,8 +193,13 @@ class ZoneSet:
         near = ~self.zone_circle[zone] & (distance <= horizon_m)
         if near.any():
             z, x, y = zone[near], east[near], north[near]
-            within = shapely.intersects_xy(self._shapes[z], x, y)
             to_edge = shapely.distance(self._boundaries[z], shapely.points(x, y))
+            # Outside the reach circle a point is outside the polygon: only the
+            # points within it need the containment test.
+            within = np.zeros(len(z), dtype=bool)
+            maybe = distance[near] <= 0.0
+            if maybe.any():
+                within[maybe] = shapely.intersects_xy(self._shapes[z[maybe]], x[maybe], y[maybe])
             distance[near] = np.where(within, -to_edge, to_edge)
         return distance <= 0.0, distance
 
@@ -203,10 +208,17 @@ class ZoneSet:
         active = np.ones(len(zone), dtype=bool)
         if ts is None or not (sched >= 0).any():
             return active
-        pair_ts = np.asarray(ts, dtype=np.float64)[fix]
+        ts = np.asarray(ts, dtype=np.float64)
+        ts = np.where(np.isfinite(ts), ts, 0.0)  # such fixes have no pairs anyway
+        clocks: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # local time, once per fix
         for i in np.unique(sched[sched >= 0]).tolist():
+            schedule = self._schedules[i]
+            if schedule.timezone not in clocks:
+                clocks[schedule.timezone] = local_clock(ts, schedule.timezone)
+            weekday, minute = clocks[schedule.timezone]
             rows = sched == i
-            active[rows] = self._schedules[i].active(pair_ts[rows])
+            at = fix[rows]
+            active[rows] = schedule.active_at(weekday[at], minute[at])
         return active
 
 

@@ -50,15 +50,24 @@ class Schedule:
 
     def active(self, ts: np.ndarray) -> np.ndarray:
         """Whether the schedule is active at each Unix time in `ts` (seconds)."""
-        ts = np.asarray(ts, dtype=np.float64)
-        local = ts + utc_offsets(ts, self.timezone)
-        day_number = np.floor(local / 86400.0)
-        weekday = ((day_number + _EPOCH_WEEKDAY) % 7).astype(np.int64)
-        minute = ((local - day_number * 86400.0) // 60.0).astype(np.int64)
-        active = np.zeros(ts.shape, dtype=bool)
+        return self.active_at(*local_clock(ts, self.timezone))
+
+    def active_at(self, weekday: np.ndarray, minute: np.ndarray) -> np.ndarray:
+        """Whether it is active at local weekdays (Monday 0) and minutes of the day."""
+        active = np.zeros(weekday.shape, dtype=bool)
         for window in self.windows:
             active |= _window_active(window, weekday, minute)
         return active
+
+
+def local_clock(ts: np.ndarray, timezone: str) -> tuple[np.ndarray, np.ndarray]:
+    """Local weekday (Monday 0) and minute of the day at each Unix time."""
+    ts = np.asarray(ts, dtype=np.float64)
+    local = ts + utc_offsets(ts, timezone)
+    day_number = np.floor(local / 86400.0)
+    weekday = ((day_number + _EPOCH_WEEKDAY) % 7).astype(np.int64)
+    minute = ((local - day_number * 86400.0) // 60.0).astype(np.int64)
+    return weekday, minute
 
 
 def _window_active(window: Window, weekday: np.ndarray, minute: np.ndarray) -> np.ndarray:

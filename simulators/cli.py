@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--tags", type=int, required=True)
     load.add_argument("--rate", type=float, required=True, help="fixes per second in total")
     load.add_argument("--duration", type=float, required=True, help="seconds")
+    load.add_argument("--breach-every", type=int, default=4, metavar="N",
+                      help="one fix in N is inside the zone (default 4: an alert storm)")
     load.add_argument("--write-cases", type=Path, metavar="DIR",
                       help="write the load case file the daemon must load into DIR, and exit")
     load.set_defaults(handler=_load)
@@ -121,7 +123,10 @@ def _load(args: argparse.Namespace) -> int:
         print(write_cases(args.write_cases, args.tags))
         return EXIT_OK
     check_bounds(args.broker, args.tags, args.rate, args.duration)
-    report = asyncio.run(run_load(args.broker, args.tags, args.rate, args.duration, args.prefix))
+    if args.breach_every < 3:
+        raise ValueError("--breach-every must be at least 3 (inside, then two fixes outside)")
+    report = asyncio.run(run_load(args.broker, args.tags, args.rate, args.duration, args.prefix,
+                                  breach_every=args.breach_every))
     print("\n".join(report.lines()))
     return EXIT_OK
 

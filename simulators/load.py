@@ -1,9 +1,11 @@
 """`tagwatch-sim load`: sustained fix load, end-to-end latency (publish to alert), throughput.
 
 N stationary tags around a small exclusion zone send fixes in turn at R fixes/s
-in total. Every tag cycles inside, outside, outside, outside (the point outside
-is 400 m away, beyond the warning ring), so one fix in four opens a probable
-breach and the next two outside end it: alerts keep coming back. A breach
+in total. Every tag cycles one fix inside, then `breach_every - 1` outside (the
+point outside is 400 m away, beyond the warning ring), so one fix in
+`breach_every` opens a probable breach and the next two outside end it: alerts
+keep coming back. The default 4 is an alert storm (half of all fixes change an
+alert); 50 is closer to a real caseload. A breach
 record (`zone.breach`, `open`) is matched to its fix by tag and `ts`;
 latency is its arrival minus the fix's publish time. The daemon must load
 the case file `write_cases` writes (the load tags and the zone).
@@ -95,7 +97,7 @@ def check_bounds(broker_url: str, tags: int, rate: float, duration: float) -> No
 
 async def run_load(broker_url: str, tags: int, rate: float, duration_s: float,
                    prefix: str = "tagwatch/v1", drain_s: float = 5.0,
-                   progress=sys.stderr) -> LoadReport:
+                   progress=sys.stderr, breach_every: int = 4) -> LoadReport:
     check_bounds(broker_url, tags, rate, duration_s)
     topics = Topics(prefix)
     report = LoadReport()
@@ -105,7 +107,8 @@ async def run_load(broker_url: str, tags: int, rate: float, duration_s: float,
         await mqtt.subscribe(f"{prefix}/alerts/#", qos=1)
         listener = asyncio.create_task(_collect(mqtt, sent_at, report))
         try:
-            await _send(mqtt, topics, tags, rate, duration_s, sent_at, report, progress)
+            await _send(mqtt, topics, tags, rate, duration_s, sent_at, report, progress,
+                        breach_every)
             deadline = time.monotonic() + drain_s
             while report.alerts < report.expected_alerts and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
@@ -116,7 +119,8 @@ async def run_load(broker_url: str, tags: int, rate: float, duration_s: float,
     return report
 
 
-async def _send(mqtt, topics, tags, rate, duration_s, sent_at, report, progress) -> None:
+async def _send(mqtt, topics, tags, rate, duration_s, sent_at, report, progress,
+                breach_every: int = 4) -> None:
     gate = asyncio.Semaphore(IN_FLIGHT)
     pending: set[asyncio.Task] = set()
     start = time.monotonic()
@@ -126,7 +130,7 @@ async def _send(mqtt, topics, tags, rate, duration_s, sent_at, report, progress)
         due = int(rate * elapsed) + 1 - report.sent
         for _ in range(max(0, due)):
             n = report.sent
-            i, phase = n % tags, (n // tags) % 4
+            i, phase = n % tags, (n // tags) % breach_every
             ts = max(round(time.time(), 3), last_ts[i] + 0.001)
             last_ts[i] = ts
             lon, lat = INSIDE if phase == 0 else OUTSIDE

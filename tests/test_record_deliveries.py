@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 
-from tagwatch.notify.inbound import STATUS_RANK
 from tagwatch.record import Batch, Entry, OutboxItem, Record
-from tagwatch.record.store import DELIVERY_RANK
 from tests import test_record as base
 from tests.test_record import CHAIN, T0, alert
 
@@ -33,10 +31,22 @@ def queue(record: Record, alert_id: str, *channels: str) -> dict[str, int]:
     return {r.channel: r.id for r in rows}
 
 
-def callback(record: Record, alert_id: str, row: int, sid: str, status: str, at: float,
-             error_code: str | None = None) -> None:
-    body = {"channel": "sms", "sid": sid, "status": status, "row": str(row),
-            "error_code": error_code}
+def callback(
+    record: Record,
+    alert_id: str,
+    row: int,
+    sid: str,
+    status: str,
+    at: float,
+    error_code: str | None = None,
+) -> None:
+    body = {
+        "channel": "sms",
+        "sid": sid,
+        "status": status,
+        "row": str(row),
+        "error_code": error_code,
+    }
     entry = Entry(CHAIN, "delivery", body, event_ts=at, alert_id=alert_id)
     record.commit(Batch([entry]), at)
 
@@ -49,8 +59,9 @@ def test_each_row_but_mqtt_with_its_outcome_and_no_phone_number(record: Record) 
     rows = queue(record, "a1", "sms", "call", "police", "mqtt")
     queue(record, "a2", "sms")  # another alert's row is not a1's
     record.outbox_done(rows["sms"], {"sid": "SM111", "status": "queued", "at": T0 + 2})
-    record.outbox_retry(rows["call"], T0 + 60,
-                        f"attempt 1: retry: Twilio HTTP 503: cannot call {PHONE} now")
+    record.outbox_retry(
+        rows["call"], T0 + 60, f"attempt 1: retry: Twilio HTTP 503: cannot call {PHONE} now"
+    )
     record.outbox_failed(rows["police"], "attempt 8: retry: HTTP 502")
     found = record.deliveries("a1")
     assert [d["row"] for d in found] == sorted(rows[c] for c in ("sms", "call", "police"))
@@ -108,7 +119,3 @@ def test_police_result_is_not_a_delivery_status(record: Record) -> None:
 def test_unknown_alert_has_no_deliveries(record: Record) -> None:
     queue(record, "a1", "sms")
     assert record.deliveries("nope") == []
-
-
-def test_rank_matches_the_inbound_webhook() -> None:
-    assert DELIVERY_RANK == STATUS_RANK

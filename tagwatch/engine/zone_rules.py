@@ -181,22 +181,9 @@ def _end_breach(
 
 def _schedule_ended(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> None:
     """Outside its schedule a zone raises nothing, and open episodes end."""
-    if track.breach is not None:
-        kind = BREACH if zone.exclusion else CURFEW
-        episode = track.breach
-        _emit(
-            em,
-            zone,
-            view,
-            kind,
-            episode.id,
-            episode.severity,
-            RESOLVED,
-            f"schedule of zone {zone.zone} ended",
-            confidence=episode.confidence,
-        )
-        track.breach = None
+    breach_kind = BREACH if zone.exclusion else CURFEW
     for attr, kind in (
+        ("breach", breach_kind),
         ("warning", ZONE_WARNING),
         ("approach", approach.APPROACH),
         ("loiter", LOITERING),
@@ -212,6 +199,7 @@ def _schedule_ended(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter
                 episode.severity,
                 RESOLVED,
                 f"schedule of zone {zone.zone} ended",
+                confidence=episode.confidence,
             )
             setattr(track, attr, None)
     track.inside_run = track.exit_run = track.warn_clear_run = track.approach_low_run = 0

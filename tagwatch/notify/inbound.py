@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
+from tagwatch.delivery_terms import STATUS_RANK
 from tagwatch.notify import texts
 from tagwatch.notify.ack import AckError, acknowledge
 from tagwatch.notify.escalation import Escalation
@@ -31,19 +32,6 @@ from tagwatch.notify.outcome import redact
 from tagwatch.notify.records import DELIVERY_FAILED
 from tagwatch.record import Batch, Entry, Record
 
-# Later in the list = more advanced; equal rank: first one kept.
-STATUS_RANK = {
-    "accepted": 0,
-    "scheduled": 0,
-    "queued": 1,
-    "sending": 2,
-    "sent": 3,
-    "delivered": 4,
-    "undelivered": 4,
-    "failed": 4,
-    "canceled": 4,
-    "read": 5,
-}
 _TWIML = "application/xml"
 
 

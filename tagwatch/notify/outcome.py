@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-_PHONE = re.compile(r"\+?\d[\d ()-]{6,}\d")
+from tagwatch.delivery_terms import redact
 
-
-def redact(text: str) -> str:
-    """Drop anything that looks like a phone number (Twilio errors quote the To number)."""
-    return _PHONE.sub("<phone>", text)
+__all__ = ["SendFailed", "Sent", "redact"]
 
 
 @dataclass(frozen=True)

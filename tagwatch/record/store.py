@@ -8,11 +8,11 @@ changed, so a crash leaves either all of a batch's effects or none.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from pathlib import Path
 
+from tagwatch.delivery_terms import STATUS_RANK, redact
 from tagwatch.record import chain as chains
 from tagwatch.record import retention
 from tagwatch.record.canon import GENESIS, canonical
@@ -43,24 +43,6 @@ _INSERT_OUTBOX = (
 _OUTBOX_COLUMNS = "id, alert_id, channel, target, body, not_before, attempts, last_error"
 # What the page may show of a delivery: never `target` (a phone number).
 _DELIVERY_COLUMNS = "id, channel, body, status, attempts, last_error, result, updated_at"
-# Provider errors quote the To number; same pattern as tagwatch.notify.outcome.redact,
-# which the record cannot import (notify imports the record).
-_PHONE = re.compile(r"\+?\d[\d ()-]{6,}\d")
-# Twilio delivery statuses, later = more advanced. Mirrors tagwatch.notify.inbound
-# STATUS_RANK (a test keeps them equal): a status callback may be recorded twice or out
-# of order, so the most advanced one wins, not the last.
-DELIVERY_RANK = {
-    "accepted": 0,
-    "scheduled": 0,
-    "queued": 1,
-    "sending": 2,
-    "sent": 3,
-    "delivered": 4,
-    "undelivered": 4,
-    "failed": 4,
-    "canceled": 4,
-    "read": 5,
-}
 
 
 class Record:
@@ -329,7 +311,7 @@ def _delivery(row: tuple, reports: list[dict]) -> dict:
     sent = result.get("status")
     best = {"status": sent} if isinstance(sent, str) else {}
     for report in mine:
-        if DELIVERY_RANK.get(report.get("status"), -1) > DELIVERY_RANK.get(best.get("status"), -1):
+        if STATUS_RANK.get(report.get("status"), -1) > STATUS_RANK.get(best.get("status"), -1):
             best = report
     return {
         "row": row_id,
@@ -337,7 +319,7 @@ def _delivery(row: tuple, reports: list[dict]) -> dict:
         "victim": body.get("victim"),
         "status": status,
         "attempts": attempts,
-        "last_error": None if last_error is None else _PHONE.sub("<phone>", last_error),
+        "last_error": None if last_error is None else redact(last_error),
         "sid": sid if isinstance(sid, str) else None,
         "delivery": best.get("status"),
         "error_code": best.get("error_code"),

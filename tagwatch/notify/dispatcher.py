@@ -41,9 +41,13 @@ FailureSink = Callable[[dict], Awaitable[None] | None]
 
 @dataclass(frozen=True)
 class DispatchSettings:
-    max_attempts: int = 8
+    # Keep trying for about 45 minutes, never more than 30 s apart, so a delivery goes
+    # out within half a minute of an outage ending: with 8 attempts doubling to 5
+    # minutes, a 2-minute outage cost up to 2 more minutes and a slightly longer
+    # one failed the SMS for good. Police escalation runs meanwhile (ack_timeout_s).
+    max_attempts: int = 120
     base_delay_s: float = 2.0
-    max_delay_s: float = 300.0
+    max_delay_s: float = 30.0
     poll_s: float = 1.0
     batch: int = 100
     concurrency: int = 8

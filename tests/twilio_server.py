@@ -7,6 +7,11 @@ next scripted answer, else the default:
 
     server.script(Answer(429, retry_after=1), Answer(500), Answer.hang(), Answer(201))
 
+An outage answers every API request with one answer (500 by default) for a while,
+after the scripted answers are used up:
+
+    server.outage(120.0, Answer(500))
+
 Every request is recorded (path, form, headers, body, monotonic arrival time) and
 tests wait for the Nth with `wait_for(n, timeout)`.
 """
@@ -57,13 +62,15 @@ class _State:
     cond: threading.Condition = field(default_factory=threading.Condition)
     release: threading.Event = field(default_factory=threading.Event)
     counter: itertools.count = field(default_factory=lambda: itertools.count(1))
+    outage_until: float = 0.0  # time.monotonic() the outage ends
+    outage_answer: Answer = field(default_factory=lambda: Answer(500))
 
 
 class TwilioServer:
     def __init__(self, account_sid: str = "AC" + "0" * 32, auth_token: str = "tok") -> None:
         self.state = _State(account_sid, auth_token)
         handler = type("Handler", (_Handler,), {"state": self.state})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _Server(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -83,6 +90,14 @@ class TwilioServer:
     def script(self, *answers: Answer) -> None:
         with self.state.cond:
             self.state.answers.extend(answers)
+
+    def outage(self, seconds: float, answer: Answer = Answer(500)) -> float:
+        """Answer API requests with `answer` for `seconds` from now (scripted answers
+        first); returns the time.monotonic() at which the outage ends."""
+        with self.state.cond:
+            self.state.outage_until = time.monotonic() + seconds
+            self.state.outage_answer = answer
+            return self.state.outage_until
 
     def release(self) -> None:
         """Let every hung request answer now."""
@@ -104,6 +119,11 @@ class TwilioServer:
             return matching()
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Quiet: a client killed mid-request (kill -9 tests) resets its connection."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     state: _State
     protocol_version = "HTTP/1.1"
@@ -122,6 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
         api = _API.match(self.path)
         if api and not self._authorised(api["sid"]):
             return self._json(401, {"code": 20003, "message": "Authenticate", "status": 401})
+        if answer is None and api and seen.at < self.state.outage_until:
+            answer = self.state.outage_answer
         answer = answer or Answer(201 if api else 200)
         if answer.hang_s:
             self.state.release.wait(answer.hang_s)

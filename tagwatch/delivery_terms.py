@@ -12,12 +12,18 @@ STATUS_RANK = {
     "accepted": 0,
     "scheduled": 0,
     "queued": 1,
+    "initiated": 1,  # calls
     "sending": 2,
+    "ringing": 2,  # calls
     "sent": 3,
+    "in-progress": 3,  # calls
     "delivered": 4,
     "undelivered": 4,
     "failed": 4,
     "canceled": 4,
+    "completed": 4,  # calls
+    "busy": 4,  # calls
+    "no-answer": 4,  # calls
     "read": 5,
 }
 

@@ -158,6 +158,7 @@ def test_escalated_record_places_a_call_that_says_the_reference(server, record_u
     assert call.path.endswith("/Calls.json") and call.form["To"] == PHONES["V-01"]
     assert "<Say" in call.form["Twiml"]
     assert " ".join(texts.reference(alert()["id"])) in call.form["Twiml"]
+    assert call.form["StatusCallback"].startswith("https://tagwatch.example/twilio/status?")
 
 
 def test_police_webhook_is_signed_with_the_shared_secret(server, record_url):

@@ -61,6 +61,22 @@ def test_status_callbacks_keep_the_most_advanced_status(record):
     assert record.verify() == []
 
 
+def test_call_status_callbacks_are_recorded_and_never_escalate_as_an_sms(record):
+    esc = Escalation(EscalationSettings(ack_timeout_s=3600))
+    esc.observe(alert())
+    hooks = inbound(record, esc)
+    path = f"/twilio/status?alert={alert()['id']}&case=C-0001&row=2"
+    for state in ("ringing", "completed", "in-progress"):
+        headers, body = signed(path, {"CallSid": "CA1", "CallStatus": state})
+        assert hooks.status_callback("POST", path, headers, body).status == 204
+    calls = [e["body"] for e in record.alert_history(alert()["id"]) if e["kind"] == "delivery"]
+    assert [(c["channel"], c["status"]) for c in calls] == [("call", "ringing"),
+                                                            ("call", "completed")]
+    headers, body = signed(path, {"CallSid": "CA2", "CallStatus": "failed"})
+    hooks.status_callback("POST", path, headers, body)
+    assert esc.tick(T0 + 60) == []  # a failed call is not a failed SMS
+
+
 def test_a_forged_status_callback_is_refused(record):
     esc = Escalation(EscalationSettings(ack_timeout_s=3600))
     esc.observe(alert())

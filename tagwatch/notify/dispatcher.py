@@ -144,9 +144,9 @@ class Dispatcher:
             return await asyncio.to_thread(twilio.send_sms, row.target, row.body["text"], url)
         if row.channel == CALL:
             twilio = self._twilio(row)
-            return await asyncio.to_thread(
-                twilio.call, row.target, row.body["text"], row.body.get("language", "en-GB")
-            )
+            language = row.body.get("language", "en-GB")
+            url = self._status_url(row)
+            return await asyncio.to_thread(twilio.call, row.target, row.body["text"], language, url)
         if row.channel == POLICE:
             if self.police is None:
                 raise SendFailed("permanent", "no [notify.police] webhook configured")

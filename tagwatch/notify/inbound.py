@@ -105,16 +105,21 @@ class TwilioInbound:
             return params
         query = dict(parse_qsl(urlsplit(path).query))
         alert_id, case = query.get("alert"), query.get("case")
-        sid, status = params.get("MessageSid"), params.get("MessageStatus")
+        # Messages report MessageSid/MessageStatus, voice calls CallSid/CallStatus.
+        channel = "call" if "CallSid" in params else "sms"
+        prefix = "Call" if channel == "call" else "Message"
+        sid, status = params.get(f"{prefix}Sid"), params.get(f"{prefix}Status")
         if not alert_id or not case or not sid or not status:
             return Reply(
-                400, f"{path}: needs ?alert= and ?case=, MessageSid and MessageStatus".encode()
+                400,
+                f"{path}: needs ?alert= and ?case=, and MessageSid and MessageStatus "
+                "(or CallSid and CallStatus)".encode(),
             )
         if not self.statuses.advance(sid, status):
             return Reply(204)  # duplicate or older than what we hold: nothing to do
         now = self.clock()
         entry = {
-            "channel": "sms",
+            "channel": channel,
             "sid": sid,
             "status": status,
             "row": query.get("row"),
@@ -126,7 +131,7 @@ class TwilioInbound:
             ),
             now,
         )
-        if self.escalation is not None:
+        if self.escalation is not None and channel == "sms":
             self.escalation.delivery_status(alert_id, status, now)
         return Reply(204)
 

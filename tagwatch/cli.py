@@ -126,10 +126,11 @@ def _daemon_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _load_zoneset(path: Path):
-    from zones import ZoneSet, load_cases
+    from tagwatch.cases import load
+    from zones import ZoneSet
 
     try:
-        result = load_cases(path)
+        result = load(path)
     except FileNotFoundError as exc:
         raise BadInput(str(exc)) from None
     for error in result.errors:

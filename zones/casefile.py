@@ -24,6 +24,7 @@ from zones.models import KINDS, Case, Victim, Zone
 from zones.schedule import ScheduleError, load_timezone, parse_schedule
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Z]{2})?$")
 _ZONE_TYPES = ("Polygon", "MultiPolygon", "Point")
 
 
@@ -116,7 +117,18 @@ def parse_case(doc: object, file: str, rule_names: frozenset[str] | None = None)
                 "properties.zone: duplicate zone id in this case",
             )
         zones.append(zone)
-    return Case(case_id, tags, timezone, victims, tuple(zones), MappingProxyType(rules), file)
+    language, texts = _texts(meta, file)
+    return Case(
+        case_id,
+        tags,
+        timezone,
+        victims,
+        tuple(zones),
+        MappingProxyType(rules),
+        file,
+        language,
+        MappingProxyType(texts),
+    )
 
 
 def _text(obj: dict, key: str, file: str, where: str) -> str:
@@ -182,6 +194,20 @@ def _rules(raw: object, file: str, rule_names: frozenset[str] | None) -> dict[st
         if not _is_number(value) or value < 0:
             raise CaseFileError(file, where, "must be a number >= 0")
     return dict(raw)
+
+
+def _texts(meta: dict, file: str) -> tuple[str, dict[str, str]]:
+    """`case.language` (e.g. "en", "es") and `case.texts`, overrides of the victim's texts
+    by key; the keys and placeholders are checked by the notifier that uses them."""
+    language = meta.get("language", "en")
+    if not isinstance(language, str) or not _LANGUAGE.match(language):
+        raise CaseFileError(file, "case.language", 'must be a language code such as "en" or "es"')
+    texts = meta.get("texts", {})
+    if not isinstance(texts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in texts.items()
+    ):
+        raise CaseFileError(file, "case.texts", "must be an object of non-empty text templates")
+    return language, dict(texts)
 
 
 def _zone(

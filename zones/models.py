@@ -61,3 +61,5 @@ class Case:
     zones: tuple[Zone, ...]
     rules: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     source: str = ""  # the file it came from
+    language: str = "en"  # of the texts sent to the case's victims
+    texts: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))

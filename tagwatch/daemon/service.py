@@ -31,7 +31,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tagwatch import signing
-from tagwatch.config import RULE_NAMES, Config
+from tagwatch.cases import load as load_cases_checked
+from tagwatch.config import Config
 from tagwatch.daemon import http
 from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY, Effects, EffectsBuilder, Notify
 from tagwatch.daemon.ingest import Batcher
@@ -49,7 +50,7 @@ from tagwatch.notify.policy import PolicySettings, SmsLedger
 from tagwatch.pipeline import Inbound, Pipeline, Result
 from tagwatch.record import Batch, Record, RecordError
 from tagwatch.wire import Topics, status_message
-from zones import Case, ZoneSet, load_cases
+from zones import Case, ZoneSet
 
 log = structlog.get_logger("tagwatch.daemon")
 _ACK_POLL_LIMIT = 1000
@@ -75,12 +76,22 @@ def json_bytes(record: dict) -> bytes:
 def load_zoneset(path: Path) -> tuple[ZoneSet, dict[str, Case]]:
     """All cases or CasesRefused (at start and at reload: all or nothing)."""
     try:
-        result = load_cases(path, rule_names=RULE_NAMES)
+        result = load_cases_checked(path)
     except (FileNotFoundError, OSError) as exc:
         raise CasesRefused(str(exc)) from None
     if result.errors:
         raise CasesRefused("; ".join(f"refused {e}" for e in result.errors))
     return ZoneSet(result.cases), {c.id: c for c in result.cases}
+
+
+def policy_settings(config: Config, cases: dict[str, Case]) -> PolicySettings:
+    """Who gets what: the deployment's channels and each case's language and texts."""
+    return PolicySettings(
+        sms_enabled=config.notify.twilio is not None,
+        police_enabled=config.notify.police is not None,
+        languages={c.id: c.language for c in cases.values()},
+        case_texts={c.id: dict(c.texts) for c in cases.values() if c.texts},
+    )
 
 
 class Daemon:
@@ -100,10 +111,7 @@ class Daemon:
         self.instance = f"{config.broker.client_id}@{socket.gethostname()}:{os.getpid()}"
         self.since = time.time()
         self.notify = Notify(
-            PolicySettings(
-                sms_enabled=config.notify.twilio is not None,
-                police_enabled=config.notify.police is not None,
-            ),
+            policy_settings(config, cases),
             SmsLedger(),
             Escalation(EscalationSettings(ack_timeout_s=config.rules.ack_timeout_s)),
         )
@@ -539,6 +547,7 @@ class Daemon:
             self.cases = cases
             self.victim_phones.clear()
             self.victim_phones.update(victim_phones(cases))
+            self.notify.settings = policy_settings(self.config, cases)
         log.info("reloaded", cases=len(cases), path=str(path))
         return True
 

@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"tagwatch: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except _Failure as exc:
+        print(f"tagwatch: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
 
@@ -275,11 +278,7 @@ class _Failure(Exception):
 
 
 def _record_verify(args: argparse.Namespace) -> int:
-    try:
-        record = _open_record(args)
-    except _Failure as exc:
-        print(f"tagwatch: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    record = _open_record(args)
     try:
         report = record.verify_report()
     finally:
@@ -303,12 +302,8 @@ def _record_verify(args: argparse.Namespace) -> int:
 def _record_purge(args: argparse.Namespace) -> int:
     from tagwatch.daemon.retention import purge_now
 
-    try:
-        config = _loaded_config(args)
-        record = _open_record(args)
-    except _Failure as exc:
-        print(f"tagwatch: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    config = _loaded_config(args)
+    record = _open_record(args)
     days = (
         args.older_than_days if args.older_than_days is not None else (config.record.retention_days)
     )
@@ -337,11 +332,7 @@ def _record_export(args: argparse.Namespace) -> int:
             raise BadInput(
                 f"--{name} {getattr(args, name)!r}: expected an RFC 3339 time with an offset or Z"
             ) from None
-    try:
-        record = _open_record(args)
-    except _Failure as exc:
-        print(f"tagwatch: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    record = _open_record(args)
     try:
         out = record.export(args.case, times["since"], times["until"], args.out)
     except RecordError as exc:
@@ -361,11 +352,7 @@ def _alerts_ack(args: argparse.Namespace) -> int:
     from tagwatch.notify.ack import AckError, acknowledge
     from tagwatch.record import RecordError
 
-    try:
-        record = _open_record(args)
-    except _Failure as exc:
-        print(f"tagwatch: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    record = _open_record(args)
     by = args.by or getpass.getuser()
     try:
         acked = acknowledge(record, args.alert_id, by, args.note, time.time())

@@ -100,6 +100,23 @@ def _emit(
     )
 
 
+def _resolve(
+    em: Emitter, zone: ZoneInfo, view: FixView, kind: str, episode: Episode, detail: str
+) -> None:
+    """The record that ends an episode: same id, severity and confidence, state resolved."""
+    _emit(
+        em,
+        zone,
+        view,
+        kind,
+        episode.id,
+        episode.severity,
+        RESOLVED,
+        detail,
+        confidence=episode.confidence,
+    )
+
+
 def _breach(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> bool:
     d = view.distance
     if d <= 0:
@@ -161,16 +178,13 @@ def _end_breach(
     episode = track.breach
     assert episode is not None
     confirmed = episode.confidence == CONFIRMED
-    _emit(
+    _resolve(
         em,
         zone,
         view,
         kind,
-        episode.id,
-        episode.severity,
-        RESOLVED,
+        episode,
         detail if confirmed else f"{detail}; the breach was never confirmed",
-        confidence=episode.confidence,
     )
     if confirmed and kind == BREACH:
         exit_id = alert_id(zone.case, view.tag, EXIT, zone.zone, view.fix.ts)
@@ -190,17 +204,7 @@ def _schedule_ended(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter
     ):
         episode = getattr(track, attr)
         if episode is not None:
-            _emit(
-                em,
-                zone,
-                view,
-                kind,
-                episode.id,
-                episode.severity,
-                RESOLVED,
-                f"schedule of zone {zone.zone} ended",
-                confidence=episode.confidence,
-            )
+            _resolve(em, zone, view, kind, episode, f"schedule of zone {zone.zone} ended")
             setattr(track, attr, None)
     track.inside_run = track.exit_run = track.warn_clear_run = track.approach_low_run = 0
     track.window.clear()
@@ -249,14 +253,12 @@ def _warning(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> bo
     if track.warning is not None and d > zone.warn_m + zone.rules.exit_margin_m:
         track.warn_clear_run += 1
         if track.warn_clear_run >= 2:
-            _emit(
+            _resolve(
                 em,
                 zone,
                 view,
                 ZONE_WARNING,
-                track.warning.id,
-                WARNING,
-                RESOLVED,
+                track.warning,
                 f"left the warning ring of zone {zone.zone}",
             )
             track.warning = None
@@ -297,15 +299,8 @@ def _loitering(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> 
 
 def _end_loiter(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> None:
     if track.loiter is not None:
-        _emit(
-            em,
-            zone,
-            view,
-            LOITERING,
-            track.loiter.id,
-            WARNING,
-            RESOLVED,
-            f"no longer loitering near zone {zone.zone}",
+        _resolve(
+            em, zone, view, LOITERING, track.loiter, f"no longer loitering near zone {zone.zone}"
         )
         track.loiter = None
     track.loiter_start = track.loiter_last = None
@@ -316,16 +311,7 @@ def _approach(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> b
     if d <= 0:
         track.window.clear()
         if track.approach is not None:  # arrived: the breach takes over
-            _emit(
-                em,
-                zone,
-                view,
-                approach.APPROACH,
-                track.approach.id,
-                track.approach.severity,
-                RESOLVED,
-                f"reached zone {zone.zone}",
-            )
+            _resolve(em, zone, view, approach.APPROACH, track.approach, f"reached zone {zone.zone}")
             track.approach = None
         return False
     return approach.follow(

@@ -182,8 +182,19 @@ def test_the_wake_event_starts_new_rows_without_waiting_for_the_poll(server, rec
 
     async def scenario() -> list:
         d = dispatcher(record, server, settings=settings)
+        first_pass = asyncio.Event()
+        read_outbox = d.start_due
+
+        async def start_due() -> int:
+            started = await read_outbox()
+            first_pass.set()
+            return started
+
+        d.start_due = start_due
         task = asyncio.create_task(d.run())
-        await asyncio.sleep(0)  # let it make its first (empty) pass
+        # The row is committed after the first read of the outbox: with a 60 s poll,
+        # only the wake can start it within the 5 s below.
+        await asyncio.wait_for(first_pass.wait(), 5.0)
         await asyncio.to_thread(commit, record, alert())
         d.wake.set()
         try:

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import msgspec
 import numpy as np
 
 from tagwatch import signing
@@ -130,51 +131,65 @@ class Pipeline:
         """Accepted fixes in arrival order, each with its kind (live, late or victim)."""
         fixes: list[Fix] = []
         kinds: list[str] = []
-        engine = self.engine
-        max_future = self.rules.max_future_s
-        signed = self.keys is not None
         for msg in messages:
-            parsed = self._parse(msg.topic)
-            if parsed is None:
-                detail = f"topic {msg.topic!r} is not a fix topic"
-                result.rejected.append(_reject("", "unknown_topic", detail, msg))
+            first = len(result.rejected)
+            parsed = self._decode_message(msg, result, fixes, kinds)
+            if parsed is None or parsed[0] == VICTIM:
+                # A victim device's payload is the victim's position; an unrecognised
+                # topic may be one: their rejections never carry the payload.
+                for i in range(first, len(result.rejected)):
+                    rej = result.rejected[i]
+                    result.rejected[i] = replace(
+                        rej, rejection=msgspec.structs.replace(rej.rejection, payload="")
+                    )
+        return fixes, kinds
+
+    def _decode_message(
+        self, msg: Inbound, result: Result, fixes: list[Fix], kinds: list[str]
+    ) -> tuple[str, str] | None:
+        """Decode one message into `fixes`/`kinds`; returns its parsed topic."""
+        engine = self.engine
+        parsed = self._parse(msg.topic)
+        if parsed is None:
+            detail = f"topic {msg.topic!r} is not a fix topic"
+            result.rejected.append(_reject("", "unknown_topic", detail, msg))
+            return None
+        source, ident = parsed
+        problem = self._unknown(source, ident)
+        if problem:
+            result.rejected.append(_reject(ident, *problem, msg))
+            return parsed
+        # A buffered upload redelivered whole is dropped whole; single fixes are
+        # recognised one by one below.
+        if (
+            source == "tag"
+            and msg.payload[:1] == b"["
+            and engine.seen_payload(ident, _digest(msg.payload))
+        ):
+            result.duplicates += 1
+            return parsed
+        payload = msg.payload
+        if self.keys is not None:
+            payload = self._screen(source, ident, msg, result)
+            if payload is None:
+                return parsed
+        max_future = self.rules.max_future_s
+        decoded, rejections = decode_payload(source, ident, payload, msg.received, max_future)
+        result.rejected.extend(Rejected(ident, r, msg.received) for r in rejections)
+        for fix in decoded:
+            if source == VICTIM:
+                if fix.lat is not None:
+                    fixes.append(fix)
+                    kinds.append(VICTIM)
                 continue
-            source, ident = parsed
-            problem = self._unknown(source, ident)
-            if problem:
-                result.rejected.append(_reject(ident, *problem, msg))
-                continue
-            # A buffered upload redelivered whole is dropped whole; single fixes are
-            # recognised one by one below.
-            if (
-                source == "tag"
-                and msg.payload[:1] == b"["
-                and engine.seen_payload(ident, _digest(msg.payload))
-            ):
+            kind = engine.classify(fix)
+            if kind == DUPLICATE:
                 result.duplicates += 1
                 continue
-            payload = msg.payload
-            if signed:
-                payload = self._screen(source, ident, msg, result)
-                if payload is None:
-                    continue
-            decoded, rejections = decode_payload(source, ident, payload, msg.received, max_future)
-            if rejections:
-                result.rejected.extend(Rejected(ident, r, msg.received) for r in rejections)
-            for fix in decoded:
-                if source == VICTIM:
-                    if fix.lat is not None:
-                        fixes.append(fix)
-                        kinds.append(VICTIM)
-                    continue
-                kind = engine.classify(fix)
-                if kind == DUPLICATE:
-                    result.duplicates += 1
-                    continue
-                fixes.append(fix)
-                kinds.append(kind)
-                result.accepted.append((fix, kind == LATE))
-        return fixes, kinds
+            fixes.append(fix)
+            kinds.append(kind)
+            result.accepted.append((fix, kind == LATE))
+        return parsed
 
     def _screen(self, source: str, ident: str, msg: Inbound, result: Result) -> bytes | None:
         """The payload with only its validly signed, fresh fixes; None when none is left."""

@@ -4,7 +4,7 @@ Layout of a batch's entries and outbox (all in one transaction):
 - per accepted fix, for each case of its tag: chain `case:<case>`, kind "fix", body = the
   fix fields + `late`, tag, event_ts = the fix's ts;
 - per rejection: chain `system`, kind "rejected", body = reason, detail, source, received,
-  payload excerpt (left out for victim devices: it would hold the victim's position);
+  payload excerpt (the pipeline leaves it out for victim devices: it is their position);
 - per alert record: chain `case:<case>`, kind "alert", body = the record (DESIGN 3.3),
   alert_id; with it an outbox item on channel "mqtt" (target = topic, body = topic and the
   exact payload text) and the deliveries of the notification policy (sms, call, police);
@@ -79,13 +79,11 @@ class EffectsBuilder:
         notify: Notify,
         cases: Callable[[], dict[str, Case]],
         tag_cases: Callable[[str], list[str]],
-        is_device: Callable[[str], bool],
     ) -> None:
         self.topics = topics
         self.notify = notify
         self.cases = cases
         self.tag_cases = tag_cases
-        self.is_device = is_device
 
     def from_result(self, result: Result, checkpoints: dict[str, bytes], now: float) -> Effects:
         fx = Effects()
@@ -124,8 +122,6 @@ class EffectsBuilder:
         r = rej.rejection
         fx.rejected_reasons[r.reason] += 1
         received = rej.received if rej.received is not None else now
-        if rej.source and self.is_device(rej.source):
-            r = msgspec.structs.replace(r, payload="")  # a victim device's position
         body = {
             "source": rej.source,
             "reason": r.reason,

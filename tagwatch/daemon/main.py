@@ -57,8 +57,11 @@ def run(config_path: Path | None, environ: Mapping[str, str]) -> int:
         log.error("tag_keys_refused", error=str(exc))
         return _fail(EXIT_BAD_INPUT, str(exc))
     if daemon.pipeline.keys is not None:
-        log.info("signed_fixes", devices=len(daemon.pipeline.keys),
-                 detail="unsigned, wrongly signed and replayed fixes are refused")
+        log.info(
+            "signed_fixes",
+            devices=len(daemon.pipeline.keys),
+            detail="unsigned, wrongly signed and replayed fixes are refused",
+        )
     try:
         return asyncio.run(_main(daemon))
     except RecordError as exc:

@@ -104,8 +104,13 @@ class Daemon:
         self.victim_phones = victim_phones(cases)  # updated in place on reload
         self.topics = Topics(config.broker.topic_prefix)
         self.event_clock = config.ingest.clock == "event"
-        self.pipeline = Pipeline(zoneset, config.rules, self.topics, self.event_clock,
-                                 keys=signing.keys_from_env(os.environ))
+        self.pipeline = Pipeline(
+            zoneset,
+            config.rules,
+            self.topics,
+            self.event_clock,
+            keys=signing.keys_from_env(os.environ),
+        )
         self.metrics = Metrics()
         self.hub = EventHub()  # alert records to the dashboards' event streams
         self.instance = f"{config.broker.client_id}@{socket.gethostname()}:{os.getpid()}"
@@ -120,7 +125,6 @@ class Daemon:
             self.notify,
             lambda: self.cases,
             self._tag_cases,
-            lambda ident: self.pipeline.engine.knows_device(ident),
         )
         self.batcher: Batcher[Message] = Batcher(
             config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0

@@ -175,7 +175,8 @@ class Pipeline:
                 return parsed
         max_future = self.rules.max_future_s
         decoded, rejections = decode_payload(source, ident, payload, msg.received, max_future)
-        result.rejected.extend(Rejected(ident, r, msg.received) for r in rejections)
+        if rejections:
+            result.rejected.extend(Rejected(ident, r, msg.received) for r in rejections)
         for fix in decoded:
             if source == VICTIM:
                 if fix.lat is not None:

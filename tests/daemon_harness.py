@@ -11,76 +11,35 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import paho.mqtt.client as paho
-import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tagwatch.embedded_broker import free_port
 from tests.brokers import unique_client_id, unique_prefix
+from tests.record_db import RecordDb, record_database
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CASES = ROOT / "config" / "cases"
-PG_URL = os.environ.get("TAGWATCH_TEST_POSTGRES")
 HOME = (-0.1275, 51.5073)  # inside C-0001's home zone (lon, lat)
 
 
 # ------------------------------------------------------------------ the record
 
 
-@dataclass
-class RecordDb:
-    kind: str  # "sqlite" or "postgresql"
-    url: str
-    schema: str = ""
-
-    def raw(self, sql: str) -> list[tuple]:
-        if self.kind == "sqlite":
-            conn = sqlite3.connect(self.url.removeprefix("sqlite://"), isolation_level=None)
-            try:
-                return conn.execute(sql).fetchall()
-            finally:
-                conn.close()
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            cur = conn.execute(sql.encode())
-            return cur.fetchall() if cur.description else []
-
-    def drop_guards(self) -> None:
-        if self.kind == "sqlite":
-            self.raw("DROP TRIGGER entries_no_update")
-            self.raw("DROP TRIGGER entries_no_delete")
-        else:
-            self.raw("DROP TRIGGER entries_append_only ON entries")
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def record_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordDb]:
-    if request.param == "sqlite":
-        yield RecordDb("sqlite", f"sqlite://{tmp_path}/record.db")
-        return
-    if not PG_URL:
-        pytest.skip("PostgreSQL needs TAGWATCH_TEST_POSTGRES; it is not set")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in PG_URL else "?"
-    url = f"{PG_URL}{sep}options=-csearch_path%3D{schema}&application_name=tw-{schema}"
-    try:
-        yield RecordDb("postgresql", url, schema)
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    with record_database(request.param, tmp_path) as db:
+        yield db
 
 
 # ------------------------------------------------------------------ the daemon

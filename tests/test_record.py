@@ -9,12 +9,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -28,61 +25,19 @@ from tagwatch.record import (
     RecordError,
     RecordUnavailable,
 )
+from tests.record_db import RecordDb, record_database
 
-PG_URL = os.environ.get("TAGWATCH_TEST_POSTGRES")
 T0 = 1_764_324_930.0
 CHAIN = "case:C-0001"
 
 
-@dataclass
-class Backend:
-    name: str
-    url: str
-    app: str = ""
-
-    def raw(self, sql: str) -> list[tuple]:
-        """Run SQL behind the record's back, as an attacker or operator could."""
-        if self.name == "sqlite":
-            conn = sqlite3.connect(self.url.removeprefix("sqlite://"), isolation_level=None)
-            try:
-                return conn.execute(sql).fetchall()
-            finally:
-                conn.close()
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            cur = conn.execute(sql.encode())
-            return cur.fetchall() if cur.description else []
-
-    def drop_guards(self) -> None:
-        if self.name == "sqlite":
-            self.raw("DROP TRIGGER entries_no_update")
-            self.raw("DROP TRIGGER entries_no_delete")
-        else:
-            self.raw("DROP TRIGGER entries_append_only ON entries")
-
-
-def _with_params(url: str, **params: str) -> str:
-    extra = "&".join(f"{k}={v}" for k, v in params.items())
-    return f"{url}{'&' if '?' in url else '?'}{extra}"
+Backend = RecordDb  # the database under a test's record, reachable behind its back
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        yield Backend("sqlite", f"sqlite://{tmp_path}/record.db")
-        return
-    if not PG_URL:
-        pytest.skip("PostgreSQL tests need TAGWATCH_TEST_POSTGRES (e.g. "
-                    "postgresql://postgres@127.0.0.1:5432/test); it is not set")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    app = f"tagwatch-test-{schema}"
-    try:
-        yield Backend("postgresql", _with_params(
-            PG_URL, options=f"-csearch_path%3D{schema}", application_name=app), app)
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as admin:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    with record_database(request.param, tmp_path) as db:
+        yield db
 
 
 @pytest.fixture
@@ -196,12 +151,12 @@ def test_two_writers_on_one_chain_never_fork(backend: Backend, record: Record) -
 
 def test_triggers_refuse_update_and_delete(backend: Backend, record: Record) -> None:
     record.commit(Batch([fix(1)], [], {}), T0)
-    error = sqlite3.Error if backend.name == "sqlite" else psycopg.Error
+    error = sqlite3.Error if backend.kind == "sqlite" else psycopg.Error
     with pytest.raises(error, match="append-only"):
         backend.raw("UPDATE entries SET body = '{}' WHERE seq = 1")
     with pytest.raises(error, match="append-only"):
         backend.raw("DELETE FROM entries")
-    if backend.name == "postgresql":
+    if backend.kind == "postgresql":
         with pytest.raises(error, match="append-only"):
             backend.raw("TRUNCATE entries")
     assert record.verify() == []

@@ -69,7 +69,7 @@ def found(record: Record) -> set[tuple[str, int, str]]:
 
 
 def db_error(backend: Backend) -> type[Exception]:
-    return sqlite3.Error if backend.name == "sqlite" else psycopg.Error
+    return sqlite3.Error if backend.kind == "sqlite" else psycopg.Error
 
 
 # --- purge -----------------------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""A case record's database for one test: SQLite in tmp_path, or PostgreSQL (when
+TAGWATCH_TEST_POSTGRES names one) in a schema of its own, dropped afterwards.
+
+`raw` reaches the database behind the record's back, as an attacker or an operator
+could: the tamper tests use it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+import pytest
+
+PG_URL = os.environ.get("TAGWATCH_TEST_POSTGRES", "")
+
+
+@dataclass
+class RecordDb:
+    kind: str  # "sqlite" or "postgresql"
+    url: str
+    schema: str = ""
+    app: str = ""  # PostgreSQL application_name of the record's connections
+
+    def raw(self, sql: str) -> list[tuple]:
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.url.removeprefix("sqlite://"), isolation_level=None)
+            try:
+                return conn.execute(sql).fetchall()
+            finally:
+                conn.close()
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cur = conn.execute(sql.encode())
+            return cur.fetchall() if cur.description else []
+
+    def drop_guards(self) -> None:
+        if self.kind == "sqlite":
+            self.raw("DROP TRIGGER entries_no_update")
+            self.raw("DROP TRIGGER entries_no_delete")
+        else:
+            self.raw("DROP TRIGGER entries_append_only ON entries")
+
+
+@contextmanager
+def record_database(kind: str, tmp_path: Path) -> Iterator[RecordDb]:
+    """Skips (saying why) when PostgreSQL is asked for and none is configured."""
+    if kind == "sqlite":
+        yield RecordDb("sqlite", f"sqlite://{tmp_path}/record.db")
+        return
+    if not PG_URL:
+        pytest.skip("PostgreSQL tests need TAGWATCH_TEST_POSTGRES (e.g. "
+                    "postgresql://postgres@127.0.0.1:5432/test); it is not set")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    app = f"tagwatch-test-{schema}"
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_URL else "?"
+    url = f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}&application_name={app}"
+    try:
+        yield RecordDb("postgresql", url, schema, app)
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")

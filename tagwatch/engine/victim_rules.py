@@ -23,16 +23,15 @@ def _emit(
     em: Emitter,
     victim: VictimInfo,
     view: FixView,
-    kind: str,
     ep: Episode,
     state: str,
     detail: str,
     ts: float | None = None,
-    **extra,
 ) -> None:
+    """A proximity record: zone null, the victim named, distance to their device."""
     em.record(
         id=ep.id,
-        type=kind,
+        type=PROXIMITY,
         severity=ep.severity,
         state=state,
         case=victim.case,
@@ -44,7 +43,6 @@ def _emit(
         distance=view.distance,
         confidence=ep.confidence,
         detail=detail,
-        **extra,
     )
 
 
@@ -54,48 +52,22 @@ def proximity(
     """Check proximity with a fresh distance; `ts` is the event that caused the check."""
     d, rules = view.distance, victim.rules
     episode = track.proximity
+    where = f"{d:.0f} m from victim {victim.victim}'s device"
     if d <= victim.radius_m:
         track.clear_run = 0
         if episode is None:
             ep_id = alert_id(victim.case, view.tag, PROXIMITY, victim.victim, ts)
             track.proximity = Episode(ep_id, ts, CRITICAL, "confirmed")
-            _emit(
-                em,
-                victim,
-                view,
-                PROXIMITY,
-                track.proximity,
-                OPEN,
-                f"{d:.0f} m from victim {victim.victim}'s device",
-                ts=ts,
-            )
+            _emit(em, victim, view, track.proximity, OPEN, where, ts)
             return True
         if episode.confidence == STALE:
             episode.confidence = "confirmed"
-            _emit(
-                em,
-                victim,
-                view,
-                PROXIMITY,
-                episode,
-                UPDATED,
-                f"{d:.0f} m from victim {victim.victim}'s device (position fresh again)",
-                ts=ts,
-            )
+            _emit(em, victim, view, episode, UPDATED, f"{where} (position fresh again)", ts)
         return False
     if episode is not None and d > victim.radius_m + rules.exit_margin_m:
         track.clear_run += 1
         if track.clear_run >= 2:
-            _emit(
-                em,
-                victim,
-                view,
-                PROXIMITY,
-                episode,
-                RESOLVED,
-                f"{d:.0f} m from victim {victim.victim}'s device",
-                ts=ts,
-            )
+            _emit(em, victim, view, episode, RESOLVED, where, ts)
             track.proximity = None
             track.clear_run = 0
     return False
@@ -107,15 +79,8 @@ def stale(track: VictimTrack, victim: VictimInfo, view: FixView, em: Emitter, ag
     if episode is None or episode.confidence == STALE:
         return
     episode.confidence = STALE
-    _emit(
-        em,
-        victim,
-        view,
-        PROXIMITY,
-        episode,
-        UPDATED,
-        f"victim {victim.victim}'s device position is {age_s:.0f} s old: proximity unknown",
-    )
+    detail = f"victim {victim.victim}'s device position is {age_s:.0f} s old: proximity unknown"
+    _emit(em, victim, view, episode, UPDATED, detail)
 
 
 def approach_device(track: VictimTrack, victim: VictimInfo, view: FixView, em: Emitter) -> bool:

@@ -32,6 +32,7 @@ from tagwatch.engine.state import (
     load_device,
     load_tag,
 )
+from tagwatch.engine.tag_rules import chord
 from tagwatch.wire import Fix, rate_command, warn_command
 from zones import ZoneSet
 
@@ -39,21 +40,6 @@ DUPLICATE, LATE, LIVE = "duplicate", "late", "live"
 RECENT = 16  # fixes remembered per tag for duplicate detection (seq, and time+position)
 RATE_S = {"fast": 5, "near": 15, "far": 60}  # report interval asked of the tag
 WARN_TEXT = "You are near a restricted area. Leave now."
-_A, _F = 6378137.0, 1 / 298.257223563
-_E2 = _F * (2 - _F)
-
-
-def ecef_point(lon: float, lat: float) -> tuple[float, float, float]:
-    """ECEF of one point on the ellipsoid (the same formula pyproj uses, for scalars)."""
-    phi, lam = math.radians(lat), math.radians(lon)
-    sp, cp = math.sin(phi), math.cos(phi)
-    n = _A / math.sqrt(1 - _E2 * sp * sp)
-    return n * cp * math.cos(lam), n * cp * math.sin(lam), n * (1 - _E2) * sp
-
-
-def chord(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
-    # Within a few km the chord equals the geodesic to well under a millimetre.
-    return math.sqrt((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 + (a[2] - b[2]) ** 2)
 
 
 class Engine:
@@ -214,7 +200,7 @@ class Engine:
         if fix.lat is None or xyz is None:
             self._no_position(st, fix, cases, em)
             return
-        plausible = not tag_rules.jumped(st, tag, fix, cases, em)
+        plausible = not tag_rules.jumped(st, tag, fix, xyz, cases, em)
         watchdog.end(st, tag, watchdog.NO_FIX, fix.ts, cases, em)
         st.last_pos_ts = fix.ts
         nearest = self._zones(st, fix, rows, plausible, em)
@@ -238,7 +224,7 @@ class Engine:
         if st.zones or st.victims or st.no_comms or st.no_fix or st.rate != "far":
             return False
         rules = self.tag_rules[tag]
-        if not _device_quiet(st, fix, rules) or self._maybe_jump(st, fix, xyz, rules):
+        if not _device_quiet(st, fix, rules) or tag_rules.jump(st, fix, xyz, rules):
             return False
         for victim in self.tag_victims.get(tag, ()):
             device = self.devices.get(victim.device)
@@ -255,16 +241,6 @@ class Engine:
         if (tag, watchdog.NO_COMMS) not in self.watch.armed:
             self.watch.arm(tag, watchdog.NO_COMMS, ts + rules.no_comms_s)
         return True
-
-    @staticmethod
-    def _maybe_jump(st: TagState, fix: Fix, xyz: tuple, rules: Rules) -> bool:
-        if st.xyz is None or fix.acc > tag_rules.JUMP_MAX_ACC_M:
-            return False
-        if (st.acc or 0.0) > tag_rules.JUMP_MAX_ACC_M:
-            return False
-        # The chord is shorter than the geodesic by far less than 1% here.
-        dt = max(fix.ts - (st.pos_ts or fix.ts), 0.0)
-        return chord(xyz, st.xyz) * 1.01 > rules.max_speed_mps * dt
 
     def _no_position(self, st: TagState, fix: Fix, cases, em: Emitter) -> None:
         self._arm(fix.tag, st, watchdog.NO_FIX)

@@ -22,7 +22,6 @@ from tagwatch.wire import Fix
 
 TAMPER, BATTERY, JUMP = "tag.tamper", "tag.battery_low", "tag.jump"
 JUMP_MAX_ACC_M = 50.0
-EARTH_RADIUS_M = 6_371_008.8
 
 
 def _point(
@@ -63,35 +62,36 @@ def battery(st: TagState, tag: str, fix: Fix, cases: list[tuple[str, Rules]], em
         st.battery_armed = True
 
 
-def jumped(st: TagState, tag: str, fix: Fix, cases: list[tuple[str, Rules]], em: Emitter) -> bool:
-    """True when this fix jumped from the last plausible one (and raise tag.jump)."""
-    if st.lat is None or st.pos_ts is None or fix.lat is None:
-        return False
+def chord(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+    """Straight-line distance between ECEF points: within a few km it equals the
+    geodesic to well under a millimetre, and it is never longer than the geodesic."""
+    return math.sqrt((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 + (a[2] - b[2]) ** 2)
+
+
+def jump(st: TagState, fix: Fix, xyz: tuple, rules: Rules) -> tuple[float, float] | None:
+    """(distance, seconds) from the last plausible fix when this one jumped, else None."""
+    if st.xyz is None or st.pos_ts is None:
+        return None
     if fix.acc > JUMP_MAX_ACC_M or (st.acc or 0.0) > JUMP_MAX_ACC_M:
-        return False
-    distance = _haversine(st.lat, st.lon, fix.lat, fix.lon)
+        return None
+    distance = chord(st.xyz, xyz)
     beyond = distance - fix.acc - (st.acc or 0.0)
     dt = fix.ts - st.pos_ts
-    max_speed = cases[0][1].max_speed_mps
-    if beyond <= max_speed * max(dt, 0.0):
+    if beyond <= rules.max_speed_mps * max(dt, 0.0):
+        return None
+    return distance, dt
+
+
+def jumped(
+    st: TagState, tag: str, fix: Fix, xyz: tuple, cases: list[tuple[str, Rules]], em: Emitter
+) -> bool:
+    """True when this fix jumped from the last plausible one (and raise tag.jump)."""
+    found = jump(st, fix, xyz, cases[0][1])
+    if found is None:
         return False
+    distance, dt = found
     speed = distance / dt if dt > 0 else math.inf
+    detail = f"moved {distance:.0f} m in {dt:.0f} s ({speed:.0f} m/s): implausible"
     for case, _ in cases:
-        _point(
-            em,
-            JUMP,
-            WARNING,
-            case,
-            tag,
-            fix,
-            f"moved {distance:.0f} m in {dt:.0f} s ({speed:.0f} m/s): implausible",
-        )
+        _point(em, JUMP, WARNING, case, tag, fix, detail)
     return True
-
-
-def _haversine(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    # A sphere is accurate to 0.5% here, plenty for a speed plausibility check.
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))

@@ -174,7 +174,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def parse_rfc3339(text: str) -> float:
     """Unix seconds of an RFC 3339 time with an offset or Z; ValueError otherwise."""
-    moment = datetime.fromisoformat(text.strip())
+    text = text.strip()
+    if text[-1:] == "z":  # RFC 3339 allows a lower-case z
+        text = text[:-1] + "Z"
+    moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no UTC offset")
     return moment.timestamp()

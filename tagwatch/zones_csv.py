@@ -11,11 +11,11 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterator
-from datetime import datetime
 from typing import TextIO
 
 import numpy as np
 
+from tagwatch.wire import parse_rfc3339
 from zones import ZoneSet
 
 REQUIRED = ("tag", "ts", "lat", "lon")
@@ -38,12 +38,12 @@ def parse_ts(text: str) -> float:
             raise ValueError(f"{text!r} is not a finite number")
         return value
     try:
-        moment = datetime.fromisoformat(text.strip())
+        return parse_rfc3339(text)
     except ValueError:
-        raise ValueError(f"{text!r} is neither Unix seconds nor RFC 3339") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no UTC offset (naive timestamps are refused)")
-    return moment.timestamp()
+        raise ValueError(
+            f"{text!r} is neither Unix seconds nor RFC 3339 with an offset "
+            "(naive timestamps are refused)"
+        ) from None
 
 
 def read_rows(

@@ -426,6 +426,9 @@ def test_track_geojson(feed: Feed, client: httpx.Client) -> None:
     assert doc["features"][0]["properties"]["acc"] == 5
     bad = client.get(f"/api/tags/{TAG}/track", params={"since": "yesterday"}, headers=OP)
     assert bad.status_code == 400 and "since" in bad.json()["error"]
+    naive = since.removesuffix("Z")  # no offset: whose clock? refused, not guessed
+    bad = client.get(f"/api/tags/{TAG}/track", params={"since": naive}, headers=OP)
+    assert bad.status_code == 400 and "offset" in bad.json()["error"]
 
 
 def test_zones_geojson_with_warning_rings(client: httpx.Client) -> None:

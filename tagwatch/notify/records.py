@@ -8,40 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime
 
-from tagwatch.wire import rfc3339
+from tagwatch.wire import parse_rfc3339, rfc3339
 
-RECORD_KEYS = (
-    "id",
-    "type",
-    "severity",
-    "state",
-    "case",
-    "tag",
-    "zone",
-    "victim",
-    "ts",
-    "raised",
-    "lat",
-    "lon",
-    "acc",
-    "distance_m",
-    "closing_mps",
-    "eta_s",
-    "confidence",
-    "detail",
-)
 DELIVERY_FAILED = "delivery.failed"
 _LEVEL = re.compile(r"escalation level (\d+):")
 
 
 def parse_ts(text: str, what: str) -> float:
-    """Unix seconds of an RFC 3339 time; the error names `what`."""
+    """Unix seconds of an RFC 3339 time with an offset; the error names `what`."""
     try:
-        return datetime.fromisoformat(text.replace("z", "Z")).timestamp()
+        return parse_rfc3339(text)
     except (TypeError, ValueError, AttributeError):
-        raise ValueError(f"{what}: {text!r} is not an RFC 3339 time") from None
+        raise ValueError(f"{what}: {text!r} is not an RFC 3339 time with an offset") from None
 
 
 def record_time(record: dict, key: str = "ts") -> float:

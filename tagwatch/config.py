@@ -62,7 +62,10 @@ RULE_NAMES: frozenset[str] = frozenset(_RULE_TYPES)
 
 
 def rules_with(base: Rules, overrides: Mapping[str, object], where: str) -> Rules:
-    """A copy of `base` with `overrides` applied; errors name `where` and the key."""
+    """A copy of `base` with `overrides` applied; errors name `where` and the key.
+    No overrides: `base` itself (a caseload of 100,000 cases shares one)."""
+    if not overrides:
+        return base
     return _apply_rules(base, overrides, lambda key: f"{where}: {key}")
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -121,14 +122,22 @@ def parse_case(doc: object, file: str, rule_names: frozenset[str] | None = None)
     return Case(
         case_id,
         tags,
-        timezone,
+        sys.intern(timezone),
         victims,
         tuple(zones),
-        MappingProxyType(rules),
+        _mapping(rules),
         file,
-        language,
-        MappingProxyType(texts),
+        sys.intern(language),
+        _mapping(texts),
     )
+
+
+_EMPTY: Mapping = MappingProxyType({})
+
+
+def _mapping(values: dict) -> Mapping:
+    # Most cases override nothing: they share one empty mapping.
+    return MappingProxyType(values) if values else _EMPTY
 
 
 def _text(obj: dict, key: str, file: str, where: str) -> str:
@@ -178,7 +187,7 @@ def _victims(raw: object, file: str) -> tuple[Victim, ...]:
         radius = _optional_metres(
             v, "mobile_radius_m", file, f"{where}.mobile_radius_m", positive=True
         )
-        victims.append(Victim(victim_id, phone, device, radius))
+        victims.append(Victim(sys.intern(victim_id), phone, device, radius))
     if len({v.id for v in victims}) != len(victims):
         raise CaseFileError(file, "case.victims", "a victim id is listed twice")
     return tuple(victims)
@@ -235,8 +244,12 @@ def _zone(
         except ScheduleError as exc:
             raise CaseFileError(file, f"{where}.properties.schedule", str(exc)) from None
     geometry, frame, local, radius, reach = _geometry(feature.get("geometry"), props, file, where)
+    drawn = shapely.to_wkb(geometry)
+    # Zone ids and victim ids repeat across a caseload ("home", "V-01"): one copy each.
+    zone_id, kind = sys.intern(zone_id), sys.intern(kind)
+    victim = victim if victim is None else sys.intern(victim)
     return Zone(
-        case_id, zone_id, kind, geometry, frame, local, radius, reach, warn_m, victim, schedule
+        case_id, zone_id, kind, drawn, frame, local, radius, reach, warn_m, victim, schedule
     )
 
 

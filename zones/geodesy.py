@@ -43,18 +43,31 @@ def ecef(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     return np.column_stack((x, y, z))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LocalFrame:
-    """The topocentric east/north frame at one point of the ellipsoid."""
+    """The topocentric east/north frame at one point of the ellipsoid.
+
+    Only the centre is stored: a caseload holds one frame per zone, and the origin
+    and rotation arrays would cost more than the zone itself. ZoneSet computes them
+    for all zones at once; `origin` and `rotation` compute one frame's on demand.
+    """
 
     lon: float
     lat: float
-    origin: np.ndarray  # ECEF of the centre, (3,)
-    rotation: np.ndarray  # rows: east and north unit vectors in ECEF, (2, 3)
 
     @classmethod
     def at(cls, lon: float, lat: float) -> LocalFrame:
-        return cls(lon, lat, ecef(np.array([lon]), np.array([lat]))[0], enu_rotation(lon, lat))
+        return cls(float(lon), float(lat))
+
+    @property
+    def origin(self) -> np.ndarray:
+        """ECEF of the centre, (3,)."""
+        return ecef(np.array([self.lon]), np.array([self.lat]))[0]
+
+    @property
+    def rotation(self) -> np.ndarray:
+        """Rows: the east and north unit vectors in ECEF, (2, 3)."""
+        return enu_rotations(np.array([self.lon]), np.array([self.lat]))[0]
 
     def project(self, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """East and north metres of lon/lat points in this frame."""
@@ -62,11 +75,12 @@ class LocalFrame:
         return local[:, 0], local[:, 1]
 
 
-def enu_rotation(lon: float, lat: float) -> np.ndarray:
+def enu_rotations(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """East and north unit vectors in ECEF at each lon/lat, (n, 2, 3)."""
     lam, phi = np.radians(lon), np.radians(lat)
-    east = [-np.sin(lam), np.cos(lam), 0.0]
-    north = [-np.sin(phi) * np.cos(lam), -np.sin(phi) * np.sin(lam), np.cos(phi)]
-    return np.array([east, north], dtype=np.float64)
+    east = np.stack((-np.sin(lam), np.cos(lam), np.zeros_like(lam)), axis=-1)
+    north = np.stack((-np.sin(phi) * np.cos(lam), -np.sin(phi) * np.sin(lam), np.cos(phi)), axis=-1)
+    return np.stack((east, north), axis=1)
 
 
 def geodesic_distance_m(

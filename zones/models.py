@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import shapely
 from shapely.geometry.base import BaseGeometry
 
 from zones.geodesy import LocalFrame
@@ -16,12 +17,14 @@ INCLUSION = "inclusion"
 KINDS = (EXCLUSION, INCLUSION)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Zone:
     """One zone of a case: a polygon (holes allowed), a multipolygon or a circle.
 
     `shape` is the zone in its own metric frame (east/north metres around
     `frame`); for a circle it is None and `radius_m` is the geodesic radius.
+    The zone as drawn (WGS84 lon/lat) is kept as WKB, exact and a third of the
+    size of a geometry object: only the dashboard's map reads it.
     `reach_m` is the largest distance from the frame's centre to any point of
     the zone: a fix farther than `reach_m + d` from the centre is more than `d`
     from the zone, which is what makes the cheap prefilter exact.
@@ -30,7 +33,7 @@ class Zone:
     case_id: str
     zone_id: str
     kind: str
-    geometry: BaseGeometry  # GeoJSON geometry in WGS84 lon/lat, as drawn
+    drawn: bytes  # WKB of the GeoJSON geometry in WGS84 lon/lat, as drawn
     frame: LocalFrame
     shape: BaseGeometry | None
     radius_m: float | None
@@ -43,8 +46,13 @@ class Zone:
     def is_circle(self) -> bool:
         return self.shape is None
 
+    @property
+    def geometry(self) -> BaseGeometry:
+        """The zone as drawn, in WGS84 lon/lat."""
+        return shapely.from_wkb(self.drawn)
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Victim:
     id: str
     phone: str | None = None
@@ -52,7 +60,7 @@ class Victim:
     mobile_radius_m: float | None = None  # None: the rules' mobile_radius_m
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Case:
     id: str
     tags: tuple[str, ...]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -118,10 +119,24 @@ def load_timezone(name: str) -> ZoneInfo:
 
 
 def parse_schedule(windows: object, timezone: str) -> Schedule:
-    """Parse a list of window strings; raises ScheduleError naming the bad window."""
+    """Parse a list of window strings; raises ScheduleError naming the bad window.
+
+    Equal schedules are one object: a caseload repeats the same school hours
+    thousands of times."""
     load_timezone(timezone)
     if not isinstance(windows, list) or not windows:
         raise ScheduleError("schedule must be a non-empty list of 'Days HH:MM-HH:MM' strings")
+    if all(isinstance(text, str) for text in windows):
+        return _shared_schedule(tuple(windows), timezone)
+    return _parse_windows(windows, timezone)
+
+
+@lru_cache(maxsize=1024)
+def _shared_schedule(windows: tuple[str, ...], timezone: str) -> Schedule:
+    return _parse_windows(windows, timezone)
+
+
+def _parse_windows(windows: tuple | list, timezone: str) -> Schedule:
     parsed = []
     for i, text in enumerate(windows):
         try:

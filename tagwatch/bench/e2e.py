@@ -20,7 +20,8 @@ publisher in one run:
    from publishing a fix to receiving the alert record it caused, p50/p99.
 3. Memory. The resident size of a process holding 100,000 tags' rule state,
    each tag with its own case shaped like DESIGN's example (home and work
-   polygons, a school circle, a victim with a device) and one fix processed.
+   polygons, a school circle, a victim with a device), in steady state: 20
+   fixes processed per tag, so every per-tag window is full.
 """
 
 from __future__ import annotations
@@ -484,32 +485,34 @@ def _memory(tags: int) -> float:
 def _memory_child(tags: int) -> None:
     from tagwatch.bench.workload import household_cases
     from tagwatch.config import Rules
+    from tagwatch.engine.core import RECENT
     from tagwatch.pipeline import Inbound, Pipeline
     from tagwatch.wire import Topics
     from zones import ZoneSet
 
     cases = household_cases(tags)
     pipeline = Pipeline(ZoneSet(cases), Rules(), Topics(), event_clock=False)
+    topics = [Topics().tag_fix(c.tags[0]) for c in cases]
     now = time.time()
-    for i in range(0, tags, 1000):
-        batch = [
-            Inbound(
-                Topics().tag_fix(c.tags[0]),
-                orjson.dumps(
-                    {
-                        "ts": now,
-                        "lat": c.zones[0].frame.lat + 0.1,
-                        "lon": c.zones[0].frame.lon,
-                        "acc": 8,
-                        "seq": 1,
-                    }
-                ),
-                now,
-            )
-            for c in cases[i : i + 1000]
-        ]
-        pipeline.process(batch)
+    # Steady state: enough fixes per tag, 30 s apart, to fill every per-tag window
+    # (duplicate detection remembers RECENT fixes, the approach history 180 s).
+    rounds = RECENT + 4
+    for k in range(rounds):
+        ts = now - (rounds - k) * 30.0
+        for i in range(0, tags, 1000):
+            batch = [
+                Inbound(topics[j], _far_fix(cases[j], ts, k), now)
+                for j in range(i, min(i + 1000, tags))
+            ]
+            pipeline.process(batch)
     print(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+
+
+def _far_fix(case, ts: float, k: int) -> bytes:
+    """A fix about 11 km north of the case's first zone, a few metres on each time."""
+    zone = case.zones[0]
+    fix = {"ts": ts, "lat": zone.frame.lat + 0.1 + k * 1e-5, "lon": zone.frame.lon, "acc": 8}
+    return orjson.dumps(fix | {"seq": k})
 
 
 RESULT_LINES: list[tuple[str, str]] = [

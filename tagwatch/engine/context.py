@@ -8,7 +8,7 @@ from tagwatch.config import Rules
 from tagwatch.wire import Fix
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ZoneInfo:
     key: str  # "case/zone": stable across case reloads
     case: str
@@ -24,7 +24,7 @@ class ZoneInfo:
         return max(self.warn_m, self.rules.loiter_m) + self.rules.exit_margin_m
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VictimInfo:
     key: str  # "case/victim"
     case: str

@@ -20,7 +20,15 @@ from collections.abc import Iterator
 import numpy as np
 
 from tagwatch.config import Rules, rules_with
-from tagwatch.engine import patterns, seqs, tag_rules, victim_rules, watchdog, zone_rules
+from tagwatch.engine import (
+    patterns,
+    recent,
+    seqs,
+    tag_rules,
+    victim_rules,
+    watchdog,
+    zone_rules,
+)
 from tagwatch.engine.context import FixView, VictimInfo, ZoneInfo
 from tagwatch.engine.emit import Emitter
 from tagwatch.engine.state import (
@@ -72,9 +80,9 @@ class Engine:
             )
             for z in zoneset.zones
         ]
-        self.tag_cases: dict[str, list[tuple[str, Rules]]] = {}
-        self.tag_victims: dict[str, list[VictimInfo]] = {}
-        self.device_victims: dict[str, list[tuple[str, VictimInfo]]] = {}
+        tag_cases: dict[str, list[tuple[str, Rules]]] = {}
+        tag_victims: dict[str, list[VictimInfo]] = {}
+        device_victims: dict[str, list[tuple[str, VictimInfo]]] = {}
         for case in zoneset.cases:
             rules = case_rules[case.id]
             victims = [
@@ -90,10 +98,15 @@ class Engine:
                 if v.device
             ]
             for tag in case.tags:
-                self.tag_cases.setdefault(tag, []).append((case.id, rules))
-                self.tag_victims.setdefault(tag, []).extend(victims)
+                tag_cases.setdefault(tag, []).append((case.id, rules))
+                tag_victims.setdefault(tag, []).extend(victims)
                 for v in victims:
-                    self.device_victims.setdefault(v.device, []).append((tag, v))
+                    device_victims.setdefault(v.device, []).append((tag, v))
+        # Tuples, and no entry for a tag without victim devices: one caseload can
+        # hold 100,000 tags, and these tables are built once per (re)load.
+        self.tag_cases = {tag: tuple(cases) for tag, cases in tag_cases.items()}
+        self.tag_victims = {tag: tuple(vs) for tag, vs in tag_victims.items() if vs}
+        self.device_victims = {d: tuple(tags) for d, tags in device_victims.items()}
         self.tag_rules = {tag: cases[0][1] for tag, cases in self.tag_cases.items()}
         all_rules = [*case_rules.values(), self.rules]
         max_warn = max([z.warn_m for z in self.zone_info] + [0.0])
@@ -125,13 +138,15 @@ class Engine:
         st = self.tags.get(fix.tag)
         if st is None:
             st = self.tags[fix.tag] = TagState()
-        position = (fix.ts, fix.lat, fix.lon)
+        position = recent.position(fix.ts, fix.lat, fix.lon)
         seq = fix.seq
-        if position in st.positions or (seq is not None and self._seen_seq(st, fix)):
+        if recent.holds(st.last_positions, position) or (
+            seq is not None and self._seen_seq(st, fix)
+        ):
             return DUPLICATE
-        _remember(st.positions, position)
+        st.last_positions = recent.keep_last(st.last_positions, position, RECENT)
         if seq is not None:
-            _remember(st.recent_seqs, seq)
+            st.last_seqs = recent.keep_last(st.last_seqs, recent.seq(seq), RECENT)
             seqs.add(st.seqs, seq)
         self.dirty.add(fix.tag)
         if st.last_ts is not None and fix.ts < st.last_ts:
@@ -144,7 +159,7 @@ class Engine:
         """A recent seq is a duplicate (DESIGN 4). An older seen seq is one only when the
         fix is not newer than the latest: a re-uploaded buffer is recognised however
         long, but a device that reboots and counts from 0 again is never silenced."""
-        if fix.seq in st.recent_seqs:
+        if recent.holds(st.last_seqs, recent.seq(fix.seq)):
             return True
         newest = st.last_ts is None or fix.ts > st.last_ts
         return not newest and seqs.seen(st.seqs, fix.seq)
@@ -154,10 +169,9 @@ class Engine:
         st = self.tags.get(tag)
         if st is None:
             st = self.tags[tag] = TagState()
-        if digest in st.payloads:
+        if recent.holds(st.upload_digests, digest):
             return True
-        st.payloads.append(digest)
-        del st.payloads[: max(0, len(st.payloads) - 16)]
+        st.upload_digests = recent.keep_last(st.upload_digests, digest, 16)
         return False
 
     # -- the watchdog clock ---------------------------------------------------
@@ -281,9 +295,9 @@ class Engine:
     def _seed_window(self, track: ZoneTrack, z: int, tag: str, st: TagState) -> None:
         """A zone comes within range: fill its approach window from the tag's recent
         positions, so an approach is judged on the last approach_window_s at once."""
-        if not st.history:
+        if not st.track:
             return
-        ts, lon, lat, acc = (np.array(column) for column in zip(*st.history, strict=True))
+        ts, lon, lat, acc = recent.track_columns(st.track)
         tag_idx = np.full(len(ts), self.zoneset.tag_index(tag))
         ev = self.zoneset.evaluate(tag_idx, lon, lat)
         for f, d in zip(
@@ -438,14 +452,5 @@ def _device_quiet(st: TagState, fix: Fix, rules: Rules) -> bool:
 
 
 def _remember_position(st: TagState, fix: Fix, rules: Rules) -> None:
-    history = st.history
-    history.append((fix.ts, fix.lon, fix.lat, fix.acc))
     oldest = fix.ts - rules.approach_window_s
-    while history[0][0] < oldest:
-        del history[0]
-
-
-def _remember(recent: list, key: object) -> None:
-    recent.append(key)
-    if len(recent) > RECENT:
-        del recent[0]
+    st.track = recent.track_add(st.track, fix.ts, fix.lon, fix.lat, fix.acc, oldest)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import msgspec
 
+# gc=False: these structs never form reference cycles, so the garbage collector
+# need not track (and walk) the hundreds of thousands of them a caseload holds.
 
-class Episode(msgspec.Struct):
+
+class Episode(msgspec.Struct, gc=False):
     """An open alert episode: its id, when it opened, and what was last published."""
 
     id: str
@@ -20,7 +23,7 @@ class Episode(msgspec.Struct):
     confidence: str | None = None
 
 
-class ZoneTrack(msgspec.Struct):
+class ZoneTrack(msgspec.Struct, gc=False):
     breach: Episode | None = None
     inside_run: int = 0  # consecutive fixes inside (confirms a breach)
     exit_run: int = 0  # consecutive fixes clearly outside (ends a breach)
@@ -47,7 +50,7 @@ class ZoneTrack(msgspec.Struct):
         )
 
 
-class VictimTrack(msgspec.Struct):
+class VictimTrack(msgspec.Struct, gc=False):
     proximity: Episode | None = None
     clear_run: int = 0
     approach: Episode | None = None
@@ -55,13 +58,13 @@ class VictimTrack(msgspec.Struct):
     window: list[tuple[float, float, float]] = msgspec.field(default_factory=list)
 
 
-class Visit(msgspec.Struct):
+class Visit(msgspec.Struct, gc=False):
     start: float
     end: float
     alerted: bool = False
 
 
-class TagState(msgspec.Struct):
+class TagState(msgspec.Struct, gc=False):
     last_ts: float | None = None  # latest live fix (the ordering watermark)
     last_msg_ts: float | None = None
     last_pos_ts: float | None = None
@@ -71,13 +74,15 @@ class TagState(msgspec.Struct):
     pos_ts: float | None = None
     xyz: tuple[float, float, float] | None = None  # ECEF of the last plausible position
     near: bool = False  # last position within near_m of an exclusion zone or victim
-    recent_seqs: list[int] = msgspec.field(default_factory=list)  # the last few seq values
+    # Packed memories (engine/recent.py), a fifth of the size of lists of tuples. Their
+    # names are new: a checkpoint from before they were packed still loads, its lists
+    # (positions, recent_seqs, payloads, history) ignored; `seqs` still knows every seq.
+    last_seqs: bytes = b""  # the seqs of the last RECENT fixes
+    last_positions: bytes = b""  # (ts, lat, lon) of the last RECENT fixes
+    upload_digests: bytes = b""  # 8-byte digests of the last 16 buffered uploads
+    track: bytes = b""  # (ts, lon, lat, acc) of plausible fixes within approach_window_s:
+    # seeds the approach window of a zone the tag comes within range of
     seqs: list[list[int]] = msgspec.field(default_factory=list)  # every seen seq, as [lo, hi]
-    positions: list[tuple] = msgspec.field(default_factory=list)  # recent (ts, lat, lon)
-    payloads: list[bytes] = msgspec.field(default_factory=list)  # digests of recent batches
-    history: list[tuple[float, float, float, float]] = msgspec.field(default_factory=list)
-    # (ts, lon, lat, acc) of plausible fixes within approach_window_s: seeds the approach
-    # window of a zone the tag comes within range of
     battery_armed: bool = True
     tampered: bool = False
     no_comms: Episode | None = None
@@ -88,7 +93,7 @@ class TagState(msgspec.Struct):
     visits: dict[str, list[Visit]] = msgspec.field(default_factory=dict)  # per case
 
 
-class DeviceState(msgspec.Struct):
+class DeviceState(msgspec.Struct, gc=False):
     """A victim device's last position (it moves that victim's mobile zone)."""
 
     ts: float

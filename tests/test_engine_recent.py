@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import msgspec
 import numpy as np
 
@@ -9,30 +11,35 @@ from tagwatch.engine import recent
 from tagwatch.engine.state import load_tag
 
 
-def test_an_item_is_found_only_at_an_item_boundary() -> None:
-    a, b = recent.seq(1), recent.seq(2)
-    items = a + b
-    assert recent.holds(items, a) and recent.holds(items, b)
-    # The last 4 bytes of a and the first 4 of b form 8 bytes that are no item.
-    straddling = items[4:12]
-    assert items.find(straddling) == 4
-    assert not recent.holds(items, straddling)
+def test_a_seq_or_position_is_found_only_where_it_sits_in_an_item() -> None:
+    items = recent.fix_item(1000.0, 51.5, -0.1, 7) + recent.fix_item(1030.0, 51.6, -0.2, 8)
+    assert recent.holds_seq(items, 7) and recent.holds_seq(items, 8)
+    assert not recent.holds_seq(items, 9)
+    assert recent.holds_position(items, recent.fix_item(1030.0, 51.6, -0.2, 99))
+    assert not recent.holds_position(items, recent.fix_item(1030.0, 51.6, -0.3, 8))
+    # The bytes of a time are no seq: 1000.0 packed as a double, read as a seq.
+    seq_lookalike = struct.unpack("<q", struct.pack("<d", 1000.0))[0]
+    assert not recent.holds_seq(items, seq_lookalike)
+    # Nor do 8 bytes straddling two items count.
+    digests = b"AAAAAAAA" + b"BBBBBBBB"
+    assert recent.holds(digests, b"AAAAAAAA", 8)
+    assert digests.find(b"AAAABBBB") == 4 and not recent.holds(digests, b"AAAABBBB", 8)
 
 
 def test_positions_without_lat_lon_match_each_other_and_nothing_else() -> None:
-    items = recent.position(100.0, None, None)
-    assert recent.holds(items, recent.position(100.0, None, None))
-    assert not recent.holds(items, recent.position(100.0, 0.0, 0.0))
-    assert not recent.holds(items, recent.position(101.0, None, None))
+    items = recent.fix_item(100.0, None, None, None)
+    assert recent.holds_position(items, recent.fix_item(100.0, None, None, 3))
+    assert not recent.holds_position(items, recent.fix_item(100.0, 0.0, 0.0, None))
+    assert not recent.holds_position(items, recent.fix_item(101.0, None, None, None))
 
 
 def test_keep_last_keeps_the_newest_count_items() -> None:
     items = b""
     for s in range(20):
-        items = recent.keep_last(items, recent.seq(s), 16)
-    assert len(items) == 16 * 8
-    assert not recent.holds(items, recent.seq(3))
-    assert all(recent.holds(items, recent.seq(s)) for s in range(4, 20))
+        items = recent.keep_last(items, recent.fix_item(1000.0 + s, 51.5, -0.1, s), 16)
+    assert len(items) == 16 * 32
+    assert not recent.holds_seq(items, 3)
+    assert all(recent.holds_seq(items, s) for s in range(4, 20))
 
 
 def test_the_track_keeps_the_window_and_reads_back_as_columns() -> None:
@@ -58,4 +65,4 @@ def test_a_checkpoint_from_before_the_packed_memories_still_loads() -> None:
     }
     st = load_tag(msgspec.msgpack.encode(old))
     assert st.last_ts == 1000.0 and st.seqs == [[0, 8]] and st.rate == "far"
-    assert st.last_seqs == st.last_positions == st.track == b""
+    assert st.last_fixes == st.upload_digests == st.track == b""

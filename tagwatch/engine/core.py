@@ -138,15 +138,14 @@ class Engine:
         st = self.tags.get(fix.tag)
         if st is None:
             st = self.tags[fix.tag] = TagState()
-        position = recent.position(fix.ts, fix.lat, fix.lon)
         seq = fix.seq
-        if recent.holds(st.last_positions, position) or (
+        item = recent.fix_item(fix.ts, fix.lat, fix.lon, seq)
+        if recent.holds_position(st.last_fixes, item) or (
             seq is not None and self._seen_seq(st, fix)
         ):
             return DUPLICATE
-        st.last_positions = recent.keep_last(st.last_positions, position, RECENT)
+        st.last_fixes = recent.keep_last(st.last_fixes, item, RECENT)
         if seq is not None:
-            st.last_seqs = recent.keep_last(st.last_seqs, recent.seq(seq), RECENT)
             seqs.add(st.seqs, seq)
         self.dirty.add(fix.tag)
         if st.last_ts is not None and fix.ts < st.last_ts:
@@ -159,7 +158,7 @@ class Engine:
         """A recent seq is a duplicate (DESIGN 4). An older seen seq is one only when the
         fix is not newer than the latest: a re-uploaded buffer is recognised however
         long, but a device that reboots and counts from 0 again is never silenced."""
-        if recent.holds(st.last_seqs, recent.seq(fix.seq)):
+        if recent.holds_seq(st.last_fixes, fix.seq):
             return True
         newest = st.last_ts is None or fix.ts > st.last_ts
         return not newest and seqs.seen(st.seqs, fix.seq)
@@ -169,7 +168,7 @@ class Engine:
         st = self.tags.get(tag)
         if st is None:
             st = self.tags[tag] = TagState()
-        if recent.holds(st.upload_digests, digest):
+        if recent.holds(st.upload_digests, digest, len(digest)):
             return True
         st.upload_digests = recent.keep_last(st.upload_digests, digest, 16)
         return False

@@ -1,7 +1,7 @@
 """A tag's bounded memories of its recent fixes, packed as bytes.
 
-Per tag the engine remembers the last RECENT fixes' positions and seqs (to
-recognise duplicates) and the positions of the last approach window (to seed
+Per tag the engine remembers the last RECENT fixes' times, positions and
+seqs (to recognise duplicates) and the positions of the last approach window (to seed
 the approach window of a zone the tag comes within range of). As lists of
 tuples of floats they cost about 4 KB a tag and dominate a 100,000-tag
 caseload; packed as fixed-size binary items in one bytes object they cost a
@@ -19,28 +19,40 @@ import struct
 import numpy as np
 
 _NAN = float("nan")
-_POSITION = struct.Struct("<3d")  # ts, lat, lon
+_NO_SEQ = -1  # seqs are >= 0
+_FIX = struct.Struct("<3dq")  # ts, lat, lon, seq: 32 bytes, the position in the first 24
 _SEQ = struct.Struct("<q")
 _TRACK = struct.Struct("<4d")  # ts, lon, lat, acc
 _TS = struct.Struct("<d")
 
 
-def position(ts: float, lat: float | None, lon: float | None) -> bytes:
-    return _POSITION.pack(ts, _NAN if lat is None else lat, _NAN if lon is None else lon)
+def fix_item(ts: float, lat: float | None, lon: float | None, seq: int | None) -> bytes:
+    """One fix as remembered for duplicate detection: its time, position and seq."""
+    return _FIX.pack(
+        ts,
+        _NAN if lat is None else lat,
+        _NAN if lon is None else lon,
+        _NO_SEQ if seq is None else seq,
+    )
 
 
-def seq(value: int) -> bytes:
-    return _SEQ.pack(value)
+def holds_position(items: bytes, item: bytes) -> bool:
+    """Whether a fix item in `items` has the time and position of `item`."""
+    return holds(items, item[:24], _FIX.size, 0)
 
 
-def holds(items: bytes, item: bytes) -> bool:
-    """Whether `items`, a run of items of len(item) bytes each, holds `item`."""
-    size = len(item)
-    at = items.find(item)
+def holds_seq(items: bytes, seq: int) -> bool:
+    """Whether a fix item in `items` has this seq."""
+    return holds(items, _SEQ.pack(seq), _FIX.size, 24)
+
+
+def holds(items: bytes, part: bytes, size: int, offset: int = 0) -> bool:
+    """Whether `items`, a run of items of `size` bytes, has `part` at `offset` of one."""
+    at = items.find(part)
     while at >= 0:
-        if at % size == 0:
+        if at % size == offset:
             return True
-        at = items.find(item, at + 1)  # a match across two items is none
+        at = items.find(part, at + 1)  # a match elsewhere in an item is none
     return False
 
 

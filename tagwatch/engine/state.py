@@ -77,8 +77,7 @@ class TagState(msgspec.Struct, gc=False):
     # Packed memories (engine/recent.py), a fifth of the size of lists of tuples. Their
     # names are new: a checkpoint from before they were packed still loads, its lists
     # (positions, recent_seqs, payloads, history) ignored; `seqs` still knows every seq.
-    last_seqs: bytes = b""  # the seqs of the last RECENT fixes
-    last_positions: bytes = b""  # (ts, lat, lon) of the last RECENT fixes
+    last_fixes: bytes = b""  # (ts, lat, lon, seq) of the last RECENT fixes
     upload_digests: bytes = b""  # 8-byte digests of the last 16 buffered uploads
     track: bytes = b""  # (ts, lon, lat, acc) of plausible fixes within approach_window_s:
     # seeds the approach window of a zone the tag comes within range of

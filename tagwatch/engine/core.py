@@ -122,21 +122,41 @@ class Engine:
 
     def classify(self, fix: Fix) -> str:
         """Duplicate, late (older than the tag's latest) or live; remembers the fix."""
-        st = self.tags.get(fix.tag)
+        tag, ts, seq = fix.tag, fix.ts, fix.seq
+        st = self.tags.get(tag)
         if st is None:
-            st = self.tags[fix.tag] = TagState()
-        position = (fix.ts, fix.lat, fix.lon)
-        seq = fix.seq
-        if position in st.positions or (seq is not None and self._seen_seq(st, fix)):
+            st = self.tags[tag] = TagState()
+        last = st.last_ts
+        ranges = st.seqs
+        # The common case, without scanning the recent lists: every remembered fix is
+        # no newer than last_ts, and every seq seen is at most the top of the highest
+        # range (ranges are only dropped from the bottom), so a fix strictly newer with
+        # a seq above all of them cannot be a duplicate.
+        fresh = (
+            last is not None and ts > last and (seq is None or not ranges or seq > ranges[-1][1])
+        )
+        position = (ts, fix.lat, fix.lon)
+        if not fresh and (
+            position in st.positions or (seq is not None and self._seen_seq(st, fix))
+        ):
             return DUPLICATE
-        _remember(st.positions, position)
+        positions = st.positions
+        positions.append(position)
+        if len(positions) > RECENT:
+            del positions[0]
         if seq is not None:
-            _remember(st.recent_seqs, seq)
-            seqs.add(st.seqs, seq)
-        self.dirty.add(fix.tag)
-        if st.last_ts is not None and fix.ts < st.last_ts:
+            recent = st.recent_seqs
+            recent.append(seq)
+            if len(recent) > RECENT:
+                del recent[0]
+            if ranges and ranges[-1][1] + 1 == seq:
+                ranges[-1][1] = seq  # the counter ran on by one (as seqs.add does first)
+            else:
+                seqs.add(ranges, seq)
+        self.dirty.add(tag)
+        if last is not None and ts < last:
             return LATE
-        st.last_ts = fix.ts
+        st.last_ts = ts
         return LIVE
 
     @staticmethod
@@ -167,8 +187,9 @@ class Engine:
         if now <= self.clock:
             return
         self.clock = now
-        if not self.watch.any_due(now):
-            return
+        heap = self.watch.heap
+        if not heap or heap[0][0] >= now:
+            return  # nothing due (the usual case: inlined, as it is checked per fix)
         for _due, tag, kind in self.watch.due(now):
             st, cases = self.tags.get(tag), self.tag_cases.get(tag)
             if st is None or not cases:
@@ -224,16 +245,13 @@ class Engine:
         if st.zones or st.victims or st.no_comms or st.no_fix or st.rate != "far":
             return False
         rules = self.tag_rules[tag]
-        if not _device_quiet(st, fix, rules) or tag_rules.jump(st, fix, xyz, rules):
+        if (fix.strap is not None or fix.bat is not None) and not _device_quiet(st, fix, rules):
             return False
-        for victim in self.tag_victims.get(tag, ()):
-            device = self.devices.get(victim.device)
-            if (
-                device is not None
-                and abs(fix.ts - device.ts) <= rules.victim_fresh_s
-                and chord(xyz, device.xyz) <= self.quiet_m
-            ):
-                return False
+        if tag_rules.jump(st, fix, xyz, rules):
+            return False
+        victims = self.tag_victims.get(tag)
+        if victims and self._victim_near(victims, fix, xyz, rules):
+            return False
         ts = fix.ts
         st.last_msg_ts = st.last_pos_ts = st.pos_ts = ts
         st.lon, st.lat, st.acc, st.xyz, st.near = fix.lon, fix.lat, fix.acc, xyz, False
@@ -241,6 +259,18 @@ class Engine:
         if (tag, watchdog.NO_COMMS) not in self.watch.armed:
             self.watch.arm(tag, watchdog.NO_COMMS, ts + rules.no_comms_s)
         return True
+
+    def _victim_near(self, victims: list[VictimInfo], fix: Fix, xyz: tuple, rules: Rules) -> bool:
+        """A victim device of the tag with a fresh position within `quiet_m` of the fix."""
+        for victim in victims:
+            device = self.devices.get(victim.device)
+            if (
+                device is not None
+                and abs(fix.ts - device.ts) <= rules.victim_fresh_s
+                and chord(xyz, device.xyz) <= self.quiet_m
+            ):
+                return True
+        return False
 
     def _no_position(self, st: TagState, fix: Fix, cases, em: Emitter) -> None:
         self._arm(fix.tag, st, watchdog.NO_FIX)
@@ -439,13 +469,8 @@ def _device_quiet(st: TagState, fix: Fix, rules: Rules) -> bool:
 
 def _remember_position(st: TagState, fix: Fix, rules: Rules) -> None:
     history = st.history
-    history.append((fix.ts, fix.lon, fix.lat, fix.acc))
-    oldest = fix.ts - rules.approach_window_s
+    ts = fix.ts
+    history.append((ts, fix.lon, fix.lat, fix.acc))
+    oldest = ts - rules.approach_window_s
     while history[0][0] < oldest:
         del history[0]
-
-
-def _remember(recent: list, key: object) -> None:
-    recent.append(key)
-    if len(recent) > RECENT:
-        del recent[0]

@@ -249,9 +249,10 @@ class Pipeline:
         return None
 
     def _arrays(self, fixes: list[Fix], kinds: list[str]):
-        # One (lon, lat, ts) tuple per fix, made in C; a missing position (None) is NaN.
-        columns = np.array(list(map(_POSITION, fixes)), dtype=np.float64).reshape(-1, 3)
-        lon, lat, ts = columns.T.copy()
+        # numpy turns a missing position (None) into NaN
+        lon = np.array([f.lon for f in fixes], dtype=np.float64)
+        lat = np.array([f.lat for f in fixes], dtype=np.float64)
+        ts = np.array([f.ts for f in fixes], dtype=np.float64)
         tag_idx = self.engine.zoneset.tag_indices(map(_TAG, fixes))
         if VICTIM in kinds:  # a victim device has no zones, whatever its id
             tag_idx[[i for i, k in enumerate(kinds) if k == VICTIM]] = -1
@@ -304,7 +305,6 @@ class Pipeline:
                 engine.tag_fix(fix, point, fix_rows, em)
 
 
-_POSITION = attrgetter("lon", "lat", "ts")
 _TAG = attrgetter("tag")
 
 

@@ -9,6 +9,7 @@ jitter or an outlier near a tag standing still never looks like an approach.
 from __future__ import annotations
 
 import math
+from operator import mul
 
 from tagwatch.config import Rules
 from tagwatch.engine.alerts import (
@@ -37,19 +38,22 @@ def closing_speed(window: list[tuple[float, float, float]]) -> tuple[float, floa
     n = len(window)
     if n < 3:
         return None
-    t0 = window[0][0]
-    ts = [w[0] - t0 for w in window]
+    # Written with lists and C-level maps (this runs for every fix near a zone), but
+    # the same floating-point operations in the same order as the textbook form.
+    ts, ds, accs = zip(*window, strict=True)
+    t0 = ts[0]
+    ts = [t - t0 for t in ts]
     t_mean = sum(ts) / n
-    d_mean = sum(w[1] for w in window) / n
-    sxx = sum((t - t_mean) ** 2 for t in ts)
+    d_mean = sum(ds) / n
+    ts = [t - t_mean for t in ts]  # centred times
+    sxx = sum([t**2 for t in ts])
     if sxx <= 0:
         return None
-    slope = sum((t - t_mean) * (w[1] - d_mean) for t, w in zip(ts, window, strict=True)) / sxx
-    residual = sum(
-        (w[1] - d_mean - slope * (t - t_mean)) ** 2 for t, w in zip(ts, window, strict=True)
-    )
+    ds = [d - d_mean for d in ds]  # centred distances
+    slope = sum(map(mul, ts, ds)) / sxx
+    residual = sum([(d - slope * t) ** 2 for t, d in zip(ts, ds, strict=True)])
     scatter = math.sqrt(residual / (n - 2))
-    reported = sum(w[2] for w in window) / n
+    reported = sum(accs) / n
     return -slope, max(scatter, reported) / math.sqrt(sxx)
 
 

@@ -202,6 +202,8 @@ class Engine:
                 self._arm(tag, st, kind)
 
     def _arm(self, tag: str, st: TagState, kind: str) -> None:
+        if (tag, kind) in self.watch.armed:
+            return  # arming again would change nothing (and this runs per fix)
         cases = self.tag_cases.get(tag)
         if cases:
             due = watchdog.deadline(st, kind, cases[0][1])
@@ -215,14 +217,18 @@ class Engine:
         tag, st, cases = fix.tag, self.tags[fix.tag], self.tag_cases[fix.tag]
         st.last_msg_ts = fix.ts
         self._arm(tag, st, watchdog.NO_COMMS)
-        watchdog.end(st, tag, watchdog.NO_COMMS, fix.ts, cases, em)
-        tag_rules.tamper(st, tag, fix, cases, em)
-        tag_rules.battery(st, tag, fix, cases, em)
+        if st.no_comms is not None:
+            watchdog.end(st, tag, watchdog.NO_COMMS, fix.ts, cases, em)
+        if fix.strap is not None:
+            tag_rules.tamper(st, tag, fix, cases, em)
+        if fix.bat is not None:
+            tag_rules.battery(st, tag, fix, cases, em)
         if fix.lat is None or xyz is None:
             self._no_position(st, fix, cases, em)
             return
         plausible = not tag_rules.jumped(st, tag, fix, xyz, cases, em)
-        watchdog.end(st, tag, watchdog.NO_FIX, fix.ts, cases, em)
+        if st.no_fix is not None:
+            watchdog.end(st, tag, watchdog.NO_FIX, fix.ts, cases, em)
         st.last_pos_ts = fix.ts
         nearest = self._zones(st, fix, rows, plausible, em)
         if plausible:

@@ -280,15 +280,15 @@ class Pipeline:
         engine = self.engine
         advance, quiet_fix = engine.advance, engine.quiet_fix
         event_clock = self.event_clock
-        for i, fix in enumerate(fixes):
-            kind = kinds[i]
+        for i, (fix, kind, point, need) in enumerate(zip(fixes, kinds, points, needs, strict=True)):
             if event_clock and kind != LATE and fix.ts > engine.clock:
                 advance(fix.ts, em)
-            point = points[i] if fix.lat is not None else None
+            if fix.lat is None:
+                point = None
             if kind == VICTIM:
                 engine.victim_fix(fix, point, em)
                 continue
-            if kind != LATE and point is not None and not needs[i] and quiet_fix(fix, point):
+            if kind != LATE and point is not None and not need and quiet_fix(fix, point):
                 continue
             s, e = starts[i], starts[i + 1]
             fix_rows = zip(

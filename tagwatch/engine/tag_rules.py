@@ -81,7 +81,7 @@ def jump(st: TagState, fix: Fix, xyz: tuple, rules: Rules) -> tuple[float, float
         (last[0] - xyz[0]) ** 2 + (last[1] - xyz[1]) ** 2 + (last[2] - xyz[2]) ** 2
     )
     dt = fix.ts - since
-    if distance - acc - last_acc <= rules.max_speed_mps * max(dt, 0.0):
+    if distance - acc - last_acc <= rules.max_speed_mps * (0.0 if dt < 0.0 else dt):  # max(dt, 0)
         return None
     return distance, dt
 

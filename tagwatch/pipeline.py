@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 
 import msgspec
 import numpy as np
@@ -34,7 +35,7 @@ from tagwatch.engine.alerts import AlertRecord
 from tagwatch.engine.core import DUPLICATE, LATE, Engine
 from tagwatch.engine.emit import Emitter, Output
 from tagwatch.engine.state import TagState
-from tagwatch.wire import Fix, Rejection, Topics, decode_payload
+from tagwatch.wire import Fix, Rejection, Topics, decode_fix, decode_payload
 from zones import ZoneSet, ecef
 
 
@@ -131,7 +132,32 @@ class Pipeline:
         """Accepted fixes in arrival order, each with its kind (live, late or victim)."""
         fixes: list[Fix] = []
         kinds: list[str] = []
+        accepted = result.accepted
+        classify, knows_tag = self.engine.classify, self.engine.knows_tag
+        cache, max_future = self._topic_cache, self.rules.max_future_s
+        shortcut = self.keys is None  # signed payloads are screened first: no shortcut
         for msg in messages:
+            payload = msg.payload
+            parsed = cache.get(msg.topic) or self._parse(msg.topic)
+            # The common message, one valid fix object from a known tag, the short way;
+            # what `_decode_message` would do with it, without its checks for the rest.
+            if (
+                shortcut
+                and parsed is not None
+                and parsed[0] == "tag"
+                and payload[:1] != b"["
+                and knows_tag(parsed[1])
+            ):
+                fix = decode_fix("tag", parsed[1], payload, msg.received, max_future)
+                if fix is not None:
+                    kind = classify(fix)
+                    if kind == DUPLICATE:
+                        result.duplicates += 1
+                    else:
+                        fixes.append(fix)
+                        kinds.append(kind)
+                        accepted.append((fix, kind == LATE))
+                    continue
             first = len(result.rejected)
             parsed = self._decode_message(msg, result, fixes, kinds)
             if parsed is None or parsed[0] == VICTIM:
@@ -223,17 +249,13 @@ class Pipeline:
         return None
 
     def _arrays(self, fixes: list[Fix], kinds: list[str]):
-        n = len(fixes)
-        nan = float("nan")
-        lon = np.fromiter((nan if f.lon is None else f.lon for f in fixes), np.float64, n)
-        lat = np.fromiter((nan if f.lat is None else f.lat for f in fixes), np.float64, n)
-        ts = np.fromiter((f.ts for f in fixes), np.float64, n)
-        index = self.engine.zoneset.tag_index
-        tag_idx = np.fromiter(
-            (-1 if k == VICTIM else index(f.tag) for f, k in zip(fixes, kinds, strict=True)),
-            np.int64,
-            n,
-        )
+        # numpy turns a missing position (None) into NaN
+        lon = np.array([f.lon for f in fixes], dtype=np.float64)
+        lat = np.array([f.lat for f in fixes], dtype=np.float64)
+        ts = np.array([f.ts for f in fixes], dtype=np.float64)
+        tag_idx = self.engine.zoneset.tag_indices(map(_TAG, fixes))
+        if VICTIM in kinds:  # a victim device has no zones, whatever its id
+            tag_idx[[i for i, k in enumerate(kinds) if k == VICTIM]] = -1
         return lon, lat, ts, tag_idx
 
     def _geometry(self, tag_idx, lon, lat, ts, xyz) -> tuple:
@@ -247,39 +269,43 @@ class Pipeline:
         )
         needs = np.zeros(n, dtype=bool)
         needs[ev.fix[within]] = True
-        return (
-            starts.tolist(),
-            ev.zone.tolist(),
-            ev.inside.tolist(),
-            ev.distance_m.tolist(),
-            ev.active.tolist(),
-            needs.tolist(),
-        )
+        # Rows stay arrays: most fixes take the quiet path and never look at theirs.
+        return starts.tolist(), ev.zone, ev.inside, ev.distance_m, ev.active, needs.tolist()
 
     def _rules(
         self, fixes: list[Fix], kinds: list[str], rows: tuple, xyz: np.ndarray, em: Emitter
     ) -> None:
         starts, zone, inside, distance, active, needs = rows
-        points = xyz.tolist()
+        points = list(zip(*xyz.T.tolist(), strict=True))  # one (x, y, z) tuple per fix
         engine = self.engine
+        advance, quiet_fix = engine.advance, engine.quiet_fix
         event_clock = self.event_clock
-        for i, fix in enumerate(fixes):
-            kind = kinds[i]
+        for i, (fix, kind, point, need) in enumerate(zip(fixes, kinds, points, needs, strict=True)):
             if event_clock and kind != LATE and fix.ts > engine.clock:
-                engine.advance(fix.ts, em)
-            point = tuple(points[i]) if fix.lat is not None else None
+                advance(fix.ts, em)
+            if fix.lat is None:
+                point = None
             if kind == VICTIM:
                 engine.victim_fix(fix, point, em)
                 continue
-            if kind != LATE and point is not None and not needs[i] and engine.quiet_fix(fix, point):
+            if kind != LATE and point is not None and not need and quiet_fix(fix, point):
                 continue
             s, e = starts[i], starts[i + 1]
-            fix_rows = zip(zone[s:e], inside[s:e], distance[s:e], active[s:e], strict=True)
+            fix_rows = zip(
+                zone[s:e].tolist(),
+                inside[s:e].tolist(),
+                distance[s:e].tolist(),
+                active[s:e].tolist(),
+                strict=True,
+            )
             if kind == LATE:
                 engine.late_fix(fix, fix_rows, em)
             else:
                 engine.end_late_runs(fix.tag)
                 engine.tag_fix(fix, point, fix_rows, em)
+
+
+_TAG = attrgetter("tag")
 
 
 class _SeenSeqs:

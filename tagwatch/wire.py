@@ -240,6 +240,7 @@ class _WireFix(msgspec.Struct, gc=False):
 
 
 _FAST = msgspec.json.Decoder(_WireFix | list[_WireFix])
+_FAST_ONE = msgspec.json.Decoder(_WireFix)
 _BY_TS = attrgetter("ts")
 
 
@@ -262,6 +263,24 @@ def decode_payload(
         if fixes is not None:
             return fixes, []
     return _decode_slow(source, device_id, payload, received, max_future_s)
+
+
+def decode_fix(
+    source: Source, device_id: str, payload: bytes, received: float | None, max_future_s: float
+) -> Fix | None:
+    """The fix of a payload that is one valid fix object, else None.
+
+    The pipeline's shortcut for the common message: None says nothing about why,
+    and the caller then hands the payload to `decode_payload`, which decides.
+    Whenever this returns a fix, `decode_payload` would accept exactly that one.
+    """
+    if type(payload) is not bytes or len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        wire = _FAST_ONE.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None  # also an array: decode_payload takes it
+    return _fast_fix(wire, source, device_id, _limit(received, max_future_s))
 
 
 def _limit(received: float | None, max_future_s: float) -> float:

@@ -18,6 +18,7 @@ from tagwatch.wire import (
     Rejection,
     Topics,
     _decode_slow,
+    decode_fix,
     decode_payload,
     rate_command,
     rejected_message,
@@ -353,6 +354,7 @@ def test_any_valid_fix_decodes_to_the_same_values(case: tuple[dict[str, Any], Fi
     payload = enc(wire)
     assert decode(payload) == ([expected], [])
     assert _decode_slow("tag", TAG, payload, NOW, 120.0) == ([expected], [])
+    assert decode_fix("tag", TAG, payload, NOW, 120.0) == expected
 
 
 @settings(max_examples=50, deadline=None)
@@ -364,11 +366,14 @@ def test_any_valid_batch_decodes_sorted(cases: list[tuple[dict[str, Any], Fix]])
 
 
 def check_never_raises(payload: bytes) -> None:
-    """Every fix is either accepted or rejected with a known reason; fast and slow agree."""
+    """Every fix is either accepted or rejected with a known reason; fast and slow agree,
+    and the pipeline's one-fix shortcut accepts nothing the decoder would not."""
     fixes, rejections = decode(payload)
     assert {r.reason for r in rejections} <= REASONS
     assert all(len(r.payload) <= 1024 for r in rejections)
     assert (fixes, rejections) == _decode_slow("tag", TAG, payload, NOW, 120.0)
+    one = decode_fix("tag", TAG, payload, NOW, 120.0)
+    assert one is None or (fixes, rejections) == ([one], [])
     for rej in rejections:
         json.loads(rejected_message(rej, NOW))
     try:

@@ -9,6 +9,7 @@ jitter or an outlier near a tag standing still never looks like an approach.
 from __future__ import annotations
 
 import math
+from operator import mul
 
 from tagwatch.config import Rules
 from tagwatch.engine.alerts import (
@@ -27,30 +28,40 @@ from tagwatch.engine.state import Episode
 APPROACH = "approach"
 
 
-def closing_speed(window: list[tuple[float, float, float]]) -> tuple[float, float] | None:
-    """(closing speed m/s, its standard error), or None with fewer than 3 fixes.
+Fit = tuple[float, float, list[float], list[float]]  # slope, sxx, centred ts and distances
 
-    The standard error is the larger of two estimates: from the fixes' reported
-    accuracy, and from the scatter of the fixes about the fitted line. An
-    overconfident outlier (far off, small `acc`) fools the first but not the second.
-    """
+
+def fit(window: list[tuple[float, float, float]]) -> Fit | None:
+    """Least-squares line of distance over time; None with fewer than 3 fixes (or all
+    at one time). The closing speed is minus the slope."""
     n = len(window)
     if n < 3:
         return None
-    t0 = window[0][0]
-    ts = [w[0] - t0 for w in window]
+    # Written with lists and C-level maps (this runs for every fix near a zone), but
+    # the same floating-point operations in the same order as the textbook form.
+    ts, ds, _ = zip(*window, strict=True)
+    t0 = ts[0]
+    ts = [t - t0 for t in ts]
     t_mean = sum(ts) / n
-    d_mean = sum(w[1] for w in window) / n
-    sxx = sum((t - t_mean) ** 2 for t in ts)
+    d_mean = sum(ds) / n
+    ts = [t - t_mean for t in ts]  # centred times
+    sxx = sum([t**2 for t in ts])
     if sxx <= 0:
         return None
-    slope = sum((t - t_mean) * (w[1] - d_mean) for t, w in zip(ts, window, strict=True)) / sxx
-    residual = sum(
-        (w[1] - d_mean - slope * (t - t_mean)) ** 2 for t, w in zip(ts, window, strict=True)
-    )
+    ds = [d - d_mean for d in ds]  # centred distances
+    return sum(map(mul, ts, ds)) / sxx, sxx, ts, ds
+
+
+def standard_error(window: list[tuple[float, float, float]], line: Fit) -> float:
+    """The standard error of the closing speed: the larger of two estimates, from the
+    fixes' reported accuracy and from the scatter of the fixes about the fitted line.
+    An overconfident outlier (far off, small `acc`) fools the first but not the second."""
+    slope, sxx, ts, ds = line
+    n = len(window)
+    residual = sum([(d - slope * t) ** 2 for t, d in zip(ts, ds, strict=True)])
     scatter = math.sqrt(residual / (n - 2))
-    reported = sum(w[2] for w in window) / n
-    return -slope, max(scatter, reported) / math.sqrt(sxx)
+    reported = sum([w[2] for w in window]) / n
+    return max(scatter, reported) / math.sqrt(sxx)
 
 
 def update_window(window: list, ts: float, distance: float, acc: float, rules: Rules) -> None:
@@ -64,13 +75,13 @@ def assess(
     window: list, distance: float, rules: Rules
 ) -> tuple[str | None, float | None, float | None]:
     """(severity or None, closing speed, eta) for the current window."""
-    speed = closing_speed(window)
-    if speed is None:
+    line = fit(window)
+    if line is None:
         return None, None, None
-    closing, stderr = speed
-    if distance <= 0 or distance > rules.approach_max_m:
-        return None, closing, None
-    if closing < rules.approach_min_mps or closing < 2 * stderr:
+    closing = -line[0]
+    if distance <= 0 or distance > rules.approach_max_m or closing < rules.approach_min_mps:
+        return None, closing, None  # whatever the standard error (only computed if needed)
+    if closing < 2 * standard_error(window, line):
         return None, closing, None
     eta = distance / closing
     if eta > rules.eta_max_s:

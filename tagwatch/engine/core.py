@@ -135,22 +135,32 @@ class Engine:
 
     def classify(self, fix: Fix) -> str:
         """Duplicate, late (older than the tag's latest) or live; remembers the fix."""
-        st = self.tags.get(fix.tag)
+        tag, ts, seq = fix.tag, fix.ts, fix.seq
+        st = self.tags.get(tag)
         if st is None:
-            st = self.tags[fix.tag] = TagState()
-        seq = fix.seq
-        item = recent.fix_item(fix.ts, fix.lat, fix.lon, seq)
-        if recent.holds_position(st.last_fixes, item) or (
-            seq is not None and self._seen_seq(st, fix)
+            st = self.tags[tag] = TagState()
+        last = st.last_ts
+        ranges = st.seqs
+        # The common case, without searching the recent fixes: every remembered fix is
+        # no newer than last_ts, and every seq seen is at most the top of the highest
+        # range (ranges are only dropped from the bottom), so a fix strictly newer with
+        # a seq above all of them cannot be a duplicate.
+        fresh = (
+            last is not None and ts > last and (seq is None or not ranges or seq > ranges[-1][1])
+        )
+        item = recent.fix_item(ts, fix.lat, fix.lon, seq)
+        if not fresh and (
+            recent.holds_position(st.last_fixes, item)
+            or (seq is not None and self._seen_seq(st, fix))
         ):
             return DUPLICATE
         st.last_fixes = recent.keep_last(st.last_fixes, item, RECENT)
         if seq is not None:
-            seqs.add(st.seqs, seq)
-        self.dirty.add(fix.tag)
-        if st.last_ts is not None and fix.ts < st.last_ts:
+            seqs.add(ranges, seq)
+        self.dirty.add(tag)
+        if last is not None and ts < last:
             return LATE
-        st.last_ts = fix.ts
+        st.last_ts = ts
         return LIVE
 
     @staticmethod
@@ -180,8 +190,9 @@ class Engine:
         if now <= self.clock:
             return
         self.clock = now
-        if not self.watch.any_due(now):
-            return
+        heap = self.watch.heap
+        if not heap or heap[0][0] >= now:
+            return  # nothing due (the usual case: inlined, as it is checked per fix)
         for _due, tag, kind in self.watch.due(now):
             st, cases = self.tags.get(tag), self.tag_cases.get(tag)
             if st is None or not cases:
@@ -194,6 +205,8 @@ class Engine:
                 self._arm(tag, st, kind)
 
     def _arm(self, tag: str, st: TagState, kind: str) -> None:
+        if (tag, kind) in self.watch.armed:
+            return  # arming again would change nothing (and this runs per fix)
         cases = self.tag_cases.get(tag)
         if cases:
             due = watchdog.deadline(st, kind, cases[0][1])
@@ -207,14 +220,18 @@ class Engine:
         tag, st, cases = fix.tag, self.tags[fix.tag], self.tag_cases[fix.tag]
         st.last_msg_ts = fix.ts
         self._arm(tag, st, watchdog.NO_COMMS)
-        watchdog.end(st, tag, watchdog.NO_COMMS, fix.ts, cases, em)
-        tag_rules.tamper(st, tag, fix, cases, em)
-        tag_rules.battery(st, tag, fix, cases, em)
+        if st.no_comms is not None:
+            watchdog.end(st, tag, watchdog.NO_COMMS, fix.ts, cases, em)
+        if fix.strap is not None:
+            tag_rules.tamper(st, tag, fix, cases, em)
+        if fix.bat is not None:
+            tag_rules.battery(st, tag, fix, cases, em)
         if fix.lat is None or xyz is None:
             self._no_position(st, fix, cases, em)
             return
         plausible = not tag_rules.jumped(st, tag, fix, xyz, cases, em)
-        watchdog.end(st, tag, watchdog.NO_FIX, fix.ts, cases, em)
+        if st.no_fix is not None:
+            watchdog.end(st, tag, watchdog.NO_FIX, fix.ts, cases, em)
         st.last_pos_ts = fix.ts
         nearest = self._zones(st, fix, rows, plausible, em)
         if plausible:
@@ -237,16 +254,13 @@ class Engine:
         if st.zones or st.victims or st.no_comms or st.no_fix or st.rate != "far":
             return False
         rules = self.tag_rules[tag]
-        if not _device_quiet(st, fix, rules) or tag_rules.jump(st, fix, xyz, rules):
+        if (fix.strap is not None or fix.bat is not None) and not _device_quiet(st, fix, rules):
             return False
-        for victim in self.tag_victims.get(tag, ()):
-            device = self.devices.get(victim.device)
-            if (
-                device is not None
-                and abs(fix.ts - device.ts) <= rules.victim_fresh_s
-                and chord(xyz, device.xyz) <= self.quiet_m
-            ):
-                return False
+        if tag_rules.jump(st, fix, xyz, rules):
+            return False
+        victims = self.tag_victims.get(tag)
+        if victims and self._victim_near(victims, fix, xyz, rules):
+            return False
         ts = fix.ts
         st.last_msg_ts = st.last_pos_ts = st.pos_ts = ts
         st.lon, st.lat, st.acc, st.xyz, st.near = fix.lon, fix.lat, fix.acc, xyz, False
@@ -254,6 +268,18 @@ class Engine:
         if (tag, watchdog.NO_COMMS) not in self.watch.armed:
             self.watch.arm(tag, watchdog.NO_COMMS, ts + rules.no_comms_s)
         return True
+
+    def _victim_near(self, victims: list[VictimInfo], fix: Fix, xyz: tuple, rules: Rules) -> bool:
+        """A victim device of the tag with a fresh position within `quiet_m` of the fix."""
+        for victim in victims:
+            device = self.devices.get(victim.device)
+            if (
+                device is not None
+                and abs(fix.ts - device.ts) <= rules.victim_fresh_s
+                and chord(xyz, device.xyz) <= self.quiet_m
+            ):
+                return True
+        return False
 
     def _no_position(self, st: TagState, fix: Fix, cases, em: Emitter) -> None:
         self._arm(fix.tag, st, watchdog.NO_FIX)

@@ -70,14 +70,18 @@ def chord(a: tuple[float, float, float], b: tuple[float, float, float]) -> float
 
 def jump(st: TagState, fix: Fix, xyz: tuple, rules: Rules) -> tuple[float, float] | None:
     """(distance, seconds) from the last plausible fix when this one jumped, else None."""
-    if st.xyz is None or st.pos_ts is None:
+    last, since = st.xyz, st.pos_ts
+    if last is None or since is None:
         return None
-    if fix.acc > JUMP_MAX_ACC_M or (st.acc or 0.0) > JUMP_MAX_ACC_M:
+    acc, last_acc = fix.acc, st.acc or 0.0
+    if acc > JUMP_MAX_ACC_M or last_acc > JUMP_MAX_ACC_M:
         return None
-    distance = chord(st.xyz, xyz)
-    beyond = distance - fix.acc - (st.acc or 0.0)
-    dt = fix.ts - st.pos_ts
-    if beyond <= rules.max_speed_mps * max(dt, 0.0):
+    # chord(last, xyz), written out: this runs for almost every fix
+    distance = math.sqrt(
+        (last[0] - xyz[0]) ** 2 + (last[1] - xyz[1]) ** 2 + (last[2] - xyz[2]) ** 2
+    )
+    dt = fix.ts - since
+    if distance - acc - last_acc <= rules.max_speed_mps * (0.0 if dt < 0.0 else dt):  # max(dt, 0)
         return None
     return distance, dt
 

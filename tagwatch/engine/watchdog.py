@@ -26,16 +26,13 @@ NO_COMMS, NO_FIX = "tag.no_comms", "tag.no_fix"
 
 class Watchdogs:
     def __init__(self) -> None:
-        self._heap: list[tuple[float, str, str]] = []
+        self.heap: list[tuple[float, str, str]] = []  # (deadline, tag, kind); [0] is next
         self.armed: set[tuple[str, str]] = set()
 
     def arm(self, tag: str, kind: str, deadline: float) -> None:
         if (tag, kind) not in self.armed:
             self.armed.add((tag, kind))
-            heapq.heappush(self._heap, (deadline, tag, kind))
-
-    def any_due(self, now: float) -> bool:
-        return bool(self._heap) and self._heap[0][0] < now
+            heapq.heappush(self.heap, (deadline, tag, kind))
 
     def due(self, now: float) -> list[tuple[float, str, str]]:
         """Pop the entries whose deadline has passed (< now), in deadline order.
@@ -43,8 +40,8 @@ class Watchdogs:
         A report at exactly the deadline is in time: the tag was not silent for longer.
         """
         popped = []
-        while self._heap and self._heap[0][0] < now:
-            entry = heapq.heappop(self._heap)
+        while self.heap and self.heap[0][0] < now:
+            entry = heapq.heappop(self.heap)
             self.armed.discard((entry[1], entry[2]))
             popped.append(entry)
         return popped

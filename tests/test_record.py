@@ -25,6 +25,7 @@ from tagwatch.record import (
     RecordError,
     RecordUnavailable,
 )
+from tagwatch.record.canon import canonical
 from tests.record_db import RecordDb, record_database
 
 T0 = 1_764_324_930.0
@@ -108,6 +109,29 @@ def test_hash_is_sha256_of_prev_hash_and_canonical_json(record: Record) -> None:
     expected = hashlib.sha256(entry["prev_hash"].encode() + text.encode()).hexdigest()
     assert (entry["seq"], entry["hash_rule"]) == (3, 2)
     assert entry["hash"] == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"spd": None, "lat": 51.5, "ts": T0, "acc": 8.0, "seq": 7, "late": False},
+        {"spd": None, "tiny": 1e-05, "small": 0.0001, "huge": 1e16, "big": 9e15, "zero": -0.0},
+        {"n": None, "nested": [{"b": 2.5e-7, "a": "é\u2028\x01"}, (1, None, 3e20)]},
+    ],
+)
+def test_canonical_text_of_a_body_with_a_null_is_the_strict_encoders(body: dict) -> None:
+    """A body with a null (most fixes) is written exactly as the strict encoder writes it,
+    the fast path included: Python spells 1e-05, orjson 0.00001."""
+    strict = json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    assert canonical(body, "body") == strict
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_canonical_refuses_non_finite_numbers_beside_a_null(bad: float) -> None:
+    with pytest.raises(RecordError, match="not canonical JSON"):
+        canonical({"spd": None, "lat": bad}, "body")
 
 
 def test_one_bad_entry_rolls_back_the_whole_batch(record: Record) -> None:

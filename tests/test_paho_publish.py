@@ -1,0 +1,91 @@
+"""The fast PUBLISH decoder gives exactly what paho's own gives, packet by packet."""
+
+from __future__ import annotations
+
+import pytest
+from paho.mqtt import _packet
+from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tagwatch import paho_publish
+
+V5, V311 = MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311
+STOCK = getattr(_packet.decode_publish, "stock", _packet.decode_publish)
+FAST = paho_publish.fast_decoder(STOCK)
+TOPIC = b"tagwatch/v1/tags/T-000123/fix"
+PAYLOAD = b'{"ts":1764340000.5,"lat":51.5,"lon":-0.12,"acc":8,"seq":7}'
+
+
+def _props(**values: object) -> bytes:
+    props = Properties(PacketTypes.PUBLISH)
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props.pack()
+
+
+def _publish(qos: int, topic: bytes = TOPIC, props: bytes = b"\x00", mid: int = 0x1234) -> bytes:
+    packet_id = mid.to_bytes(2, "big") if qos else b""
+    return len(topic).to_bytes(2, "big") + topic + packet_id + props + PAYLOAD
+
+
+CASES = [
+    (0x32, _publish(1), V5),  # QoS 1, no properties: the daemon's every message
+    (0x3A, _publish(1), V5),  # dup
+    (0x33, _publish(1, mid=1), V5),  # retain
+    (0x30, _publish(0), V5),  # QoS 0
+    (0x32, _publish(1, mid=65535), V5),
+    (0x32, _publish(1, topic=b""), V5),
+    (0x32, _publish(1, topic="tags/é/fix".encode()), V5),
+    (0x32, _publish(1, props=_props(MessageExpiryInterval=30)), V5),
+    (0x32, _publish(1, props=_props(TopicAlias=3)), V5),
+    (0x32, _publish(1, props=_props(UserProperty=[("a", "1")])), V5),
+    (0x32, _publish(1, props=b""), V311),
+    (0x30, _publish(0, props=b""), V311),
+    (0x32, len(TOPIC).to_bytes(2, "big") + TOPIC + b"\x12\x34\x00", V5),  # empty payload
+]
+
+
+def _fields(decoded) -> tuple:
+    props = decoded.properties
+    return (
+        decoded.dup,
+        decoded.qos,
+        decoded.retain,
+        type(decoded.topic),
+        decoded.topic,
+        decoded.mid,
+        type(decoded.payload),
+        decoded.payload,
+        None if props is None else (props.packetType, props.json(), str(props)),
+    )
+
+
+@pytest.mark.parametrize(("header", "packet", "protocol"), CASES)
+def test_fast_decoder_equals_paho(header: int, packet: bytes, protocol) -> None:
+    assert _fields(FAST(header, packet, protocol)) == _fields(STOCK(header, packet, protocol))
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [b"", b"\x00", b"\x00\x40tag", _publish(1)[: len(TOPIC) + 3]],
+)
+def test_malformed_packets_are_paho_errors(packet: bytes) -> None:
+    with pytest.raises(Exception) as stock:
+        STOCK(0x32, packet, V5)
+    with pytest.raises(type(stock.value)):
+        FAST(0x32, packet, V5)
+
+
+def test_each_message_gets_its_own_properties_object() -> None:
+    first, second = FAST(0x32, _publish(1), V5), FAST(0x32, _publish(1), V5)
+    first.properties.MessageExpiryInterval = 5
+    assert second.properties.json() == {}
+
+
+def test_installed_once_on_the_supported_paho() -> None:
+    assert paho_publish.install()
+    installed = _packet.decode_publish
+    assert paho_publish.install()
+    assert _packet.decode_publish is installed
+    assert installed.stock is STOCK

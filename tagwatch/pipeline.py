@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
+from typing import Protocol
 
 import msgspec
 import numpy as np
@@ -44,6 +46,18 @@ class Inbound:
     topic: str
     payload: bytes
     received: float | None = None  # receiving clock, Unix seconds (None: no future check)
+
+
+class Received(Protocol):
+    """What the pipeline reads of a message: an Inbound, or the daemon's MQTT message as
+    it is (no copy per message)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def received(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,7 @@ class Pipeline:
         """New signing keys (SIGHUP); None turns signing off. Replay state is kept."""
         self.keys = keys
 
-    def process(self, messages: list[Inbound], raised: float | None = None) -> Result:
+    def process(self, messages: Sequence[Received], raised: float | None = None) -> Result:
         result = Result()
         out = Output()
         fixes, kinds = self._decode(messages, result)
@@ -128,7 +142,7 @@ class Pipeline:
             parsed = self._topic_cache[topic] = self.topics.parse(topic)
         return parsed
 
-    def _decode(self, messages: list[Inbound], result: Result) -> tuple[list[Fix], list[str]]:
+    def _decode(self, messages: Sequence[Received], result: Result) -> tuple[list[Fix], list[str]]:
         """Accepted fixes in arrival order, each with its kind (live, late or victim)."""
         fixes: list[Fix] = []
         kinds: list[str] = []
@@ -171,7 +185,7 @@ class Pipeline:
         return fixes, kinds
 
     def _decode_message(
-        self, msg: Inbound, result: Result, fixes: list[Fix], kinds: list[str]
+        self, msg: Received, result: Result, fixes: list[Fix], kinds: list[str]
     ) -> tuple[str, str] | None:
         """Decode one message into `fixes`/`kinds`; returns its parsed topic."""
         engine = self.engine
@@ -218,7 +232,7 @@ class Pipeline:
             result.accepted.append((fix, kind == LATE))
         return parsed
 
-    def _screen(self, source: str, ident: str, msg: Inbound, result: Result) -> bytes | None:
+    def _screen(self, source: str, ident: str, msg: Received, result: Result) -> bytes | None:
         """The payload with only its validly signed, fresh fixes; None when none is left."""
         key = self.keys.get(ident) if self.keys else None
         if source == VICTIM:
@@ -331,6 +345,6 @@ def _digest(payload: bytes) -> bytes:
     return hashlib.blake2b(payload, digest_size=8).digest()
 
 
-def _reject(source: str, reason: str, detail: str, msg: Inbound) -> Rejected:
+def _reject(source: str, reason: str, detail: str, msg: Received) -> Rejected:
     text = msg.payload[:4096].decode("utf-8", errors="replace")[:1024]
     return Rejected(source, Rejection(reason=reason, detail=detail, payload=text), msg.received)

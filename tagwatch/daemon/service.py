@@ -47,7 +47,7 @@ from tagwatch.notify.ack import acknowledge
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.inbound import TwilioInbound
 from tagwatch.notify.policy import PolicySettings, SmsLedger
-from tagwatch.pipeline import Inbound, Pipeline, Result
+from tagwatch.pipeline import Pipeline, Result
 from tagwatch.record import Batch, Record, RecordError
 from tagwatch.wire import Topics, status_message
 from zones import Case, ZoneSet
@@ -335,17 +335,16 @@ class Daemon:
         started = time.perf_counter()
         async with self._work:
             now = time.time()
-            inbound = [Inbound(m.topic, m.payload, m.received) for m in messages]
             try:
-                result = self.pipeline.process(inbound, raised=now)
+                # A Message has the fields of an Inbound (topic, payload, received).
+                result = self.pipeline.process(messages, raised=now)
             except Exception:
                 # not acknowledged: the broker redelivers them after a reconnect
                 log.exception("pipeline_failed", messages=len(messages))
                 return
             fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
             await self._commit(fx.batch)
-        for m in messages:
-            await self.conn.ack(m)  # type: ignore[union-attr]
+        await self.conn.ack_many(messages)  # type: ignore[union-attr]
         self._after_commit(fx)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 

@@ -88,8 +88,9 @@ class EffectsBuilder:
     def from_result(self, result: Result, checkpoints: dict[str, bytes], now: float) -> Effects:
         fx = Effects()
         fx.fixes, fx.duplicates = len(result.accepted), result.duplicates
+        chains: dict[str, list[str]] = {}  # tag -> its cases' chains, for this batch
         for fix, late in result.accepted:
-            self._fix(fx, fix, late)
+            self._fix(fx, fix, late, chains)
         for rejected in result.rejected:
             self._rejected(fx, rejected, now)
         self._alerts(fx, [_record_dict(r) for r in result.records], result.records, now)
@@ -109,14 +110,17 @@ class EffectsBuilder:
         self._alerts(fx, records, None, now)
         return fx
 
-    def _fix(self, fx: Effects, fix: Fix, late: bool) -> None:
+    def _fix(self, fx: Effects, fix: Fix, late: bool, chains: dict[str, list[str]]) -> None:
         body = msgspec.structs.asdict(fix)
         body.pop("source", None)
         body["late"] = late
-        for case in self.tag_cases(fix.tag):
-            fx.batch.entries.append(
-                Entry(f"case:{case}", "fix", body, tag=fix.tag, event_ts=fix.ts)
-            )
+        tag = fix.tag
+        names = chains.get(tag)
+        if names is None:
+            names = chains[tag] = [f"case:{case}" for case in self.tag_cases(tag)]
+        entries = fx.batch.entries
+        for chain in names:
+            entries.append(Entry(chain, "fix", body, tag=tag, event_ts=fix.ts))
 
     def _rejected(self, fx: Effects, rej: Rejected, now: float) -> None:
         r = rej.rejection

@@ -90,9 +90,12 @@ def append_rows(
     stamp = _as_float(recorded_at, "recorded_at")
     rows = []
     for entry in entries:
-        what = f"entry {entry.kind!r} on chain {entry.chain!r}"
-        body = canonical(entry.body, f"{what}: body")
-        event_ts = _as_float(entry.event_ts, f"{what}: event_ts")
+        try:
+            body = canonical(entry.body, "body")
+            event_ts = _as_float(entry.event_ts, "event_ts")
+        except RecordError as exc:
+            # named here, not beforehand for every entry: this loop runs once per fix
+            raise RecordError(f"entry {entry.kind!r} on chain {entry.chain!r}: {exc}") from exc
         seq, prev = heads.get(entry.chain, (0, GENESIS))
         seq += 1
         body_hash = body_digest(body)

@@ -154,6 +154,33 @@ def test_messages_arrive_in_order_and_acked_ones_are_not_redelivered(broker_url:
     run(scenario)
 
 
+def test_ack_many_acknowledges_exactly_the_batch_it_is_given(broker_url: str) -> None:
+    """The daemon's way: one call for a committed batch. Those messages never come back;
+    the ones received but not acknowledged are redelivered to the same session."""
+    prefix, sub_id = unique_prefix(), unique_client_id("sub")
+    topic = f"{prefix}/tags/t1/fix"
+    sent = [f"fix-{i}" for i in range(40)]
+
+    async def scenario() -> None:
+        async with connection(broker_url, unique_client_id("pub")) as pub:
+            async with connection(broker_url, sub_id, [f"{prefix}/tags/+/fix"]) as sub:
+                it = aiter(sub.messages())
+                await publish_all(pub, topic, sent)
+                got = [await next_message(sub, it) for _ in sent]
+                assert [m.payload.decode() for m in got] == sent
+                await sub.ack_many(got[:25])  # "committed"; the last 15 are not
+                await sub.publish(f"{prefix}/barrier", b"")  # the acks are in (see above)
+            async with connection(broker_url, sub_id, [f"{prefix}/tags/+/fix"]) as sub:
+                it = aiter(sub.messages())
+                again = [await next_message(sub, it) for _ in sent[25:]]
+                assert [m.payload.decode() for m in again] == sent[25:]
+                await sub.ack_many(again)
+                await pub.publish(topic, b"marker")
+                assert (await next_message(sub, it)).payload == b"marker"
+
+    run(scenario)
+
+
 def test_messages_published_while_subscriber_is_away_are_delivered(broker_url: str) -> None:
     """A new MqttConnection (as in a new process) resumes the session: clean start off."""
     prefix, sub_id = unique_prefix(), unique_client_id("sub")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import paho.mqtt.client as paho
 import pytest
 from paho.mqtt import _packet
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tagwatch import paho_publish
+from tagwatch import paho_fast
 
 V5, V311 = MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311
 STOCK = getattr(_packet.decode_publish, "stock", _packet.decode_publish)
-FAST = paho_publish.fast_decoder(STOCK)
+FAST = paho_fast.fast_decoder(STOCK)
 TOPIC = b"tagwatch/v1/tags/T-000123/fix"
 PAYLOAD = b'{"ts":1764340000.5,"lat":51.5,"lon":-0.12,"acc":8,"seq":7}'
 
@@ -43,6 +44,8 @@ CASES = [
     (0x32, _publish(1, props=b""), V311),
     (0x30, _publish(0, props=b""), V311),
     (0x32, len(TOPIC).to_bytes(2, "big") + TOPIC + b"\x12\x34\x00", V5),  # empty payload
+    (0x32, bytearray(_publish(1)), V5),  # paho reads packets into a bytearray
+    (0x32, bytearray(_publish(1, props=_props(MessageExpiryInterval=30))), V5),
 ]
 
 
@@ -84,8 +87,32 @@ def test_each_message_gets_its_own_properties_object() -> None:
 
 
 def test_installed_once_on_the_supported_paho() -> None:
-    assert paho_publish.install()
+    assert paho_fast.install()
     installed = _packet.decode_publish
-    assert paho_publish.install()
+    assert paho_fast.install()
     assert _packet.decode_publish is installed
     assert installed.stock is STOCK
+
+
+def _queued(client: paho.Client) -> bytes:
+    return b"".join(bytes(p["packet"]) for p in client._out_packet)
+
+
+def _client() -> paho.Client:
+    return paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, manual_ack=True)
+
+
+@pytest.mark.parametrize("mids", [[1], [7, 1, 65535, 300], list(range(1, 2001))])
+def test_ack_all_queues_the_bytes_paho_acks_would(mids: list[int]) -> None:
+    one_by_one, batched = _client(), _client()
+    for mid in mids:
+        one_by_one.ack(mid, 1)
+    paho_fast.ack_all(batched, mids)
+    assert len(batched._out_packet) == 1
+    assert _queued(batched) == _queued(one_by_one)
+
+
+def test_ack_all_of_nothing_queues_nothing() -> None:
+    client = _client()
+    paho_fast.ack_all(client, [])
+    assert not client._out_packet

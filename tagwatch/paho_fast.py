@@ -1,0 +1,98 @@
+"""Two of paho-mqtt's per-message costs, avoided on the paho version they were measured on.
+
+Decoding. For every MQTT 5 PUBLISH, paho 2 builds a `Properties` object (a few dozen
+table entries set up in `__init__`) and clears and unpacks it, even when the property
+length is 0, as it is for every tag's fix: measured at full rate, that was a sixth of the
+daemon's time under the GIL, more than the rule engine. `install` puts a decoder in front
+of paho's own that handles exactly that case (MQTT 5, property length 0) and hands every
+other packet (MQTT 3.1.1, properties present, malformed) to paho's decoder unchanged. Its
+result is the one paho's would be: the same PublishPacket fields, with an empty
+`Properties` of packet type PUBLISH (a copy of one built once; its lookup tables are
+shared, and paho never changes them). The hook is paho's module function
+`_packet.decode_publish`, which its client looks up at every packet.
+
+Acknowledging. `client.ack` queues one 4-byte PUBACK, wakes paho's thread through its
+socket pair and is sent on its own (Nagle is off): per message one packet, one wake-up,
+one send. `ack_all` queues the same PUBACK bytes for a whole committed batch as one
+write. paho keeps no state for a PUBACK it sends (manual acknowledgement), so this
+changes nothing but the number of writes; like any queued packet it is dropped if the
+connection is lost first, and the broker then redelivers those messages.
+
+tests/test_paho_fast.py checks both against paho's own behaviour. On another paho version
+`install` does nothing and `ack_all` falls back to `client.ack` per message.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt import __version__ as PAHO_VERSION
+from paho.mqtt import _packet
+from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+SUPPORTED_PAHO = ("2.2.",)
+Decoder = Callable[[int, Any, MQTTProtocolVersion], Any]
+
+
+def fast_decoder(stock: Decoder) -> Decoder:
+    """A decode_publish that answers property-less MQTT 5 packets itself."""
+    template = Properties(PacketTypes.PUBLISH)
+    v5 = MQTTProtocolVersion.MQTTv5
+    publish_packet = _packet.PublishPacket
+
+    def decode_publish(header: int, packet: Any, protocol: MQTTProtocolVersion) -> Any:
+        if protocol != v5 or len(packet) < 2:
+            return stock(header, packet, protocol)
+        qos = (header & 0x06) >> 1
+        topic_end = 2 + ((packet[0] << 8) | packet[1])
+        props_at = topic_end + 2 if qos > 0 else topic_end  # after the packet id
+        if len(packet) <= props_at or packet[props_at] != 0:
+            return stock(header, packet, protocol)  # properties (or a short packet)
+        properties = object.__new__(Properties)
+        properties.__dict__.update(template.__dict__)
+        return publish_packet(
+            dup=(header & 0x08) != 0,
+            qos=qos,
+            retain=(header & 0x01) != 0,
+            topic=bytes(packet[2:topic_end]),
+            mid=int.from_bytes(packet[topic_end:props_at], "big"),  # 0 for QoS 0
+            properties=properties,
+            payload=bytes(packet[props_at + 1 :]),
+        )
+
+    decode_publish.stock = stock  # type: ignore[attr-defined]
+    return decode_publish
+
+
+def supported() -> bool:
+    return PAHO_VERSION.startswith(SUPPORTED_PAHO)
+
+
+def install() -> bool:
+    """Put the fast decoder in front of paho's (once); False on another paho version."""
+    if not supported():
+        return False
+    if not hasattr(_packet.decode_publish, "stock"):
+        _packet.decode_publish = fast_decoder(_packet.decode_publish)
+    return True
+
+
+_PUBACK = struct.Struct("!BBH")  # PUBACK, remaining length 2, packet id (reason 0: omitted)
+
+
+def ack_all(client: paho.Client, mids: list[int]) -> None:
+    """PUBACK each QoS 1 message id, in order, in one write (manual acknowledgement)."""
+    if not mids:
+        return
+    if not supported():
+        for mid in mids:
+            client.ack(mid, 1)
+        return
+    puback = paho.PUBACK
+    blob = b"".join([_PUBACK.pack(puback, 2, mid) for mid in mids])
+    client._packet_queue(puback, blob, 0, 0)

@@ -354,6 +354,7 @@ class MqttConnection:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        paho_fast.install_client(client)
         return client
 
     # ---- public API ------------------------------------------------------------------

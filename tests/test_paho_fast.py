@@ -6,6 +6,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt import _packet
 from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -116,3 +117,24 @@ def test_ack_all_of_nothing_queues_nothing() -> None:
     client = _client()
     paho_fast.ack_all(client, [])
     assert not client._out_packet
+
+
+TOPICS = ["tagwatch/v1/tags/T-1/fix", "tagwatch/v1/status", "$SYS/broker/load", "a"]
+FILTERS = [("tagwatch/v1/tags/+/fix", "tag"), ("#", "all"), ("tagwatch/v1/status", "status")]
+
+
+def test_client_matcher_matches_like_paho_with_and_without_filters() -> None:
+    client = _client()
+    paho_fast.install_client(client)
+    fast, stock = client._on_message_filtered, MQTTMatcher()
+    assert type(fast) is not MQTTMatcher
+    for topic in TOPICS:
+        assert list(fast.iter_match(topic)) == list(stock.iter_match(topic)) == []
+    for sub, value in FILTERS:
+        fast[sub] = stock[sub] = value
+    for topic in TOPICS:
+        assert list(fast.iter_match(topic)) == list(stock.iter_match(topic))
+    assert list(fast.iter_match(TOPICS[0])) == ["tag", "all"]
+    for sub, _value in FILTERS:
+        del fast[sub]
+    assert list(fast.iter_match(TOPICS[0])) == []

@@ -89,6 +89,11 @@ class ZoneSet:
         self._east = rotation[:, 0, :]
         self._north = rotation[:, 1, :]
         self._shapes = np.array([z.shape for z in zones], dtype=object)
+        # Kept (0.4 KB a polygon): the distance to the boundary is the core's main cost,
+        # and taking it from the polygon instead would add a containment test to each.
+        self._boundaries = np.array(
+            [None if z.shape is None else z.shape.boundary for z in zones], dtype=object
+        )
         schedules = sorted({z.schedule for z in zones if z.schedule}, key=repr)
         self._schedules: tuple[Schedule, ...] = tuple(schedules)
         sched_id = {s: i for i, s in enumerate(schedules)}
@@ -192,20 +197,14 @@ class ZoneSet:
         near = ~self.zone_circle[zone] & (distance <= horizon_m)
         if near.any():
             z, x, y = zone[near], east[near], north[near]
-            shapes, points = self._shapes[z], shapely.points(x, y)
-            # Outside, the distance to the polygon is the distance to its edge. Only
-            # points within the reach circle can be inside; those few get the
-            # containment test, and the inside ones their distance to the boundary,
-            # made here rather than kept for every zone (memory per case matters more).
-            to_edge = shapely.distance(shapes, points)
-            maybe = np.flatnonzero(distance[near] <= 0.0)
-            if len(maybe):
-                within = maybe[shapely.intersects_xy(shapes[maybe], x[maybe], y[maybe])]
-                if len(within):
-                    to_edge[within] = -shapely.distance(
-                        shapely.boundary(shapes[within]), points[within]
-                    )
-            distance[near] = to_edge
+            to_edge = shapely.distance(self._boundaries[z], shapely.points(x, y))
+            # Outside the reach circle a point is outside the polygon: only the
+            # points within it need the containment test.
+            within = np.zeros(len(z), dtype=bool)
+            maybe = distance[near] <= 0.0
+            if maybe.any():
+                within[maybe] = shapely.intersects_xy(self._shapes[z[maybe]], x[maybe], y[maybe])
+            distance[near] = np.where(within, -to_edge, to_edge)
         return distance <= 0.0, distance
 
     def _active(self, zone: np.ndarray, fix: np.ndarray, ts: np.ndarray | None) -> np.ndarray:

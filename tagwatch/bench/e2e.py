@@ -11,10 +11,12 @@ publisher in one run:
    every outstanding fix for the subscriber; the machine's Mosquitto keeps only
    `max_queued_messages` (default 1000) per client and silently drops QoS 1
    messages beyond that, so the window stays below it. Progress is the bare
-   receiver's own count, and the daemon's `tagwatch_fixes_total` metric. The bare
-   paho-mqtt subscriber (QoS 1) is timed from first publish to last message
-   received; `tagwatch run` (SQLite record, every fix recorded, acks after
-   commit) until its metric says every fix was taken in. When progress stops for
+   receiver's own count (reported every 5 ms), and the daemon's
+   `tagwatch_fixes_total` metric (polled every 20 ms). Each runs in a process of
+   its own, apart from the publisher. The bare paho-mqtt subscriber (QoS 1) is
+   timed from first publish to last message received; `tagwatch run` (SQLite
+   record, every fix recorded, acks after commit) until its metric says every
+   fix was taken in. When progress stops for
    STALL_S the run fails with a message naming the broker setting, never hangs.
 2. Latency. At a steady 2,000 fixes/s, one tag in ten enters its zone; the time
    from publishing a fix to receiving the alert record it caused, p50/p99.
@@ -228,24 +230,23 @@ def _await(wait: Waiter, target: int, total: int, who: str, broker: str) -> int:
     return seen
 
 
-class _Count:
-    """Messages received; wakes a waiter only when its target is reached, so the
-    receiving thread does not hand the GIL to the publisher on every message."""
+class _ChildCount:
+    """The bare receiver's count, as its process reports it (tagwatch/bench/bare_receiver.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
         self.n = 0
-        self.target = 0
         self.cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
 
-    def on_message(self, _client, _userdata, _msg) -> None:
-        with self.cond:
-            self.n += 1
-            if self.n == self.target:
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            with self.cond:
+                self.n = int(line)
                 self.cond.notify_all()
 
     def wait(self, target: int, timeout: float) -> int:
         with self.cond:
-            self.target = target
             self.cond.wait_for(lambda: self.n >= target, timeout)
             return self.n
 
@@ -259,18 +260,37 @@ def _subscribed(client: mqtt.Client, topic: str) -> None:
 
 
 def _bare_receiver(settings: BrokerSettings, payloads, window: int, broker: str) -> float:
+    """A bare paho subscriber in its own process (as the daemon is), timed like the daemon."""
     prefix = f"bench/{uuid.uuid4().hex[:8]}/tagwatch/v1"
-    count = _Count()
-    receiver = _client(settings, f"bench-bare-{uuid.uuid4().hex[:6]}")
-    receiver.on_message = count.on_message
-    _subscribed(receiver, f"{prefix}/tags/+/fix")
+    client_id, topic = f"bench-bare-{uuid.uuid4().hex[:6]}", f"{prefix}/tags/+/fix"
+    env = dict(os.environ)
+    if settings.username:
+        env["TAGWATCH_BENCH_USERNAME"] = settings.username
+        env["TAGWATCH_BENCH_PASSWORD"] = settings.password or ""
+    module = "tagwatch.bench.bare_receiver"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, settings.host, str(settings.port), client_id, topic],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
+        first = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        if first != "ready":
+            raise BenchError(f"the bare receiver did not start: {first or 'no output'}")
+        count = _ChildCount(proc)
         start = _publish_windowed(
             settings, prefix, payloads, window, count.wait, "the bare receiver", broker
         )
         return time.perf_counter() - start
     finally:
-        receiver.disconnect()
+        proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _config(workdir: Path, broker: str, prefix: str, port: int, extra: str = "") -> Path:

@@ -386,14 +386,7 @@ class MqttConnection:
 
     async def ack(self, msg: Message) -> None:
         """Acknowledge ``msg`` (QoS 1 PUBACK) once its effects are committed."""
-        if msg.qos == 0 or self._client is None:
-            return
-        with self._link_lock:
-            if msg.connection == self._link:
-                self._client.ack(msg.mid, msg.qos)
-                return
-        # The broker redelivers it on the new connection, and that copy gets acknowledged.
-        log.debug("ack_skipped", topic=msg.topic, mid=msg.mid, reason="earlier connection")
+        await self.ack_many([msg])
 
     async def ack_many(self, msgs: list[Message]) -> None:
         """Acknowledge a committed batch: as `ack` for each, under one lock."""

@@ -35,11 +35,15 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt import __version__ as PAHO_VERSION
-from paho.mqtt import _packet
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+try:  # a private module: another paho may not have it, and then runs its own code
+    from paho.mqtt import _packet
+except ImportError:
+    _packet = None
 
 SUPPORTED_PAHO = ("2.2.",)
 Decoder = Callable[[int, Any, MQTTProtocolVersion], Any]
@@ -76,7 +80,7 @@ def fast_decoder(stock: Decoder) -> Decoder:
 
 
 def supported() -> bool:
-    return PAHO_VERSION.startswith(SUPPORTED_PAHO)
+    return _packet is not None and PAHO_VERSION.startswith(SUPPORTED_PAHO)
 
 
 def install() -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import paho.mqtt.client as paho
 import pytest
-from paho.mqtt import _packet
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
@@ -12,9 +11,14 @@ from paho.mqtt.properties import Properties
 
 from tagwatch import paho_fast
 
+pytestmark = pytest.mark.skipif(
+    not paho_fast.supported(), reason="paho_fast is off on this paho version (paho's own code runs)"
+)
+_packet = paho_fast._packet
 V5, V311 = MQTTProtocolVersion.MQTTv5, MQTTProtocolVersion.MQTTv311
-STOCK = getattr(_packet.decode_publish, "stock", _packet.decode_publish)
-FAST = paho_fast.fast_decoder(STOCK)
+if _packet is not None:
+    STOCK = getattr(_packet.decode_publish, "stock", _packet.decode_publish)
+    FAST = paho_fast.fast_decoder(STOCK)
 TOPIC = b"tagwatch/v1/tags/T-000123/fix"
 PAYLOAD = b'{"ts":1764340000.5,"lat":51.5,"lon":-0.12,"acc":8,"seq":7}'
 

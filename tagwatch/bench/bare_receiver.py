@@ -47,11 +47,15 @@ def main(host: str, port: int, client_id: str, topic: str) -> int:
         print(f"error: no SUBACK for {topic} within 10 s", flush=True)
         return 1
     print("ready", flush=True)
-    stdin_open = threading.Event()
-    stdin_open.set()
-    threading.Thread(target=lambda: (sys.stdin.read(), stdin_open.clear()), daemon=True).start()
+    stdin_closed = threading.Event()
+
+    def watch_stdin() -> None:
+        sys.stdin.read()  # returns when the benchmark closes our stdin
+        stdin_closed.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
     last = -1
-    while stdin_open.is_set():
+    while not stdin_closed.is_set():
         if received[0] != last:
             last = received[0]
             print(last, flush=True)

@@ -20,8 +20,9 @@ import numpy as np
 
 _NAN = float("nan")
 _NO_SEQ = -1  # seqs are >= 0
-_FIX = struct.Struct("<3dq")  # ts, lat, lon, seq: 32 bytes, the position in the first 24
+_FIX = struct.Struct("<3dq")  # ts, lat, lon, seq
 _SEQ = struct.Struct("<q")
+_SEQ_AT = struct.calcsize("<3d")  # a fix item's time and position come before its seq
 _TRACK = struct.Struct("<4d")  # ts, lon, lat, acc
 _TS = struct.Struct("<d")
 
@@ -38,12 +39,12 @@ def fix_item(ts: float, lat: float | None, lon: float | None, seq: int | None) -
 
 def holds_position(items: bytes, item: bytes) -> bool:
     """Whether a fix item in `items` has the time and position of `item`."""
-    return holds(items, item[:24], _FIX.size, 0)
+    return holds(items, item[:_SEQ_AT], _FIX.size, 0)
 
 
 def holds_seq(items: bytes, seq: int) -> bool:
     """Whether a fix item in `items` has this seq."""
-    return holds(items, _SEQ.pack(seq), _FIX.size, 24)
+    return holds(items, _SEQ.pack(seq), _FIX.size, _SEQ_AT)
 
 
 def holds(items: bytes, part: bytes, size: int, offset: int = 0) -> bool:

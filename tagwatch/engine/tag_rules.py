@@ -76,12 +76,9 @@ def jump(st: TagState, fix: Fix, xyz: tuple, rules: Rules) -> tuple[float, float
     acc, last_acc = fix.acc, st.acc or 0.0
     if acc > JUMP_MAX_ACC_M or last_acc > JUMP_MAX_ACC_M:
         return None
-    # chord(last, xyz), written out: this runs for almost every fix
-    distance = math.sqrt(
-        (last[0] - xyz[0]) ** 2 + (last[1] - xyz[1]) ** 2 + (last[2] - xyz[2]) ** 2
-    )
+    distance = chord(last, xyz)
     dt = fix.ts - since
-    if distance - acc - last_acc <= rules.max_speed_mps * (0.0 if dt < 0.0 else dt):  # max(dt, 0)
+    if distance - acc - last_acc <= rules.max_speed_mps * max(dt, 0.0):
         return None
     return distance, dt
 

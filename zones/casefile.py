@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon, Point, Polygon, shape
+from shapely.geometry import Point, shape
 
 from zones.geodesy import LocalFrame, ecef, to_lonlat
-from zones.models import KINDS, Case, Victim, Zone
+from zones.models import KINDS, Case, Victim, Zone, in_frame
 from zones.schedule import ScheduleError, load_timezone, parse_schedule
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -243,14 +242,12 @@ def _zone(
             schedule = parse_schedule(props["schedule"], timezone)
         except ScheduleError as exc:
             raise CaseFileError(file, f"{where}.properties.schedule", str(exc)) from None
-    geometry, frame, local, radius, reach = _geometry(feature.get("geometry"), props, file, where)
+    geometry, frame, radius = _geometry(feature.get("geometry"), props, file, where)
     drawn = shapely.to_wkb(geometry)
     # Zone ids and victim ids repeat across a caseload ("home", "V-01"): one copy each.
     zone_id, kind = sys.intern(zone_id), sys.intern(kind)
     victim = victim if victim is None else sys.intern(victim)
-    return Zone(
-        case_id, zone_id, kind, drawn, frame, local, radius, reach, warn_m, victim, schedule
-    )
+    return Zone(case_id, zone_id, kind, drawn, frame, radius, warn_m, victim, schedule)
 
 
 def _geometry(raw: object, props: dict, file: str, where: str):
@@ -270,13 +267,12 @@ def _geometry(raw: object, props: dict, file: str, where: str):
         _check_rings(rings, file, f"{where}.geometry.coordinates", label)
     geometry = shape(raw)
     frame = LocalFrame.at(*_centre(geometry))
-    local = _project_polygons(polygons, frame)
+    # Valid in metres, where the core measures it (lon/lat would distort it).
+    local = in_frame(geometry, frame)
     if not local.is_valid:
         reason = shapely.is_valid_reason(local).split("[")[0]
         raise CaseFileError(file, f"{where}.geometry", f"invalid polygon: {reason}")
-    reach = float(np.max(np.hypot(*shapely.get_coordinates(local).T)))
-    shapely.prepare(local)
-    return geometry, frame, local, None, reach
+    return geometry, frame, None
 
 
 def _circle(coords: object, props: dict, file: str, where: str):
@@ -287,7 +283,7 @@ def _circle(coords: object, props: dict, file: str, where: str):
             file, f"{where}.properties.radius_m", "a Point zone needs a positive radius_m (metres)"
         )
     lon, lat = float(coords[0]), float(coords[1])  # type: ignore[index]
-    return Point(lon, lat), LocalFrame.at(lon, lat), None, float(radius), float(radius)
+    return Point(lon, lat), LocalFrame.at(lon, lat), float(radius)
 
 
 def _check_rings(rings: object, file: str, where: str, label: str) -> None:
@@ -323,18 +319,6 @@ def _centre(geometry) -> tuple[float, float]:
     """A point near the middle of the zone, through ECEF so the antimeridian is no seam."""
     coords = shapely.get_coordinates(geometry)
     return to_lonlat(ecef(coords[:, 0], coords[:, 1]).mean(axis=0))
-
-
-def _project_polygons(polygons: list, frame: LocalFrame) -> MultiPolygon | Polygon:
-    parts = []
-    for rings in polygons:
-        local_rings = []
-        for ring in rings:
-            arr = np.asarray([p[:2] for p in ring], dtype=np.float64)
-            east, north = frame.project(arr[:, 0], arr[:, 1])
-            local_rings.append(np.column_stack((east, north)))
-        parts.append(Polygon(local_rings[0], local_rings[1:]))
-    return parts[0] if len(parts) == 1 else MultiPolygon(parts)
 
 
 def _optional_metres(obj: dict, key: str, file: str, where: str, positive: bool) -> float | None:

@@ -12,11 +12,18 @@ How it stays fast (DESIGN 6):
 - the other fixes' (fix, zone) pairs are rotated into their zone's frame with
   numpy, all pairs at once;
 - circles are answered exactly by arithmetic (distance to the centre minus the
-  radius), never by shapely;
-- a polygon pair farther than `horizon_m` from its zone's reach circle is
-  outside for certain, and its distance is reported as the lower bound
-  `distance to centre - reach` (which is > horizon_m); only the pairs within
-  the horizon go to shapely, in one vectorised call per question.
+  radius);
+- a polygon pair farther than `horizon_m` from its zone's reach circle (the
+  circle around the frame's centre through the farthest vertex) is outside for
+  certain, and its distance is reported as the lower bound `distance to centre
+  - reach` (which is > horizon_m);
+- only the pairs within the horizon go to shapely, in one vectorised distance
+  call (zero: inside), and the few inside pairs in one more, to the boundary.
+
+The ZoneSet holds each polygon once, as a plain GEOS polygon in its zone's
+frame: no prepared index and no boundary object (together 0.6 KB a polygon,
+which a caseload of 100,000 cases would hold for its few inside fixes), and the
+zones themselves keep only their WKB.
 """
 
 from __future__ import annotations
@@ -80,7 +87,6 @@ class ZoneSet:
         self.zone_exclusion = np.array([z.kind == EXCLUSION for z in zones], dtype=bool)
         self.zone_circle = np.array([z.is_circle for z in zones], dtype=bool)
         self.zone_radius = np.array([z.radius_m or 0.0 for z in zones], dtype=np.float64)
-        self.zone_reach = np.array([z.reach_m for z in zones], dtype=np.float64)
         # Every zone's frame at once: one pyproj call, not one per zone.
         lon = np.array([z.frame.lon for z in zones], dtype=np.float64)
         lat = np.array([z.frame.lat for z in zones], dtype=np.float64)
@@ -88,12 +94,7 @@ class ZoneSet:
         self._origin = ecef(lon, lat).reshape(-1, 3)
         self._east = rotation[:, 0, :]
         self._north = rotation[:, 1, :]
-        self._shapes = np.array([z.shape for z in zones], dtype=object)
-        # Kept (0.4 KB a polygon): the distance to the boundary is the core's main cost,
-        # and taking it from the polygon instead would add a containment test to each.
-        self._boundaries = np.array(
-            [None if z.shape is None else z.shape.boundary for z in zones], dtype=object
-        )
+        self._index_shapes()
         schedules = sorted({z.schedule for z in zones if z.schedule}, key=repr)
         self._schedules: tuple[Schedule, ...] = tuple(schedules)
         sched_id = {s: i for i, s in enumerate(schedules)}
@@ -101,18 +102,41 @@ class ZoneSet:
             [sched_id[z.schedule] if z.schedule else -1 for z in zones], dtype=np.int64
         )
 
+    def _index_shapes(self) -> None:
+        """Every polygon in its zone's frame, as GEOS polygons (circles: None)."""
+        polygons = np.flatnonzero(~self.zone_circle)
+        self.zone_reach = self.zone_radius.copy()  # the radius for a circle
+        self._shapes = np.full(len(self.zones), None, dtype=object)
+        # A few thousand zones at a time: the lon/lat polygons made on the way would
+        # otherwise all exist at once for a whole caseload.
+        for start in range(0, len(polygons), 4096):
+            self._project(polygons[start : start + 4096])
+
+    def _project(self, polygons: np.ndarray) -> None:
+        """The shapes and reach of some polygon zones, projected in one pass."""
+        drawn = shapely.from_wkb([self.zones[z].drawn for z in polygons.tolist()])
+        lonlat, owner = shapely.get_coordinates(drawn, return_index=True)
+        zone = polygons[owner]
+        x, y = self._to_local(ecef(*lonlat.T), zone)
+        self._shapes[polygons] = shapely.set_coordinates(drawn, np.column_stack((x, y)))
+        # The reach: the farthest vertex from the frame's centre.
+        np.maximum.at(self.zone_reach, zone, np.hypot(x, y))
+
     def _index_tags(self) -> None:
-        # CSR layout: the zones of tag t are tag_zones[tag_zone_ptr[t]:tag_zone_ptr[t+1]].
-        per_tag: list[list[int]] = [[] for _ in self.tags]
-        k = 0
-        for case in self.cases:
-            ids = list(range(k, k + len(case.zones)))
-            k += len(case.zones)
-            for tag in case.tags:
-                per_tag[self._tag_index[tag]].extend(ids)
-        counts = np.array([len(z) for z in per_tag], dtype=np.int64)
-        self.tag_zone_ptr = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-        self.tag_zones = np.array([z for zs in per_tag for z in zs], dtype=np.int64)
+        # CSR layout: the zones of tag t are tag_zones[tag_zone_ptr[t]:tag_zone_ptr[t+1]],
+        # in case order. Built with numpy: a caseload can hold 100,000 tags.
+        case_tag = [(c, self._tag_index[t]) for c, case in enumerate(self.cases) for t in case.tags]
+        case_of, tag_of = np.array(case_tag, dtype=np.int64).reshape(-1, 2).T
+        per_case = np.array([len(c.zones) for c in self.cases], dtype=np.int64)
+        case_first = np.cumsum(per_case) - per_case
+        counts = per_case[case_of]  # zones of each (case, tag)
+        tag = np.repeat(tag_of, counts)
+        zone = np.repeat(case_first[case_of] - (np.cumsum(counts) - counts), counts)
+        zone += np.arange(len(zone))
+        order = np.lexsort((zone, tag))
+        self.tag_zones = zone[order]
+        per_tag = np.bincount(tag, minlength=len(self.tags))
+        self.tag_zone_ptr = np.concatenate(([0], np.cumsum(per_tag))).astype(np.int64)
 
     def _bound_tags(self) -> None:
         # A sphere around all of a tag's zones (ECEF): the fix-level prefilter.
@@ -120,16 +144,14 @@ class ZoneSet:
         # `|fix - centre| - radius` is a true lower bound of the distance to
         # every zone; 1 m covers the zones' curvature below their tangent plane.
         n = len(self.tags)
-        self._tag_centre = np.zeros((n, 3))
+        counts = np.diff(self.tag_zone_ptr)
+        owner = np.repeat(np.arange(n), counts)
+        origin = self._origin[self.tag_zones]
+        total = np.stack([np.bincount(owner, origin[:, d], minlength=n) for d in range(3)], 1)
+        self._tag_centre = total / np.maximum(counts, 1)[:, None]
+        spread = np.linalg.norm(origin - self._tag_centre[owner], axis=1)
         self._tag_radius = np.zeros(n)
-        for t in range(n):
-            zones = self.tag_zones[self.tag_zone_ptr[t] : self.tag_zone_ptr[t + 1]]
-            if len(zones) == 0:
-                continue
-            centre = self._origin[zones].mean(axis=0)
-            spread = np.linalg.norm(self._origin[zones] - centre, axis=1)
-            self._tag_centre[t] = centre
-            self._tag_radius[t] = float(np.max(spread + self.zone_reach[zones])) + 1.0
+        np.maximum.at(self._tag_radius, owner, spread + self.zone_reach[self.tag_zones] + 1.0)
 
     def pairs(self, tag_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(fix, zone) index pairs for every zone of every fix's tag; tag -1 has none."""
@@ -175,7 +197,7 @@ class ZoneSet:
         inside = np.zeros(len(fix), dtype=bool)
         distance = bound[fix]
         if near.any():
-            east, north = self._to_local(xyz, fix[near], zone[near])
+            east, north = self._to_local(xyz[fix[near]], zone[near])
             inside[near], distance[near] = self._signed_distance(zone[near], east, north, horizon_m)
         active = self._active(zone, fix, ts)
         return Evaluation(fix, zone, inside, distance, active)
@@ -185,8 +207,9 @@ class ZoneSet:
         t = np.maximum(tag_idx, 0)
         return np.linalg.norm(xyz - self._tag_centre[t], axis=1) - self._tag_radius[t]
 
-    def _to_local(self, xyz: np.ndarray, fix: np.ndarray, zone: np.ndarray):
-        d = xyz[fix] - self._origin[zone]
+    def _to_local(self, xyz: np.ndarray, zone: np.ndarray):
+        """East and north metres of ECEF points, each in its zone's frame."""
+        d = xyz - self._origin[zone]
         east = np.einsum("ij,ij->i", d, self._east[zone])
         north = np.einsum("ij,ij->i", d, self._north[zone])
         return east, north
@@ -196,16 +219,21 @@ class ZoneSet:
         distance = from_centre - self.zone_reach[zone]  # exact for circles, a bound otherwise
         near = ~self.zone_circle[zone] & (distance <= horizon_m)
         if near.any():
-            z, x, y = zone[near], east[near], north[near]
-            to_edge = shapely.distance(self._boundaries[z], shapely.points(x, y))
-            # Outside the reach circle a point is outside the polygon: only the
-            # points within it need the containment test.
-            within = np.zeros(len(z), dtype=bool)
-            maybe = distance[near] <= 0.0
-            if maybe.any():
-                within[maybe] = shapely.intersects_xy(self._shapes[z[maybe]], x[maybe], y[maybe])
+            to_edge, within = self._polygon_rows(zone[near], east[near], north[near])
             distance[near] = np.where(within, -to_edge, to_edge)
         return distance <= 0.0, distance
+
+    def _polygon_rows(self, zone, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Distance from each point to its polygon's boundary, and whether the point
+        is in the polygon (on the boundary counts as in)."""
+        shapes, points = self._shapes[zone], shapely.points(x, y)
+        to_edge = shapely.distance(shapes, points)  # 0 for a point in the polygon
+        inside = to_edge == 0.0
+        if inside.any():
+            # Few fixes are inside: their boundaries are made for them alone, where
+            # keeping one per zone would cost 0.4 KB a polygon for the whole caseload.
+            to_edge[inside] = shapely.distance(shapely.boundary(shapes[inside]), points[inside])
+        return to_edge, inside
 
     def _active(self, zone: np.ndarray, fix: np.ndarray, ts: np.ndarray | None) -> np.ndarray:
         sched = self.zone_schedule[zone]

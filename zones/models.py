@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
@@ -21,13 +22,11 @@ KINDS = (EXCLUSION, INCLUSION)
 class Zone:
     """One zone of a case: a polygon (holes allowed), a multipolygon or a circle.
 
-    `shape` is the zone in its own metric frame (east/north metres around
-    `frame`); for a circle it is None and `radius_m` is the geodesic radius.
-    The zone as drawn (WGS84 lon/lat) is kept as WKB, exact and a third of the
-    size of a geometry object: only the dashboard's map reads it.
-    `reach_m` is the largest distance from the frame's centre to any point of
-    the zone: a fix farther than `reach_m + d` from the centre is more than `d`
-    from the zone, which is what makes the cheap prefilter exact.
+    The zone as drawn (WGS84 lon/lat) is kept as WKB only: exact, and a fraction
+    of the size of GEOS objects (a caseload holds 100,000 cases). The geometry
+    core (ZoneSet) projects all polygons into their zones' frames at once and
+    keeps them there; `shape` builds one zone's on demand. A circle has
+    `radius_m`, its geodesic radius, and no shape.
     """
 
     case_id: str
@@ -35,21 +34,30 @@ class Zone:
     kind: str
     drawn: bytes  # WKB of the GeoJSON geometry in WGS84 lon/lat, as drawn
     frame: LocalFrame
-    shape: BaseGeometry | None
     radius_m: float | None
-    reach_m: float
     warn_m: float | None = None  # None: the rules' warn_m
     victim: str | None = None
     schedule: Schedule | None = None
 
     @property
     def is_circle(self) -> bool:
-        return self.shape is None
+        return self.radius_m is not None
+
+    @property
+    def shape(self) -> BaseGeometry | None:
+        """The polygon in the zone's metric frame (east/north metres around `frame`);
+        None for a circle."""
+        return None if self.is_circle else in_frame(self.geometry, self.frame)
 
     @property
     def geometry(self) -> BaseGeometry:
         """The zone as drawn, in WGS84 lon/lat."""
         return shapely.from_wkb(self.drawn)
+
+
+def in_frame(geometry: BaseGeometry, frame: LocalFrame) -> BaseGeometry:
+    """A lon/lat geometry in a frame's east/north metres (2-D)."""
+    return shapely.transform(geometry, lambda lonlat: np.column_stack(frame.project(*lonlat.T)))
 
 
 @dataclass(frozen=True, slots=True)

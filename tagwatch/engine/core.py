@@ -42,7 +42,7 @@ from tagwatch.engine.state import (
 )
 from tagwatch.engine.tag_rules import chord
 from tagwatch.wire import Fix, rate_command, warn_command
-from zones import ZoneSet
+from zones import Zone, ZoneSet
 
 DUPLICATE, LATE, LIVE = "duplicate", "late", "live"
 RECENT = 16  # fixes remembered per tag for duplicate detection (seq, and time+position)
@@ -68,18 +68,7 @@ class Engine:
         case_rules = {
             c.id: rules_with(self.rules, c.rules, f"{c.source}: case.rules") for c in zoneset.cases
         }
-        self.zone_info = [
-            ZoneInfo(
-                f"{z.case_id}/{z.zone_id}",
-                z.case_id,
-                z.zone_id,
-                z.kind == "exclusion",
-                z.warn_m if z.warn_m is not None else case_rules[z.case_id].warn_m,
-                z.victim,
-                case_rules[z.case_id],
-            )
-            for z in zoneset.zones
-        ]
+        self.zone_info = ZoneInfos(zoneset, case_rules)
         tag_cases: dict[str, list[tuple[str, Rules]]] = {}
         tag_victims: dict[str, list[VictimInfo]] = {}
         device_victims: dict[str, list[tuple[str, VictimInfo]]] = {}
@@ -109,7 +98,7 @@ class Engine:
         self.device_victims = {d: tuple(tags) for d, tags in device_victims.items()}
         self.tag_rules = {tag: cases[0][1] for tag, cases in self.tag_cases.items()}
         all_rules = [*case_rules.values(), self.rules]
-        max_warn = max([z.warn_m for z in self.zone_info] + [0.0])
+        max_warn = max([self.zone_info.warn_m(z) for z in zoneset.zones] + [0.0])
         self.quiet_m = max(
             max(
                 r.approach_max_m + r.exit_margin_m,
@@ -462,6 +451,35 @@ class Engine:
             positioned = st.last_pos_ts if st.last_pos_ts is not None else -math.inf
             if st.no_fix is None and st.last_msg_ts is not None and st.last_msg_ts > positioned:
                 self._arm(tag, st, watchdog.NO_FIX)
+
+
+class ZoneInfos:
+    """The ZoneInfo of each zone index, made when a rule first looks at the zone: in
+    a large caseload most zones never come within the horizon of their tag, and one
+    made for every zone would cost 0.15 KB each for nothing."""
+
+    def __init__(self, zoneset: ZoneSet, case_rules: dict[str, Rules]) -> None:
+        self.zones = zoneset.zones
+        self.case_rules = case_rules
+        self.made: dict[int, ZoneInfo] = {}
+
+    def __getitem__(self, z: int) -> ZoneInfo:
+        info = self.made.get(z)
+        if info is None:
+            zone = self.zones[z]
+            info = self.made[z] = ZoneInfo(
+                f"{zone.case_id}/{zone.zone_id}",
+                zone.case_id,
+                zone.zone_id,
+                zone.kind == "exclusion",
+                self.warn_m(zone),
+                zone.victim,
+                self.case_rules[zone.case_id],
+            )
+        return info
+
+    def warn_m(self, zone: Zone) -> float:
+        return zone.warn_m if zone.warn_m is not None else self.case_rules[zone.case_id].warn_m
 
 
 def _device_quiet(st: TagState, fix: Fix, rules: Rules) -> bool:

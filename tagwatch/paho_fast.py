@@ -1,4 +1,4 @@
-"""Three of paho-mqtt's per-message costs, avoided on the paho version they were measured on.
+"""Four of paho-mqtt's per-message costs, avoided on the paho version they were measured on.
 
 Decoding. For every MQTT 5 PUBLISH, paho 2 builds a `Properties` object (a few dozen
 table entries set up in `__init__`) and clears and unpacks it, even when the property
@@ -23,7 +23,15 @@ topic (a generator walking a trie), though tagwatch registers none: `install_cli
 gives the client a matcher that answers at once while it holds no filter, and matches as
 paho's does once one is added.
 
-tests/test_paho_fast.py checks all three against paho's own behaviour. On another paho version
+Reading. paho reads each packet with three or more `recv` calls (the type byte, the
+length byte by byte, then the rest), and under manual acknowledgement handles one
+packet per select(): per message a select, three system calls and a pass through its
+loop. `install_client` gives the client a reader that takes what one `recv` of 64 KiB
+returns and hands paho the slices it asks for, and a `loop_read` that goes on while
+bytes remain buffered (select() cannot see them). paho's own packet parser runs
+unchanged on those slices; only where its bytes come from changes.
+
+tests/test_paho_fast.py checks all of these against paho's own behaviour. On another paho version
 `install` does nothing and `ack_all` falls back to `client.ack` per message.
 """
 
@@ -117,7 +125,59 @@ class _Filters(MQTTMatcher):
         return super().iter_match(topic)
 
 
+class _BufferedReader:
+    """paho's reads, served from one large recv (see the module docstring, Reading).
+
+    paho reads a packet with three or more `recv` calls (1 byte of type, the length byte
+    by byte, then the rest) and, under manual acknowledgement, one packet per select().
+    This keeps the bytes of one `recv(CHUNK)` and hands paho the slices it asks for;
+    `loop_read` goes on while bytes are buffered, since select() cannot see them.
+    The buffer belongs to one socket: bytes of a lost connection are never parsed as
+    the start of the next one.
+    """
+
+    CHUNK = 1 << 16
+
+    def __init__(self, client: paho.Client) -> None:
+        self.client = client
+        self.stock_recv = client._sock_recv  # its error handling (TLS, lost socket) stays
+        self.sock: Any = None
+        self.buf = b""
+        self.pos = 0
+
+    def buffered(self) -> bool:
+        return self.pos < len(self.buf) and self.sock is self.client._sock
+
+    def recv(self, bufsize: int) -> bytes:
+        if self.sock is not self.client._sock or self.pos >= len(self.buf):
+            self.sock, self.buf, self.pos = self.client._sock, b"", 0
+            data = self.stock_recv(self.CHUNK)  # raises BlockingIOError when none is there
+            if len(data) <= bufsize:
+                return data
+            self.buf = data
+        start = self.pos
+        self.pos = start + bufsize
+        return self.buf[start : self.pos]
+
+    def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
+        client = self.client
+        if client._sock is None:
+            return paho.MQTTErrorCode.MQTT_ERR_NO_CONN
+        while True:
+            rc = client._packet_read()
+            if rc > 0:
+                return client._loop_rc_handle(rc)
+            if not self.buffered():
+                return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
 def install_client(client: paho.Client) -> None:
-    """The per-client part: the matcher (see the module docstring)."""
-    if supported() and type(client._on_message_filtered) is MQTTMatcher:
+    """The per-client parts: the matcher and the buffered reader (module docstring)."""
+    if not supported():
+        return
+    if type(client._on_message_filtered) is MQTTMatcher:
         client._on_message_filtered = _Filters()
+    if not isinstance(getattr(client._sock_recv, "__self__", None), _BufferedReader):
+        reader = _BufferedReader(client)
+        client._sock_recv = reader.recv  # type: ignore[method-assign]
+        client.loop_read = reader.loop_read  # type: ignore[method-assign]

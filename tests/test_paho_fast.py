@@ -142,3 +142,89 @@ def test_client_matcher_matches_like_paho_with_and_without_filters() -> None:
     for sub, _value in FILTERS:
         del fast[sub]
     assert list(fast.iter_match(TOPICS[0])) == []
+
+
+# ---- the buffered reader -------------------------------------------------------------
+
+
+def _wire(body: bytes) -> bytes:
+    """A whole MQTT 5 PUBLISH packet (QoS 1) with this variable header and payload."""
+    length, n = b"", len(body)
+    while True:  # the remaining length, 7 bits a byte
+        byte, n = n % 128, n // 128
+        length += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return b"\x32" + length + body
+
+
+def _wire_publish(i: int, size: int | None = None) -> bytes:
+    """Packet id i + 1, no properties, a payload of its own length."""
+    payload = b"y" * size if size is not None else PAYLOAD + b"x" * (i % 300)
+    return _wire(_publish(1, mid=i + 1)[: -len(PAYLOAD)] + payload)
+
+
+def _reading_client(fast: bool) -> tuple[paho.Client, list[tuple[str, bytes, int]], object]:
+    import socket
+
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id="t", protocol=paho.MQTTv5, manual_ack=True
+    )
+    if fast:
+        paho_fast.install_client(client)
+    got: list[tuple[str, bytes, int]] = []
+    client.on_message = lambda _c, _u, m: got.append((m.topic, m.payload, m.mid))
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    return client, got, broker
+
+
+def _read_all(client: paho.Client) -> None:
+    """What paho's loop does when select() says the socket is readable, until it is not."""
+    import select
+
+    while select.select([client._sock], [], [], 0)[0]:
+        assert client.loop_read() == paho.MQTT_ERR_SUCCESS
+
+
+@pytest.mark.parametrize("cut", [1, 2, 7, 100, 4096, 70_000])
+def test_buffered_reader_reads_what_paho_reads(cut: int) -> None:
+    """The same messages in the same order, however the stream is cut into segments
+    (mid-header, mid-length, mid-payload), with a 70 kB packet among small ones."""
+    stream = b"".join(_wire_publish(i) for i in range(400)) + _wire_publish(400, 70_000)
+    results = []
+    for fast in (False, True):
+        client, got, broker = _reading_client(fast)
+        for start in range(0, len(stream), cut):
+            broker.sendall(stream[start : start + cut])
+            _read_all(client)
+        results.append(got)
+        broker.close()
+    assert len(results[0]) == 401
+    assert results[1] == results[0]
+
+
+def test_buffered_reader_drops_the_bytes_of_a_lost_connection() -> None:
+    """A half-read packet of the old socket is never taken as the start of the new one."""
+    import socket
+
+    client, got, broker = _reading_client(True)
+    two = _wire_publish(1) + _wire_publish(2)
+    broker.sendall(two[: len(two) - 5])  # the second packet is cut short
+    _read_all(client)
+    assert [m for _t, _p, m in got] == [2]
+    assert client._sock_recv.__self__.buffered() is False  # all of it went to paho
+    # Now with bytes left in the buffer: a large recv, then the socket changes.
+    client2, got2, broker2 = _reading_client(True)
+    reader = client2._sock_recv.__self__
+    broker2.sendall(two)
+    assert len(client2._sock_recv(1)) == 1  # one byte handed out, the rest buffered
+    assert reader.buffered()
+    new, other = socket.socketpair()
+    new.setblocking(False)
+    client2._sock = new
+    client2._in_packet = {**client2._in_packet, "command": 0}  # as paho's reconnect resets it
+    assert not reader.buffered()
+    other.sendall(_wire_publish(5))
+    _read_all(client2)
+    assert [m for _t, _p, m in got2] == [6]

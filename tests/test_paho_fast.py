@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import select
+import socket
+
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
@@ -164,8 +167,6 @@ def _wire_publish(i: int, size: int | None = None) -> bytes:
 
 
 def _reading_client(fast: bool) -> tuple[paho.Client, list[tuple[str, bytes, int]], object]:
-    import socket
-
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2, client_id="t", protocol=paho.MQTTv5, manual_ack=True
     )
@@ -181,8 +182,6 @@ def _reading_client(fast: bool) -> tuple[paho.Client, list[tuple[str, bytes, int
 
 def _read_all(client: paho.Client) -> None:
     """What paho's loop does when select() says the socket is readable, until it is not."""
-    import select
-
     while select.select([client._sock], [], [], 0)[0]:
         assert client.loop_read() == paho.MQTT_ERR_SUCCESS
 
@@ -206,8 +205,6 @@ def test_buffered_reader_reads_what_paho_reads(cut: int) -> None:
 
 def test_buffered_reader_drops_the_bytes_of_a_lost_connection() -> None:
     """A half-read packet of the old socket is never taken as the start of the new one."""
-    import socket
-
     client, got, broker = _reading_client(True)
     two = _wire_publish(1) + _wire_publish(2)
     broker.sendall(two[: len(two) - 5])  # the second packet is cut short

@@ -131,6 +131,8 @@ class ZoneSet:
         case_first = np.cumsum(per_case) - per_case
         counts = per_case[case_of]  # zones of each (case, tag)
         tag = np.repeat(tag_of, counts)
+        # Row r of a (case, tag) pair starting at row s is its case's zone r - s:
+        # zone = case_first + (r - s), with (case_first - s) repeated over the pair's rows.
         zone = np.repeat(case_first[case_of] - (np.cumsum(counts) - counts), counts)
         zone += np.arange(len(zone))
         order = np.lexsort((zone, tag))

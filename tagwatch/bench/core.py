@@ -72,7 +72,8 @@ def _time_naive(zoneset: ZoneSet, batch: Fixes, sample: np.ndarray):
     zone_lists = [zoneset.zones_of(tag) for tag in zoneset.tags]
     # Each zone's frame set up once, before the clock starts, as a user would.
     frames = {z: (zones[z].frame.origin, zones[z].frame.rotation.T) for z in range(len(zones))}
-    shapes = {z: (zones[z].shape, zones[z].shape and zones[z].shape.boundary) for z in frames}
+    shapes = {z: zones[z].shape for z in frames if not zones[z].is_circle}
+    boundaries = {z: shape.boundary for z, shape in shapes.items()}
     rows = []
     start = time.perf_counter()
     for i in sample.tolist():
@@ -86,9 +87,8 @@ def _time_naive(zoneset: ZoneSet, batch: Fixes, sample: np.ndarray):
                 distance = point.distance(Point(0, 0)) - zone.radius_m
                 inside = distance <= 0
             else:
-                shape, boundary = shapes[z]
-                inside = shape.intersects(point)
-                distance = boundary.distance(point)
+                inside = shapes[z].intersects(point)
+                distance = boundaries[z].distance(point)
                 distance = -distance if inside else distance
             active = zone.schedule is None or bool(zone.schedule.active(batch.ts[i : i + 1])[0])
             rows.append((i, z, inside, distance, active))

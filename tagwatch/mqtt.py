@@ -146,19 +146,6 @@ def _tls_context(s: BrokerSettings) -> ssl.SSLContext:
     return ctx
 
 
-def _message(m: paho.MQTTMessage, received: float, link: int) -> Message:
-    return Message(
-        topic=m.topic,
-        payload=bytes(m.payload),
-        qos=m.qos,
-        mid=m.mid,
-        received=received,
-        retain=bool(m.retain),
-        dup=bool(m.dup),
-        connection=link,
-    )
-
-
 def _no_delay(client: paho.Client) -> None:
     """Small packets go out at once (Nagle plus delayed ACKs would add ~40 ms per alert)."""
     sock = client.socket()
@@ -354,7 +341,7 @@ class MqttConnection:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        paho_fast.install_client(client)
+        paho_fast.install_client(client, deliver=self._deliver)
         return client
 
     # ---- public API ------------------------------------------------------------------
@@ -478,9 +465,15 @@ class MqttConnection:
         self._call(self._subscribed, mid, [(rc.value, str(rc)) for rc in rcs])
 
     def _on_message(self, _c: paho.Client, _u: Any, m: paho.MQTTMessage) -> None:
+        self._deliver(m.topic, bytes(m.payload), m.qos, m.mid, bool(m.retain), bool(m.dup))
+
+    def _deliver(
+        self, topic: str, payload: bytes, qos: int, mid: int, retain: bool, dup: bool
+    ) -> None:
+        """A received message, from paho's on_message or paho_fast's direct PUBLISH path."""
         # One wake-up of the event loop per burst, not per message: at thousands of
         # messages a second the loop's self-pipe writes were a tenth of the CPU.
-        self._inbox.append(_message(m, time.time(), self._link))
+        self._inbox.append(Message(topic, payload, qos, mid, time.time(), retain, dup, self._link))
         with self._inbox_lock:
             if self._drain_pending:
                 return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 
@@ -225,3 +226,117 @@ def test_buffered_reader_drops_the_bytes_of_a_lost_connection() -> None:
     other.sendall(_wire_publish(5))
     _read_all(client2)
     assert [m for _t, _p, m in got2] == [6]
+
+
+# ---- direct PUBLISH delivery ---------------------------------------------------------
+
+
+def _delivering_client(protocol: int, direct: bool) -> tuple[paho.Client, list[tuple], object]:
+    """A reading client whose messages (from paho's on_message, or from paho_fast's
+    direct path when `direct`) are recorded as (topic, payload, qos, mid, retain, dup)."""
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id="t", protocol=protocol, manual_ack=True
+    )
+    got: list[tuple] = []
+
+    def deliver(topic: str, payload: bytes, qos: int, mid: int, retain: bool, dup: bool) -> None:
+        got.append((topic, payload, qos, mid, retain, dup))
+
+    def on_message(_c, _u, m) -> None:
+        try:
+            topic = m.topic
+        except UnicodeDecodeError:
+            topic = "(not UTF-8)"
+        deliver(topic, bytes(m.payload), m.qos, m.mid, bool(m.retain), bool(m.dup))
+
+    client.on_message = on_message
+    paho_fast.install_client(client, deliver=deliver if direct else None)
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    return client, got, broker
+
+
+DELIVERY_CASES = [
+    *((header, bytes(packet), protocol) for header, packet, protocol in CASES),
+    (0x34, _publish(2), V5),  # QoS 2: paho's own flow (PUBREC) runs
+    (0x32, _publish(1, topic=b"tags/\xff/fix"), V5),  # a topic that is not UTF-8
+]
+
+
+@pytest.mark.parametrize(("header", "packet", "protocol"), DELIVERY_CASES)
+def test_direct_publish_delivers_what_paho_delivers(header: int, packet: bytes, protocol) -> None:
+    """Every packet (QoS 0, 1 and 2, properties or none, MQTT 5 and 3.1.1, dup, retain,
+    empty topic or payload, a topic that is not UTF-8) reaches the application with the
+    same fields, and paho answers the same bytes (QoS 2's PUBREC), on either path."""
+    results = []
+    for direct in (False, True):
+        client, got, broker = _delivering_client(protocol.value, direct)
+        broker.sendall(bytes([header]) + _wire(packet)[1:])
+        _read_all(client)
+        client.loop_write()
+        broker.setblocking(False)
+        try:
+            answered = broker.recv(100)
+        except BlockingIOError:
+            answered = b""
+        results.append((got, answered))
+        broker.close()
+    qos2 = header & 0x06 == 0x04  # delivered on PUBREL, answered with a PUBREC now
+    assert len(results[0][0]) == (0 if qos2 else 1)
+    assert results[0][1][:1] == (b"\x50" if qos2 else b"")
+    assert results[1] == results[0]
+
+
+def test_direct_publish_takes_the_daemons_messages_itself() -> None:
+    """The QoS 1 property-less MQTT 5 PUBLISH never reaches paho's handler; the rest do."""
+    client, got, broker = _delivering_client(paho.MQTTv5, direct=True)
+    stock = client._handle_publish.stock
+    calls = []
+    client._handle_publish.stock = lambda: calls.append(1) or stock()
+    broker.sendall(_wire(_publish(1)) + _wire(_publish(1, props=_props(TopicAlias=3))))
+    _read_all(client)
+    assert len(got) == 2 and len(calls) == 1  # only the one with properties
+
+
+def test_direct_publish_leaves_filters_and_paho_trace_to_paho(caplog) -> None:
+    """With a topic filter added, or paho's packet trace on, paho's handler runs."""
+    client, got, broker = _delivering_client(paho.MQTTv5, direct=True)
+    filtered = []
+    client.message_callback_add("tagwatch/#", lambda _c, _u, m: filtered.append(m.mid))
+    broker.sendall(_wire(_publish(1, mid=7)))
+    _read_all(client)
+    assert filtered == [7] and got == []
+    client.message_callback_remove("tagwatch/#")
+    client.enable_logger(logging.getLogger("test.paho"))
+    with caplog.at_level(logging.DEBUG, logger="test.paho"):
+        broker.sendall(_wire(_publish(1, mid=8)))
+        _read_all(client)
+    assert [m[3] for m in got] == [8]
+    assert any("Received PUBLISH" in r.getMessage() for r in caplog.records)
+
+
+def test_direct_publish_handles_a_failing_callback_as_paho_does(caplog) -> None:
+    """An exception in the application's handler is logged and, with paho's
+    suppress_exceptions, the network thread goes on; without it, it propagates."""
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id="t", protocol=paho.MQTTv5, manual_ack=True
+    )
+
+    def deliver(*_args) -> None:
+        raise ValueError("bug in the handler")
+
+    paho_fast.install_client(client, deliver=deliver)
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    client.enable_logger(logging.getLogger("test.paho.errors"))
+    client.suppress_exceptions = True
+    with caplog.at_level(logging.ERROR, logger="test.paho.errors"):
+        broker.sendall(_wire(_publish(1)))
+        _read_all(client)
+    assert any("bug in the handler" in r.getMessage() for r in caplog.records)
+    client.suppress_exceptions = False
+    broker.sendall(_wire(_publish(1)))
+    with pytest.raises(ValueError, match="bug in the handler"):
+        _read_all(client)

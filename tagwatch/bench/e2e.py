@@ -164,7 +164,7 @@ def _payloads(cases, fixes: int) -> list[tuple[str, bytes]]:
             "lat": round(float(zone.frame.lat + 0.08 * np.sin(bearings[k]) + jitter[i, 0]), 6),
             "lon": round(float(zone.frame.lon + 0.12 * np.cos(bearings[k]) + jitter[i, 1]), 6),
             "acc": 8,
-            "seq": i,
+            "seq": i // len(cases),  # each tag's own message counter, running on by one
         }
         out.append((cases[k].tags[0], msgspec.json.encode(fix)))
     return out

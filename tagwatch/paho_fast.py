@@ -146,14 +146,16 @@ class _BufferedReader:
     This keeps the bytes of one `recv(CHUNK)` and hands paho the slices it asks for;
     `loop_read` goes on while bytes are buffered, since select() cannot see them.
     The buffer belongs to one socket: bytes of a lost connection are never parsed as
-    the start of the next one.
+    the start of the next one. With `direct`, the whole QoS 1 PUBLISH packets in the
+    buffer are delivered by it between paho's reads (module docstring, Delivering).
     """
 
     CHUNK = 1 << 16
 
-    def __init__(self, client: paho.Client) -> None:
+    def __init__(self, client: paho.Client, direct: _DirectPublish | None = None) -> None:
         self.client = client
         self.stock_recv = client._sock_recv  # its error handling (TLS, lost socket) stays
+        self.direct = direct
         self.sock: Any = None
         self.buf = b""
         self.pos = 0
@@ -177,6 +179,8 @@ class _BufferedReader:
         if client._sock is None:
             return paho.MQTTErrorCode.MQTT_ERR_NO_CONN
         while True:
+            if self.direct is not None and client._in_packet["command"] == 0 and self.buffered():
+                self.direct.take_whole(self)
             rc = client._packet_read()
             if rc > 0:
                 return client._loop_rc_handle(rc)
@@ -200,41 +204,84 @@ class _DirectPublish:
         self.deliver = deliver
 
     def __call__(self) -> paho.MQTTErrorCode:
-        client = self.client
-        header, packet = client._in_packet["command"], client._in_packet["packet"]
-        if (
-            header & 0x06 != 0x02  # QoS 1 only: 0 and 2 keep paho's flow
-            or client._protocol != paho.MQTTv5
-            or not client._manual_ack
-            or client._on_message_filtered._root._children
-            or (client._logger is not None and client._logger.isEnabledFor(logging.DEBUG))
-            or len(packet) < 2
-        ):
+        """paho's `_handle_publish`, for a packet paho has read."""
+        header, packet = self.client._in_packet["command"], self.client._in_packet["packet"]
+        fields = self.fields(header, packet) if self.applies() else None
+        if fields is None:
             return self.stock()
+        self.call(fields)
+        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def applies(self) -> bool:
+        """Whether this client's state lets a QoS 1 PUBLISH bypass paho's handler."""
+        client = self.client
+        return (
+            client._protocol == paho.MQTTv5
+            and client._manual_ack
+            and not client._on_message_filtered._root._children
+            and not (client._logger is not None and client._logger.isEnabledFor(logging.DEBUG))
+        )
+
+    @staticmethod
+    def fields(header: int, packet: bytes | bytearray) -> tuple | None:
+        """deliver's arguments for a QoS 1 property-less PUBLISH with a UTF-8 topic (the
+        packet after its fixed header); None for any other packet."""
+        if header & 0xF6 != 0x32 or len(packet) < 2:  # PUBLISH at QoS 1 (dup, retain: any)
+            return None
         topic_end = 2 + ((packet[0] << 8) | packet[1])
         props_at = topic_end + 2  # after the packet id
         if len(packet) <= props_at or packet[props_at] != 0:
-            return self.stock()  # properties, or a short packet: paho decides
+            return None  # properties, or a short packet: paho decides
         try:
             topic = packet[2:topic_end].decode("utf-8")
         except UnicodeDecodeError:
-            return self.stock()
+            return None
         mid = (packet[topic_end] << 8) | packet[topic_end + 1]
-        with client._in_callback_mutex:  # as paho holds it around on_message
+        retain, dup = bool(header & 0x01), bool(header & 0x08)
+        return topic, bytes(packet[props_at + 1 :]), 1, mid, retain, dup
+
+    def call(self, fields: tuple) -> None:
+        """deliver, as paho calls on_message: under its callback lock, an exception logged
+        and, unless the client suppresses exceptions, raised."""
+        client = self.client
+        with client._in_callback_mutex:
             try:
-                self.deliver(
-                    topic,
-                    bytes(packet[props_at + 1 :]),
-                    1,
-                    mid,
-                    bool(header & 0x01),
-                    bool(header & 0x08),
-                )
+                self.deliver(*fields)
             except Exception as err:
                 client._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
                 if not client.suppress_exceptions:
                     raise
-        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def take_whole(self, reader: _BufferedReader) -> None:
+        """Deliver the whole QoS 1 PUBLISH packets at the head of the reader's buffer, in
+        order, up to the first packet that is cut short or of another kind (paho reads
+        that one). Called only between packets (paho holds no part of one)."""
+        if not self.applies():
+            return
+        buf, pos, end = reader.buf, reader.pos, len(reader.buf)
+        start = pos
+        while pos < end and buf[pos] & 0xF6 == 0x32:
+            length, shift, at = 0, 0, pos + 1
+            while at < end and at <= pos + 4:  # the remaining length: 1 to 4 bytes
+                byte = buf[at]
+                at += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            else:
+                break  # cut short, or longer than MQTT allows: paho's reading decides
+            if at + length > end:
+                break
+            fields = self.fields(buf[pos], buf[at : at + length])
+            if fields is None:
+                break
+            reader.pos = pos = at + length  # before delivering: a raise must not repeat it
+            self.call(fields)
+        if pos != start:
+            client = self.client
+            with client._msgtime_mutex:  # as paho after every packet (keepalive)
+                client._last_bytes_received = paho.time_func()
 
 
 def install_client(client: paho.Client, deliver: Deliver | None = None) -> None:
@@ -244,9 +291,10 @@ def install_client(client: paho.Client, deliver: Deliver | None = None) -> None:
         return
     if deliver is not None and not isinstance(client._handle_publish, _DirectPublish):
         client._handle_publish = _DirectPublish(client, deliver)  # type: ignore[method-assign]
+    direct = client._handle_publish
     if type(client._on_message_filtered) is MQTTMatcher:
         client._on_message_filtered = _Filters()
     if not isinstance(getattr(client._sock_recv, "__self__", None), _BufferedReader):
-        reader = _BufferedReader(client)
+        reader = _BufferedReader(client, direct if isinstance(direct, _DirectPublish) else None)
         client._sock_recv = reader.recv  # type: ignore[method-assign]
         client.loop_read = reader.loop_read  # type: ignore[method-assign]

@@ -232,8 +232,8 @@ def test_buffered_reader_drops_the_bytes_of_a_lost_connection() -> None:
 
 
 def _delivering_client(protocol: int, direct: bool) -> tuple[paho.Client, list[tuple], object]:
-    """A reading client whose messages (from paho's on_message, or from paho_fast's
-    direct path when `direct`) are recorded as (topic, payload, qos, mid, retain, dup)."""
+    """A reading client, paho's own or with all of paho_fast (`direct`), whose messages
+    are recorded as (topic, payload, qos, mid, retain, dup)."""
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2, client_id="t", protocol=protocol, manual_ack=True
     )
@@ -250,7 +250,8 @@ def _delivering_client(protocol: int, direct: bool) -> tuple[paho.Client, list[t
         deliver(topic, bytes(m.payload), m.qos, m.mid, bool(m.retain), bool(m.dup))
 
     client.on_message = on_message
-    paho_fast.install_client(client, deliver=deliver if direct else None)
+    if direct:
+        paho_fast.install_client(client, deliver=deliver)
     ours, broker = socket.socketpair()
     ours.setblocking(False)
     client._sock = ours
@@ -340,3 +341,60 @@ def test_direct_publish_handles_a_failing_callback_as_paho_does(caplog) -> None:
     broker.sendall(_wire(_publish(1)))
     with pytest.raises(ValueError, match="bug in the handler"):
         _read_all(client)
+
+
+def _mixed_stream() -> bytes:
+    """The daemon's own packets among every other kind the reader may meet."""
+    packets = []
+    for i in range(400):
+        if i % 50 == 7:
+            packets.append(_wire(_publish(1, mid=i + 1, props=_props(MessageExpiryInterval=30))))
+        elif i % 50 == 8:
+            packets.append(b"\x30" + _wire(_publish(0))[1:])  # QoS 0
+        elif i % 50 == 9:
+            packets.append(b"\x3b" + _wire_publish(i)[1:])  # QoS 1, dup and retain
+        else:
+            packets.append(_wire_publish(i))
+    return b"".join(packets) + _wire_publish(400, 70_000) + _wire_publish(401)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 7, 100, 4096, 70_000])
+def test_direct_publish_reads_a_stream_as_paho_does(cut: int, monkeypatch) -> None:
+    """The same messages in the same order as paho's own reading, however the stream is
+    cut (mid-header, mid-length, mid-payload), with other packets and a 70 kB one among
+    the daemon's; whole packets in the buffer are taken without paho's reading."""
+    stream = _mixed_stream()
+    read_by_paho = []
+    through_paho = paho_fast._DirectPublish.__call__
+    monkeypatch.setattr(
+        paho_fast._DirectPublish,
+        "__call__",
+        lambda self: read_by_paho.append(1) or through_paho(self),
+    )
+    results = []
+    for direct in (False, True):
+        client, got, broker = _delivering_client(paho.MQTTv5, direct)
+        for start in range(0, len(stream), cut):
+            broker.sendall(stream[start : start + cut])
+            _read_all(client)
+        results.append(got)
+        broker.close()
+    assert len(results[0]) == 402
+    assert results[1] == results[0]
+    if cut >= 4096:
+        assert len(read_by_paho) < 402 // 2
+
+
+@pytest.mark.parametrize("short", [1, 2, 60])
+def test_direct_publish_leaves_a_packet_cut_short_to_paho(short: int) -> None:
+    """A packet whose last bytes have not arrived is neither delivered cut short nor
+    lost: it is delivered whole once they come."""
+    client, got, broker = _delivering_client(paho.MQTTv5, direct=True)
+    stream = _wire_publish(1) + _wire_publish(2) + _wire_publish(3)
+    broker.sendall(stream[:-short])
+    _read_all(client)
+    assert [m[3] for m in got] == [2, 3]
+    broker.sendall(stream[-short:])
+    _read_all(client)
+    assert [m[3] for m in got] == [2, 3, 4]
+    assert got[2][1] == _wire_publish(3)[-len(got[2][1]) :]

@@ -39,8 +39,11 @@ full rate, a tenth of the daemon's time under the GIL. Given a `deliver` functio
 property length 0, a UTF-8 topic, manual acknowledgement, no topic filter, paho's trace
 not at DEBUG) by reading those fields from the packet and calling
 `deliver(topic, payload, qos, mid, retain, dup)` under paho's callback lock, with paho's
-handling of an exception in it. Any other packet goes to paho's own handler, and so to
-`on_message`. Under manual acknowledgement paho keeps nothing of a received QoS 1
+handling of an exception in it. Whole such packets already in the read buffer are
+delivered in one loop, without paho's framing (its remaining length read byte by byte,
+each byte a `recv` call and a pass through its state); a packet cut short, or of any
+other kind, is left to paho's reading. Any other packet goes to paho's own handler, and
+so to `on_message`. Under manual acknowledgement paho keeps nothing of a received QoS 1
 message, so there is no state to skip.
 
 tests/test_paho_fast.py checks all of these against paho's own behaviour. On another paho version
@@ -188,8 +191,8 @@ class _BufferedReader:
                 return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
-Deliver = Callable[[str, bytes, int, int, bool, bool], None]  # topic, payload, qos, mid,
-# retain, dup
+# deliver(topic, payload, qos, mid, retain, dup)
+Deliver = Callable[[str, bytes, int, int, bool, bool], None]
 
 
 class _DirectPublish:

@@ -187,19 +187,26 @@ def _read_all(client: paho.Client) -> None:
         assert client.loop_read() == paho.MQTT_ERR_SUCCESS
 
 
-@pytest.mark.parametrize("cut", [1, 2, 7, 100, 4096, 70_000])
-def test_buffered_reader_reads_what_paho_reads(cut: int) -> None:
-    """The same messages in the same order, however the stream is cut into segments
-    (mid-header, mid-length, mid-payload), with a 70 kB packet among small ones."""
-    stream = b"".join(_wire_publish(i) for i in range(400)) + _wire_publish(400, 70_000)
+def _cut_and_read(make_client, stream: bytes, cut: int) -> list[list]:
+    """What paho's own client and the fast one (make_client(False), make_client(True))
+    receive when the stream arrives in pieces of `cut` bytes."""
     results = []
     for fast in (False, True):
-        client, got, broker = _reading_client(fast)
+        client, got, broker = make_client(fast)
         for start in range(0, len(stream), cut):
             broker.sendall(stream[start : start + cut])
             _read_all(client)
         results.append(got)
         broker.close()
+    return results
+
+
+@pytest.mark.parametrize("cut", [1, 2, 7, 100, 4096, 70_000])
+def test_buffered_reader_reads_what_paho_reads(cut: int) -> None:
+    """The same messages in the same order, however the stream is cut into segments
+    (mid-header, mid-length, mid-payload), with a 70 kB packet among small ones."""
+    stream = b"".join(_wire_publish(i) for i in range(400)) + _wire_publish(400, 70_000)
+    results = _cut_and_read(_reading_client, stream, cut)
     assert len(results[0]) == 401
     assert results[1] == results[0]
 
@@ -371,14 +378,7 @@ def test_direct_publish_reads_a_stream_as_paho_does(cut: int, monkeypatch) -> No
         "__call__",
         lambda self: read_by_paho.append(1) or through_paho(self),
     )
-    results = []
-    for direct in (False, True):
-        client, got, broker = _delivering_client(paho.MQTTv5, direct)
-        for start in range(0, len(stream), cut):
-            broker.sendall(stream[start : start + cut])
-            _read_all(client)
-        results.append(got)
-        broker.close()
+    results = _cut_and_read(lambda fast: _delivering_client(paho.MQTTv5, fast), stream, cut)
     assert len(results[0]) == 402
     assert results[1] == results[0]
     if cut >= 4096:

@@ -219,7 +219,7 @@ class MqttConnection:
         # It cannot grow without bound, because every QoS 1 message in it is unacknowledged
         # and the broker stops sending once Receive Maximum (MQTT 5) or its max inflight
         # (Mosquitto's max_inflight_messages on 3.1.1) unacknowledged messages are out.
-        self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[list[Message] | None] = asyncio.Queue()  # bursts
         self._inbox: collections.deque[Message] = collections.deque()  # from paho's thread
         self._inbox_lock = threading.Lock()
         self._drain_pending = False
@@ -348,12 +348,19 @@ class MqttConnection:
 
     async def messages(self) -> AsyncIterator[Message]:
         """Every message, in arrival order; ends when the connection is closed."""
+        async for burst in self.bursts():
+            for msg in burst:
+                yield msg
+
+    async def bursts(self) -> AsyncIterator[list[Message]]:
+        """Every message, in arrival order, as lists of those that arrived together (one
+        per wake-up of the event loop); ends when the connection is closed."""
         while True:
-            msg = await self._queue.get()
-            if msg is None:
+            burst = await self._queue.get()
+            if burst is None:
                 self._queue.put_nowait(None)  # let other iterators end too
                 return
-            yield msg
+            yield burst
 
     @property
     def protocol(self) -> str:
@@ -569,9 +576,11 @@ class MqttConnection:
     def _drain_inbox(self) -> None:
         with self._inbox_lock:
             self._drain_pending = False
-        inbox, queue = self._inbox, self._queue
-        while inbox:
-            queue.put_nowait(inbox.popleft())
+        inbox = self._inbox
+        # As many as are there now; any appended meanwhile schedule the next drain.
+        burst = [inbox.popleft() for _ in range(len(inbox))]
+        if burst:
+            self._queue.put_nowait(burst)
 
     def _published(self, mid: int, code: int, reason: str) -> None:
         fut = self._state.pending_pubs.get(mid)

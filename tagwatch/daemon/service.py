@@ -299,7 +299,7 @@ class Daemon:
         await self.publisher.flush()  # rows left by a previous run go out first
         dispatcher = self._dispatcher()
         self._tasks = [
-            asyncio.create_task(self.batcher.pump(conn.messages()), name="pump"),
+            asyncio.create_task(self.batcher.pump(conn.bursts()), name="pump"),
             asyncio.create_task(self.publisher.run(), name="publisher"),
             asyncio.create_task(self._ticker(), name="ticker"),
         ]

@@ -482,7 +482,7 @@ def _paced(publisher, prefix: str, cases, seconds: float, sent: dict, lock) -> N
                 "lat": zone.frame.lat + offset,
                 "lon": zone.frame.lon,
                 "acc": 5,
-                "seq": k,
+                "seq": k // len(cases),  # each tag's own counter, as in the throughput run
             }
             if inside:
                 with lock:

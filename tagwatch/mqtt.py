@@ -347,7 +347,10 @@ class MqttConnection:
     # ---- public API ------------------------------------------------------------------
 
     async def messages(self) -> AsyncIterator[Message]:
-        """Every message, in arrival order; ends when the connection is closed."""
+        """Every message, in arrival order; ends when the connection is closed. (An
+        iterator dropped halfway through a burst takes that burst's rest with it: those
+        messages are unacknowledged, and the broker sends them again on the next
+        connection. The daemon reads `bursts()`.)"""
         async for burst in self.bursts():
             for msg in burst:
                 yield msg

@@ -73,6 +73,18 @@ SUPPORTED_PAHO = ("2.2.",)
 Decoder = Callable[[int, Any, MQTTProtocolVersion], Any]
 
 
+def _plain_publish(header: int, packet: bytes | bytearray) -> tuple[int, int] | None:
+    """Where the topic ends and the payload starts in an MQTT 5 PUBLISH (the packet after
+    its fixed header) whose property length is 0; None if it has properties or is short."""
+    if len(packet) < 2:
+        return None
+    topic_end = 2 + ((packet[0] << 8) | packet[1])
+    props_at = topic_end + 2 if header & 0x06 else topic_end  # after the packet id (QoS > 0)
+    if len(packet) <= props_at or packet[props_at] != 0:
+        return None
+    return topic_end, props_at + 1
+
+
 def fast_decoder(stock: Decoder) -> Decoder:
     """A decode_publish that answers property-less MQTT 5 packets itself."""
     template = Properties(PacketTypes.PUBLISH)
@@ -80,23 +92,20 @@ def fast_decoder(stock: Decoder) -> Decoder:
     publish_packet = _packet.PublishPacket
 
     def decode_publish(header: int, packet: Any, protocol: MQTTProtocolVersion) -> Any:
-        if protocol != v5 or len(packet) < 2:
-            return stock(header, packet, protocol)
-        qos = (header & 0x06) >> 1
-        topic_end = 2 + ((packet[0] << 8) | packet[1])
-        props_at = topic_end + 2 if qos > 0 else topic_end  # after the packet id
-        if len(packet) <= props_at or packet[props_at] != 0:
-            return stock(header, packet, protocol)  # properties (or a short packet)
+        layout = _plain_publish(header, packet) if protocol == v5 else None
+        if layout is None:
+            return stock(header, packet, protocol)  # properties, 3.1.1 or a short packet
+        topic_end, payload_at = layout
         properties = object.__new__(Properties)
         properties.__dict__.update(template.__dict__)
         return publish_packet(
             dup=(header & 0x08) != 0,
-            qos=qos,
+            qos=(header & 0x06) >> 1,
             retain=(header & 0x01) != 0,
             topic=bytes(packet[2:topic_end]),
-            mid=int.from_bytes(packet[topic_end:props_at], "big"),  # 0 for QoS 0
+            mid=int.from_bytes(packet[topic_end : payload_at - 1], "big"),  # 0 for QoS 0
             properties=properties,
-            payload=bytes(packet[props_at + 1 :]),
+            payload=bytes(packet[payload_at:]),
         )
 
     decode_publish.stock = stock  # type: ignore[attr-defined]
@@ -229,19 +238,19 @@ class _DirectPublish:
     def fields(header: int, packet: bytes | bytearray) -> tuple | None:
         """deliver's arguments for a QoS 1 property-less PUBLISH with a UTF-8 topic (the
         packet after its fixed header); None for any other packet."""
-        if header & 0xF6 != 0x32 or len(packet) < 2:  # PUBLISH at QoS 1 (dup, retain: any)
+        if header & 0xF6 != 0x32:  # PUBLISH at QoS 1 (dup, retain: any)
             return None
-        topic_end = 2 + ((packet[0] << 8) | packet[1])
-        props_at = topic_end + 2  # after the packet id
-        if len(packet) <= props_at or packet[props_at] != 0:
+        layout = _plain_publish(header, packet)
+        if layout is None:
             return None  # properties, or a short packet: paho decides
+        topic_end, payload_at = layout
         try:
             topic = packet[2:topic_end].decode("utf-8")
         except UnicodeDecodeError:
             return None
         mid = (packet[topic_end] << 8) | packet[topic_end + 1]
         retain, dup = bool(header & 0x01), bool(header & 0x08)
-        return topic, bytes(packet[props_at + 1 :]), 1, mid, retain, dup
+        return topic, bytes(packet[payload_at:]), 1, mid, retain, dup
 
     def call(self, fields: tuple) -> None:
         """deliver, as paho calls on_message: under its callback lock, an exception logged

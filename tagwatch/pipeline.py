@@ -98,6 +98,7 @@ class Pipeline:
         self.event_clock = event_clock
         self.keys = keys  # device id -> signing key; None: signing off
         self._topic_cache: dict[str, tuple[str, str] | None] = {}
+        self._tag_topics: dict[str, str] = {}  # fix topic of a known tag -> the tag's id
 
     @property
     def zoneset(self) -> ZoneSet:
@@ -105,6 +106,7 @@ class Pipeline:
 
     def reload(self, zoneset: ZoneSet) -> None:
         self.engine.configure(zoneset)
+        self._tag_topics.clear()  # the known tags may have changed
 
     def set_keys(self, keys: dict[str, bytes] | None) -> None:
         """New signing keys (SIGHUP); None turns signing off. Replay state is kept."""
@@ -139,30 +141,33 @@ class Pipeline:
         if parsed is False:
             if len(self._topic_cache) >= TOPIC_CACHE:
                 self._topic_cache.clear()
+                self._tag_topics.clear()
             parsed = self._topic_cache[topic] = self.topics.parse(topic)
         return parsed
+
+    def _known_tag(self, topic: str) -> str | None:
+        """The id of the known tag whose fix topic this is, else None (remembered)."""
+        parsed = self._parse(topic)
+        if parsed is None or parsed[0] != "tag" or not self.engine.knows_tag(parsed[1]):
+            return None
+        self._tag_topics[topic] = parsed[1]
+        return parsed[1]
 
     def _decode(self, messages: Sequence[Received], result: Result) -> tuple[list[Fix], list[str]]:
         """Accepted fixes in arrival order, each with its kind (live, late or victim)."""
         fixes: list[Fix] = []
         kinds: list[str] = []
         accepted = result.accepted
-        classify, knows_tag = self.engine.classify, self.engine.knows_tag
-        cache, max_future = self._topic_cache, self.rules.max_future_s
+        classify = self.engine.classify
+        tag_topics, max_future = self._tag_topics, self.rules.max_future_s
         shortcut = self.keys is None  # signed payloads are screened first: no shortcut
         for msg in messages:
             payload = msg.payload
-            parsed = cache.get(msg.topic) or self._parse(msg.topic)
             # The common message, one valid fix object from a known tag, the short way;
             # what `_decode_message` would do with it, without its checks for the rest.
-            if (
-                shortcut
-                and parsed is not None
-                and parsed[0] == "tag"
-                and payload[:1] != b"["
-                and knows_tag(parsed[1])
-            ):
-                fix = decode_fix("tag", parsed[1], payload, msg.received, max_future)
+            tag = (tag_topics.get(msg.topic) or self._known_tag(msg.topic)) if shortcut else None
+            if tag is not None and payload[:1] != b"[":
+                fix = decode_fix("tag", tag, payload, msg.received, max_future)
                 if fix is not None:
                     kind = classify(fix)
                     if kind == DUPLICATE:
@@ -292,11 +297,14 @@ class Pipeline:
         starts, zone, inside, distance, active, needs = rows
         points = list(zip(*xyz.T.tolist(), strict=True))  # one (x, y, z) tuple per fix
         engine = self.engine
-        advance, quiet_fix = engine.advance, engine.quiet_fix
+        advance, quiet_fix, deadlines = engine.advance, engine.quiet_fix, engine.watch.heap
         event_clock = self.event_clock
         for i, (fix, kind, point, need) in enumerate(zip(fixes, kinds, points, needs, strict=True)):
             if event_clock and kind != LATE and fix.ts > engine.clock:
-                advance(fix.ts, em)
+                if deadlines and deadlines[0][0] < fix.ts:
+                    advance(fix.ts, em)
+                else:  # nothing due: only the clock moves (most fixes; a call saved)
+                    engine.clock = fix.ts
             if fix.lat is None:
                 point = None
             if kind == VICTIM:

@@ -30,6 +30,7 @@ from tests.tracks import (
     track,
     utc,
     victim_msg,
+    zoneset,
 )
 
 T0 = utc("2026-07-06T10:00:00Z")  # a Monday, 11:00 in London
@@ -583,6 +584,17 @@ def test_pipeline_rejections_name_their_reason(topic, reason, source):
     kept = payload.decode() if reason == "unknown_tag" else ""
     assert result.rejected[0].rejection.payload == kept
     assert result.records == [] and result.accepted == []
+
+
+def test_a_tag_removed_by_a_reload_is_unknown_from_its_next_fix():
+    # The pipeline remembers which topics belong to known tags; a reload forgets that.
+    p = pipeline()
+    first = p.process([tag_msg(fix(T0, FAR, seq=1))])
+    assert len(first.accepted) == 1 and first.rejected == []
+    p.reload(zoneset(case_doc([circle("home")], case_id="C-2", tags=["T-2"])))
+    second = p.process([tag_msg(fix(T0 + 30, FAR, seq=2))])
+    assert [r.rejection.reason for r in second.rejected] == ["unknown_tag"]
+    assert second.accepted == []
 
 
 # -- noise ---------------------------------------------------------------------------------

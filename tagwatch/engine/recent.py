@@ -59,18 +59,17 @@ def holds(items: bytes, part: bytes, size: int, offset: int = 0) -> bool:
 
 def keep_last(items: bytes, item: bytes, count: int) -> bytes:
     """`items` with `item` appended, of which only the last `count` are kept."""
-    items += item
-    excess = len(items) - count * len(item)
-    return items[excess:] if excess > 0 else items
+    excess = len(items) + len(item) - count * len(item)
+    return items[excess:] + item if excess > 0 else items + item  # one copy, not two
 
 
 def track_add(track: bytes, ts: float, lon: float, lat: float, acc: float, oldest: float) -> bytes:
-    """Append a position to a time-ordered track and drop the entries before `oldest`."""
-    track += _TRACK.pack(ts, lon, lat, acc)
-    size, start = _TRACK.size, 0
-    while _TS.unpack_from(track, start)[0] < oldest:
+    """Append a position to a time-ordered track and drop the entries before `oldest`
+    (never the new one: `oldest` is at most `ts`)."""
+    size, start, end = _TRACK.size, 0, len(track)
+    while start < end and _TS.unpack_from(track, start)[0] < oldest:
         start += size
-    return track[start:] if start else track
+    return (track[start:] if start else track) + _TRACK.pack(ts, lon, lat, acc)
 
 
 def track_columns(track: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

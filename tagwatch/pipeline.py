@@ -166,7 +166,7 @@ class Pipeline:
             # The common message, one valid fix object from a known tag, the short way;
             # what `_decode_message` would do with it, without its checks for the rest.
             tag = (tag_topics.get(msg.topic) or self._known_tag(msg.topic)) if shortcut else None
-            if tag is not None and payload[:1] != b"[":
+            if tag is not None:  # decode_fix refuses an array (a buffered upload) too
                 fix = decode_fix("tag", tag, payload, msg.received, max_future)
                 if fix is not None:
                     kind = classify(fix)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import shapely
@@ -70,8 +71,8 @@ class ZoneSet:
         return self._tag_index.get(tag, -1)
 
     def tag_indices(self, tags: Iterable[str]) -> np.ndarray:
-        get = self._tag_index.get
-        return np.fromiter((get(t, -1) for t in tags), dtype=np.int64)
+        # map() with dict.get runs without a Python frame per tag: one per fix
+        return np.fromiter(map(self._tag_index.get, tags, repeat(-1)), dtype=np.int64)
 
     def zones_of(self, tag: str) -> list[int]:
         i = self.tag_index(tag)

@@ -14,7 +14,10 @@ from simulators.capture import capture_line
 from simulators.inprocess import run_inprocess
 from simulators.scenario import ALERT_TYPES, ScenarioError, load_scenario
 from tagwatch.config import Rules
+from tagwatch.engine.alerts import to_dict
+from tagwatch.pipeline import Pipeline
 from tagwatch.replay import replay
+from tagwatch.wire import Topics
 from zones import ZoneSet, load_cases
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +57,7 @@ def test_capture_of_a_run_replays_to_the_same_alerts(tmp_path):
     with open(out, "wb") as stream:
         replay(zoneset, Rules(), capture, stream)
     replayed = [json.loads(line) for line in out.read_text().splitlines()]
+
     def strip(alerts):
         return [{k: v for k, v in a.items() if k != "raised"} for a in alerts]
 
@@ -75,21 +79,33 @@ TAG = '[[tags]]\nid = "T-1001"\n[[tags.moves]]\nmodel = "stationary"\npoint = [-
 @pytest.mark.parametrize(
     ("body", "key", "words"),
     [
-        (GOOD_HEAD + TAG + "[[expect]]\ntype = \"zone.breech\"\nwithin_s = 5\n",
-         "expect[0].type", "out of range"),
+        (
+            GOOD_HEAD + TAG + '[[expect]]\ntype = "zone.breech"\nwithin_s = 5\n',
+            "expect[0].type",
+            "out of range",
+        ),
         (GOOD_HEAD + TAG.replace("model", "modle"), "tags[0].moves[0].model", "required"),
         (GOOD_HEAD + TAG + "colour = 1\n", "tags[0].moves[0].colour", "unknown key"),
-        (GOOD_HEAD.replace("2026-11-02T10:00:00Z", "yesterday") + TAG, "scenario.start",
-         "RFC 3339"),
-        (GOOD_HEAD + TAG + "[[expect]]\ntype = \"zone.breach\"\n", "expect[0].within_s",
-         "required"),
-        (GOOD_HEAD + TAG.replace("[-0.1, 51.5]", "[-0.1]"), "tags[0].moves[0].point",
-         "[lon, lat]"),
-        (GOOD_HEAD + TAG + "[[tags.faults]]\nkind = \"no_comms\"\nat = 10\nupload = \"later\"\n",
-         "tags[0].faults[0].upload", "out of range"),
-        (GOOD_HEAD + TAG.replace('"stationary"\npoint = [-0.1, 51.5]',
-                                 '"follow"\nleader = "VD-9"\nlag_s = 5'),
-         "tags[0].moves[0].leader", "VD-9"),
+        (
+            GOOD_HEAD.replace("2026-11-02T10:00:00Z", "yesterday") + TAG,
+            "scenario.start",
+            "RFC 3339",
+        ),
+        (GOOD_HEAD + TAG + '[[expect]]\ntype = "zone.breach"\n', "expect[0].within_s", "required"),
+        (GOOD_HEAD + TAG.replace("[-0.1, 51.5]", "[-0.1]"), "tags[0].moves[0].point", "[lon, lat]"),
+        (
+            GOOD_HEAD + TAG + '[[tags.faults]]\nkind = "no_comms"\nat = 10\nupload = "later"\n',
+            "tags[0].faults[0].upload",
+            "out of range",
+        ),
+        (
+            GOOD_HEAD
+            + TAG.replace(
+                '"stationary"\npoint = [-0.1, 51.5]', '"follow"\nleader = "VD-9"\nlag_s = 5'
+            ),
+            "tags[0].moves[0].leader",
+            "VD-9",
+        ),
         ("[scenario\n", "(file)", "TOML"),
     ],
 )
@@ -108,3 +124,31 @@ def test_cli_exit_2_on_a_bad_file_and_1_on_a_failed_verification(tmp_path, capsy
     assert cli.main(["check", str(failing)]) == 1
     assert "MISSING   expect[0]: tag.tamper" in capsys.readouterr().out
     assert cli.main(["check", "--quiet", str(SCENARIOS[0])]) == 0
+
+
+def _outputs(zoneset: ZoneSet, messages: list, batch: int) -> tuple:
+    """Everything the pipeline decides for `messages` fed in batches of `batch`."""
+    pipeline = Pipeline(zoneset, Rules(), Topics(), event_clock=True)
+    records, commands, rejected, accepted, duplicates = [], [], [], [], 0
+    for i in range(0, len(messages), batch):
+        result = pipeline.process(messages[i : i + batch])
+        records += [to_dict(r) for r in result.records]
+        commands += result.commands
+        rejected += [(r.source, r.rejection) for r in result.rejected]
+        accepted += result.accepted
+        duplicates += result.duplicates
+    return records, commands, rejected, accepted, duplicates
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_batching_a_scenario_changes_no_decision(path):
+    """The daemon batches what replay may take one by one: every alert record, command,
+    rejection, accepted fix and duplicate count is the same for any batch size."""
+    scenario = load_scenario(path)
+    sent: list = []
+    run_inprocess(scenario, capture=sent)
+    zoneset = ZoneSet(load_cases(scenario.cases).cases)
+    one_by_one = _outputs(zoneset, sent, 1)
+    assert one_by_one[0], f"{path.name} raises nothing"
+    for batch in (7, 1000):
+        assert _outputs(zoneset, sent, batch) == one_by_one, f"batches of {batch}"

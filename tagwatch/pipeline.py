@@ -297,14 +297,11 @@ class Pipeline:
         starts, zone, inside, distance, active, needs = rows
         points = list(zip(*xyz.T.tolist(), strict=True))  # one (x, y, z) tuple per fix
         engine = self.engine
-        advance, quiet_fix, deadlines = engine.advance, engine.quiet_fix, engine.watch.heap
+        advance, quiet_fix = engine.advance, engine.quiet_fix
         event_clock = self.event_clock
         for i, (fix, kind, point, need) in enumerate(zip(fixes, kinds, points, needs, strict=True)):
             if event_clock and kind != LATE and fix.ts > engine.clock:
-                if deadlines and deadlines[0][0] < fix.ts:
-                    advance(fix.ts, em)
-                else:  # nothing due: only the clock moves (most fixes; a call saved)
-                    engine.clock = fix.ts
+                advance(fix.ts, em)
             if fix.lat is None:
                 point = None
             if kind == VICTIM:

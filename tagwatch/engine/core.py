@@ -145,10 +145,7 @@ class Engine:
             return DUPLICATE
         st.last_fixes = recent.keep_last(st.last_fixes, item, RECENT)
         if seq is not None:
-            if ranges and ranges[-1][1] + 1 == seq:
-                ranges[-1][1] = seq  # seqs.add's common case, without the call: most fixes
-            else:
-                seqs.add(ranges, seq)
+            seqs.add(ranges, seq)
         self.dirty.add(tag)
         if last is not None and ts < last:
             return LATE
@@ -256,9 +253,7 @@ class Engine:
         ts = fix.ts
         st.last_msg_ts = st.last_pos_ts = st.pos_ts = ts
         st.lon, st.lat, st.acc, st.xyz, st.near = fix.lon, fix.lat, fix.acc, xyz, False
-        st.track = recent.track_add(
-            st.track, ts, fix.lon, fix.lat, fix.acc, ts - rules.approach_window_s
-        )  # _remember_position, inlined: this runs for most fixes
+        _remember_position(st, fix, rules)
         if (tag, watchdog.NO_COMMS) not in self.watch.armed:
             self.watch.arm(tag, watchdog.NO_COMMS, ts + rules.no_comms_s)
         return True

@@ -69,6 +69,7 @@ class Engine:
             c.id: rules_with(self.rules, c.rules, f"{c.source}: case.rules") for c in zoneset.cases
         }
         self.zone_info = ZoneInfos(zoneset, case_rules)
+        self.zone_exclusion = zoneset.zone_exclusion.tolist()  # the rules' first question
         tag_cases: dict[str, list[tuple[str, Rules]]] = {}
         tag_victims: dict[str, list[VictimInfo]] = {}
         device_victims: dict[str, list[tuple[str, VictimInfo]]] = {}
@@ -282,15 +283,19 @@ class Engine:
         nearest = math.inf
         visiting: set[str] = set()
         for z, _inside, distance, active in rows:
-            info = self.zone_info[z]
-            if info.exclusion:
+            exclusion = self.zone_exclusion[z]
+            if exclusion:
                 nearest = min(nearest, distance)
+            worth = self._worth_a_track(exclusion, distance, active)
+            if not worth and not st.zones:
+                continue  # before its ZoneInfo is made: most zones never come near
+            info = self.zone_info[z]
             track = st.zones.get(info.key)
             if track is None:
-                if not self._worth_a_track(info, distance, active):
+                if not worth:
                     continue
                 track = st.zones[info.key] = ZoneTrack()
-                if info.exclusion:
+                if exclusion:
                     self._seed_window(track, z, fix.tag, st)
             view = FixView(fix.tag, fix, distance, plausible, distance <= self.quiet_m)
             opened = zone_rules.apply(track, info, view, active, em)
@@ -322,10 +327,10 @@ class Engine:
             else:
                 track.window.append((float(ts[f]), d, float(acc[f])))
 
-    def _worth_a_track(self, info: ZoneInfo, distance: float, active: bool) -> bool:
+    def _worth_a_track(self, exclusion: bool, distance: float, active: bool) -> bool:
         if not active:
             return False
-        if info.exclusion:
+        if exclusion:
             return distance <= self.quiet_m
         return distance > 0  # outside an active curfew zone
 
@@ -380,14 +385,16 @@ class Engine:
         """An out-of-order fix: the late-breach check only, never the live rules."""
         st = self.tags[fix.tag]
         for z, _inside, distance, active in rows:
+            exclusion = self.zone_exclusion[z]
+            # Only a fix inside an active exclusion zone (outside an active curfew zone)
+            # can show an earlier breach.
+            worth = active and (distance <= 0 if exclusion else distance > 0)
+            if not worth and not st.zones:
+                continue  # before its ZoneInfo is made, as in _zones
             info = self.zone_info[z]
             track = st.zones.get(info.key)
             if track is None:
-                if (
-                    not active
-                    or (info.exclusion and distance > 0)
-                    or (not info.exclusion and distance <= 0)
-                ):
+                if not worth:
                     continue
                 track = st.zones[info.key] = ZoneTrack()
             zone_rules.late(track, info, FixView(fix.tag, fix, distance, False), active, em)

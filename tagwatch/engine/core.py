@@ -286,17 +286,12 @@ class Engine:
             exclusion = self.zone_exclusion[z]
             if exclusion:
                 nearest = min(nearest, distance)
-            worth = self._worth_a_track(exclusion, distance, active)
-            if not worth and not st.zones:
-                continue  # before its ZoneInfo is made: most zones never come near
-            info = self.zone_info[z]
-            track = st.zones.get(info.key)
-            if track is None:
-                if not worth:
-                    continue
-                track = st.zones[info.key] = ZoneTrack()
-                if exclusion:
-                    self._seed_window(track, z, fix.tag, st)
+            found = self._track(st, z, self._worth_a_track(exclusion, distance, active))
+            if found is None:
+                continue
+            info, track, new = found
+            if new and exclusion:
+                self._seed_window(track, z, fix.tag, st)
             view = FixView(fix.tag, fix, distance, plausible, distance <= self.quiet_m)
             opened = zone_rules.apply(track, info, view, active, em)
             if zone_rules.ZONE_WARNING in opened or (
@@ -310,6 +305,20 @@ class Engine:
         for case in sorted(visiting):
             patterns.activity(st, fix.tag, case, fix, self._case_rules(fix.tag, case), em)
         return nearest
+
+    def _track(self, st: TagState, z: int, worth: bool) -> tuple[ZoneInfo, ZoneTrack, bool] | None:
+        """Zone `z`'s context and the tag's track for it (new when `worth` one and there
+        was none: the bool says so); None when there is no track and none is worth it."""
+        if not worth and not st.zones:
+            return None  # before the ZoneInfo is made: most zones never come near their tag
+        info = self.zone_info[z]
+        track = st.zones.get(info.key)
+        if track is not None:
+            return info, track, False
+        if not worth:
+            return None
+        track = st.zones[info.key] = ZoneTrack()
+        return info, track, True
 
     def _seed_window(self, track: ZoneTrack, z: int, tag: str, st: TagState) -> None:
         """A zone comes within range: fill its approach window from the tag's recent
@@ -388,15 +397,10 @@ class Engine:
             exclusion = self.zone_exclusion[z]
             # Only a fix inside an active exclusion zone (outside an active curfew zone)
             # can show an earlier breach.
-            worth = active and (distance <= 0 if exclusion else distance > 0)
-            if not worth and not st.zones:
-                continue  # before its ZoneInfo is made, as in _zones
-            info = self.zone_info[z]
-            track = st.zones.get(info.key)
-            if track is None:
-                if not worth:
-                    continue
-                track = st.zones[info.key] = ZoneTrack()
+            found = self._track(st, z, active and (distance <= 0 if exclusion else distance > 0))
+            if found is None:
+                continue
+            info, track, _new = found
             zone_rules.late(track, info, FixView(fix.tag, fix, distance, False), active, em)
 
     def end_late_runs(self, tag: str) -> None:

@@ -264,11 +264,14 @@ def _loaded_config(args: argparse.Namespace):
 
 
 def _open_record(args: argparse.Namespace):
-    from tagwatch.record import Record, RecordError
+    """The configured record, for a command that reads it: never created (exit 2 if missing)."""
+    from tagwatch.record import Record, RecordError, RecordMissing
 
     config = _loaded_config(args)
     try:
-        return Record.open(config.record.url)
+        return Record.open(config.record.url, create=False)
+    except RecordMissing as exc:
+        raise BadInput(f"case record: {exc}") from None
     except RecordError as exc:
         raise _Failure(f"case record: {exc}") from None
 

@@ -24,6 +24,7 @@ from tagwatch.record.model import (
     Problem,
     PurgeReport,
     RecordError,
+    RecordMissing,
     VerifyReport,
 )
 from tagwatch.record.schema import migrate
@@ -52,10 +53,18 @@ class Record:
         self.migrations_applied = migrations_applied
 
     @classmethod
-    def open(cls, url: str) -> Record:
-        """Open (creating or migrating the schema) the record at url."""
-        db = connect(url)
+    def open(cls, url: str, create: bool = True) -> Record:
+        """Open (creating or migrating the schema) the record at url.
+
+        create False (commands that read the record): a missing SQLite file or a database
+        without the record's schema is RecordMissing, and nothing is created.
+        """
+        db = connect(url, create)
         try:
+            if not create and not db.has_schema():
+                raise RecordMissing(
+                    f"{db.label}: no case record there (the database has no tagwatch schema)"
+                )
             applied = migrate(db)
         except BaseException:
             db.close()

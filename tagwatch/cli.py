@@ -102,7 +102,15 @@ def _daemon_commands(commands: argparse._SubParsersAction) -> None:
     record = commands.add_parser("record", help="the case record").add_subparsers(metavar="ACTION")
     verify = record.add_parser("verify", help="check the case record's hash chains")
     verify.add_argument("--config", type=Path, help=conf)
+    verify.add_argument(
+        "--anchors", type=Path, help="anchor file to check against (default: [record] anchor_path)"
+    )
     verify.set_defaults(handler=_record_verify)
+    init = record.add_parser(
+        "init", help="create or upgrade the record's schema (run as the database's owner)"
+    )
+    init.add_argument("--config", type=Path, help=conf)
+    init.set_defaults(handler=_record_init)
     purge = record.add_parser(
         "purge", help="purge old fix bodies outside alerts' evidence windows (recorded)"
     )
@@ -281,24 +289,66 @@ class _Failure(Exception):
 
 
 def _record_verify(args: argparse.Namespace) -> int:
+    from tagwatch.record import anchor
+
+    config = _loaded_config(args)
+    anchors = args.anchors or config.record.anchor_path
+    key = config.record.anchor_key
     record = _open_record(args)
     try:
+        anchored = None
+        if anchors is not None and key is not None:
+            # before the chains: the file is read before the snapshot it is checked against
+            anchored = record.read(lambda db: anchor.check(db, anchors, key))
         report = record.verify_report()
+    except anchor.AnchorError as exc:
+        raise BadInput(str(exc)) from None
     finally:
         record.close()
-    problems = report.problems
+    problems = [*report.problems, *(anchored.problems if anchored else [])]
     for p in problems:
         print(f"{p.chain}\tseq {p.seq}\t{p.what}\t{p.detail}")
     purged = sum(report.purged.values())
     if purged:
         print(f"{record.label}: {purged} fix bodies purged by recorded retention purges")
+    for note in anchored.notes if anchored else []:
+        print(f"note: {note}")
     if problems:
         print(
             f"tagwatch: {record.label}: {len(problems)} problem(s) in the case record",
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    print(f"{record.label}: every chain intact")
+    if anchored is not None:
+        print(
+            f"{record.label}: every chain intact, and every anchored head matches "
+            f"({anchored.checkpoints} signed checkpoint(s) in {anchors})"
+        )
+    else:
+        why = (
+            f"no anchor key ({' or '.join(anchor.KEY_ENV_NAMES)})"
+            if key is None
+            else "no anchor file ([record] anchor_path or --anchors)"
+        )
+        print(
+            f"{record.label}: every chain intact against itself; not proven against anchors: "
+            f"{why}: someone who can write the database could rewrite an entry and re-hash "
+            "the rest of its chain undetected"
+        )
+    return EXIT_OK
+
+
+def _record_init(args: argparse.Namespace) -> int:
+    from tagwatch.record import Record, RecordError
+
+    config = _loaded_config(args)
+    try:
+        record = Record.open(config.record.url)
+    except RecordError as exc:
+        raise _Failure(f"case record: {exc}") from None
+    record.close()
+    applied = ", ".join(map(str, record.migrations_applied)) or "none: already up to date"
+    print(f"{record.label}: schema ready (migrations applied: {applied})")
     return EXIT_OK
 
 

@@ -156,6 +156,11 @@ class RecordConfig:
     # alert of their case (the chain still verifies). 0 keeps everything.
     retention_days: float = 0.0
     evidence_window_h: float = 24.0
+    # Signed checkpoints of every chain head (tagwatch/record/anchor.py), appended to this
+    # file every anchor_interval_s; the key from TAGWATCH_ANCHOR_KEY(_FILE). None: off.
+    anchor_path: Path | None = None
+    anchor_interval_s: float = 60.0
+    anchor_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,8 @@ class Config:
         if self.broker.password is not None:
             out["broker"]["password"] = "***"
         out["record"]["url"] = _redact_url(self.record.url)
+        if self.record.anchor_key is not None:
+            out["record"]["anchor_key"] = "***"
         for name, key in (("twilio", "auth_token"), ("police", "secret")):
             if out["notify"][name] is not None:
                 out["notify"][name][key] = "***"
@@ -284,6 +291,8 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "url": ("str", "sqlite:///var/lib/tagwatch/record.db"),
         "retention_days": ("float", RecordConfig.retention_days),
         "evidence_window_h": ("float", RecordConfig.evidence_window_h),
+        "anchor_path": ("optstr", None),
+        "anchor_interval_s": ("float", RecordConfig.anchor_interval_s),
     },
     "rules": {
         name: ("int" if kind is int else "float", getattr(Rules(), name))
@@ -314,7 +323,10 @@ TWILIO_TOKEN_ENV = "TWILIO_AUTH_TOKEN"
 POLICE_SECRET_ENV = "TAGWATCH_POLICE_SECRET"
 USERS_ENV = "TAGWATCH_FEED_USERS"  # a JSON array of {name, role, token_sha256}
 TAG_KEYS_ENV = "TAGWATCH_TAG_KEYS"  # signing keys' file or folder (tagwatch.signing.KEYS_ENV)
-_ENV_EXEMPT = frozenset({BROKER_PASSWORD_ENV, POLICE_SECRET_ENV, TAG_KEYS_ENV, "TAGWATCH_CONFIG"})
+ANCHOR_KEY_ENVS = ("TAGWATCH_ANCHOR_KEY", "TAGWATCH_ANCHOR_KEY_FILE")  # tagwatch.record.anchor
+_ENV_EXEMPT = frozenset(
+    {BROKER_PASSWORD_ENV, POLICE_SECRET_ENV, TAG_KEYS_ENV, "TAGWATCH_CONFIG", *ANCHOR_KEY_ENVS}
+)
 
 
 def _env_name(section: str, key: str) -> str:
@@ -571,7 +583,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
         path=path,
         broker=_broker(s["broker"], environ),
         cases=CasesConfig(path=Path(_nonempty(s["cases"], "path"))),
-        record=_record(s["record"]),
+        record=_record(s["record"], environ),
         rules=rules,
         ingest=_ingest(s["ingest"]),
         notify=NotifyConfig(
@@ -697,14 +709,32 @@ def _int_in(sec: _Section, key: str, low: int, high: int) -> int:
     return value
 
 
-def _record(sec: _Section) -> RecordConfig:
+def _record(sec: _Section, environ: Mapping[str, str]) -> RecordConfig:
+    from tagwatch.record.anchor import AnchorError, load_key
+
     retention = {}
     for key in ("retention_days", "evidence_window_h"):
         value = sec.get(key)
         if not math.isfinite(value) or value < 0:
             sec.fail(key, f"must be a number >= 0, got {value}")
         retention[key] = float(value)
-    return replace(_record_url(sec), **retention)
+    interval = sec.get("anchor_interval_s")
+    if not interval > 0:
+        sec.fail("anchor_interval_s", f"must be above 0, got {interval}")
+    try:
+        key = load_key(environ)
+    except AnchorError as exc:
+        raise ConfigError(str(exc)) from None
+    path = sec.get("anchor_path")
+    if path is not None and key is None:
+        sec.fail("anchor_path", f"needs the anchor key: set {' or '.join(ANCHOR_KEY_ENVS)}")
+    return replace(
+        _record_url(sec),
+        **retention,
+        anchor_path=None if path is None else Path(path),
+        anchor_interval_s=float(interval),
+        anchor_key=key,
+    )
 
 
 def _record_url(sec: _Section) -> RecordConfig:

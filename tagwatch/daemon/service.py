@@ -34,6 +34,8 @@ from tagwatch import signing
 from tagwatch.cases import load as load_cases_checked
 from tagwatch.config import Config
 from tagwatch.daemon import http
+from tagwatch.daemon.anchoring import anchor_every
+from tagwatch.daemon.anchoring import checkpoint as anchor_checkpoint
 from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY, Effects, EffectsBuilder, Notify
 from tagwatch.daemon.ingest import Batcher
 from tagwatch.daemon.metrics import Metrics
@@ -49,6 +51,7 @@ from tagwatch.notify.inbound import TwilioInbound
 from tagwatch.notify.policy import PolicySettings, SmsLedger
 from tagwatch.pipeline import Pipeline, Result
 from tagwatch.record import Batch, Record, RecordError
+from tagwatch.record.anchor import AnchorWriter
 from tagwatch.wire import Topics, status_message
 from zones import Case, ZoneSet
 
@@ -306,6 +309,10 @@ class Daemon:
         if dispatcher is not None:
             self._tasks.append(asyncio.create_task(self._supervise(dispatcher), name="notify"))
         keep = self.config.record
+        anchors = _anchor_writer(keep)
+        if anchors is not None:
+            every = anchor_every(self.record, anchors, keep.anchor_interval_s)
+            self._tasks.append(asyncio.create_task(every, name="anchor"))
         if keep.retention_days > 0:
             purge = purge_daily(self.record, keep.retention_days, keep.evidence_window_h, time.time)
             self._tasks.append(asyncio.create_task(purge, name="retention"))
@@ -322,6 +329,8 @@ class Daemon:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.publisher.flush(), 10.0)
+            if anchors is not None:  # the last heads of this run, anchored
+                await asyncio.to_thread(anchor_checkpoint, self.record, anchors)
 
     async def _ingest(self) -> None:
         while not self.stopping.is_set():
@@ -553,6 +562,14 @@ class Daemon:
             self.notify.settings = policy_settings(self.config, cases)
         log.info("reloaded", cases=len(cases), path=str(path))
         return True
+
+
+def _anchor_writer(keep) -> AnchorWriter | None:
+    if keep.anchor_path is None or keep.anchor_key is None:
+        log.warning("anchoring_off", detail="no [record] anchor_path: record verify cannot "
+                    "prove the chains against someone who can write the database")
+        return None
+    return AnchorWriter(keep.anchor_path, keep.anchor_key)
 
 
 def broker_settings(config: Config, url: str | None = None) -> BrokerSettings:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from tagwatch.delivery_terms import STATUS_RANK, redact
 from tagwatch.record import chain as chains
@@ -29,6 +31,7 @@ from tagwatch.record.model import (
 )
 from tagwatch.record.schema import migrate
 
+T = TypeVar("T")
 _HEAD_COLUMNS = (("chain", "text"), ("seq", "bigint"), ("hash", "text"))
 _CHECKPOINT_COLUMNS = (("key", "text"), ("state", "bytea"), ("recorded_at", "float8"))
 _UPSERT_ALERT = (
@@ -112,6 +115,11 @@ class Record:
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock, self._db.transaction(write=False) as db:
             return db.query(sql, params)
+
+    def read(self, fn: Callable[[Db], T]) -> T:
+        """fn(db) in one read transaction (one snapshot), e.g. anchor.py's checks."""
+        with self._lock, self._db.transaction(write=False) as db:
+            return fn(db)
 
     def checkpoints(self) -> dict[str, bytes]:
         return {

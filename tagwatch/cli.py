@@ -122,7 +122,10 @@ def _daemon_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--case", required=True, help="case id, e.g. C-0001")
     export.add_argument("--since", required=True, help="RFC 3339 time, e.g. 2026-11-28T00:00:00Z")
     export.add_argument("--until", required=True, help="RFC 3339 time")
-    export.add_argument("--out", type=Path, required=True, help="output folder")
+    export.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    export.add_argument(
+        "--force", action="store_true", help="replace the bundle files in a non-empty --out"
+    )
     export.set_defaults(handler=_record_export)
 
     alerts = commands.add_parser("alerts", help="alerts in the case record").add_subparsers(
@@ -375,6 +378,7 @@ def _record_purge(args: argparse.Namespace) -> int:
 
 def _record_export(args: argparse.Namespace) -> int:
     from tagwatch.record import RecordError
+    from tagwatch.record.export import ExportRefused
     from tagwatch.wire import parse_rfc3339
 
     times = {}
@@ -385,9 +389,13 @@ def _record_export(args: argparse.Namespace) -> int:
             raise BadInput(
                 f"--{name} {getattr(args, name)!r}: expected an RFC 3339 time with an offset or Z"
             ) from None
+    if times["since"] > times["until"]:
+        raise BadInput(f"--since {args.since} is after --until {args.until}")
     record = _open_record(args)
     try:
-        out = record.export(args.case, times["since"], times["until"], args.out)
+        out = record.export(args.case, times["since"], times["until"], args.out, args.force)
+    except ExportRefused as exc:
+        raise BadInput(str(exc)) from None
     except RecordError as exc:
         print(f"tagwatch: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -259,12 +259,16 @@ def _plain(value: Any) -> Any:
 
 
 def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    url = re.sub(r"(password=)[^&\s]*", r"\1***", url)  # libpq's ?password=
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    except ValueError:  # a malformed port: redact by pattern
+        return re.sub(r"(://[^:/@?#]*):[^/?#]*@", r"\1:***@", url)
     return urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -108,3 +108,91 @@ def test_a_new_sqlite_record_is_private(tmp_path: Path) -> None:
         record.close()
     finally:
         os.umask(old)
+
+
+# --------------------------------------------------------------------------- export
+
+
+@pytest.fixture
+def filled(env: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    url = f"sqlite://{tmp_path}/record.db"
+    record = Record.open(url)
+    record.commit(Batch([Entry("case:C-0001", "fix", {"lat": 51.5, "lon": -0.1}, "T-1",
+                               T0)]), T0)
+    record.close()
+    env.setenv("TAGWATCH_RECORD_URL", url)
+    return url
+
+
+def export(out: Path, case: str = "C-0001", since: str = "2025-11-28T00:00:00Z",
+           until: str = "2025-11-29T00:00:00Z", *extra: str) -> int:
+    return cli.main(["record", "export", "--case", case, "--since", since, "--until", until,
+                     "--out", str(out), *extra])
+
+
+def test_export_of_an_unknown_case_is_an_error(
+        filled: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert export(tmp_path / "b", "C-9999") == 2
+    assert "'C-9999': not in the record" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_export_with_since_after_until_is_an_error(
+        filled: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert export(tmp_path / "b", "C-0001", "2025-11-29T00:00:00Z", "2025-11-28T00:00:00Z") == 2
+    assert "--since 2025-11-29T00:00:00Z is after --until" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_export_refuses_a_non_empty_folder_unless_forced(
+        filled: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "notes.txt").write_text("the investigator's own notes")
+    assert export(out) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert export(out, "C-0001", "2025-11-28T00:00:00Z", "2025-11-29T00:00:00Z", "--force") == 0
+    assert (out / "manifest.json").is_file() and (out / "notes.txt").is_file()
+
+
+def test_export_writes_private_files_and_never_follows_a_symlink(
+        filled: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "new" / "bundle"
+        assert export(out) == 0, capsys.readouterr().err
+        for folder in (out, out.parent):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+        for name in ("fixes.geojson", "alerts.jsonl", "chain.jsonl", "manifest.json"):
+            assert stat.S_IMODE((out / name).stat().st_mode) == 0o600, name
+
+        victim = tmp_path / "elsewhere"
+        victim.mkdir()
+        link = tmp_path / "link"
+        link.symlink_to(victim)
+        assert export(link, "C-0001", "2025-11-28T00:00:00Z", "2025-11-29T00:00:00Z",
+                      "--force") == 2
+        assert "symbolic link" in capsys.readouterr().err
+        assert list(victim.iterdir()) == []
+
+        target = tmp_path / "precious.txt"
+        target.write_text("keep me")
+        (out / "chain.jsonl").unlink()
+        (out / "chain.jsonl").symlink_to(target)
+        assert export(out, "C-0001", "2025-11-28T00:00:00Z", "2025-11-29T00:00:00Z",
+                      "--force") == 2
+        assert "chain.jsonl: cannot write" in capsys.readouterr().err
+        assert target.read_text() == "keep me"
+    finally:
+        os.umask(old)
+
+
+def test_record_url_secrets_are_redacted_in_the_logged_config() -> None:
+    from tagwatch.config import load_config
+
+    for url in (f"postgresql://tw:{PASSWORD}@db.example:5432/tw",
+                f"postgresql://tw@db.example:5432/tw?sslmode=require&password={PASSWORD}"):
+        config = load_config(None, {"TAGWATCH_RECORD_URL": url})
+        assert PASSWORD not in str(config.redacted()), url
+        assert PASSWORD not in str(config), url

@@ -276,12 +276,15 @@ class Record:
                 )
         return report
 
-    def export(self, case_id: str, since: float, until: float, out_dir: Path) -> Path:
-        """Write the evidence bundle of a case and time range into out_dir."""
+    def export(
+        self, case_id: str, since: float, until: float, out_dir: Path, force: bool = False
+    ) -> Path:
+        """Write the evidence bundle of a case and time range into out_dir (see export.py:
+        an unknown case, since after until, a non-empty out_dir without force are refused)."""
         from tagwatch.record.export import write_bundle
 
         with self._lock, self._db.transaction(write=False) as db:
-            return write_bundle(db, case_id, float(since), float(until), Path(out_dir))
+            return write_bundle(db, case_id, float(since), float(until), Path(out_dir), force)
 
 
 def _outbox_row(item: OutboxItem, recorded_at: float) -> tuple:

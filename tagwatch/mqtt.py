@@ -55,6 +55,7 @@ _paho_log.addFilter(_PahoNoise())
 _UNSUPPORTED_PROTOCOL = (1, 0x84)
 _BACKOFF_BASE_S = 0.5
 _BACKOFF_CAP_S = 10.0
+_SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: a client connected with our id
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,9 @@ class MqttConnection:
         self.connected = asyncio.Event()  # CONNACK accepted
         self.ready = asyncio.Event()  # ... and SUBACK received: messages can flow
         self.reconnects = 0
-        self.session_lost = 0
+        self.session_lost = 0  # reconnects without the session, and takeovers of it
+        self.session_lost_at: float | None = None  # time.time() of the last
+        self._taken_over = False
         self._state = _State()
         # Unbounded on purpose: a bounded queue would have to drop or block paho's thread.
         # It cannot grow without bound, because every QoS 1 message in it is unacknowledged
@@ -467,7 +470,7 @@ class MqttConnection:
         with self._link_lock:
             self._link += 1
         self._set_retry_delay(client)
-        self._call(self._disconnected, str(rc))
+        self._call(self._disconnected, str(rc), rc.value)
 
     def _on_subscribe(
         self, _c: paho.Client, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any
@@ -527,14 +530,9 @@ class MqttConnection:
         )
         if st.connection > 1:
             self.reconnects += 1
-            if not session_present:
-                self.session_lost += 1
-                log.warning(
-                    "session_lost",
-                    broker=self._where,
-                    client_id=self.settings.client_id,
-                    detail="session_present false on a reconnect: messages may be lost",
-                )
+            if not session_present and not self._taken_over:  # a takeover was counted
+                self._lost("session_lost", "session_present false on a reconnect")
+        self._taken_over = False
         self.connected.set()
         self._notify()
         if sub_mid is None:
@@ -561,7 +559,22 @@ class MqttConnection:
         self.ready.set()
         self._notify()
 
-    def _disconnected(self, reason: str) -> None:
+    def _lost(self, event: str, why: str) -> None:
+        self.session_lost += 1
+        self.session_lost_at = time.time()
+        log.critical(
+            event,
+            broker=self._where,
+            client_id=self.settings.client_id,
+            detail=f"{why}: fixes queued for tagwatch may be lost",
+        )
+
+    def _disconnected(self, reason: str, code: int = 0) -> None:
+        if code == _SESSION_TAKEN_OVER and not self._closing:
+            self._taken_over = True
+            self._lost(
+                "session_taken_over", "another client connected with tagwatch's client id"
+            )
         was_connected = self.connected.is_set()
         self.connected.clear()
         self.ready.clear()

@@ -97,6 +97,10 @@ def policy_settings(config: Config, cases: dict[str, Case]) -> PolicySettings:
     )
 
 
+# /readyz stays 503 this long after the broker session was lost or taken over.
+SESSION_LOST_READY_S = 300.0
+
+
 class Daemon:
     def __init__(
         self, config: Config, record: Record, zoneset: ZoneSet, cases: dict[str, Case]
@@ -244,6 +248,9 @@ class Daemon:
         reasons = [] if self._serving else ["starting"]
         if self.conn is None or not self.conn.ready.is_set():
             reasons.append("broker: not connected with subscriptions acknowledged")
+        lost_at = self.conn.session_lost_at if self.conn is not None else None
+        if lost_at is not None and time.time() - lost_at < SESSION_LOST_READY_S:
+            reasons.append("broker: session lost or taken over (fixes may be lost); see logs")
         if self.record_down is not None:
             reasons.append(f"record: unavailable: {self.record_down}")
         if self.stopping.is_set():

@@ -291,6 +291,9 @@ class _Failure(Exception):
     """A runtime failure: exit status 1, with the message."""
 
 
+_MAX_NOTES = 100  # what anchors do not cover, per chain: a live record has many
+
+
 def _record_verify(args: argparse.Namespace) -> int:
     from tagwatch.record import anchor
 
@@ -314,8 +317,11 @@ def _record_verify(args: argparse.Namespace) -> int:
     purged = sum(report.purged.values())
     if purged:
         print(f"{record.label}: {purged} fix bodies purged by recorded retention purges")
-    for note in anchored.notes if anchored else []:
+    notes = anchored.notes if anchored else []
+    for note in notes[:_MAX_NOTES]:
         print(f"note: {note}")
+    if len(notes) > _MAX_NOTES:
+        print(f"note: ... and {len(notes) - _MAX_NOTES} more of the same kind")
     if problems:
         print(
             f"tagwatch: {record.label}: {len(problems)} problem(s) in the case record",

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from tagwatch.feed.events import EventHub
 from tagwatch.notify.ack import acknowledge
+from tagwatch.notify.records import escalation_level
 from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.wire import rfc3339
 
@@ -53,6 +54,7 @@ def resolve(record: Record, alert_id: str, by: str, note: str, now: float) -> di
         "state": "resolved",
         "ts": rfc3339(now),
         "raised": rfc3339(now),
+        "escalation": escalation_level(latest),  # the level reached is kept
         "detail": f"resolved by {by}" + (f": {note}" if note else ""),
     }
     record.commit(

@@ -8,6 +8,7 @@ already acknowledged records the action again (every ack is evidence) but no sec
 
 from __future__ import annotations
 
+from tagwatch.notify.records import escalation_level
 from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.wire import rfc3339
 
@@ -38,6 +39,7 @@ def acknowledge(record: Record, alert_id: str, by: str, note: str, now: float) -
             "state": "acknowledged",
             "ts": rfc3339(now),
             "raised": rfc3339(now),
+            "escalation": escalation_level(latest),  # the level reached is kept
             "detail": detail,
         }
         entries.append(Entry(chain, "alert", acked, tag=tag, event_ts=now, alert_id=alert_id))

@@ -11,7 +11,10 @@ Policy as built:
 - An acknowledgement (operator or victim), or an `acknowledged` or `resolved` record
   seen through `observe`, stops the clock for good.
 - Escalated records carry `ts` = the deadline that fired (watchdogs fire at their
-  deadline) and `raised` = the `now` given to `tick`.
+  deadline), `raised` = the `now` given to `tick` and `escalation` = the new level.
+- The level reached is remembered past the acknowledgement until a `resolved` record:
+  `stamp` gives every later record of the alert (the engine's `updated` and `resolved`,
+  which know nothing of escalation) that level (DESIGN 3.3).
 
 `tick(now)` is driven by wall-clock time in the daemon and by event time in replay.
 Thread-safe: the inbound webhooks (feed threads) and the daemon share one instance.
@@ -26,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from tagwatch.notify.records import escalated_record, escalation_level, record_time
 
 MAX_LEVEL = 2
+_CLOCKS, _REACHED = "clocks", "reached"  # checkpoint keys (alert ids are hex, never these)
 _DELIVERY_FAILED = {"failed", "undelivered"}
 
 
@@ -48,6 +52,7 @@ class _Clock:
 class Escalation:
     settings: EscalationSettings = field(default_factory=EscalationSettings)
     _clocks: dict[str, _Clock] = field(default_factory=dict)
+    _reached: dict[str, int] = field(default_factory=dict)  # alert id -> level > 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def observe(self, record: dict) -> None:
@@ -55,14 +60,27 @@ class Escalation:
         with self._lock:
             alert_id, state = record["id"], record.get("state")
             clock = self._clocks.get(alert_id)
+            level = escalation_level(record)
+            if state == "resolved":
+                self._reached.pop(alert_id, None)
+            elif level > self._reached.get(alert_id, 0):
+                self._reached[alert_id] = level
             if state in ("acknowledged", "resolved"):
                 self._clocks.pop(alert_id, None)
             elif clock is not None:
                 clock.record = record
-                clock.level = max(clock.level, escalation_level(record))
+                clock.level = max(clock.level, level)
             elif state in ("open", "updated") and record.get("severity") == "critical":
                 deadline = record_time(record) + self.settings.ack_timeout_s
                 self._clocks[alert_id] = _Clock(record, 0, deadline)
+
+    def stamp(self, record: dict) -> dict:
+        """The record with the escalation level its alert reached (itself if no higher)."""
+        with self._lock:
+            reached = self._reached.get(record["id"], 0)
+        if reached <= escalation_level(record):
+            return record
+        return {**record, "escalation": reached}
 
     def acknowledge(self, alert_id: str, by: str, note: str, at: float) -> bool:
         """Stop the clock of alert_id; False if it had none (unknown, or already stopped)."""
@@ -116,6 +134,7 @@ class Escalation:
 
     def _raise(self, clock: _Clock, level: int, reason: str, ts: float, now: float) -> dict:
         clock.level = level
+        self._reached[clock.record["id"]] = level
         if level >= MAX_LEVEL:
             clock.deadline = None
         clock.record = escalated_record(clock.record, level, reason, ts, now)
@@ -128,12 +147,19 @@ class Escalation:
 
     def to_bytes(self) -> bytes:
         with self._lock:
-            return json.dumps({k: asdict(c) for k, c in self._clocks.items()}).encode()
+            clocks = {k: asdict(c) for k, c in self._clocks.items()}
+            return json.dumps({_CLOCKS: clocks, _REACHED: self._reached}).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, settings: EscalationSettings) -> Escalation:
+        """Also reads the older checkpoint, a bare {alert id: clock} without the levels."""
         try:
-            clocks = {k: _Clock(**v) for k, v in json.loads(data).items()}
-        except (ValueError, TypeError, AttributeError) as exc:
+            state = json.loads(data)
+            if _CLOCKS not in state:
+                state = {_CLOCKS: state, _REACHED: {}}
+            clocks = {k: _Clock(**v) for k, v in state[_CLOCKS].items()}
+            reached = {str(k): int(v) for k, v in state[_REACHED].items()}
+            reached.update({k: c.level for k, c in clocks.items() if c.level > reached.get(k, 0)})
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise ValueError(f"escalation checkpoint: unreadable: {exc}") from None
-        return cls(settings, clocks)
+        return cls(settings, clocks, reached)

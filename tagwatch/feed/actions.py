@@ -52,7 +52,7 @@ def resolve(record: Record, alert_id: str, by: str, note: str, now: float) -> di
     resolved = {
         **latest,
         "state": "resolved",
-        "ts": rfc3339(now),
+        # `ts` stays the time of the fix the alert is about; `raised` is the action's
         "raised": rfc3339(now),
         "escalation": escalation_level(latest),  # the level reached is kept
         "detail": f"resolved by {by}" + (f": {note}" if note else ""),

@@ -37,7 +37,7 @@ def acknowledge(record: Record, alert_id: str, by: str, note: str, now: float) -
         acked = {
             **latest,
             "state": "acknowledged",
-            "ts": rfc3339(now),
+            # `ts` stays the time of the fix the alert is about; `raised` is the action's
             "raised": rfc3339(now),
             "escalation": escalation_level(latest),  # the level reached is kept
             "detail": detail,

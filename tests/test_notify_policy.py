@@ -266,3 +266,22 @@ def test_the_daemons_effects_stamp_the_engines_later_records_with_the_level():
     (item,) = fx.batch.outbox
     assert entry.body["escalation"] == 1
     assert json.loads(item.body["payload"])["escalation"] == 1
+
+
+def test_an_acknowledged_alerts_later_updates_start_no_clock_again():
+    """"Stops the clock for good": a proximity acknowledged, whose victim position then
+    went stale and fresh again (an `updated` critical record), is not escalated again,
+    across a checkpoint too; a probable breach acknowledged as a warning and then
+    confirmed (critical) gets its clock."""
+    esc = Escalation(EscalationSettings(ack_timeout_s=120))
+    esc.observe(alert(1))
+    esc.observe(alert(1, state="acknowledged"))
+    esc.observe(alert(2))
+    assert esc.acknowledge(alert(2)["id"], "victim:V-01", "", T0 + 5)
+    restored = Escalation.from_bytes(esc.to_bytes(), esc.settings)
+    for n in (1, 2):
+        restored.observe(alert(n, at=T0 + 60, state="updated"))
+    restored.observe(alert(3, severity="warning", confidence="probable"))
+    restored.observe(alert(3, state="acknowledged", severity="warning"))
+    restored.observe(alert(3, at=T0 + 30, state="updated"))  # confirmed: critical now
+    assert [r["id"] for r in restored.tick(T0 + 10_000)] == [alert(3)["id"]] * 2

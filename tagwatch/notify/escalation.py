@@ -9,7 +9,10 @@ Policy as built:
 - An SMS accepted by Twilio but not `delivered` within `sms_delivery_timeout_s`, or
   reported `failed`/`undelivered`, escalates to level 1 at once (if the alert is below).
 - An acknowledgement (operator or victim), or an `acknowledged` or `resolved` record
-  seen through `observe`, stops the clock for good.
+  seen through `observe`, stops the clock for good: the engine's later `updated`
+  records of an alert acknowledged while critical (a proximity whose victim position
+  went stale and fresh again) start none. An alert acknowledged below critical gets a
+  clock when it becomes critical (a probable breach confirmed).
 - Escalated records carry `ts` = the deadline that fired (watchdogs fire at their
   deadline), `raised` = the `now` given to `tick` and `escalation` = the new level.
 - The level reached is remembered past the acknowledgement until a `resolved` record:
@@ -29,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 from tagwatch.notify.records import escalated_record, escalation_level, record_time
 
 MAX_LEVEL = 2
-_CLOCKS, _REACHED = "clocks", "reached"  # checkpoint keys (alert ids are hex, never these)
+# checkpoint keys (alert ids are hex, never these)
+_CLOCKS, _REACHED, _STOPPED = "clocks", "reached", "acknowledged"
 _DELIVERY_FAILED = {"failed", "undelivered"}
 
 
@@ -53,6 +57,7 @@ class Escalation:
     settings: EscalationSettings = field(default_factory=EscalationSettings)
     _clocks: dict[str, _Clock] = field(default_factory=dict)
     _reached: dict[str, int] = field(default_factory=dict)  # alert id -> level > 0
+    _stopped: dict[str, str] = field(default_factory=dict)  # acked, unresolved -> severity
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def observe(self, record: dict) -> None:
@@ -63,16 +68,22 @@ class Escalation:
             level = escalation_level(record)
             if state == "resolved":
                 self._reached.pop(alert_id, None)
+                self._stopped.pop(alert_id, None)
             elif level > self._reached.get(alert_id, 0):
                 self._reached[alert_id] = level
+            if state == "acknowledged":
+                self._stopped[alert_id] = record.get("severity") or ""
             if state in ("acknowledged", "resolved"):
                 self._clocks.pop(alert_id, None)
+            elif self._stopped.get(alert_id) == "critical":
+                pass  # acknowledged while critical: later records start no clock again
             elif clock is not None:
                 clock.record = record
                 clock.level = max(clock.level, level)
             elif state in ("open", "updated") and record.get("severity") == "critical":
                 deadline = record_time(record) + self.settings.ack_timeout_s
                 self._clocks[alert_id] = _Clock(record, 0, deadline)
+                self._stopped.pop(alert_id, None)
 
     def stamp(self, record: dict) -> dict:
         """The record with the escalation level its alert reached (itself if no higher)."""
@@ -85,7 +96,10 @@ class Escalation:
     def acknowledge(self, alert_id: str, by: str, note: str, at: float) -> bool:
         """Stop the clock of alert_id; False if it had none (unknown, or already stopped)."""
         with self._lock:
-            return self._clocks.pop(alert_id, None) is not None
+            clock = self._clocks.pop(alert_id, None)
+            if clock is not None:
+                self._stopped[alert_id] = clock.record.get("severity") or ""
+            return clock is not None
 
     def sms_accepted(self, alert_id: str, at: float) -> None:
         """Twilio took an SMS for alert_id at `at`: it must be delivered in time."""
@@ -148,7 +162,8 @@ class Escalation:
     def to_bytes(self) -> bytes:
         with self._lock:
             clocks = {k: asdict(c) for k, c in self._clocks.items()}
-            return json.dumps({_CLOCKS: clocks, _REACHED: self._reached}).encode()
+            doc = {_CLOCKS: clocks, _REACHED: self._reached, _STOPPED: self._stopped}
+            return json.dumps(doc).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, settings: EscalationSettings) -> Escalation:
@@ -160,6 +175,7 @@ class Escalation:
             clocks = {k: _Clock(**v) for k, v in state[_CLOCKS].items()}
             reached = {str(k): int(v) for k, v in state[_REACHED].items()}
             reached.update({k: c.level for k, c in clocks.items() if c.level > reached.get(k, 0)})
+            stopped = {str(k): str(v) for k, v in state.get(_STOPPED, {}).items()}
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise ValueError(f"escalation checkpoint: unreadable: {exc}") from None
-        return cls(settings, clocks, reached)
+        return cls(settings, clocks, reached, stopped)

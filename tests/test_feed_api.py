@@ -25,6 +25,7 @@ from tagwatch.config import FeedUser, Rules
 from tagwatch.engine.alerts import to_dict
 from tagwatch.feed import EventHub, create_app, record_actions
 from tagwatch.feed.stream import RETRY_MS, event_stream
+from tagwatch.notify.records import escalated_record
 from tagwatch.pipeline import Inbound, Pipeline
 from tagwatch.record import Batch, Entry, OutboxItem, Record
 from tagwatch.wire import Topics
@@ -481,10 +482,16 @@ def test_victim_device_position_only_through_an_alert_about_the_victim(
 
 def test_ack_and_resolve_keep_the_fix_time_and_the_level(feed: Feed,
                                                          client: httpx.Client) -> None:
-    """`ts` stays the time of the fix the alert is about; `raised` is the action's."""
-    alert = feed.breach(time.time() - 120)
+    """`ts` stays the time of the fix the alert is about (not the ack's, nor an
+    escalation's deadline); `raised` is the action's; the level reached is kept."""
+    alert = feed.breach(time.time() - 600)
+    escalated = escalated_record(alert, 2, "not acknowledged within 240 s",
+                                 time.time() - 300, time.time() - 300)
+    feed.record.commit(Batch(entries=[Entry(f"case:{alert['case']}", "alert", escalated,
+                                            tag=TAG, event_ts=time.time() - 300,
+                                            alert_id=alert["id"])]), time.time())
     acked = client.post(f"/api/alerts/{alert['id']}/ack", headers=OP, json={"note": ""}).json()
-    assert acked["ts"] == alert["ts"] and acked["raised"] > alert["raised"]
-    assert acked["escalation"] == 0
+    assert acked["ts"] == alert["ts"] and acked["raised"] > escalated["raised"]
+    assert acked["escalation"] == 2
     done = client.post(f"/api/alerts/{alert['id']}/resolve", headers=OP, json={}).json()
-    assert done["ts"] == alert["ts"] and done["escalation"] == 0
+    assert done["ts"] == alert["ts"] and done["escalation"] == 2

@@ -102,6 +102,8 @@ def browser():
 def open_page(browser, feed, size: tuple[int, int], errors: list[str]):
     page = browser.new_page(viewport={"width": size[0], "height": size[1]})
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text)
+            if "Content Security Policy" in msg.text else None)
     page.goto(feed.url)
     page.fill("#token", OPERATOR_TOKEN)
     page.click("#login-submit")
@@ -348,6 +350,7 @@ def test_ack_keeps_the_fix_time_and_the_escalation_level(tmp_path: Path, browser
         page.click(_row(breach))
         page.wait_for_selector("#details dl", timeout=5_000)
         assert _detail(page, "Escalation level") == "2"
+        assert _detail(page, "Fix time") == breach["ts"]  # not the escalation's deadline
         page.screenshot(path=str(ARTIFACTS / "acknowledged-1440x900.png"))
         page.close()
     assert errors == [], errors

@@ -351,6 +351,8 @@ def test_ack_keeps_the_fix_time_and_the_escalation_level(tmp_path: Path, browser
         page.wait_for_selector("#details dl", timeout=5_000)
         assert _detail(page, "Escalation level") == "2"
         assert _detail(page, "Fix time") == breach["ts"]  # not the escalation's deadline
+        assert page.text_content(f"{_row(breach)} .age") == "5 min"  # since the fix
+        page.wait_for_selector("#map path.pos", timeout=5_000)
         page.screenshot(path=str(ARTIFACTS / "acknowledged-1440x900.png"))
         page.close()
     assert errors == [], errors

@@ -20,7 +20,7 @@ const S = {
   token: sessionStorage.getItem("tagwatch.token"),
   muted: sessionStorage.getItem("tagwatch.muted") === "1",
   alerts: new Map(), // id -> latest record
-  firstSeen: new Map(), // id -> ms, for age
+  firstSeen: new Map(), // id -> ms, for the age when the fix time is unreadable
   fixTs: new Map(), // id -> the `ts` of its latest open/updated record (the fix time)
   levels: new Map(), // id -> the highest escalation level seen
   victims: new Map(), // id -> /victim answer (the victim's device), for victim alerts
@@ -206,6 +206,9 @@ function upsert(rec) {
   if (!S.frame) S.frame = requestAnimationFrame(flush);
 }
 
+// Age since the fix the alert is about, so an ack or a reload does not reset it.
+const ageMs = (rec, now) => Math.max(0, now - (Date.parse(fixTime(rec)) || S.firstSeen.get(rec.id)));
+
 // Severity first, then what needs action, then newest first: a fresh breach comes above
 // an older tamper of the same severity.
 const when = (rec) => Date.parse(fixTime(rec)) || 0;
@@ -252,7 +255,7 @@ function fillRow(row, rec, now) {
   c.where.textContent = whereText(rec);
   c.dist.textContent = rec.distance_m == null ? "" : fmt.metres(rec.distance_m);
   c.eta.textContent = rec.eta_s == null ? "" : `ETA ${fmt.duration(rec.eta_s)}`;
-  c.age.textContent = fmt.duration((now - S.firstSeen.get(rec.id)) / 1000);
+  c.age.textContent = fmt.duration(ageMs(rec, now) / 1000);
 }
 
 function flush() {
@@ -316,7 +319,7 @@ function updateCounts() {
 function tickAges() {
   const now = Date.now();
   for (const [id, row] of S.rows) {
-    row.cells.age.textContent = fmt.duration((now - S.firstSeen.get(id)) / 1000);
+    row.cells.age.textContent = fmt.duration(ageMs(S.alerts.get(id), now) / 1000);
   }
   alarm();
 }

@@ -219,8 +219,8 @@ def test_no_ack_within_ack_timeout_calls_the_victim_and_an_ack_stops_it(
             col.wait_for(lambda _: len(_breaches(col, d.prefix, "C-0003", "escalated")) >= 2,
                          10, "C-0003 escalated twice")
             escalated = _breaches(col, d.prefix, "C-0003", "escalated")
-            assert [e["detail"].split(":")[0] for e in escalated] == [
-                "escalation level 1", "escalation level 2"]
+            assert [(e["escalation"], e["detail"].split(":")[0]) for e in escalated] == [
+                (1, "escalation level 1"), (2, "escalation level 2")]
             assert call.form["To"] == "+447700900789" and call.form["From"] == FROM
             assert "<Say" in call.form["Twiml"] and "51.5" not in call.form["Twiml"]
             assert _breaches(col, d.prefix, "C-0001", "escalated") == []

@@ -149,6 +149,11 @@ class Daemon:
 
     # ---- state ---------------------------------------------------------------------
 
+    def _device_position(self, device: str) -> tuple[float, float, float] | None:
+        """(ts, lon, lat) of a victim device's last fix, from the engine (feed thread)."""
+        state = self.pipeline.engine.devices.get(device)
+        return None if state is None else (state.ts, state.lon, state.lat)
+
     def _tag_cases(self, tag: str) -> list[str]:
         return [case for case, _rules in self.pipeline.engine.tag_cases.get(tag, ())]
 
@@ -181,6 +186,7 @@ class Daemon:
             metrics=self._metrics_text,
             tile_url=self.config.feed.tile_url,
             default_warn_m=self.config.rules.warn_m,
+            device_position=self._device_position,
         )
         app.router.routes.extend(self._twilio_routes())
         return app

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 
 from tagwatch.feed.events import EventHub
-from tagwatch.notify.ack import acknowledge
+from tagwatch.notify.ack import acknowledge, fix_time
+from tagwatch.notify.records import escalation_level
 from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.wire import rfc3339
 
@@ -51,8 +52,9 @@ def resolve(record: Record, alert_id: str, by: str, note: str, now: float) -> di
     resolved = {
         **latest,
         "state": "resolved",
-        "ts": rfc3339(now),
+        "ts": fix_time(record, alert_id, latest),
         "raised": rfc3339(now),
+        "escalation": escalation_level(latest),  # the level reached is kept
         "detail": f"resolved by {by}" + (f": {note}" if note else ""),
     }
     record.commit(

@@ -31,6 +31,7 @@ from tagwatch.feed.stream import event_stream
 from tagwatch.notify.ack import AckError
 from tagwatch.notify.records import parse_ts
 from tagwatch.record import Record
+from tagwatch.wire import rfc3339
 from zones import ZoneSet
 
 STATIC = Path(__file__).parent / "static"
@@ -52,9 +53,12 @@ def create_app(
     metrics: Callable[[], bytes],
     tile_url: str | None = None,
     default_warn_m: float = 250.0,
+    device_position: Callable[[str], tuple[float, float, float] | None] | None = None,
 ) -> Starlette:
     """The feed app. on_ack/on_resolve(alert_id, user name, note) -> the new alert record
-    (sync or async); they write it to the record and publish it to the hub."""
+    (sync or async); they write it to the record and publish it to the hub.
+    device_position(victim device id) -> (ts, lon, lat) of its last fix, or None: the
+    engine's memory (victim positions are not in the record); without it, none shown."""
     feed = _Feed(
         record,
         zones_provider,
@@ -67,6 +71,7 @@ def create_app(
         tile_url,
         default_warn_m,
     )
+    feed.device_position = device_position
     routes = [
         Route("/", feed.page),
         Route("/healthz", feed.healthz),
@@ -76,6 +81,7 @@ def create_app(
         Route("/api/alerts/{id}/ack", feed.ack, methods=["POST"]),
         Route("/api/alerts/{id}/resolve", feed.resolve, methods=["POST"]),
         Route("/api/alerts/{id}/deliveries", feed.deliveries),
+        Route("/api/alerts/{id}/victim", feed.victim),
         Route("/api/events", feed.events),
         Route("/api/tags/{tag}/track", feed.track),
         Route("/api/cases/{case}/zones", feed.zones),
@@ -201,6 +207,34 @@ class _Feed:
     def _deliveries(self, alert_id: str) -> list[dict]:
         latest_record(self.record, alert_id)  # raises UnknownAlert
         return self.record.deliveries(alert_id)
+
+    async def victim(self, request: Request) -> Response:
+        """The last position of the victim's device, for an alert about the victim in person
+        (zone null: proximity, following); lat/lon null when unknown or for a zone's alert.
+        Only through such an alert: never a victim's position at will."""
+        self.user(request)
+        alert_id = request.path_params["id"]
+        try:
+            found = await run_in_threadpool(self._victim, alert_id)
+        except UnknownAlert as exc:
+            raise HTTPException(404, f"{request.url.path}: {exc}") from None
+        return JSONResponse(found)
+
+    def _victim(self, alert_id: str) -> dict:
+        alert = latest_record(self.record, alert_id)  # raises UnknownAlert
+        victim_id = alert.get("victim")
+        out = {"victim": victim_id, "lat": None, "lon": None, "ts": None, "age_s": None}
+        case = next((c for c in self.zones_provider().cases if c.id == alert.get("case")), None)
+        victim = next((v for v in case.victims if v.id == victim_id), None) if case else None
+        if alert.get("zone") is not None:  # a zone's alert: the zone is the place, not the victim
+            return out
+        if victim is None or victim.device is None or self.device_position is None:
+            return out
+        found = self.device_position(victim.device)
+        if found is not None:
+            ts, lon, lat = found
+            out.update(lat=lat, lon=lon, ts=rfc3339(ts), age_s=round(max(0.0, time.time() - ts)))
+        return out
 
     # --- event stream --------------------------------------------------------------
 

@@ -8,6 +8,7 @@ already acknowledged records the action again (every ack is evidence) but no sec
 
 from __future__ import annotations
 
+from tagwatch.notify.records import escalation_level
 from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.wire import rfc3339
 
@@ -36,13 +37,25 @@ def acknowledge(record: Record, alert_id: str, by: str, note: str, now: float) -
         acked = {
             **latest,
             "state": "acknowledged",
-            "ts": rfc3339(now),
+            "ts": fix_time(record, alert_id, latest),
             "raised": rfc3339(now),
+            "escalation": escalation_level(latest),  # the level reached is kept
             "detail": detail,
         }
         entries.append(Entry(chain, "alert", acked, tag=tag, event_ts=now, alert_id=alert_id))
     record.commit(Batch(entries=entries), recorded_at=now)
     return acked
+
+
+def fix_time(record: Record, alert_id: str, latest: dict) -> str:
+    """The `ts` an operator's record keeps: that of the alert's latest open or updated
+    record, the fix it is about (an escalated record's `ts` is its deadline); `raised`
+    says when the operator acted."""
+    for entry in reversed(record.alert_history(alert_id)):
+        body = entry["body"]
+        if entry["kind"] == "alert" and body.get("state") in ("open", "updated"):
+            return body.get("ts", latest.get("ts"))
+    return latest.get("ts")
 
 
 def _latest(record: Record, alert_id: str) -> tuple[str, dict]:

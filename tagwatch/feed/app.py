@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -27,6 +28,7 @@ from tagwatch.feed.actions import AlertResolved, UnknownAlert, latest_record
 from tagwatch.feed.auth import OPERATOR, User, Users, bearer_token
 from tagwatch.feed.events import EventHub
 from tagwatch.feed.geo import track_geojson, zones_geojson
+from tagwatch.feed.limits import MAX_BODY_BYTES, BodyLimit, SecurityHeaders
 from tagwatch.feed.stream import event_stream
 from tagwatch.notify.ack import AckError
 from tagwatch.notify.records import parse_ts
@@ -38,6 +40,7 @@ STATES = ("open", "updated", "acknowledged", "escalated", "resolved")
 TRACK_DEFAULT_S = 3600.0
 FALLBACK_LIMIT = 10_000
 CLOCK_SLACK_S = 1.0  # a record's `raised` and its event id come from two clock readings
+MAX_NOTE_CHARS = 2_000  # an operator's note; the record it goes into must fit one MQTT packet
 
 
 def create_app(
@@ -52,6 +55,7 @@ def create_app(
     metrics: Callable[[], bytes],
     tile_url: str | None = None,
     default_warn_m: float = 250.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Starlette:
     """The feed app. on_ack/on_resolve(alert_id, user name, note) -> the new alert record
     (sync or async); they write it to the record and publish it to the hub."""
@@ -81,7 +85,13 @@ def create_app(
         Route("/api/cases/{case}/zones", feed.zones),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _error})
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(BodyLimit, max_bytes=max_body_bytes),
+    ]
+    return Starlette(
+        routes=routes, middleware=middleware, exception_handlers={HTTPException: _error}
+    )
 
 
 async def _error(request: Request, exc: HTTPException) -> Response:
@@ -258,11 +268,15 @@ async def _note(request: Request) -> str:
         return ""
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise HTTPException(400, f"{request.url.path}: body is not JSON") from None
     note = body.get("note", "") if isinstance(body, dict) else None
     if not isinstance(note, str):
         raise HTTPException(400, f'{request.url.path}: body must be {{"note": string}}')
+    if len(note) > MAX_NOTE_CHARS:
+        raise HTTPException(
+            400, f"{request.url.path}: note of {len(note)} characters; at most {MAX_NOTE_CHARS}"
+        )
     return note
 
 

@@ -135,6 +135,9 @@ class BrokerConfig:
     key_file: Path | None = None
     session_expiry_s: int = 86400
     keepalive_s: int = 30
+    # The broker's max_packet_size in KiB (deploy/mosquitto: 1 MiB); larger publications
+    # are refused before sending (kept in the record, counted), never sent to be dropped.
+    max_packet_kb: int = 1024
 
     @property
     def embedded(self) -> bool:
@@ -278,6 +281,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "key_file": ("optstr", None),
         "session_expiry_s": ("int", BrokerConfig.session_expiry_s),
         "keepalive_s": ("int", BrokerConfig.keepalive_s),
+        "max_packet_kb": ("int", BrokerConfig.max_packet_kb),
     },
     "cases": {"path": ("str", "config/cases")},
     "record": {
@@ -614,6 +618,7 @@ def _broker(sec: _Section, environ: Mapping[str, str]) -> BrokerConfig:
         password=_broker_password(sec, environ),
         session_expiry_s=_int_in(sec, "session_expiry_s", 1, 2**32 - 1),
         keepalive_s=_int_in(sec, "keepalive_s", 1, 65535),
+        max_packet_kb=_int_in(sec, "max_packet_kb", 1, 256 * 1024),
         **tls_files,
     )
 

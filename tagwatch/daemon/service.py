@@ -295,7 +295,9 @@ class Daemon:
             log.info("offline_published", topic=status)
 
     async def _serve(self, conn: MqttConnection) -> None:
-        self.publisher = Publisher(self.record, conn)
+        self.publisher = Publisher(
+            self.record, conn, on_too_large=self.metrics.publish_too_large.inc
+        )
         await self.publisher.flush()  # rows left by a previous run go out first
         dispatcher = self._dispatcher()
         self._tasks = [
@@ -563,6 +565,7 @@ def broker_settings(config: Config, url: str | None = None) -> BrokerSettings:
             client_id=b.client_id,
             session_expiry_s=b.session_expiry_s,
             keepalive_s=b.keepalive_s,
+            max_packet_bytes=b.max_packet_kb * 1024,
         )
     return BrokerSettings(
         host=b.host,
@@ -576,6 +579,7 @@ def broker_settings(config: Config, url: str | None = None) -> BrokerSettings:
         client_id=b.client_id,
         session_expiry_s=b.session_expiry_s,
         keepalive_s=b.keepalive_s,
+        max_packet_bytes=b.max_packet_kb * 1024,
     )
 
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -48,7 +49,7 @@ from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.inbound import TwilioInbound
 from tagwatch.notify.policy import PolicySettings, SmsLedger
 from tagwatch.pipeline import Pipeline, Result
-from tagwatch.record import Batch, Record, RecordError
+from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.wire import Topics, status_message
 from zones import Case, ZoneSet
 
@@ -157,6 +158,12 @@ class Daemon:
         self._acked_seen = {
             a["id"] for a in self.record.latest_alerts("acknowledged", _ACK_POLL_LIMIT)
         }
+        # Acknowledged or resolved while this daemon was down (the CLI): no clock left.
+        for alert_id in self.notify.escalation.pending():
+            history = self.record.alert_history(alert_id)
+            bodies = [e["body"] for e in history if e["kind"] == "alert"]
+            if bodies and bodies[-1].get("state") in ("acknowledged", "resolved"):
+                self.notify.escalation.observe(bodies[-1])
         log.info(
             "restored", checkpoints=len(points), escalations=len(self.notify.escalation.pending())
         )
@@ -190,6 +197,7 @@ class Daemon:
             self.record,
             self.victim_phones,
             escalation=self.notify.escalation,
+            on_ack=self._sms_ack(asyncio.get_running_loop()),
         )
 
         def endpoint(handler):
@@ -208,6 +216,16 @@ class Daemon:
             Route("/twilio/sms", endpoint(self.inbound.sms_reply), methods=["POST"]),
         ]
 
+    def _sms_ack(self, loop: asyncio.AbstractEventLoop):
+        """A victim's SMS reply acknowledges as an operator does (committed with the
+        escalation state and the reply, then published), from the webhook's thread."""
+
+        def ack(alert_id: str, by: str, note: str, now: float, extra: Sequence[Entry]) -> dict:
+            action = self.operator_action("ack", alert_id, by, note, extra)
+            return asyncio.run_coroutine_threadsafe(action, loop).result(60)
+
+        return ack
+
     def _metrics_text(self) -> bytes:
         self.refresh_metrics()
         return self.metrics.render()
@@ -218,14 +236,22 @@ class Daemon:
     async def _resolve(self, alert_id: str, by: str, note: str) -> dict:
         return await self.operator_action("resolve", alert_id, by, note)
 
-    async def operator_action(self, action: str, alert_id: str, by: str, note: str) -> dict:
+    async def operator_action(
+        self, action: str, alert_id: str, by: str, note: str, extra: Sequence[Entry] = ()
+    ) -> dict:
         """Acknowledge or resolve from the dashboard: the operator's action and the new
         alert record are committed together (who, when, note), then the record goes to
         the dashboards and to MQTT, and an acknowledgement stops the escalation clock.
         An operator's resolve closes the alert record; if the engine's episode goes on
         and changes, its next record reopens the alert with the same id."""
-        write = acknowledge if action == "ack" else resolve
         async with self._work:
+            # The escalation state without this alert is committed with the action: after
+            # a restart an acknowledged alert does not escalate again.
+            state = {ESCALATION_KEY: self.notify.escalation.to_bytes(without=alert_id)}
+            if action == "ack":
+                write = functools.partial(acknowledge, checkpoints=state, extra=extra)
+            else:
+                write = functools.partial(resolve, checkpoints=state)
             record = await asyncio.to_thread(write, self.record, alert_id, by, note, time.time())
             self.notify.escalation.observe(record)
             self._acked_seen.add(record["id"])

@@ -126,9 +126,12 @@ class Escalation:
         with self._lock:
             return {k: c.level for k, c in self._clocks.items()}
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, without: str | None = None) -> bytes:
+        """The running clocks; `without`: all but that alert's (an acknowledgement's
+        checkpoint, committed with it before the clock is stopped here)."""
         with self._lock:
-            return json.dumps({k: asdict(c) for k, c in self._clocks.items()}).encode()
+            clocks = {k: asdict(c) for k, c in self._clocks.items() if k != without}
+            return json.dumps(clocks).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, settings: EscalationSettings) -> Escalation:

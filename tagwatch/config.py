@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+from tagwatch.delivery_terms import redact_urls
+
 
 class ConfigError(Exception):
     """A configuration problem; the message names the file or variable and the key."""
@@ -239,6 +241,13 @@ class Config:
         for name, key in (("twilio", "auth_token"), ("police", "secret")):
             if out["notify"][name] is not None:
                 out["notify"][name][key] = "***"
+        if out["notify"]["police"] is not None:  # a webhook URL may carry a token
+            out["notify"]["police"]["webhook_url"] = redact_urls(self.notify.police.webhook_url)
+        if out["notify"]["twilio"] is not None:
+            out["notify"]["twilio"]["api_base"] = redact_urls(self.notify.twilio.api_base)
+        if "?" in out["record"]["url"]:  # libpq takes password= in the query too
+            base, _, query = out["record"]["url"].partition("?")
+            out["record"]["url"] = base + redact_urls("x://?" + query)[3:]
         for user in out["feed"]["users"]:
             user["token_sha256"] = "***"
         return out

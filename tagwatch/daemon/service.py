@@ -40,6 +40,7 @@ from tagwatch.daemon.ingest import Batcher
 from tagwatch.daemon.metrics import Metrics
 from tagwatch.daemon.outbox import NotifyView, Publisher
 from tagwatch.daemon.retention import purge_daily
+from tagwatch.delivery_terms import redact_urls
 from tagwatch.feed.actions import resolve
 from tagwatch.feed.app import create_app
 from tagwatch.feed.events import EventHub
@@ -264,11 +265,12 @@ class Daemon:
         return record
 
     def not_ready(self) -> list[str]:
+        """Why /readyz says 503, as fixed short codes: no error text (the log has it)."""
         reasons = [] if self._serving else ["starting"]
         if self.conn is None or not self.conn.ready.is_set():
-            reasons.append("broker: not connected with subscriptions acknowledged")
+            reasons.append("broker_disconnected")
         if self.record_down is not None:
-            reasons.append(f"record: unavailable: {self.record_down}")
+            reasons.append("record_unavailable")
         if self.stopping.is_set():
             reasons.append("stopping")
         return reasons
@@ -617,7 +619,7 @@ def summarise_notify(config: Config) -> Callable[[], None]:
             log.info(
                 "notify",
                 detail="SMS and calls through Twilio",
-                api_base=config.notify.twilio.api_base,
+                api_base=redact_urls(config.notify.twilio.api_base),
             )
         if config.notify.police is None:
             log.info("notify", detail="no police webhook: [notify.police] webhook_url not set")

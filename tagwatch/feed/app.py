@@ -24,6 +24,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from tagwatch.delivery_terms import redact_urls
 from tagwatch.feed.actions import AlertResolved, UnknownAlert, latest_record
 from tagwatch.feed.auth import OPERATOR, User, Users, bearer_token
 from tagwatch.feed.events import EventHub
@@ -192,11 +193,18 @@ class _Feed:
                 result = await action(alert_id, user.name, note)
             else:
                 result = await run_in_threadpool(action, alert_id, user.name, note)
-        except UnknownAlert as exc:
-            raise HTTPException(404, str(exc)) from None
+        except UnknownAlert:
+            raise HTTPException(404, f"{request.url.path}: no such alert") from None
         except (AlertResolved, AckError) as exc:
-            raise HTTPException(409, str(exc)) from None
+            raise HTTPException(409, f"{request.url.path}: {self._public(exc)}") from None
         return JSONResponse(result)
+
+    def _public(self, exc: Exception) -> str:
+        """An error's text without the record's URL or path (it names the database)."""
+        text = str(exc)
+        for label in {self.record.label, redact_urls(self.record.label)}:
+            text = text.replace(f"{label}: ", "").replace(label, "the record")
+        return text
 
     async def deliveries(self, request: Request) -> Response:
         """How the alert's SMS, calls and police webhook went (Record.deliveries)."""
@@ -204,8 +212,8 @@ class _Feed:
         alert_id = request.path_params["id"]
         try:
             found = await run_in_threadpool(self._deliveries, alert_id)
-        except UnknownAlert as exc:
-            raise HTTPException(404, f"{request.url.path}: {exc}") from None
+        except UnknownAlert:
+            raise HTTPException(404, f"{request.url.path}: no such alert") from None
         return JSONResponse(found)
 
     def _deliveries(self, alert_id: str) -> list[dict]:

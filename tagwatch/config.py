@@ -212,6 +212,8 @@ class FeedConfig:
     port: int = 8080
     tile_url: str | None = None
     users: tuple[FeedUser, ...] = ()
+    sse_max_clients: int = 200  # event streams at once (more: 503)
+    sse_max_per_user: int = 10  # per user (more: 429)
 
 
 @dataclass(frozen=True)
@@ -315,7 +317,12 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "public_url": ("optstr", None),
     },
     "notify.police": {"webhook_url": ("str", "")},
-    "feed": {"listen": ("str", FeedConfig.listen), "tile_url": ("optstr", None)},
+    "feed": {
+        "listen": ("str", FeedConfig.listen),
+        "tile_url": ("optstr", None),
+        "sse_max_clients": ("int", FeedConfig.sse_max_clients),
+        "sse_max_per_user": ("int", FeedConfig.sse_max_per_user),
+    },
     "log": {"level": ("str", "info"), "json": ("bool", True)},
 }
 _OPTIONAL_SECTIONS = frozenset({"notify.twilio", "notify.police"})
@@ -818,7 +825,15 @@ def _feed(sec: _Section, raw: _Raw) -> FeedConfig:
         _http_url(sec, "tile_url")
     users = tuple(_user(where, entry) for where, entry in raw.users or [])
     _check_unique_users(users, raw.users_where)
-    return FeedConfig(listen=listen, host=host, port=int(port_text), tile_url=tile_url, users=users)
+    return FeedConfig(
+        listen=listen,
+        host=host,
+        port=int(port_text),
+        tile_url=tile_url,
+        users=users,
+        sse_max_clients=_int_in(sec, "sse_max_clients", 1, 100_000),
+        sse_max_per_user=_int_in(sec, "sse_max_per_user", 1, 100_000),
+    )
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")

@@ -182,6 +182,8 @@ class Daemon:
             metrics=self._metrics_text,
             tile_url=self.config.feed.tile_url,
             default_warn_m=self.config.rules.warn_m,
+            sse_max_clients=self.config.feed.sse_max_clients,
+            sse_max_per_user=self.config.feed.sse_max_per_user,
         )
         app.router.routes.extend(self._twilio_routes())
         return app

@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from tagwatch.embedded_broker import free_port
 
@@ -77,3 +83,35 @@ def test_the_systemd_unit_allows_more_descriptors_than_the_feed_takes_connection
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read_string((ROOT / "deploy" / "tagwatch.service").read_text())
     assert int(parser["Service"]["LimitNOFILE"]) >= 2 * LIMIT_CONCURRENCY
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(monkeypatch):
+    from tagwatch.daemon import http
+
+    monkeypatch.setattr(http, "HEAD_TIMEOUT_S", 0.5)
+
+    async def ok(request):
+        return PlainTextResponse("ok")
+
+    port, started, stop = free_port(), threading.Event(), threading.Event()
+
+    async def run() -> None:
+        server, task = await http.serve(Starlette(routes=[Route("/", ok)]), "127.0.0.1", port)
+        started.set()
+        await asyncio.to_thread(stop.wait, 60)
+        server.should_exit = True
+        await task
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), daemon=True)
+    thread.start()
+    try:
+        assert started.wait(10)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            assert sock.recv(1024) == b""  # closed by the server, long before 10 s
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    finally:
+        stop.set()
+        thread.join(10)

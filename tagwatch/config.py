@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+from tagwatch.delivery_terms import redact_urls
+
 
 class ConfigError(Exception):
     """A configuration problem; the message names the file or variable and the key."""
@@ -135,6 +137,9 @@ class BrokerConfig:
     key_file: Path | None = None
     session_expiry_s: int = 86400
     keepalive_s: int = 30
+    # The broker's max_packet_size in KiB (deploy/mosquitto: 1 MiB); larger publications
+    # are refused before sending (kept in the record, counted), never sent to be dropped.
+    max_packet_kb: int = 1024
 
     @property
     def embedded(self) -> bool:
@@ -212,6 +217,8 @@ class FeedConfig:
     port: int = 8080
     tile_url: str | None = None
     users: tuple[FeedUser, ...] = ()
+    sse_max_clients: int = 200  # event streams at once (more: 503)
+    sse_max_per_user: int = 10  # per user (more: 429)
 
 
 @dataclass(frozen=True)
@@ -243,6 +250,13 @@ class Config:
         for name, key in (("twilio", "auth_token"), ("police", "secret")):
             if out["notify"][name] is not None:
                 out["notify"][name][key] = "***"
+        if out["notify"]["police"] is not None:  # a webhook URL may carry a token
+            out["notify"]["police"]["webhook_url"] = redact_urls(self.notify.police.webhook_url)
+        if out["notify"]["twilio"] is not None:
+            out["notify"]["twilio"]["api_base"] = redact_urls(self.notify.twilio.api_base)
+        if "?" in out["record"]["url"]:  # libpq takes password= in the query too
+            base, _, query = out["record"]["url"].partition("?")
+            out["record"]["url"] = base + redact_urls("x://?" + query)[3:]
         for user in out["feed"]["users"]:
             user["token_sha256"] = "***"
         return out
@@ -289,6 +303,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "key_file": ("optstr", None),
         "session_expiry_s": ("int", BrokerConfig.session_expiry_s),
         "keepalive_s": ("int", BrokerConfig.keepalive_s),
+        "max_packet_kb": ("int", BrokerConfig.max_packet_kb),
     },
     "cases": {"path": ("str", "config/cases")},
     "record": {
@@ -315,7 +330,12 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "public_url": ("optstr", None),
     },
     "notify.police": {"webhook_url": ("str", "")},
-    "feed": {"listen": ("str", FeedConfig.listen), "tile_url": ("optstr", None)},
+    "feed": {
+        "listen": ("str", FeedConfig.listen),
+        "tile_url": ("optstr", None),
+        "sse_max_clients": ("int", FeedConfig.sse_max_clients),
+        "sse_max_per_user": ("int", FeedConfig.sse_max_per_user),
+    },
     "log": {"level": ("str", "info"), "json": ("bool", True)},
 }
 _OPTIONAL_SECTIONS = frozenset({"notify.twilio", "notify.police"})
@@ -630,6 +650,7 @@ def _broker(sec: _Section, environ: Mapping[str, str]) -> BrokerConfig:
         password=_broker_password(sec, environ),
         session_expiry_s=_int_in(sec, "session_expiry_s", 1, 2**32 - 1),
         keepalive_s=_int_in(sec, "keepalive_s", 1, 65535),
+        max_packet_kb=_int_in(sec, "max_packet_kb", 1, 256 * 1024),
         **tls_files,
     )
 
@@ -838,7 +859,15 @@ def _feed(sec: _Section, raw: _Raw) -> FeedConfig:
         _http_url(sec, "tile_url")
     users = tuple(_user(where, entry) for where, entry in raw.users or [])
     _check_unique_users(users, raw.users_where)
-    return FeedConfig(listen=listen, host=host, port=int(port_text), tile_url=tile_url, users=users)
+    return FeedConfig(
+        listen=listen,
+        host=host,
+        port=int(port_text),
+        tile_url=tile_url,
+        users=users,
+        sse_max_clients=_int_in(sec, "sse_max_clients", 1, 100_000),
+        sse_max_per_user=_int_in(sec, "sse_max_per_user", 1, 100_000),
+    )
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")

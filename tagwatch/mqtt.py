@@ -76,6 +76,9 @@ class BrokerSettings:
     # MQTT 5 Receive Maximum: how many QoS 1 messages the broker may have unacknowledged
     # with us at once. It bounds the in-memory queue and must exceed an ingest micro-batch.
     receive_maximum: int = 10000  # unacknowledged messages in flight: bounds throughput
+    # The broker's max_packet_size: a larger PUBLISH makes the broker drop the connection
+    # (and paho resends it after every reconnect), so `publish` refuses it before sending.
+    max_packet_bytes: int = 1024 * 1024
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> BrokerSettings:
@@ -94,6 +97,23 @@ class BrokerSettings:
             password=unquote(parts.password) if parts.password else kwargs.pop("password", None),
             **kwargs,
         )
+
+
+class PacketTooLarge(ValueError):
+    """A publication larger than the broker's packet limit; it was not sent."""
+
+    def __init__(self, topic: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"publish to {topic!r}: packet of about {size} bytes is larger than the broker's "
+            f"limit of {limit} bytes ([broker] max_packet_kb); not sent"
+        )
+        self.size, self.limit = size, limit
+
+
+def packet_size(topic: str, payload: bytes) -> int:
+    """An upper bound of the PUBLISH packet's size: fixed header (at most 5 bytes),
+    topic (2 + length), packet id (2), MQTT 5 properties (1, we send none), payload."""
+    return 5 + 2 + len(topic.encode()) + 2 + 1 + len(payload)
 
 
 class Message(msgspec.Struct, frozen=True, gc=False):
@@ -418,6 +438,9 @@ class MqttConnection:
 
         While offline paho keeps the message and sends it after reconnecting.
         """
+        size = packet_size(topic, payload)
+        if size > self.settings.max_packet_bytes:
+            raise PacketTooLarge(topic, size, self.settings.max_packet_bytes)
         if self._client is None:
             raise ConnectionError(f"publish to {topic!r}: MQTT connection is not open")
         info = self._client.publish(topic, payload, qos=qos, retain=retain)

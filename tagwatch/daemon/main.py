@@ -20,6 +20,7 @@ from tagwatch.daemon.service import (
     load_zoneset,
     summarise_notify,
 )
+from tagwatch.feed.auth import PUBLIC_TOKEN_HASHES
 from tagwatch.record import Record, RecordError
 
 log = structlog.get_logger("tagwatch.daemon")
@@ -36,6 +37,13 @@ def run(config_path: Path | None, environ: Mapping[str, str]) -> int:
         config = load_config(config_path, environ)
     except ConfigError as exc:
         return _fail(EXIT_BAD_INPUT, str(exc))
+    public = [u.name for u in config.feed.users if u.token_sha256 in PUBLIC_TOKEN_HASHES]
+    if public:
+        return _fail(
+            EXIT_BAD_INPUT,
+            f"[[feed.users]] {public[0]!r}: token_sha256 is the example's, whose token is "
+            "public (config/tagwatch.example.toml): make a new token and put its SHA-256 here",
+        )
     logs.configure(config.log.level, config.log.json)
     log.info("config", source=str(config.path), config=config.redacted())
     summarise_notify(config)()

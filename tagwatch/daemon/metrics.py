@@ -3,7 +3,9 @@
 Beyond METRICS.md (additions, documented here until METRICS.md lists them):
 `tagwatch_broker_reconnects_total`, `tagwatch_broker_sessions_lost_total` (a reconnect
 with session_present false: possible loss), `tagwatch_duplicates_total`,
-`tagwatch_record_available` (0 during a record outage).
+`tagwatch_record_available` (0 during a record outage),
+`tagwatch_publish_too_large_total` (records not published to MQTT because they were
+larger than [broker] max_packet_kb; they are in the case record).
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ class Metrics:
         self.duplicates = Counter("tagwatch_duplicates", "duplicate fixes dropped", registry=r)
         self.record_available = Gauge(
             "tagwatch_record_available", "0 while the case record cannot be written", registry=r
+        )
+        self.publish_too_large = Counter(
+            "tagwatch_publish_too_large",
+            "MQTT publications refused before sending: larger than [broker] max_packet_kb",
+            registry=r,
         )
         for reason in sorted(REASONS | set(SIGNING_REASONS)):
             self.rejected.labels(reason=reason)  # every closed-set label shows from the start

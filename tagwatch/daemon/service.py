@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -41,6 +42,7 @@ from tagwatch.daemon.ingest import Batcher
 from tagwatch.daemon.metrics import Metrics
 from tagwatch.daemon.outbox import NotifyView, Publisher
 from tagwatch.daemon.retention import purge_daily
+from tagwatch.delivery_terms import redact_urls
 from tagwatch.feed.actions import resolve
 from tagwatch.feed.app import create_app
 from tagwatch.feed.events import EventHub
@@ -50,7 +52,7 @@ from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.inbound import TwilioInbound
 from tagwatch.notify.policy import PolicySettings, SmsLedger
 from tagwatch.pipeline import Pipeline, Result
-from tagwatch.record import Batch, Record, RecordError
+from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.record.anchor import AnchorWriter
 from tagwatch.wire import Topics, status_message
 from zones import Case, ZoneSet
@@ -169,6 +171,12 @@ class Daemon:
         self._acked_seen = {
             a["id"] for a in self.record.latest_alerts("acknowledged", _ACK_POLL_LIMIT)
         }
+        # Acknowledged or resolved while this daemon was down (the CLI): no clock left.
+        for alert_id in self.notify.escalation.pending():
+            history = self.record.alert_history(alert_id)
+            bodies = [e["body"] for e in history if e["kind"] == "alert"]
+            if bodies and bodies[-1].get("state") in ("acknowledged", "resolved"):
+                self.notify.escalation.observe(bodies[-1])
         log.info(
             "restored", checkpoints=len(points), escalations=len(self.notify.escalation.pending())
         )
@@ -187,6 +195,8 @@ class Daemon:
             tile_url=self.config.feed.tile_url,
             default_warn_m=self.config.rules.warn_m,
             device_position=self._device_position,
+            sse_max_clients=self.config.feed.sse_max_clients,
+            sse_max_per_user=self.config.feed.sse_max_per_user,
         )
         app.router.routes.extend(self._twilio_routes())
         return app
@@ -203,6 +213,7 @@ class Daemon:
             self.record,
             self.victim_phones,
             escalation=self.notify.escalation,
+            on_ack=self._sms_ack(asyncio.get_running_loop()),
         )
 
         def endpoint(handler):
@@ -221,6 +232,16 @@ class Daemon:
             Route("/twilio/sms", endpoint(self.inbound.sms_reply), methods=["POST"]),
         ]
 
+    def _sms_ack(self, loop: asyncio.AbstractEventLoop):
+        """A victim's SMS reply acknowledges as an operator does (committed with the
+        escalation state and the reply, then published), from the webhook's thread."""
+
+        def ack(alert_id: str, by: str, note: str, now: float, extra: Sequence[Entry]) -> dict:
+            action = self.operator_action("ack", alert_id, by, note, extra)
+            return asyncio.run_coroutine_threadsafe(action, loop).result(60)
+
+        return ack
+
     def _metrics_text(self) -> bytes:
         self.refresh_metrics()
         return self.metrics.render()
@@ -231,14 +252,22 @@ class Daemon:
     async def _resolve(self, alert_id: str, by: str, note: str) -> dict:
         return await self.operator_action("resolve", alert_id, by, note)
 
-    async def operator_action(self, action: str, alert_id: str, by: str, note: str) -> dict:
+    async def operator_action(
+        self, action: str, alert_id: str, by: str, note: str, extra: Sequence[Entry] = ()
+    ) -> dict:
         """Acknowledge or resolve from the dashboard: the operator's action and the new
         alert record are committed together (who, when, note), then the record goes to
         the dashboards and to MQTT, and an acknowledgement stops the escalation clock.
         An operator's resolve closes the alert record; if the engine's episode goes on
         and changes, its next record reopens the alert with the same id."""
-        write = acknowledge if action == "ack" else resolve
         async with self._work:
+            # The escalation state without this alert is committed with the action: after
+            # a restart an acknowledged alert does not escalate again.
+            state = {ESCALATION_KEY: self.notify.escalation.to_bytes(without=alert_id)}
+            if action == "ack":
+                write = functools.partial(acknowledge, checkpoints=state, extra=extra)
+            else:
+                write = functools.partial(resolve, checkpoints=state)
             record = await asyncio.to_thread(write, self.record, alert_id, by, note, time.time())
             self.notify.escalation.observe(record)
             self._acked_seen.add(record["id"])
@@ -251,14 +280,15 @@ class Daemon:
         return record
 
     def not_ready(self) -> list[str]:
+        """Why /readyz says 503, as fixed short codes: no error text (the log has it)."""
         reasons = [] if self._serving else ["starting"]
         if self.conn is None or not self.conn.ready.is_set():
-            reasons.append("broker: not connected with subscriptions acknowledged")
+            reasons.append("broker_disconnected")
         lost_at = self.conn.session_lost_at if self.conn is not None else None
         if lost_at is not None and time.time() - lost_at < SESSION_LOST_READY_S:
-            reasons.append("broker: session lost or taken over (fixes may be lost); see logs")
+            reasons.append("broker_session_lost")
         if self.record_down is not None:
-            reasons.append(f"record: unavailable: {self.record_down}")
+            reasons.append("record_unavailable")
         if self.stopping.is_set():
             reasons.append("stopping")
         return reasons
@@ -311,7 +341,9 @@ class Daemon:
             log.info("offline_published", topic=status)
 
     async def _serve(self, conn: MqttConnection) -> None:
-        self.publisher = Publisher(self.record, conn)
+        self.publisher = Publisher(
+            self.record, conn, on_too_large=self.metrics.publish_too_large.inc
+        )
         await self.publisher.flush()  # rows left by a previous run go out first
         dispatcher = self._dispatcher()
         self._tasks = [
@@ -593,6 +625,7 @@ def broker_settings(config: Config, url: str | None = None) -> BrokerSettings:
             client_id=b.client_id,
             session_expiry_s=b.session_expiry_s,
             keepalive_s=b.keepalive_s,
+            max_packet_bytes=b.max_packet_kb * 1024,
         )
     return BrokerSettings(
         host=b.host,
@@ -606,6 +639,7 @@ def broker_settings(config: Config, url: str | None = None) -> BrokerSettings:
         client_id=b.client_id,
         session_expiry_s=b.session_expiry_s,
         keepalive_s=b.keepalive_s,
+        max_packet_bytes=b.max_packet_kb * 1024,
     )
 
 
@@ -617,7 +651,7 @@ def summarise_notify(config: Config) -> Callable[[], None]:
             log.info(
                 "notify",
                 detail="SMS and calls through Twilio",
-                api_base=config.notify.twilio.api_base,
+                api_base=redact_urls(config.notify.twilio.api_base),
             )
         if config.notify.police is None:
             log.info("notify", detail="no police webhook: [notify.police] webhook_url not set")

@@ -8,6 +8,8 @@ already acknowledged records the action again (every ack is evidence) but no sec
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from tagwatch.notify.records import escalation_level
 from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.wire import rfc3339
@@ -17,8 +19,21 @@ class AckError(RecordError):
     """The alert cannot be acknowledged; the message names the alert and the record."""
 
 
-def acknowledge(record: Record, alert_id: str, by: str, note: str, now: float) -> dict:
-    """Acknowledge alert_id (or a unique prefix of it, such as the SMS reference)."""
+def acknowledge(
+    record: Record,
+    alert_id: str,
+    by: str,
+    note: str,
+    now: float,
+    *,
+    checkpoints: Mapping[str, bytes] | None = None,
+    extra: Sequence[Entry] = (),
+) -> dict:
+    """Acknowledge alert_id (or a unique prefix of it, such as the SMS reference).
+
+    checkpoints (the daemon's escalation state without this alert) and extra entries
+    (the SMS reply that acknowledges) go into the same commit, so a restart never finds
+    the acknowledgement without them."""
     alert_id, latest = _latest(record, alert_id)
     if latest.get("state") == "resolved":
         raise AckError(f"{record.label}: alert {alert_id}: already resolved")
@@ -43,7 +58,8 @@ def acknowledge(record: Record, alert_id: str, by: str, note: str, now: float) -
             "detail": detail,
         }
         entries.append(Entry(chain, "alert", acked, tag=tag, event_ts=now, alert_id=alert_id))
-    record.commit(Batch(entries=entries), recorded_at=now)
+    entries += extra
+    record.commit(Batch(entries=entries, checkpoints=dict(checkpoints or {})), recorded_at=now)
     return acked
 
 

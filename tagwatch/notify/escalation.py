@@ -159,10 +159,15 @@ class Escalation:
         with self._lock:
             return {k: c.level for k, c in self._clocks.items()}
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, without: str | None = None) -> bytes:
+        """The running clocks; `without`: all but that alert's (an acknowledgement's
+        checkpoint, committed with it before the clock is stopped here)."""
         with self._lock:
-            clocks = {k: asdict(c) for k, c in self._clocks.items()}
-            doc = {_CLOCKS: clocks, _REACHED: self._reached, _STOPPED: self._stopped}
+            clocks = {k: asdict(c) for k, c in self._clocks.items() if k != without}
+            stopped = dict(self._stopped)
+            if without in self._clocks:
+                stopped[without] = self._clocks[without].record.get("severity") or ""
+            doc = {_CLOCKS: clocks, _REACHED: self._reached, _STOPPED: stopped}
             return json.dumps(doc).encode()
 
     @classmethod

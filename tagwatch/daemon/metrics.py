@@ -3,7 +3,8 @@
 Beyond METRICS.md (additions, documented here until METRICS.md lists them):
 `tagwatch_broker_reconnects_total`, `tagwatch_broker_sessions_lost_total` (a reconnect
 with session_present false: possible loss), `tagwatch_duplicates_total`,
-`tagwatch_record_available` (0 during a record outage).
+`tagwatch_record_available` (0 during a record outage), `tagwatch_cases_loaded` and
+`tagwatch_cases_refused` (case files refused at the last load; /readyz names them).
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ class Metrics:
             self.rejected.labels(reason=reason)  # every closed-set label shows from the start
         for channel in CHANNELS:
             self.deliveries_failed.labels(channel=channel)
+        self.cases_loaded = Gauge("tagwatch_cases_loaded", "cases in force (monitored)", registry=r)
+        self.cases_refused = Gauge(
+            "tagwatch_cases_refused",
+            "case files refused at the last load (start or reload); /readyz names them",
+            registry=r,
+        )
         self.record_available.set(1)
         self._reconnects_seen = 0
         self._sessions_lost_seen = 0
@@ -102,6 +109,10 @@ class Metrics:
         if sessions_lost > self._sessions_lost_seen:
             self.sessions_lost.inc(sessions_lost - self._sessions_lost_seen)
             self._sessions_lost_seen = sessions_lost
+
+    def cases(self, loaded: int, refused: int) -> None:
+        self.cases_loaded.set(loaded)
+        self.cases_refused.set(refused)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

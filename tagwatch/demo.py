@@ -55,6 +55,8 @@ async def _demo(
         if broker is None:
             broker = (await stack.enter_async_context(EmbeddedBroker())).url
             say(f"in-process MQTT broker on {broker} (demo only: nothing persists)")
+        else:
+            await _check_broker(broker)
         token = secrets.token_urlsafe(16)
         port = port or free_port()
         config = _config(workdir, broker, port, token, scenario)
@@ -71,6 +73,21 @@ async def _demo(
         await stop.wait()
     say("stopped")
     return 0
+
+
+async def _check_broker(url: str) -> None:
+    """Fail at once, naming the broker (without credentials), when it cannot be reached."""
+    from tagwatch.mqtt import BrokerSettings, probe_mqtt5
+
+    try:
+        settings = BrokerSettings.from_url(url)
+    except ValueError:
+        raise DemoError("--broker: expected mqtt://host[:port] or mqtts://host[:port]") from None
+    try:
+        await probe_mqtt5(settings, timeout_s=10.0)
+    except (OSError, TimeoutError) as exc:
+        why = str(exc) or "no answer within 10 s"
+        raise DemoError(f"MQTT broker {settings.url}: cannot connect ({why})") from None
 
 
 def say(text: str) -> None:
@@ -140,7 +157,7 @@ async def _wait_ready(daemon: subprocess.Popen, port: int, log: Path) -> None:
             return
         except OSError:
             await asyncio.sleep(0.1)
-    raise DemoError("the daemon did not become ready within 60 s")
+    raise DemoError(f"the daemon did not become ready within 60 s; see {log}")
 
 
 async def _play(scenario: Path, broker: str, speed: float, stop: asyncio.Event):

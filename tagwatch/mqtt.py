@@ -76,6 +76,12 @@ class BrokerSettings:
     # with us at once. It bounds the in-memory queue and must exceed an ingest micro-batch.
     receive_maximum: int = 10000  # unacknowledged messages in flight: bounds throughput
 
+    @property
+    def url(self) -> str:
+        """Where the broker is, for logs and errors: scheme, host and port, no credentials."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
+
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> BrokerSettings:
         """Settings from ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...``."""
@@ -272,9 +278,11 @@ class MqttConnection:
         while True:
             try:
                 speaks_v5 = await probe_mqtt5(self.settings)
-            except OSError as exc:
-                self._note_error(f"protocol probe: {exc}")
-                await asyncio.sleep(self._backoff.next())  # broker down: back off and retry
+            except (OSError, TimeoutError) as exc:
+                self._note_error(f"protocol probe: {str(exc) or type(exc).__name__}")
+                delay = self._backoff.next()  # broker down: back off and retry
+                self._unreachable(self._state.last_error, delay)
+                await asyncio.sleep(delay)
                 continue
             self._backoff.reset()
             if not speaks_v5:
@@ -458,8 +466,8 @@ class MqttConnection:
         self._call(self._connect_accepted, bool(flags.session_present), mid)
 
     def _on_connect_fail(self, client: paho.Client, _u: Any) -> None:
-        self._set_retry_delay(client)
-        self._call(self._note_error, "TCP/TLS connection failed")
+        delay = self._set_retry_delay(client)
+        self._call(self._connect_failed, delay)
 
     def _on_disconnect(
         self, client: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any
@@ -493,10 +501,11 @@ class MqttConnection:
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
         self._call(self._published, mid, rc.value, str(rc))
 
-    def _set_retry_delay(self, client: paho.Client) -> None:
+    def _set_retry_delay(self, client: paho.Client) -> float:
         # paho waits min_delay before its next attempt; setting it per attempt adds jitter.
         delay = self._backoff.next()
         client.reconnect_delay_set(delay, max(delay, _BACKOFF_CAP_S))
+        return delay
 
     def _subscribe_args(self, client: paho.Client) -> list[tuple[str, Any]]:
         if client.protocol == paho.MQTTv5:
@@ -506,6 +515,20 @@ class MqttConnection:
         return [(t, q) for t, q in self.subscriptions]
 
     # ---- on the asyncio thread ---------------------------------------------------------
+
+    def _connect_failed(self, delay: float) -> None:
+        self._note_error("TCP/TLS connection failed")
+        if not self._closing:
+            self._unreachable(self._state.last_error, delay)
+
+    def _unreachable(self, error: str, retry_in_s: float) -> None:
+        """Every failed attempt and its backoff step, at warning: never silent."""
+        log.warning(
+            "broker_unreachable",
+            broker=self.settings.url,
+            error=error,
+            retry_in_s=round(retry_in_s, 2),
+        )
 
     def _connect_refused(self, code: int, reason: str) -> None:
         self._note_error(f"CONNACK refused: {reason}")

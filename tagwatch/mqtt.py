@@ -101,6 +101,46 @@ class BrokerSettings:
         )
 
 
+def publish_once(
+    settings: BrokerSettings, topic: str, payload: bytes, timeout_s: float = 15.0
+) -> None:
+    """One QoS 1 publish from a short-lived client (a command line tool), returning once
+    the broker has acknowledged it. A clean session under `settings.client_id`, which the
+    caller makes its own (never the daemon's: the broker would disconnect the daemon).
+    Raises ConnectionError naming the broker (without credentials)."""
+    done = threading.Event()
+    failure: list[str] = []
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=paho.MQTTv311
+    )
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls:
+        client.tls_set_context(_tls_context(settings))
+
+    def on_connect(_c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        if rc.is_failure:
+            failure.append(f"CONNACK refused: {rc}")
+            done.set()
+
+    client.on_connect = on_connect
+    client.on_publish = lambda *_a: done.set()
+    try:
+        client.connect(settings.host, settings.port, settings.keepalive_s)
+    except OSError as exc:
+        raise ConnectionError(f"MQTT broker {settings.url}: cannot connect ({exc})") from None
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1)
+        if not done.wait(timeout_s):
+            failure.append(f"no PUBACK within {timeout_s:g} s")
+        if failure:
+            raise ConnectionError(f"MQTT broker {settings.url}: publish to {topic}: {failure[0]}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 class Message(msgspec.Struct, frozen=True, gc=False):
     """One received message. A struct, not a dataclass: one is made per message on paho's
     thread, and a frozen dataclass costs ten times as much to build."""

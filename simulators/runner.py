@@ -1,7 +1,8 @@
 """Running a scenario live: publish to the broker in accelerated or real time, verify alerts.
 
 Pacing: the message of scenario time t is published at wall time
-`wall0 + t / speed`. Fix timestamps are always `start + t` (scenario time),
+`wall0 + t / speed` (or as a `Pacing` says: the demo plays quiet stretches
+faster). Fix timestamps are always `start + t` (scenario time),
 so schedules are deterministic and the daemon's event-time rules see real
 speeds. Commands on `{prefix}/tags/+/cmd` (`rate`, `warn`) reach the simulated
 tags as they arrive. Alerts on `{prefix}/alerts/#` are verified as they come;
@@ -39,6 +40,55 @@ from tagwatch.wire import Topics
 SETTLE_S = 1.0  # after the last expectation is met, still listen for forbidden alerts
 
 
+class Pacing:
+    """When each scenario second is played, in wall seconds after the start (`wall_s`),
+    and back (`scenario_s`). Plain: `t / speed`. With `quiet`, the stretches where the
+    scenario expects nothing play `quiet` times faster: only the windows
+    [after_s - lead_s, after_s + within_s] of its expectations run at `speed` (lead_s
+    defaults to 5 wall seconds of scenario time), so a demo's story starts at once."""
+
+    def __init__(self, scenario: Scenario, speed: float, quiet: float = 1.0,
+                 lead_s: float | None = None) -> None:
+        self.speed, self.wall0 = speed, 0.0
+        lead = 5.0 * speed if lead_s is None else lead_s
+        end = scenario.duration_s
+        windows = sorted((max(0.0, e.after_s - lead), min(end, e.after_s + e.within_s))
+                         for e in scenario.expects) if quiet != 1.0 else []
+        # (start, end, rate) pieces covering [0, end], in order
+        pieces, t = [], 0.0
+        for lo, hi in windows:
+            if hi <= t:
+                continue
+            if lo > t:
+                pieces.append((t, lo, speed * quiet))
+            pieces.append((max(lo, t), hi, speed))
+            t = hi
+        if t < end or not pieces:
+            pieces.append((t, max(t, end), speed * quiet if windows else speed))
+        self.pieces = pieces
+
+    def wall_s(self, t: float) -> float:
+        """Wall seconds after the start at which scenario time t is played."""
+        wall = 0.0
+        for lo, hi, rate in self.pieces:
+            if t <= hi or (lo, hi, rate) == self.pieces[-1]:
+                return wall + (t - lo) / rate
+            wall += (hi - lo) / rate
+        return wall
+
+    def scenario_s(self, wall_s: float) -> float:
+        """The scenario time played `wall_s` wall seconds after the start (its end after
+        the end, its start before the start)."""
+        wall = 0.0
+        for lo, hi, rate in self.pieces:
+            span = (hi - lo) / rate
+            if wall_s <= wall + span:
+                return max(lo, lo + (wall_s - wall) * rate)
+            wall += span
+        return self.pieces[-1][1]
+
+
+
 def broker_address(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
@@ -72,6 +122,7 @@ async def run_scenario(
     on_alert: Callable[[dict], None] | None = None,
     realtime: bool = False,
     on_command: Callable[[str, str], None] | None = None,
+    pacing: Pacing | None = None,
 ) -> VerifyResult:
     """Publish a scenario to the broker and verify the alerts that come back.
 
@@ -84,8 +135,9 @@ async def run_scenario(
         scenario = replace(scenario, start=float(int(time.time())))
     topics = Topics(prefix)
     sim = scenario.simulation(topics)
-    wall0 = time.time() + 0.5
-    verifier = Verifier(scenario, wall_at=lambda t: wall0 + t / speed)
+    pace = pacing if pacing is not None and not realtime else Pacing(scenario, speed)
+    pace.wall0 = wall0 = time.time() + 0.5
+    verifier = Verifier(scenario, wall_at=lambda t: wall0 + pace.wall_s(t))
     async with client(broker_url, "tagwatch-sim") as mqtt:
         no_delay(mqtt)
         await mqtt.subscribe(f"{prefix}/alerts/#", qos=1)
@@ -93,7 +145,7 @@ async def run_scenario(
         listener = asyncio.create_task(
             _listen(mqtt, prefix, sim, verifier, on_alert, on_command))
         try:
-            verifier.result.published = await _publish(mqtt, sim, scenario, wall0, speed)
+            verifier.result.published = await _publish(mqtt, sim, scenario, wall0, pace)
             await _wait_for_expectations(verifier, listener)
         finally:
             listener.cancel()
@@ -103,10 +155,10 @@ async def run_scenario(
 
 
 async def _publish(mqtt: aiomqtt.Client, sim, scenario: Scenario, wall0: float,
-                   speed: float) -> int:
+                   pace: Pacing) -> int:
     count = 0
     while (t := sim.next_time()) <= scenario.duration_s:
-        delay = wall0 + t / speed - time.time()
+        delay = wall0 + pace.wall_s(t) - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
         for em in sim.step():

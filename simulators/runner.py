@@ -28,11 +28,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiomqtt
 import orjson
 
+from simulators.broker import BrokerOptions
+from simulators.broker import parse as parse_broker
 from simulators.scenario import Scenario, load_scenario
 from simulators.verify import Verifier, VerifyResult
 from tagwatch.wire import Topics
@@ -89,11 +90,9 @@ class Pacing:
 
 
 
-def broker_address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        raise ValueError(f"broker URL {url!r}: expected mqtt://HOST[:PORT]")
-    return parts.hostname, parts.port or 1883
+def broker_address(url: str | BrokerOptions) -> tuple[str, int]:
+    options = url if isinstance(url, BrokerOptions) else parse_broker(url)
+    return options.host, options.port
 
 
 def no_delay(mqtt: aiomqtt.Client) -> None:
@@ -105,9 +104,12 @@ def no_delay(mqtt: aiomqtt.Client) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def client(url: str, name: str, in_flight: int = 100) -> aiomqtt.Client:
-    host, port = broker_address(url)
-    mqtt = aiomqtt.Client(host, port, identifier=f"{name}-{uuid.uuid4().hex[:8]}",
+def client(url: str | BrokerOptions, name: str, in_flight: int = 100) -> aiomqtt.Client:
+    """A client for a broker URL (plain MQTT, no credentials) or full BrokerOptions."""
+    b = url if isinstance(url, BrokerOptions) else parse_broker(url, environ={})
+    mqtt = aiomqtt.Client(b.host, b.port, identifier=f"{name}-{uuid.uuid4().hex[:8]}",
+                          username=b.username, password=b.password,
+                          tls_context=b.tls_context(),
                           max_queued_incoming_messages=0, max_inflight_messages=in_flight)
     # concurrent QoS 1 publishes are the point of `load`; aiomqtt warns at 10 by default
     mqtt.pending_calls_threshold = max(mqtt.pending_calls_threshold, 2 * in_flight)
@@ -116,7 +118,7 @@ def client(url: str, name: str, in_flight: int = 100) -> aiomqtt.Client:
 
 async def run_scenario(
     path: str | Path | Scenario,
-    broker_url: str,
+    broker_url: str | BrokerOptions,
     prefix: str = "tagwatch/v1",
     speed: float = 60.0,
     on_alert: Callable[[dict], None] | None = None,

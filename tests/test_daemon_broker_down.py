@@ -61,3 +61,19 @@ def test_demo_with_an_unreachable_broker_names_it(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"MQTT broker mqtt://127.0.0.1:{port}: cannot connect" in done.stderr, done.stderr
+
+
+def test_daemon_warns_at_every_failed_reconnect_after_the_broker_went_away(
+        tmp_path: Path, mosquitto_factory) -> None:
+    broker = mosquitto_factory()
+    d = make_daemon(tmp_path, broker.url, f"sqlite://{tmp_path}/record.db")
+    d.start()
+    try:
+        d.wait_ready()
+        broker.stop()
+        found = _wait_warnings(d, "broker_unreachable", 2)
+        assert all(w["broker"] == broker.url and w["level"] == "warning" for w in found)
+        broker.start()
+        d.wait_ready()
+    finally:
+        assert d.stop() == 0

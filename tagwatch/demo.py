@@ -193,8 +193,8 @@ async def _play(scenario: Path, broker: str, speed: float, stop: asyncio.Event):
 
 
 def in_scenario_time(alert: dict, start: float, pacing) -> dict:
-    """An operator's record (acknowledged, or resolved by someone) carries the wall
-    time of the action; shown at the scenario time being played then, like the rest."""
+    """An operator's record (acknowledged, or resolved by someone) is made at a wall
+    time (`raised`, the action's); shown at the scenario time being played then."""
     from tagwatch.wire import parse_rfc3339, rfc3339
 
     operator = alert.get("state") == "acknowledged" or (
@@ -203,7 +203,7 @@ def in_scenario_time(alert: dict, start: float, pacing) -> dict:
     if not operator:
         return alert
     try:
-        wall = parse_rfc3339(str(alert["ts"]).replace("Z", "+00:00"))
+        wall = parse_rfc3339(str(alert.get("raised", alert["ts"])).replace("Z", "+00:00"))
     except (KeyError, ValueError):
         return alert
     return {**alert, "ts": rfc3339(start + pacing.scenario_s(wall - pacing.wall0))}

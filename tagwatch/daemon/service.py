@@ -301,10 +301,7 @@ class Daemon:
     def not_ready(self) -> list[str]:
         reasons = [] if self._serving else ["starting"]
         if not self.cases:
-            reasons.append(
-                f"cases: none loaded from {self.config.cases.path} "
-                f"({len(self.cases_refused)} file(s) refused); reload (SIGHUP) once fixed"
-            )
+            reasons.append("no_cases")  # cases_refused names the files; the log says why
         if self.conn is None or not self.conn.ready.is_set():
             reasons.append("broker: not connected with subscriptions acknowledged")
         if self.record_down is not None:

@@ -431,6 +431,32 @@ def _alerts_ack(args: argparse.Namespace) -> int:
     finally:
         record.close()
     print(json.dumps(acked))
+    return _publish_ack(_loaded_config(args), acked)
+
+
+def _publish_ack(config, acked: dict) -> int:
+    """The acknowledged record on MQTT, as the dashboard's ack (DESIGN 3.5): QoS 1 on
+    the case's alerts topic. It is already in the case record, and the daemon stops the
+    escalation from the record; a broker that cannot be reached is exit 1, saying so."""
+    import dataclasses
+    import json
+    import os
+
+    from tagwatch.daemon.service import broker_settings
+    from tagwatch.mqtt import publish_once
+    from tagwatch.wire import Topics
+
+    if config.broker.embedded:
+        print("tagwatch: acknowledged; not published (embedded broker)", file=sys.stderr)
+        return EXIT_OK
+    settings = broker_settings(config)
+    settings = dataclasses.replace(settings, client_id=f"{settings.client_id}-ack-{os.getpid()}")
+    topic = Topics(config.broker.topic_prefix).alerts(acked["case"])
+    try:
+        publish_once(settings, topic, json.dumps(acked, separators=(",", ":")).encode())
+    except ConnectionError as exc:
+        print(f"tagwatch: acknowledged in the case record, not published: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -561,6 +561,27 @@ def test_compose_file_structure() -> None:
     assert "PASSWORD:" not in text.replace("POSTGRES_PASSWORD_FILE:", "")
 
 
+@needs_yaml
+def test_compose_simulator_command_is_valid_for_tagwatch_sim() -> None:
+    """The sim profile's command parses with tagwatch-sim's own parser, reaches the broker
+    service over TLS with the mounted CA and a username, and is within load's bounds."""
+    from simulators import broker
+    from simulators.cli import _parser
+    from simulators.load import check_bounds
+
+    sim = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["simulator"]
+    assert sim["entrypoint"] == ["tagwatch-sim"]
+    args = _parser().parse_args(sim["command"])
+    options = broker.from_args(args)
+    assert (options.host, options.port, options.tls) == ("mosquitto", 8884, True)
+    assert options.username and options.ca_file
+    assert options.ca_file in {v.split(":")[1] for v in sim["volumes"]}
+    assert sim["env_file"] == ["./secrets/simulator.env"]
+    check_bounds(args.tags, args.rate, args.duration)
+    acls = " ".join(f.read_text() for f in MOSQ.iterdir() if f.name.endswith("acl"))
+    assert f"# user {options.username}\n" in acls  # the staging account it logs in as
+
+
 def test_dockerfile() -> None:
     lines = [line.strip() for line in (DEPLOY / "Dockerfile").read_text().splitlines()]
     assert next(line for line in lines if line.startswith("FROM")) == "FROM python:3.11-slim"

@@ -14,10 +14,12 @@ from tagwatch import signing
 from tagwatch.config import ConfigError, load_config
 from tagwatch.daemon import logs
 from tagwatch.daemon.service import (
+    CaseSet,
     CasesRefused,
     Daemon,
     broker_settings,
-    load_zoneset,
+    load_caseset,
+    log_caseset,
     summarise_notify,
 )
 from tagwatch.feed.auth import PUBLIC_TOKEN_HASHES
@@ -48,18 +50,24 @@ def run(config_path: Path | None, environ: Mapping[str, str]) -> int:
     log.info("config", source=str(config.path), config=config.redacted())
     summarise_notify(config)()
     try:
-        zoneset, cases = load_zoneset(config.cases.path)
-    except CasesRefused as exc:
-        log.error("cases_refused", cases=str(config.cases.path), error=str(exc))
-        return _fail(EXIT_BAD_INPUT, f"{config.cases.path}: {exc}")
-    log.info("cases_loaded", cases=sorted(cases), path=str(config.cases.path))
+        caseset = load_caseset(config.cases.path)
+    except CasesRefused as exc:  # no such path: up, not ready, until a reload finds it
+        caseset = CaseSet({}, {str(config.cases.path): str(exc)})
+    log_caseset(caseset, config.cases.path)
+    if caseset.refused:
+        print(  # the terminal too: the log may be JSON for a collector
+            f"tagwatch: {len(caseset.refused)} case file(s) refused, "
+            f"{len(caseset.cases)} case(s) loaded: " + "; ".join(caseset.refused.values()),
+            file=sys.stderr,
+        )
+    log.info("cases_loaded", cases=sorted(caseset.cases), path=str(config.cases.path))
     try:
         record = Record.open(config.record.url)
     except RecordError as exc:
         log.error("record_open_failed", error=str(exc))
         return _fail(EXIT_FAILURE, f"case record: {exc}")
     try:
-        daemon = Daemon(config, record, zoneset, cases)
+        daemon = Daemon(config, record, caseset.zoneset, caseset.cases, caseset.refused)
     except signing.KeyFileError as exc:
         record.close()
         log.error("tag_keys_refused", error=str(exc))

@@ -5,7 +5,9 @@ Beyond METRICS.md (additions, documented here until METRICS.md lists them):
 with session_present false: possible loss), `tagwatch_duplicates_total`,
 `tagwatch_record_available` (0 during a record outage),
 `tagwatch_publish_too_large_total` (records not published to MQTT because they were
-larger than [broker] max_packet_kb; they are in the case record).
+larger than [broker] max_packet_kb; they are in the case record),
+`tagwatch_cases_loaded` and `tagwatch_cases_refused` (case files refused at the last load;
+/readyz names them).
 """
 
 from __future__ import annotations
@@ -96,6 +98,12 @@ class Metrics:
             self.rejected.labels(reason=reason)  # every closed-set label shows from the start
         for channel in CHANNELS:
             self.deliveries_failed.labels(channel=channel)
+        self.cases_loaded = Gauge("tagwatch_cases_loaded", "cases in force (monitored)", registry=r)
+        self.cases_refused = Gauge(
+            "tagwatch_cases_refused",
+            "case files refused at the last load (start or reload); /readyz names them",
+            registry=r,
+        )
         self.record_available.set(1)
         self._reconnects_seen = 0
         self._sessions_lost_seen = 0
@@ -109,6 +117,10 @@ class Metrics:
         if sessions_lost > self._sessions_lost_seen:
             self.sessions_lost.inc(sessions_lost - self._sessions_lost_seen)
             self._sessions_lost_seen = sessions_lost
+
+    def cases(self, loaded: int, refused: int) -> None:
+        self.cases_loaded.set(loaded)
+        self.cases_refused.set(refused)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

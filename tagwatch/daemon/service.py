@@ -23,6 +23,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -78,15 +79,62 @@ def json_bytes(record: dict) -> bytes:
     return msgspec.json.encode(record)
 
 
-def load_zoneset(path: Path) -> tuple[ZoneSet, dict[str, Case]]:
-    """All cases or CasesRefused (at start and at reload: all or nothing)."""
+@dataclass(frozen=True)
+class CaseSet:
+    """The cases in force and the case files refused at the last load.
+
+    The rule (DESIGN 3.4): the good files are loaded and swapped in together; a refused
+    file is named with its error (file and field, never its content) and the others still
+    load. At a reload a refused file keeps the case it held before (`kept`), unless a good
+    file now holds that case id; a deleted file's case goes. A missing cases path, or a
+    reload that would leave no case at all, is refused whole (CasesRefused) and the cases
+    in force stay.
+    """
+
+    cases: dict[str, Case]
+    refused: dict[str, str] = field(default_factory=dict)  # file -> error
+    kept: tuple[str, ...] = ()  # case ids kept from before because their file was refused
+
+    @property
+    def zoneset(self) -> ZoneSet:
+        return ZoneSet(sorted(self.cases.values(), key=lambda c: (c.source, c.id)))
+
+
+def load_caseset(path: Path, previous: dict[str, Case] | None = None) -> CaseSet:
+    """The good case files of `path`; at a reload, `previous` are the cases in force."""
     try:
         result = load_cases_checked(path)
-    except (FileNotFoundError, OSError) as exc:
+    except OSError as exc:  # FileNotFoundError: no such file or folder
         raise CasesRefused(str(exc)) from None
-    if result.errors:
-        raise CasesRefused("; ".join(f"refused {e}" for e in result.errors))
-    return ZoneSet(result.cases), {c.id: c for c in result.cases}
+    cases = {c.id: c for c in result.cases}
+    refused = dict(zip(result.files, result.errors, strict=True))
+    kept = []
+    for case in (previous or {}).values():
+        if case.source in refused and case.id not in cases:
+            cases[case.id] = case
+            kept.append(case.id)
+    if previous and not cases:
+        raise CasesRefused(f"{path}: no case would be left; " + "; ".join(refused.values()))
+    return CaseSet(cases, refused, tuple(kept))
+
+
+def log_caseset(caseset: CaseSet, path: Path) -> None:
+    """One error line per refused file, a warning per kept case; loud when none is left."""
+    for file, error in caseset.refused.items():
+        log.error("case_file_refused", file=file, error=error)
+    for case_id in caseset.kept:
+        source = caseset.cases[case_id].source
+        log.warning(
+            "case_kept", case=case_id, file=source, detail="its new file is refused; old version"
+        )
+    if not caseset.cases:
+        log.error(
+            "no_cases",
+            cases=str(path),
+            refused=len(caseset.refused),
+            detail="not ready and not connected to the broker (it keeps the fixes queued) "
+            "until a reload (SIGHUP) loads a case",
+        )
 
 
 def policy_settings(config: Config, cases: dict[str, Case]) -> PolicySettings:
@@ -105,11 +153,17 @@ SESSION_LOST_READY_S = 300.0
 
 class Daemon:
     def __init__(
-        self, config: Config, record: Record, zoneset: ZoneSet, cases: dict[str, Case]
+        self,
+        config: Config,
+        record: Record,
+        zoneset: ZoneSet,
+        cases: dict[str, Case],
+        cases_refused: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self.record = record
         self.cases = cases
+        self.cases_refused = dict(cases_refused or {})  # file -> error, at the last load
         self.victim_phones = victim_phones(cases)  # updated in place on reload
         self.topics = Topics(config.broker.topic_prefix)
         self.event_clock = config.ingest.clock == "event"
@@ -139,6 +193,7 @@ class Daemon:
             config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0
         )
         self.stopping = asyncio.Event()
+        self._cases_loaded = asyncio.Event()  # set by a reload that loaded cases
         self.dispatch_wake = asyncio.Event()
         self.record_down: str | None = None
         self.conn: MqttConnection | None = None
@@ -190,7 +245,7 @@ class Daemon:
             hub=self.hub,
             on_ack=self._acknowledge,
             on_resolve=self._resolve,
-            health=lambda: {"ready": not self.not_ready(), "reasons": self.not_ready()},
+            health=self.health,
             metrics=self._metrics_text,
             tile_url=self.config.feed.tile_url,
             default_warn_m=self.config.rules.warn_m,
@@ -279,9 +334,17 @@ class Daemon:
             self.publisher.send([(self.topics.alerts(record["case"]), json_bytes(record))])
         return record
 
+    def health(self) -> dict:
+        """/readyz: ready or why not, and the refused case files by name (not content)."""
+        reasons = self.not_ready()
+        refused = sorted(self.cases_refused)
+        return {"ready": not reasons, "reasons": reasons, "cases_refused": refused}
+
     def not_ready(self) -> list[str]:
         """Why /readyz says 503, as fixed short codes: no error text (the log has it)."""
         reasons = [] if self._serving else ["starting"]
+        if not self.cases:
+            reasons.append("no_cases")  # cases_refused names the files; the log says why
         if self.conn is None or not self.conn.ready.is_set():
             reasons.append("broker_disconnected")
         lost_at = self.conn.session_lost_at if self.conn is not None else None
@@ -299,6 +362,7 @@ class Daemon:
             self.metrics.broker(conn.ready.is_set(), conn.reconnects, conn.session_lost)
         else:
             self.metrics.broker(False, 0, 0)
+        self.metrics.cases(len(self.cases), len(self.cases_refused))
 
     # ---- the run -------------------------------------------------------------------
 
@@ -317,6 +381,8 @@ class Daemon:
                 await asyncio.wait_for(http_task, 5.0)
 
     async def _connected(self, settings: BrokerSettings) -> None:
+        if not await self._cases_in_force():
+            return
         status = self.topics.status
         self.conn = MqttConnection(
             settings,
@@ -339,6 +405,20 @@ class Daemon:
         finally:
             await self.conn.__aexit__(None, None, None)
             log.info("offline_published", topic=status)
+
+    async def _cases_in_force(self) -> bool:
+        """With no case loaded, stay off the broker (its session keeps the fixes queued)
+        until a reload loads one; False when stopped meanwhile."""
+        while not self.cases:
+            reloaded = asyncio.create_task(self._cases_loaded.wait())
+            stop = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait({reloaded, stop}, return_when=asyncio.FIRST_COMPLETED)
+            reloaded.cancel()
+            stop.cancel()
+            self._cases_loaded.clear()
+            if self.stopping.is_set():
+                return False
+        return True
 
     async def _serve(self, conn: MqttConnection) -> None:
         self.publisher = Publisher(
@@ -582,9 +662,10 @@ class Daemon:
             self._reloading = asyncio.create_task(self.reload())
 
     async def reload(self) -> bool:
+        """Reload the cases (CaseSet has the rule) and the tag keys; False when refused."""
         path = self.config.cases.path
         try:
-            zoneset, cases = await asyncio.to_thread(load_zoneset, path)
+            caseset = await asyncio.to_thread(load_caseset, path, self.cases)
         except CasesRefused as exc:
             log.error(
                 "reload_refused",
@@ -598,14 +679,19 @@ class Daemon:
         except signing.KeyFileError as exc:
             log.error("reload_refused", error=str(exc), detail="keeping the cases and keys")
             return False
+        cases = caseset.cases
         async with self._work:
-            self.pipeline.reload(zoneset)
+            self.pipeline.reload(caseset.zoneset)
             self.pipeline.set_keys(keys)
             self.cases = cases
+            self.cases_refused = dict(caseset.refused)
             self.victim_phones.clear()
             self.victim_phones.update(victim_phones(cases))
             self.notify.settings = policy_settings(self.config, cases)
-        log.info("reloaded", cases=len(cases), path=str(path))
+        log_caseset(caseset, path)
+        log.info("reloaded", cases=len(cases), refused=len(caseset.refused), path=str(path))
+        if cases:
+            self._cases_loaded.set()
         return True
 
 

@@ -81,6 +81,14 @@ class Result:
 
 VICTIM = "victim"
 TOPIC_CACHE = 200_000  # parsed topics kept; one per tag and device
+INTERNAL_ERROR = "internal_error"
+# Reasons the pipeline gives besides the wire decoder's (wire.REASONS) and signing's.
+REASONS = frozenset({"unknown_tag", "unknown_device", "unknown_topic", INTERNAL_ERROR})
+FAULT_ENV = "TAGWATCH_TEST_FAULT"  # tests only: see Pipeline.fault
+
+
+class InjectedFault(RuntimeError):
+    """The failure a test asks for with `Pipeline.fault` (FAULT_ENV in the daemon)."""
 
 
 class Pipeline:
@@ -99,6 +107,9 @@ class Pipeline:
         self.keys = keys  # device id -> signing key; None: signing off
         self._topic_cache: dict[str, tuple[str, str] | None] = {}
         self._tag_topics: dict[str, str] = {}  # fix topic of a known tag -> the tag's id
+        # Fault injection, for tests of the isolation of failing messages only: a batch
+        # with a payload containing these bytes fails after decoding, as a bug would.
+        self.fault: bytes | None = None
 
     @property
     def zoneset(self) -> ZoneSet:
@@ -116,6 +127,8 @@ class Pipeline:
         result = Result()
         out = Output()
         fixes, kinds = self._decode(messages, result)
+        if self.fault is not None and any(self.fault in m.payload for m in messages):
+            raise InjectedFault("a payload holds the fault marker (Pipeline.fault)")
         lon, lat, ts, tag_idx = self._arrays(fixes, kinds)
         xyz = ecef(lon, lat)
         rows = self._geometry(tag_idx, lon, lat, ts, xyz)
@@ -129,6 +142,26 @@ class Pipeline:
 
     def restore(self, checkpoints: dict[str, bytes]) -> None:
         self.engine.restore(checkpoints)
+
+    def reset(self, checkpoints: dict[str, bytes]) -> None:
+        """Forget all rule state and take `checkpoints` (the last committed ones): the
+        state a restart would have. Undoes a batch whose handling failed half way."""
+        self.engine = Engine(self.engine.zoneset, self.rules)
+        self.engine.restore(checkpoints)
+
+    def set_aside(self, msg: Received, error: BaseException) -> Result:
+        """The rejection of a message whose handling failed (DESIGN 3.2 internal_error):
+        its SHA-256 and the failure's type, so it can be found again and the others go on."""
+        parsed = self._parse(msg.topic)
+        digest = hashlib.sha256(msg.payload).hexdigest()
+        detail = (
+            f"handling this message failed ({type(error).__name__}); it was set aside so "
+            f"that the others go on; payload SHA-256 {digest}"
+        )
+        rejected = _reject(parsed[1] if parsed else "", INTERNAL_ERROR, detail, msg)
+        if self._private(parsed):
+            rejected = _blank(rejected)
+        return Result(rejected=[rejected])
 
     def tick(self, now: float, raised: float | None = None) -> Result:
         """Advance the watchdog clock (the daemon's wall-clock tick)."""
@@ -179,15 +212,15 @@ class Pipeline:
                     continue
             first = len(result.rejected)
             parsed = self._decode_message(msg, result, fixes, kinds)
-            if parsed is None or parsed[0] == VICTIM:
-                # A victim device's payload is the victim's position; an unrecognised
-                # topic may be one: their rejections never carry the payload.
+            if self._private(parsed):
                 for i in range(first, len(result.rejected)):
-                    rej = result.rejected[i]
-                    result.rejected[i] = replace(
-                        rej, rejection=msgspec.structs.replace(rej.rejection, payload="")
-                    )
+                    result.rejected[i] = _blank(result.rejected[i])
         return fixes, kinds
+
+    def _private(self, parsed: tuple[str, str] | None) -> bool:
+        """Whether a message's rejections must not quote it: a victim device's payload is
+        the victim's position; an unrecognised topic may be one."""
+        return parsed is None or parsed[0] == VICTIM
 
     def _decode_message(
         self, msg: Received, result: Result, fixes: list[Fix], kinds: list[str]
@@ -348,6 +381,12 @@ def _replay_state(st: TagState | None) -> tuple[int | None, _SeenSeqs | tuple]:
 
 def _digest(payload: bytes) -> bytes:
     return hashlib.blake2b(payload, digest_size=8).digest()
+
+
+def _blank(rejected: Rejected) -> Rejected:
+    return replace(
+        rejected, rejection=msgspec.structs.replace(rejected.rejection, payload="")
+    )
 
 
 def _reject(source: str, reason: str, detail: str, msg: Received) -> Rejected:

@@ -23,7 +23,7 @@ import msgspec
 from tagwatch.config import Rules
 from tagwatch.engine.alerts import encode
 from tagwatch.pipeline import Inbound, Pipeline
-from tagwatch.wire import Topics, parse_rfc3339
+from tagwatch.wire import MAX_DEPTH, Topics, json_depth, parse_rfc3339, too_deep
 from zones import ZoneSet
 
 BATCH = 2000
@@ -50,6 +50,12 @@ def _capture(stream: IO[str], name: str) -> Iterator[Inbound]:
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
+        raw_line = line.encode("utf-8", "surrogatepass")
+        if too_deep(raw_line) and json_depth(raw_line) > MAX_DEPTH + 1:  # the line's {} is 1
+            raise ReplayInputError(
+                f"{name}: line {number}: payload nested deeper than {MAX_DEPTH} levels "
+                "(the daemon rejects it as too_deep)"
+            )
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:

@@ -3,7 +3,9 @@
 Beyond METRICS.md (additions, documented here until METRICS.md lists them):
 `tagwatch_broker_reconnects_total`, `tagwatch_broker_sessions_lost_total` (a reconnect
 with session_present false: possible loss), `tagwatch_duplicates_total`,
-`tagwatch_record_available` (0 during a record outage).
+`tagwatch_record_available` (0 during a record outage), `tagwatch_batch_failures_total`
+(a batch, or a piece of one, whose handling raised: it is split until the failing messages
+are found, which are rejected as internal_error).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from tagwatch.pipeline import REASONS as PIPELINE_REASONS
 from tagwatch.signing import REASONS as SIGNING_REASONS
 from tagwatch.wire import REASONS
 
@@ -85,7 +88,12 @@ class Metrics:
         self.record_available = Gauge(
             "tagwatch_record_available", "0 while the case record cannot be written", registry=r
         )
-        for reason in sorted(REASONS | set(SIGNING_REASONS)):
+        self.batch_failures = Counter(
+            "tagwatch_batch_failures",
+            "batches (or pieces of one) whose handling raised; split to set the culprit aside",
+            registry=r,
+        )
+        for reason in sorted(REASONS | SIGNING_REASONS | PIPELINE_REASONS):
             self.rejected.labels(reason=reason)  # every closed-set label shows from the start
         for channel in CHANNELS:
             self.deliveries_failed.labels(channel=channel)

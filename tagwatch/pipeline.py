@@ -202,7 +202,7 @@ class Pipeline:
             if tag is not None:  # decode_fix refuses an array (a buffered upload) too
                 fix = decode_fix("tag", tag, payload, msg.received, max_future)
                 if fix is not None:
-                    kind = classify(fix)
+                    kind = classify(fix, msg.received)
                     if kind == DUPLICATE:
                         result.duplicates += 1
                     else:
@@ -261,7 +261,7 @@ class Pipeline:
                     fixes.append(fix)
                     kinds.append(VICTIM)
                 continue
-            kind = engine.classify(fix)
+            kind = engine.classify(fix, msg.received)
             if kind == DUPLICATE:
                 result.duplicates += 1
                 continue

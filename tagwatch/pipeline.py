@@ -21,13 +21,13 @@ processing the same messages one by one would make.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Protocol
 
-import msgspec
 import numpy as np
 
 from tagwatch import signing
@@ -160,7 +160,7 @@ class Pipeline:
         )
         rejected = _reject(parsed[1] if parsed else "", INTERNAL_ERROR, detail, msg)
         if self._private(parsed):
-            rejected = _blank(rejected)
+            rejected = _unquoted(rejected, parsed is not None)
         return Result(rejected=[rejected])
 
     def tick(self, now: float, raised: float | None = None) -> Result:
@@ -214,13 +214,14 @@ class Pipeline:
             parsed = self._decode_message(msg, result, fixes, kinds)
             if self._private(parsed):
                 for i in range(first, len(result.rejected)):
-                    result.rejected[i] = _blank(result.rejected[i])
+                    result.rejected[i] = _unquoted(result.rejected[i], parsed is not None)
         return fixes, kinds
 
     def _private(self, parsed: tuple[str, str] | None) -> bool:
-        """Whether a message's rejections must not quote it: a victim device's payload is
-        the victim's position; an unrecognised topic may be one."""
-        return parsed is None or parsed[0] == VICTIM
+        """Whether a message's rejections must not quote it (DESIGN 3.2): a victim device's
+        payload is the victim's position, on a victim topic or on any other (a known device
+        id on the tags path is a victim message); an unrecognised topic may be one."""
+        return parsed is None or parsed[0] == VICTIM or self.engine.knows_device(parsed[1])
 
     def _decode_message(
         self, msg: Received, result: Result, fixes: list[Fix], kinds: list[str]
@@ -383,10 +384,38 @@ def _digest(payload: bytes) -> bytes:
     return hashlib.blake2b(payload, digest_size=8).digest()
 
 
-def _blank(rejected: Rejected) -> Rejected:
-    return replace(
-        rejected, rejection=msgspec.structs.replace(rejected.rejection, payload="")
-    )
+_FIELDS = frozenset({"tag", "ts", "fix", "lat", "lon", "acc", "seq", "spd", "hdg", "bat", "strap"})
+_PLACE = re.compile(r"fix \d+ of \d+: ")  # a fix's place in a batch, in a wire detail
+# Details that quote no value of the message (ids of the topic, sizes, depths, a hash).
+_VALUE_FREE = frozenset(
+    {
+        "unknown_tag",
+        "unknown_device",
+        "unknown_topic",
+        INTERNAL_ERROR,
+        "too_deep",
+        "payload_too_large",
+        "not_utf8",
+    }
+)
+
+
+def _unquoted(rejected: Rejected, redact_detail: bool = True) -> Rejected:
+    """The rejection of a victim's message: no payload, and a detail that names the fix of a
+    batch, the fields and the reason, never a value (DESIGN 3.2)."""
+    r = rejected.rejection
+    detail = r.detail
+    if redact_detail and r.reason not in _VALUE_FREE:
+        place = _PLACE.match(detail)
+        rest = detail[place.end() :] if place else detail
+        words = (part.split(" ", 1)[0] for part in rest.split("; "))
+        fields = ", ".join(dict.fromkeys(w for w in words if w in _FIELDS)) or "payload"
+        device = f"device {rejected.source}" if rejected.source else "a victim device"
+        detail = (
+            f"{place.group() if place else ''}{fields}: {r.reason} "
+            f"({device}: a victim's message, its values are not shown)"
+        )
+    return replace(rejected, rejection=Rejection(r.reason, detail, ""))
 
 
 def _reject(source: str, reason: str, detail: str, msg: Received) -> Rejected:

@@ -184,6 +184,14 @@ def _rules(config_path: Path | None):
         raise BadInput(str(exc)) from None
 
 
+def _rate_limit(config_path: Path | None) -> tuple[float, int]:
+    """The daemon's per-tag rate limit ([ingest]), which replay applies as the daemon did."""
+    from tagwatch.config import IngestConfig, load_config
+
+    ingest = IngestConfig() if config_path is None else load_config(config_path, {}).ingest
+    return ingest.tag_rate_per_s, ingest.tag_burst
+
+
 def _demo(args: argparse.Namespace) -> int:
     from tagwatch import demo
 
@@ -208,7 +216,7 @@ def _replay(args: argparse.Namespace) -> int:
     if result.errors:
         raise BadInput(f"{len(result.errors)} case file(s) refused; fix them first")
     try:
-        count = replay(zoneset, rules, args.input, sys.stdout.buffer)
+        count = replay(zoneset, rules, args.input, sys.stdout.buffer, _rate_limit(args.config))
     except OSError as exc:
         raise BadInput(f"{args.input}: cannot read: {exc.strerror}") from None
     except (ReplayInputError, ConfigError, UnicodeDecodeError) as exc:

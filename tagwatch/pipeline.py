@@ -37,6 +37,7 @@ from tagwatch.engine.alerts import AlertRecord
 from tagwatch.engine.core import DUPLICATE, LATE, Engine
 from tagwatch.engine.emit import Emitter, Output
 from tagwatch.engine.state import TagState
+from tagwatch.ratelimit import REPORT_S, TokenBuckets
 from tagwatch.wire import Fix, Rejection, Topics, decode_fix, decode_payload
 from zones import ZoneSet, ecef
 
@@ -74,6 +75,7 @@ class Result:
     rejected: list[Rejected] = field(default_factory=list)
     accepted: list[tuple[Fix, bool]] = field(default_factory=list)  # (fix, late)
     duplicates: int = 0
+    rate_limited: int = 0  # messages over their tag's rate, counted only (not in rejected)
 
     def rejected_by_reason(self) -> Counter:
         return Counter(r.rejection.reason for r in self.rejected)
@@ -83,7 +85,10 @@ VICTIM = "victim"
 TOPIC_CACHE = 200_000  # parsed topics kept; one per tag and device
 INTERNAL_ERROR = "internal_error"
 # Reasons the pipeline gives besides the wire decoder's (wire.REASONS) and signing's.
-REASONS = frozenset({"unknown_tag", "unknown_device", "unknown_topic", INTERNAL_ERROR})
+RATE_LIMITED = "rate_limited"
+REASONS = frozenset(
+    {"unknown_tag", "unknown_device", "unknown_topic", INTERNAL_ERROR, RATE_LIMITED}
+)
 FAULT_ENV = "TAGWATCH_TEST_FAULT"  # tests only: see Pipeline.fault
 
 
@@ -99,8 +104,11 @@ class Pipeline:
         topics: Topics,
         event_clock: bool,
         keys: dict[str, bytes] | None = None,
+        rate_limit: tuple[float, int] | None = None,
     ) -> None:
         self.engine = Engine(zoneset, rules)
+        # (messages a second, burst) per fix topic; None or a rate of 0: no limit
+        self.limiter = TokenBuckets(*rate_limit) if rate_limit and rate_limit[0] > 0 else None
         self.rules = rules
         self.topics = topics
         self.event_clock = event_clock
@@ -194,7 +202,13 @@ class Pipeline:
         classify = self.engine.classify
         tag_topics, max_future = self._tag_topics, self.rules.max_future_s
         shortcut = self.keys is None  # signed payloads are screened first: no shortcut
+        limiter = self.limiter
         for msg in messages:
+            if limiter is not None:  # before anything costs: the excess of a flood is cheap
+                received = msg.received
+                if received is not None and not limiter.admit(msg.topic, received):
+                    self._limited(limiter, msg, received, result)
+                    continue
             payload = msg.payload
             # The common message, one valid fix object from a known tag, the short way;
             # what `_decode_message` would do with it, without its checks for the rest.
@@ -216,6 +230,25 @@ class Pipeline:
                 for i in range(first, len(result.rejected)):
                     result.rejected[i] = _unquoted(result.rejected[i], parsed is not None)
         return fixes, kinds
+
+    def _limited(
+        self, limiter: TokenBuckets, msg: Received, received: float, result: Result
+    ) -> None:
+        """A message over its topic's rate: rejected (rate_limited). One per REPORT_S of a
+        topic is recorded and published; the rest are only counted."""
+        if not limiter.report_due(msg.topic, received):
+            result.rate_limited += 1
+            return
+        parsed = self._parse(msg.topic)
+        detail = (
+            f"over {limiter.rate_per_s:g} messages a second (burst {limiter.burst:g}) on "
+            f"this topic: the excess is rejected and counted, one of it recorded per "
+            f"{REPORT_S:g} s"
+        )
+        rejected = _reject(parsed[1] if parsed else "", RATE_LIMITED, detail, msg)
+        if self._private(parsed):
+            rejected = _unquoted(rejected, parsed is not None)
+        result.rejected.append(rejected)
 
     def _private(self, parsed: tuple[str, str] | None) -> bool:
         """Whether a message's rejections must not quote it (DESIGN 3.2): a victim device's
@@ -396,6 +429,7 @@ _VALUE_FREE = frozenset(
         "too_deep",
         "payload_too_large",
         "not_utf8",
+        RATE_LIMITED,
     }
 )
 

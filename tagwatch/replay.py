@@ -114,10 +114,19 @@ def _value(field: str, text: str) -> object:
     return text
 
 
-def replay(zoneset: ZoneSet, rules: Rules, path: Path, out: IO[bytes]) -> int:
-    """Write every alert record, one JSON object per line; returns how many."""
+def replay(
+    zoneset: ZoneSet,
+    rules: Rules,
+    path: Path,
+    out: IO[bytes],
+    rate_limit: tuple[float, int] | None = None,
+) -> int:
+    """Write every alert record, one JSON object per line; returns how many.
+
+    `rate_limit` is the daemon's [ingest] tag_rate_per_s and tag_burst: applied on the
+    capture's `received` times, as the daemon did on its receiving clock."""
     topics = Topics()
-    pipeline = Pipeline(zoneset, rules, topics, event_clock=True)
+    pipeline = Pipeline(zoneset, rules, topics, event_clock=True, rate_limit=rate_limit)
     count = 0
     batch: list[Inbound] = []
     for message in read_messages(path, topics):

@@ -113,6 +113,7 @@ class Daemon:
             self.topics,
             self.event_clock,
             keys=signing.keys_from_env(os.environ),
+            rate_limit=(config.ingest.tag_rate_per_s, config.ingest.tag_burst),
         )
         if os.environ.get(FAULT_ENV):  # tests of failing batches only (Pipeline.fault)
             self.pipeline.fault = os.environ[FAULT_ENV].encode()
@@ -505,6 +506,8 @@ class Daemon:
         m.duplicates.inc(fx.duplicates)
         for reason, n in fx.rejected_reasons.items():
             m.rejected.labels(reason=reason).inc(n)
+        if fx.rate_limited:  # counted only, not logged: a flood must not flood the log
+            m.rejected.labels(reason="rate_limited").inc(fx.rate_limited)
         for kind, n in fx.alert_types.items():
             m.alerts.labels(type=kind).inc(n)
         if fx.rejected_reasons:

@@ -83,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     e2e.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
     e2e.add_argument("--fixes", type=int, default=100_000, help="fixes for the throughput run")
     e2e.add_argument("--json", action="store_true", help="print one JSON object")
+    e2e.add_argument(
+        "--flood",
+        action="store_true",
+        help="instead: other tags' fix -> alert latency, unloaded and while one tag floods",
+    )
+    e2e.add_argument(
+        "--flood-rate", type=int, default=16_000, help="the flooding tag's messages/s"
+    )
     e2e.set_defaults(handler=_bench_e2e)
     notify = which.add_parser("notify", help="breach fix published to SMS request received")
     notify.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
@@ -380,7 +388,10 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     from tagwatch.bench.report import emit
 
     try:
-        emit(e2e.run(args.broker, fixes=args.fixes), e2e.RESULT_LINES, args.json)
+        if args.flood:
+            emit(e2e.run_flood(args.broker, rate=args.flood_rate), e2e.FLOOD_LINES, args.json)
+        else:
+            emit(e2e.run(args.broker, fixes=args.fixes), e2e.RESULT_LINES, args.json)
     except e2e.BenchError as exc:
         print(f"tagwatch bench e2e: {exc}", file=sys.stderr)
         return EXIT_FAILURE

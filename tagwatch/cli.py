@@ -88,9 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead: other tags' fix -> alert latency, unloaded and while one tag floods",
     )
-    e2e.add_argument(
-        "--flood-rate", type=int, default=16_000, help="the flooding tag's messages/s"
-    )
+    e2e.add_argument("--flood-rate", type=int, default=16_000, help="the flooding tag's messages/s")
     e2e.set_defaults(handler=_bench_e2e)
     notify = which.add_parser("notify", help="breach fix published to SMS request received")
     notify.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")

@@ -36,6 +36,9 @@ MARK = "FAULT-7f3a"  # a payload holding this fails its batch (the daemon's FAUL
 KEY = bytes(range(32))
 TAGS = {"T-1": (-0.1275, 51.5073), "T-3": (-0.0300, 51.5300), "T-4": (0.0500, 51.5600)}
 FLOOD = 3000
+# The flood must reach the depth check: without a rate limit here (test_daemon_flood.py
+# has the limit's own test; with it, most of a one-tag flood would be rate_limited).
+NO_LIMIT = {"TAGWATCH_INGEST_TAG_RATE_PER_S": "0"}
 
 
 def _cases(folder: Path) -> Path:
@@ -163,7 +166,7 @@ def _run_poison_scenario(d: Daemon, broker_url: str, db: RecordDb, tags: Tags) -
 def test_poison_messages_cost_only_themselves(
         tmp_path: Path, broker_url: str, record_db: RecordDb) -> None:  # noqa: F811
     d = make_daemon(tmp_path, broker_url, record_db.url, cases=_cases(tmp_path / "cases"),
-                    env={FAULT_ENV: MARK})
+                    env={FAULT_ENV: MARK, **NO_LIMIT})
     _run_poison_scenario(d, broker_url, record_db, Tags(signed=False))
 
 
@@ -173,5 +176,5 @@ def test_poison_messages_cost_only_themselves_with_signing(
     keys.write_text("".join(f"{tag} {KEY.hex()}\n" for tag in TAGS))
     with record_database("sqlite", tmp_path) as db:
         d = make_daemon(tmp_path, broker_url, db.url, cases=_cases(tmp_path / "cases"),
-                        env={FAULT_ENV: MARK, "TAGWATCH_TAG_KEYS": str(keys)})
+                        env={FAULT_ENV: MARK, "TAGWATCH_TAG_KEYS": str(keys), **NO_LIMIT})
         _run_poison_scenario(d, broker_url, db, Tags(signed=True))

@@ -190,12 +190,12 @@ def _rules(config_path: Path | None):
         raise BadInput(str(exc)) from None
 
 
-def _rate_limit(config_path: Path | None) -> tuple[float, int]:
+def _rate_limit(config_path: Path | None) -> tuple[float, int] | None:
     """The daemon's per-tag rate limit ([ingest]), which replay applies as the daemon did."""
     from tagwatch.config import IngestConfig, load_config
 
     ingest = IngestConfig() if config_path is None else load_config(config_path, {}).ingest
-    return ingest.tag_rate_per_s, ingest.tag_burst
+    return ingest.rate_limit
 
 
 def _demo(args: argparse.Namespace) -> int:

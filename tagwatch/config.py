@@ -173,6 +173,14 @@ class IngestConfig:
     # simulations whose fixes carry scenario time.
     clock: str = "wall"
 
+    @property
+    def rate_limit(self) -> tuple[float, int] | None:
+        """(tag_rate_per_s, tag_burst), or None: no limit (a rate of 0, or the event clock,
+        whose fixes come in accelerated time, faster than any tag sends them)."""
+        if self.clock == "event" or self.tag_rate_per_s <= 0:
+            return None
+        return self.tag_rate_per_s, self.tag_burst
+
 
 @dataclass(frozen=True)
 class TwilioConfig:

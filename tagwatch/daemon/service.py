@@ -113,7 +113,7 @@ class Daemon:
             self.topics,
             self.event_clock,
             keys=signing.keys_from_env(os.environ),
-            rate_limit=(config.ingest.tag_rate_per_s, config.ingest.tag_burst),
+            rate_limit=config.ingest.rate_limit,
         )
         if os.environ.get(FAULT_ENV):  # tests of failing batches only (Pipeline.fault)
             self.pipeline.fault = os.environ[FAULT_ENV].encode()

@@ -236,9 +236,14 @@ class Pipeline:
     ) -> None:
         """A message over its topic's rate: rejected (rate_limited). One per REPORT_S of a
         topic is recorded and published; the rest are only counted."""
-        if not limiter.report_due(msg.topic, received):
+        if limiter.report_due(msg.topic, received):
+            result.rejected.append(self.rate_limited(msg, limiter))
+        else:
             result.rate_limited += 1
-            return
+
+    def rate_limited(self, msg: Received, limiter: TokenBuckets) -> Rejected:
+        """The rejection of a message over its topic's rate (the daemon's gate takes such
+        messages out before batching and asks for it here)."""
         parsed = self._parse(msg.topic)
         detail = (
             f"over {limiter.rate_per_s:g} messages a second (burst {limiter.burst:g}) on "
@@ -248,7 +253,7 @@ class Pipeline:
         rejected = _reject(parsed[1] if parsed else "", RATE_LIMITED, detail, msg)
         if self._private(parsed):
             rejected = _unquoted(rejected, parsed is not None)
-        result.rejected.append(rejected)
+        return rejected
 
     def _private(self, parsed: tuple[str, str] | None) -> bool:
         """Whether a message's rejections must not quote it (DESIGN 3.2): a victim device's

@@ -163,3 +163,36 @@ def test_a_failed_batch_is_undone_and_its_good_fixes_still_raise_the_breach() ->
     assert rej.source == TAG and rej.rejection.reason == "internal_error"
     assert hashlib.sha256(poison.payload).hexdigest() in rej.rejection.detail
     assert "InjectedFault" in rej.rejection.detail
+
+
+def test_the_gates_excess_is_handed_back_even_when_it_came_while_nobody_waited() -> None:
+    """The excess of a flood must be acknowledged although no other message follows it:
+    the broker sends nothing more while its window of unacknowledged messages is full."""
+    from tagwatch.daemon.ingest import RateGate
+    from tagwatch.ratelimit import TokenBuckets
+
+    def msg(i: int):
+        return tag_msg(fix(T0 + i, at_distance(100, 5000)), received=T0)
+
+    async def scenario() -> None:
+        gate = RateGate(TokenBuckets(1.0, 1))
+        batcher = Batcher(batch_max=10, batch_wait_s=0.0, gate=gate)
+        queue: asyncio.Queue = asyncio.Queue()
+        pump = asyncio.create_task(batcher.pump(_bursts(queue)))
+        stop = asyncio.Event()
+        queue.put_nowait([msg(0), msg(1)])  # kept, then reported
+        assert [m.payload for m in await batcher.next_batch(stop)] == [msg(0).payload]
+        queue.put_nowait([msg(2), msg(3)])  # excess only, while nobody waits
+        while queue.qsize():
+            await asyncio.sleep(0)  # let the pump take the burst (a yield, not a wait)
+        await asyncio.sleep(0)
+        assert await asyncio.wait_for(batcher.next_batch(stop), 5) == []
+        excess, reported = gate.take()
+        assert (len(excess), len(reported)) == (2, 1)
+        queue.put_nowait([msg(4)])  # a burst the gate keeps nothing of ends a wait at once
+        assert await asyncio.wait_for(batcher.next_batch(stop), 5) == []
+        assert len(gate.take()[0]) == 1
+        queue.put_nowait(None)
+        await pump
+
+    _run(scenario)

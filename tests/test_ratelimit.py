@@ -4,6 +4,8 @@ other tags."""
 
 from __future__ import annotations
 
+import orjson
+
 from tagwatch.config import Rules
 from tagwatch.pipeline import Inbound, Pipeline
 from tagwatch.ratelimit import REPORT_S, TokenBuckets
@@ -56,3 +58,24 @@ def test_no_receiving_clock_no_limit_and_a_victim_devices_limit_quotes_nothing()
                       T0 + 100) for i in range(3)]
     (rej,) = [r for r in pipe.process(victim).rejected if r.rejection.reason == "rate_limited"]
     assert rej.rejection.payload == "" and "51.6" not in rej.rejection.detail
+
+
+def test_the_daemons_gate_decides_as_the_pipeline_does_in_replay() -> None:
+    """The daemon limits at the door (RateGate, before batching), replay in the pipeline:
+    the same messages in the same order with the same `received` give the same decisions."""
+    from tagwatch.daemon.ingest import RateGate
+
+    far = at_distance(100, 5000)
+    messages = [tag_msg(fix(T0 + i * 0.01, far, seq=i), f"T-{i % 3}", received=T0 + i * 0.002)
+                for i in range(3000)]
+    doc = case_doc([circle("home")], tags=("T-0", "T-1", "T-2"))
+    pipe = Pipeline(zoneset(doc), Rules(), TOPICS, event_clock=True, rate_limit=(10.0, 100))
+    result = pipe.process(messages)
+    gate = RateGate(TokenBuckets(10.0, 100))
+    kept = gate(messages[:1234]) + gate(messages[1234:])  # bursts split anywhere
+    excess, reported = gate.take()
+    assert [(f.tag, f.seq) for f, _ in result.accepted] == [
+        (m.topic.split("/")[3], orjson.loads(m.payload)["seq"]) for m in kept]
+    assert [r.rejection.payload for r in result.rejected] == [
+        pipe.rate_limited(m, gate.buckets).rejection.payload for m in reported]
+    assert result.rate_limited == len(excess) and len(reported) == 3

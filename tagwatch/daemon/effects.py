@@ -47,7 +47,6 @@ class Effects:
     rejected_reasons: Counter = field(default_factory=Counter)
     fixes: int = 0
     duplicates: int = 0
-    rate_limited: int = 0  # rejected as rate_limited but neither recorded nor published
     records: list[dict] = field(default_factory=list)
 
     @property
@@ -89,7 +88,6 @@ class EffectsBuilder:
     def from_result(self, result: Result, checkpoints: dict[str, bytes], now: float) -> Effects:
         fx = Effects()
         fx.fixes, fx.duplicates = len(result.accepted), result.duplicates
-        fx.rate_limited = result.rate_limited
         chains: dict[str, list[str]] = {}  # tag -> its cases' chains, for this batch
         for fix, late in result.accepted:
             self._fix(fx, fix, late, chains)

@@ -36,7 +36,7 @@ from tagwatch.cases import load as load_cases_checked
 from tagwatch.config import Config
 from tagwatch.daemon import http
 from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY, Effects, EffectsBuilder, Notify
-from tagwatch.daemon.ingest import Batcher, isolate
+from tagwatch.daemon.ingest import Batcher, RateGate, isolate
 from tagwatch.daemon.metrics import Metrics
 from tagwatch.daemon.outbox import NotifyView, Publisher
 from tagwatch.daemon.retention import purge_daily
@@ -49,6 +49,7 @@ from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.inbound import TwilioInbound
 from tagwatch.notify.policy import PolicySettings, SmsLedger
 from tagwatch.pipeline import FAULT_ENV, Pipeline, Result
+from tagwatch.ratelimit import TokenBuckets
 from tagwatch.record import Batch, Record, RecordError
 from tagwatch.wire import Topics, status_message
 from zones import Case, ZoneSet
@@ -113,7 +114,6 @@ class Daemon:
             self.topics,
             self.event_clock,
             keys=signing.keys_from_env(os.environ),
-            rate_limit=config.ingest.rate_limit,
         )
         if os.environ.get(FAULT_ENV):  # tests of failing batches only (Pipeline.fault)
             self.pipeline.fault = os.environ[FAULT_ENV].encode()
@@ -132,8 +132,10 @@ class Daemon:
             lambda: self.cases,
             self._tag_cases,
         )
+        limit = config.ingest.rate_limit  # at the door, so the excess never enters a batch
+        self.gate = RateGate(TokenBuckets(*limit)) if limit else None
         self.batcher: Batcher[Message] = Batcher(
-            config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0
+            config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0, self.gate
         )
         self.stopping = asyncio.Event()
         self.dispatch_wake = asyncio.Event()
@@ -341,8 +343,26 @@ class Daemon:
     async def _ingest(self) -> None:
         while not self.stopping.is_set():
             batch = await self.batcher.next_batch(self.stopping)
+            if self.gate is not None and self.gate.waiting:
+                await self._rate_limited(*self.gate.take())
             if batch:
                 await self._handle(batch)
+
+    async def _rate_limited(self, excess: list[Message], reported: list[Message]) -> None:
+        """Messages over their tag's rate (DESIGN 3.2 rate_limited), kept out of the batches
+        by the gate: acknowledged and counted at once; one per topic per REPORT_S is also
+        recorded and published as a rejection."""
+        if excess:
+            await self._acknowledged(excess, Effects())
+            self.metrics.rejected.labels(reason="rate_limited").inc(len(excess))
+        if reported:
+            buckets = self.gate.buckets  # type: ignore[union-attr]
+            async with self._work:
+                now = time.time()
+                result = Result(rejected=[self.pipeline.rate_limited(m, buckets) for m in reported])
+                fx = self.effects.from_result(result, {}, now)
+                await self._commit(fx.batch)
+            await self._acknowledged(reported, fx)
 
     # ---- units of work -------------------------------------------------------------
 
@@ -506,8 +526,6 @@ class Daemon:
         m.duplicates.inc(fx.duplicates)
         for reason, n in fx.rejected_reasons.items():
             m.rejected.labels(reason=reason).inc(n)
-        if fx.rate_limited:  # counted only, not logged: a flood must not flood the log
-            m.rejected.labels(reason="rate_limited").inc(fx.rate_limited)
         for kind, n in fx.alert_types.items():
             m.alerts.labels(type=kind).inc(n)
         if fx.rejected_reasons:

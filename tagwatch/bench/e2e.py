@@ -476,8 +476,8 @@ class Flood:
     """One tag publishing valid fixes far from its zones at `rate` messages/s (QoS 1, a raw
     socket publisher in a thread, paced every 10 ms) while the latency run goes on."""
 
-    def __init__(self, tag: str, zone_lat: float, zone_lon: float, rate: int) -> None:
-        self.tag, self.rate = tag, rate
+    def __init__(self, tag: str, zone_lat: float, zone_lon: float, rate: int, seconds: float):
+        self.tag, self.rate, self.planned_s = tag, rate, seconds
         self.lat, self.lon = zone_lat + 0.1, zone_lon
         self.sent = 0
         self.seconds = 0.0
@@ -488,13 +488,25 @@ class Flood:
         stop = threading.Event()
         publisher = RawPublisher(settings.host, settings.port)
         topic = f"{prefix}/tags/{self.tag}/fix"
-        ts = time.time() - 1.0
         per_step = max(1, self.rate // 100)
-        # valid, distinct fixes (seq runs on), encoded before the clock starts
+        count = per_step * 100 * (int(self.planned_s) + 5)
+        ts = time.time() - count * 1e-4 - 1.0  # the last of them still in the past
+        # valid fixes a few cm apart, each newer than the one before (so none is a
+        # duplicate), encoded before the clock starts
         pool = packets(
             [
-                (topic, orjson.dumps({"ts": ts, "lat": self.lat, "lon": self.lon, "seq": i}))
-                for i in range(per_step * 100)
+                (
+                    topic,
+                    orjson.dumps(
+                        {
+                            "ts": round(ts + i * 1e-4, 4),
+                            "lat": round(self.lat + i * 1e-9, 9),
+                            "lon": self.lon,
+                            "seq": i,
+                        }
+                    ),
+                )
+                for i in range(count)
             ]
         )
 
@@ -534,7 +546,7 @@ def run_flood(broker: str | None, latency_s: float = 10.0, rate: int = 16_000) -
         cases = london_cases(TAGS + 1, seed=11)
         _write_cases(cases, workdir / "cases")
         zone = cases[-1].zones[0]
-        flood = Flood(cases[-1].tags[0], zone.frame.lat, zone.frame.lon, rate)
+        flood = Flood(cases[-1].tags[0], zone.frame.lat, zone.frame.lon, rate, latency_s)
         others = cases[:-1]
         progress.step(f"broker: {used}; latency at 2,000 fixes/s for {latency_s:.0f} s, unloaded")
         unloaded = _latency(broker, settings, workdir, others, latency_s)

@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     e2e.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
     e2e.add_argument("--fixes", type=int, default=100_000, help="fixes for the throughput run")
     e2e.add_argument("--json", action="store_true", help="print one JSON object")
+    e2e.add_argument(
+        "--flood",
+        action="store_true",
+        help="instead: other tags' fix -> alert latency, unloaded and while one tag floods",
+    )
+    e2e.add_argument("--flood-rate", type=int, default=16_000, help="the flooding tag's messages/s")
     e2e.set_defaults(handler=_bench_e2e)
     notify = which.add_parser("notify", help="breach fix published to SMS request received")
     notify.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
@@ -195,6 +201,14 @@ def _rules(config_path: Path | None):
         raise BadInput(str(exc)) from None
 
 
+def _rate_limit(config_path: Path | None) -> tuple[float, int] | None:
+    """The daemon's per-tag rate limit ([ingest]), which replay applies as the daemon did."""
+    from tagwatch.config import IngestConfig, load_config
+
+    ingest = IngestConfig() if config_path is None else load_config(config_path, {}).ingest
+    return ingest.rate_limit
+
+
 def _demo(args: argparse.Namespace) -> int:
     from tagwatch import demo
 
@@ -219,7 +233,7 @@ def _replay(args: argparse.Namespace) -> int:
     if result.errors:
         raise BadInput(f"{len(result.errors)} case file(s) refused; fix them first")
     try:
-        count = replay(zoneset, rules, args.input, sys.stdout.buffer)
+        count = replay(zoneset, rules, args.input, sys.stdout.buffer, _rate_limit(args.config))
     except OSError as exc:
         raise BadInput(f"{args.input}: cannot read: {exc.strerror}") from None
     except (ReplayInputError, ConfigError, UnicodeDecodeError) as exc:
@@ -465,7 +479,10 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     from tagwatch.bench.report import emit
 
     try:
-        emit(e2e.run(args.broker, fixes=args.fixes), e2e.RESULT_LINES, args.json)
+        if args.flood:
+            emit(e2e.run_flood(args.broker, rate=args.flood_rate), e2e.FLOOD_LINES, args.json)
+        else:
+            emit(e2e.run(args.broker, fixes=args.fixes), e2e.RESULT_LINES, args.json)
     except e2e.BenchError as exc:
         print(f"tagwatch bench e2e: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -173,10 +173,23 @@ class IngestConfig:
     batch_max: int = 2000
     batch_wait_ms: int = 20
     tick_s: float = 1.0
+    # Per-tag (and victim device) message rate limit, a token bucket per fix topic on the
+    # receiving clock (tagwatch/ratelimit.py): the excess is rejected as rate_limited.
+    # tag_rate_per_s = 0 turns it off.
+    tag_rate_per_s: float = 10.0
+    tag_burst: int = 1000
     # The watchdog clock: "wall" in production (DESIGN 3.6); "event" drives the
     # watchdogs by the fixes' own time, as replay does, for demos and accelerated
     # simulations whose fixes carry scenario time.
     clock: str = "wall"
+
+    @property
+    def rate_limit(self) -> tuple[float, int] | None:
+        """(tag_rate_per_s, tag_burst), or None: no limit (a rate of 0, or the event clock,
+        whose fixes come in accelerated time, faster than any tag sends them)."""
+        if self.clock == "event" or self.tag_rate_per_s <= 0:
+            return None
+        return self.tag_rate_per_s, self.tag_burst
 
 
 @dataclass(frozen=True)
@@ -322,6 +335,8 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "batch_wait_ms": ("int", IngestConfig.batch_wait_ms),
         "tick_s": ("float", IngestConfig.tick_s),
         "clock": ("str", IngestConfig.clock),
+        "tag_rate_per_s": ("float", IngestConfig.tag_rate_per_s),
+        "tag_burst": ("int", IngestConfig.tag_burst),
     },
     "notify.twilio": {
         "account_sid": ("str", _REQUIRED),
@@ -790,11 +805,16 @@ def _ingest(sec: _Section) -> IngestConfig:
     clock = sec.get("clock")
     if clock not in ("wall", "event"):
         sec.fail("clock", f'must be "wall" or "event", got {clock!r}')
+    rate = sec.get("tag_rate_per_s")
+    if not (math.isfinite(rate) and rate >= 0):
+        sec.fail("tag_rate_per_s", f"must be 0 (no limit) or above, got {rate}")
     return IngestConfig(
         batch_max=_int_in(sec, "batch_max", 1, 1_000_000),
         batch_wait_ms=_int_in(sec, "batch_wait_ms", 0, 60_000),
         tick_s=float(tick_s),
         clock=clock,
+        tag_rate_per_s=float(rate),
+        tag_burst=_int_in(sec, "tag_burst", 1, 1_000_000),
     )
 
 

@@ -23,7 +23,7 @@ import msgspec
 from tagwatch.config import Rules
 from tagwatch.engine.alerts import encode
 from tagwatch.pipeline import Inbound, Pipeline
-from tagwatch.wire import Topics, parse_rfc3339
+from tagwatch.wire import MAX_DEPTH, Topics, json_depth, parse_rfc3339, too_deep
 from zones import ZoneSet
 
 BATCH = 2000
@@ -50,6 +50,12 @@ def _capture(stream: IO[str], name: str) -> Iterator[Inbound]:
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
+        raw_line = line.encode("utf-8", "surrogatepass")
+        if too_deep(raw_line) and json_depth(raw_line) > MAX_DEPTH + 1:  # the line's {} is 1
+            raise ReplayInputError(
+                f"{name}: line {number}: payload nested deeper than {MAX_DEPTH} levels "
+                "(the daemon rejects it as too_deep)"
+            )
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -108,10 +114,19 @@ def _value(field: str, text: str) -> object:
     return text
 
 
-def replay(zoneset: ZoneSet, rules: Rules, path: Path, out: IO[bytes]) -> int:
-    """Write every alert record, one JSON object per line; returns how many."""
+def replay(
+    zoneset: ZoneSet,
+    rules: Rules,
+    path: Path,
+    out: IO[bytes],
+    rate_limit: tuple[float, int] | None = None,
+) -> int:
+    """Write every alert record, one JSON object per line; returns how many.
+
+    `rate_limit` is the daemon's [ingest] tag_rate_per_s and tag_burst: applied on the
+    capture's `received` times, as the daemon did on its receiving clock."""
     topics = Topics()
-    pipeline = Pipeline(zoneset, rules, topics, event_clock=True)
+    pipeline = Pipeline(zoneset, rules, topics, event_clock=True, rate_limit=rate_limit)
     count = 0
     batch: list[Inbound] = []
     for message in read_messages(path, topics):

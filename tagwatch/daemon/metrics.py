@@ -7,7 +7,9 @@ with session_present false: possible loss), `tagwatch_duplicates_total`,
 `tagwatch_publish_too_large_total` (records not published to MQTT because they were
 larger than [broker] max_packet_kb; they are in the case record),
 `tagwatch_cases_loaded` and `tagwatch_cases_refused` (case files refused at the last load;
-/readyz names them).
+/readyz names them),
+`tagwatch_batch_failures_total` (a batch, or a piece of one, whose handling raised: it is
+split until the failing messages are found, which are rejected as internal_error).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from tagwatch.pipeline import REASONS as PIPELINE_REASONS
 from tagwatch.signing import REASONS as SIGNING_REASONS
 from tagwatch.wire import REASONS
 
@@ -94,7 +97,12 @@ class Metrics:
             "MQTT publications refused before sending: larger than [broker] max_packet_kb",
             registry=r,
         )
-        for reason in sorted(REASONS | set(SIGNING_REASONS)):
+        self.batch_failures = Counter(
+            "tagwatch_batch_failures",
+            "batches (or pieces of one) whose handling raised; split to set the culprit aside",
+            registry=r,
+        )
+        for reason in sorted(REASONS | SIGNING_REASONS | PIPELINE_REASONS):
             self.rejected.labels(reason=reason)  # every closed-set label shows from the start
         for channel in CHANNELS:
             self.deliveries_failed.labels(channel=channel)

@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from tagwatch.daemon import http
 from tagwatch.daemon.anchoring import anchor_every
 from tagwatch.daemon.anchoring import checkpoint as anchor_checkpoint
 from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY, Effects, EffectsBuilder, Notify
-from tagwatch.daemon.ingest import Batcher
+from tagwatch.daemon.ingest import Batcher, RateGate, isolate
 from tagwatch.daemon.metrics import Metrics
 from tagwatch.daemon.outbox import NotifyView, Publisher
 from tagwatch.daemon.retention import purge_daily
@@ -52,7 +53,8 @@ from tagwatch.notify.ack import acknowledge
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.inbound import TwilioInbound
 from tagwatch.notify.policy import PolicySettings, SmsLedger
-from tagwatch.pipeline import Pipeline, Result
+from tagwatch.pipeline import FAULT_ENV, Pipeline, Result
+from tagwatch.ratelimit import TokenBuckets
 from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.record.anchor import AnchorWriter
 from tagwatch.wire import Topics, status_message
@@ -60,6 +62,8 @@ from zones import Case, ZoneSet
 
 log = structlog.get_logger("tagwatch.daemon")
 _ACK_POLL_LIMIT = 1000
+FAILED_WINDOW_S = 300.0  # /readyz says 503 while this many s hold FAILED_LIMIT failed batches
+FAILED_LIMIT = 3
 
 
 class CasesRefused(Exception):
@@ -174,6 +178,8 @@ class Daemon:
             self.event_clock,
             keys=signing.keys_from_env(os.environ),
         )
+        if os.environ.get(FAULT_ENV):  # tests of failing batches only (Pipeline.fault)
+            self.pipeline.fault = os.environ[FAULT_ENV].encode()
         self.metrics = Metrics()
         self.hub = EventHub()  # alert records to the dashboards' event streams
         self.instance = f"{config.broker.client_id}@{socket.gethostname()}:{os.getpid()}"
@@ -189,8 +195,10 @@ class Daemon:
             lambda: self.cases,
             self._tag_cases,
         )
+        limit = config.ingest.rate_limit  # at the door, so the excess never enters a batch
+        self.gate = RateGate(TokenBuckets(*limit)) if limit else None
         self.batcher: Batcher[Message] = Batcher(
-            config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0
+            config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0, self.gate
         )
         self.stopping = asyncio.Event()
         self._cases_loaded = asyncio.Event()  # set by a reload that loaded cases
@@ -203,6 +211,7 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self._reloading: asyncio.Task | None = None
         self._serving = False  # pending outbox rows flushed, ingest running
+        self._failed_batches: deque[float] = deque()  # monotonic times of failed batches
 
     # ---- state ---------------------------------------------------------------------
 
@@ -354,6 +363,12 @@ class Daemon:
             reasons.append("record_unavailable")
         if self.stopping.is_set():
             reasons.append("stopping")
+        failed = self._failed_batches
+        while failed and failed[0] < time.monotonic() - FAILED_WINDOW_S:
+            failed.popleft()
+        if len(failed) >= FAILED_LIMIT:
+            # their failing messages were rejected as internal_error; the log says which
+            reasons.append("ingest_batches_failing")
         return reasons
 
     def refresh_metrics(self) -> None:
@@ -460,27 +475,112 @@ class Daemon:
     async def _ingest(self) -> None:
         while not self.stopping.is_set():
             batch = await self.batcher.next_batch(self.stopping)
+            if self.gate is not None and self.gate.waiting:
+                await self._rate_limited(*self.gate.take())
             if batch:
                 await self._handle(batch)
+
+    async def _rate_limited(self, excess: list[Message], reported: list[Message]) -> None:
+        """Messages over their tag's rate (DESIGN 3.2 rate_limited), kept out of the batches
+        by the gate: acknowledged and counted at once; one per topic per REPORT_S is also
+        recorded and published as a rejection."""
+        if excess:
+            await self._acknowledged(excess, Effects())
+            self.metrics.rejected.labels(reason="rate_limited").inc(len(excess))
+        if reported:
+            buckets = self.gate.buckets  # type: ignore[union-attr]
+            async with self._work:
+                now = time.time()
+                result = Result(rejected=[self.pipeline.rate_limited(m, buckets) for m in reported])
+                fx = self.effects.from_result(result, {}, now)
+                await self._commit(fx.batch)
+            await self._acknowledged(reported, fx)
 
     # ---- units of work -------------------------------------------------------------
 
     async def _handle(self, messages: list[Message]) -> None:
         started = time.perf_counter()
+        failures = await isolate(messages, self._handle_piece, self._set_aside)
+        if failures:
+            self.metrics.batch_failures.inc(failures)
+            self._failed_batches.append(time.monotonic())
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _handle_piece(self, messages: Sequence[Message]) -> None:
+        """One unit of work: pipeline, effects, commit, then acknowledge and publish. When
+        anything before the commit returns raises, it is undone and the error re-raised:
+        `isolate` then splits the batch to set the failing message aside (DESIGN 3.2)."""
         async with self._work:
             now = time.time()
+            notify = None
             try:
                 # A Message has the fields of an Inbound (topic, payload, received).
                 result = self.pipeline.process(messages, raised=now)
+                notify = self._notify_state() if result.records else None
+                fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
+                await self._commit(fx.batch)
             except Exception:
-                # not acknowledged: the broker redelivers them after a reconnect
-                log.exception("pipeline_failed", messages=len(messages))
-                return
-            fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
-            await self._commit(fx.batch)
-        await self.conn.ack_many(messages)  # type: ignore[union-attr]
-        self._after_commit(fx)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+                log.exception(
+                    "batch_failed",
+                    messages=len(messages),
+                    detail="undone; split to set the failing message aside",
+                )
+                await self._undo(notify)
+                raise
+        await self._acknowledged(messages, fx)
+
+    async def _set_aside(self, msg: Message, error: Exception) -> None:
+        """Reject a message whose handling fails on its own (internal_error), and ack it."""
+        async with self._work:
+            now = time.time()
+            result = self.pipeline.set_aside(msg, error)
+            log.error(
+                "message_set_aside",
+                source=result.rejected[0].source,
+                error=type(error).__name__,
+                detail=result.rejected[0].rejection.detail,
+            )
+            try:
+                fx = self.effects.from_result(result, {}, now)
+                await self._commit(fx.batch)
+            except Exception:  # even its rejection cannot be recorded: logged, never a wedge
+                log.exception("set_aside_unrecorded", detail=result.rejected[0].rejection.detail)
+                fx = Effects()
+        await self._acknowledged([msg], fx)
+
+    async def _acknowledged(self, messages: Sequence[Message], fx: Effects) -> None:
+        """After the commit: acknowledge, count, publish. Never raises: the batch is
+        committed, and a retry would handle its messages twice."""
+        try:
+            await self.conn.ack_many(messages)  # type: ignore[union-attr]
+            self._after_commit(fx)
+        except Exception:
+            log.exception("after_commit_failed", messages=len(messages))
+
+    def _notify_state(self) -> tuple[bytes, bytes]:
+        """The SMS ledger and escalation state, to undo a failed batch's alerts with."""
+        return self.notify.ledger.to_bytes(), self.notify.escalation.to_bytes()
+
+    async def _undo(self, notify: tuple[bytes, bytes] | None) -> None:
+        """Back to the last committed state, as a restart would find it: the rule state
+        from the record's checkpoints (all of them: this costs what a restart's restore
+        does, and only a failing batch pays it), and the notification state from before."""
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                points = await asyncio.to_thread(self.record.checkpoints)
+                break
+            except RecordError as exc:
+                log.error("undo_waiting", error=str(exc), detail="retrying the checkpoint read")
+                await asyncio.sleep(backoff.next())
+        points.pop(LEDGER_KEY, None)
+        points.pop(ESCALATION_KEY, None)
+        self.pipeline.reset(points)
+        if notify is not None:
+            self.notify.ledger = SmsLedger.from_bytes(notify[0])
+            # in place: the dispatcher and the Twilio routes hold this object
+            escalation = self.notify.escalation
+            escalation.take_state(Escalation.from_bytes(notify[1], escalation.settings))
 
     async def _ticker(self) -> None:
         tick_s = self.config.ingest.tick_s

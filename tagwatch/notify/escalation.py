@@ -159,6 +159,13 @@ class Escalation:
         with self._lock:
             return {k: c.level for k, c in self._clocks.items()}
 
+    def take_state(self, other: Escalation) -> None:
+        """Take other's clocks and levels, in place (others hold this object)."""
+        with self._lock:
+            self._clocks, self._reached, self._stopped = (
+                other._clocks, other._reached, other._stopped
+            )
+
     def to_bytes(self, without: str | None = None) -> bytes:
         """The running clocks; `without`: all but that alert's (an acknowledgement's
         checkpoint, committed with it before the clock is stopped here)."""

@@ -575,12 +575,18 @@ def _metres(a, b) -> float:
 
 def figures(tr: Truth, plans, breaches, late, prox, uploads) -> dict:
     interval = {p.tag: p.interval for p in plans}
+    gaps = {p.tag: p.gaps for p in plans}
     by_key = defaultdict(list)
     for ep in breaches:
         by_key[(ep.tag, ep.zone)].append(ep)
     missed, times = 0, defaultdict(list)
     flaps = 0
     dark_total = dark_ok = 0
+    seen_dark = {
+        (tag, t0): _dark_share(gaps[tag], t0, t1) > 0
+        for tag, _z, t0, t1, _d, _e in tr.visits
+        if tag in gaps
+    }
     for tag, zone, t0, t1, dark, every in tr.visits:
         if tag not in interval:
             continue  # a tag left out of this run
@@ -588,17 +594,6 @@ def figures(tr: Truth, plans, breaches, late, prox, uploads) -> dict:
         for ep in eps:  # an episode ended during the visit: a flap
             if ep.closed is not None and t0 < ep.closed < t1 - TRUTH_STEP_S:
                 flaps += 1
-        if dark:
-            if (tag, zone, t0, t1) in uploads:
-                dark_total += 1
-                if any(
-                    lt == tag and lz == zone and t0 - every <= ts <= t1 + every
-                    for lt, lz, ts in late
-                ):
-                    dark_ok += 1
-            continue
-        if t1 - t0 < MUST_ALERT_S:
-            continue
         hits = [
             ep.critical
             for ep in eps
@@ -606,9 +601,20 @@ def figures(tr: Truth, plans, breaches, late, prox, uploads) -> dict:
             and ep.critical <= t1 + every
             and (ep.closed is None or ep.closed >= t0)
         ]
+        if dark:  # its late breach, unless a confirmed breach covers it already
+            if (tag, zone, t0, t1) in uploads:
+                dark_total += 1
+                if hits or any(
+                    lt == tag and lz == zone and t0 - every <= ts <= t1 + every
+                    for lt, lz, ts in late
+                ):
+                    dark_ok += 1
+            continue
+        if t1 - t0 < MUST_ALERT_S:
+            continue
         if not hits:
             missed += 1
-        else:
+        elif not seen_dark.get((tag, t0)):  # time to alert only from an entry seen live
             times[every].append(max(0.0, min(hits) - t0))
     false = 0
     for ep in breaches:

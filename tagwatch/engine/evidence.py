@@ -34,13 +34,15 @@ COARSE_M = 100.0  # acc beyond this, or fix "lbs": a coarse fix
 STALE_S = 600.0  # an anchor older than this judges nothing
 SLOW_S = 60.0  # fixes this far apart: a slow tag
 INDEPENDENT_S = 10.0  # fixes closer together share much of their error
-PERSIST_S = 180.0  # multipath displaces runs of fixes for at most this long
+PERSIST_S = 210.0  # multipath displaces runs of fixes for at most 180 s; a fix beyond
 V_START = 0.5  # m/s: how far a tag standing still may get before its next fix
 V_WALK = 1.5  # m/s: the same over SLOW_S or more: it may have walked all the way
 V_UNKNOWN = 15.0  # m/s: the reach while the tag's motion is not known yet
-V_MOVING = 2.0  # m/s: faster than a walk, along its track: each fix its own evidence
+V_MOVING = 1.0  # m/s: faster than a walk, along its track: each fix its own evidence
 V_MAX = 70.0  # m/s: no run faster than this is explained by motion
 SIGMA_PER_ACC = 1.515  # acc is the ~68% radius of a 2-D error: acc / 1.515 per axis
+RUN_SPAN_S = 20.0  # a run explained by motion spans at least this
+ACC_FLOOR = 8.0  # m: a reported acc below this is taken as this when tracing runs back
 GATE_K = 1.65  # acc is a ~68% radius: 1.65 acc is ~2.5 sigma per axis
 RUN_MAX = 64
 
@@ -73,7 +75,7 @@ def weight(verdict: str, apart: float) -> float:
     else:
         pieces = 2.0 if verdict == CORROBORATED else 1.0
     if verdict == MOVING:
-        return pieces
+        return 2.0
     return pieces * min(1.0, apart / INDEPENDENT_S)
 
 
@@ -137,12 +139,18 @@ def _explained(m: Motion) -> bool:
         return True  # longer than a multipath episode lasts
     if len(run) < 2 or span <= 0:
         return False
+    travel = math.dist(first[1:4], last[1:4])
+    if span < RUN_SPAN_S and travel < 4 * GATE_K * math.hypot(first[4], last[4]):
+        return False  # too short to tell a velocity from the noise
     v = [(last[k] - first[k]) / span for k in (1, 2, 3)]
     if math.sqrt(sum(c * c for c in v)) > V_MAX:
         return False
     back = first[0] - m.ts  # the run traced back to the anchor's time
     start = tuple(first[k + 1] - v[k] * back for k in range(3))
-    err = GATE_K * math.hypot(first[4], m.acc) + V_START * back
+    # tracing back amplifies the error of the run's ends; acc is often optimistic
+    k = min(back / span, 2.0)
+    a0, a1, am = (max(a, ACC_FLOOR) for a in (first[4], last[4], m.acc))
+    err = GATE_K * math.hypot(a0 * (1 + k), a1 * k, am) + V_START * back
     return _dist(start, (m.x, m.y, m.z)) <= err
 
 

@@ -128,7 +128,8 @@ def _breach(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> boo
     if d > _clear_margin(zone, view):
         if view.displaced:
             return False  # displaced (multipath): neither ends a breach nor breaks its run
-        track.inside_run = track.evidence = 0
+        if not evidence.coarse(view.fix):
+            track.inside_run = track.evidence = 0
         if track.breach is not None:
             track.exit_run += 1
             if track.exit_run >= 2:
@@ -245,7 +246,8 @@ def _curfew(track: ZoneTrack, zone: ZoneInfo, view: FixView, active: bool, em: E
     elif -d > _clear_margin(zone, view):
         if view.displaced:
             return  # displaced (multipath): neither ends a breach nor breaks its run
-        track.inside_run = track.evidence = 0
+        if not evidence.coarse(view.fix):
+            track.inside_run = track.evidence = 0
         if track.breach is not None:
             track.exit_run += 1
             if track.exit_run >= 2:

@@ -4,23 +4,27 @@ Near a zone each tag carries a small motion model (state.Motion): its last
 trusted position (the anchor), a smoothed velocity, and the run of displaced
 fixes since the anchor. A new fix is judged against it:
 
-- trusted: within reach of the anchor, given the tag's recent motion (it may
-  go on at its speed, stop, or turn; a standing tag may start walking) and
-  both fixes' accuracy. It becomes the anchor.
+- on track (moving, when faster than V_MOVING): where the tag's velocity leads,
+  within both fixes' accuracy. It becomes the anchor.
+- trusted: within reach of the anchor given its recent motion (it may go on,
+  stop or turn; a standing tag may start off at V_START). It becomes the anchor.
 - displaced: out of reach (a standing tag 60 m outside does not appear 30 m
-  inside 30 s later). Displaced fixes gather in a run; a run of fixes moving
-  together is one piece of evidence, not several, and counts only once it is
-  explained: by motion (the run, traced back at its own velocity, starts at the
-  anchor: the tag really moved) or by lasting longer than multipath does
-  (PERSIST_S). Then it is corroborated and becomes the anchor.
-- coarse: `lbs` or `acc` over COARSE_M. Honest, so it counts when its whole
-  accuracy is inside; it never moves the anchor.
-- fresh: no anchor to judge by (first fix near a zone, or after a gap).
+  inside 30 s later), or continuing a run of displaced fixes. Displaced fixes
+  gather in a run; a run of fixes moving together is one piece of evidence, not
+  several: only its first fix counts, and only if a walk could have got there.
+- corroborated: the run is explained, by motion (traced back at its own
+  velocity it starts at the anchor: the tag really moved) or by lasting longer
+  than multipath does (PERSIST_S). Its last fix becomes the anchor.
+- coarse: `lbs` or `acc` over COARSE_M. Honest, so it counts when deep enough
+  for its accuracy; it never moves the anchor.
+- fresh: no anchor to judge by (first fix, or after a gap of STALE_S).
 
-The weight is the number of pieces of evidence the fix adds when it is inside by
-more than its accuracy: trusted 1 (2 for a slow tag, whose fixes are SLOW_S
-or more apart: one deep, plausible fix is enough there), corroborated 2,
-fresh and coarse 1, displaced 0. Pure: state in, state and weight out.
+`weight` turns a verdict into pieces of evidence for a fix deep inside (by more
+than one sigma of its error): 1; 2 for a slow tag's fix on its track or within
+its reach (SLOW_S apart: one deep, plausible fix is enough there), a walk on
+its track, or a corroborated run; 0 for a displaced fix. Errors are correlated
+over tens of seconds: fixes closer than INDEPENDENT_S to the previous one are
+worth that share of a piece. Pure: state in, state and verdict out.
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ COARSE_M = 100.0  # acc beyond this, or fix "lbs": a coarse fix
 STALE_S = 600.0  # an anchor older than this judges nothing
 SLOW_S = 60.0  # fixes this far apart: a slow tag
 INDEPENDENT_S = 10.0  # fixes closer together share much of their error
-PERSIST_S = 210.0  # multipath displaces runs of fixes for at most 180 s; a fix beyond
+PERSIST_S = 210.0  # multipath displaces runs of fixes for at most 180 s: a run longer is true
 V_START = 0.5  # m/s: how far a tag standing still may get before its next fix
-V_WALK = 1.5  # m/s: the same over SLOW_S or more: it may have walked all the way
+V_WALK = 1.5  # m/s: a walk: the first fix of a run within this reach is one piece
 V_UNKNOWN = 15.0  # m/s: the reach while the tag's motion is not known yet
-V_MOVING = 1.0  # m/s: faster than a walk, along its track: each fix its own evidence
+V_MOVING = 1.0  # m/s: walking or faster along its track: one deep fix is enough
 V_MAX = 70.0  # m/s: no run faster than this is explained by motion
 SIGMA_PER_ACC = 1.515  # acc is the ~68% radius of a 2-D error: acc / 1.515 per axis
 RUN_SPAN_S = 20.0  # a run explained by motion spans at least this

@@ -144,8 +144,9 @@ def _explained(m: Motion) -> bool:
     if len(run) < 2 or span <= 0:
         return False
     travel = math.dist(first[1:4], last[1:4])
-    if span < RUN_SPAN_S and travel < 4 * GATE_K * math.hypot(first[4], last[4]):
-        return False  # too short to tell a velocity from the noise
+    noise = GATE_K * math.hypot(first[4], last[4])
+    if travel < noise or (span < RUN_SPAN_S and travel < 4 * noise):
+        return False  # too short or too slow to tell a velocity from the noise
     v = [(last[k] - first[k]) / span for k in (1, 2, 3)]
     if math.sqrt(sum(c * c for c in v)) > V_MAX:
         return False

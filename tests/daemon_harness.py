@@ -224,10 +224,15 @@ class Publisher:
         self.client.disconnect()
 
 
+BREACH_GAP_S = 30.0  # fixes this far apart are independent evidence (engine/evidence.py)
+
+
 def breach_fixes(tag: str = "T-1001", t0: float | None = None, n: int = 2) -> list[dict]:
-    t0 = time.time() - 5 if t0 is None else t0
-    return [{"tag": tag, "ts": t0 + i, "lat": HOME[1], "lon": HOME[0], "acc": 5.0}
-            for i in range(n)]
+    """n fixes deep inside C-0001's home, BREACH_GAP_S apart from t0 (default: the last
+    one 5 s ago): the first opens a probable breach, the second confirms it."""
+    t0 = time.time() - 5 - BREACH_GAP_S * (n - 1) if t0 is None else t0
+    return [{"tag": tag, "ts": t0 + BREACH_GAP_S * i, "lat": HOME[1], "lon": HOME[0],
+             "acc": 5.0} for i in range(n)]
 
 
 def alerts_of(col: Collector, prefix: str, case: str = "C-0001") -> list[dict]:

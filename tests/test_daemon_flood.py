@@ -32,7 +32,7 @@ def test_a_flooding_tag_is_rate_limited_and_another_tags_breach_alerts(
                 {"ts": time.time() - 100 + i * 0.01, "lat": 51.6, "lon": -0.1})) for i in
                 range(FLOOD)]
             breach = [(f"{d.prefix}/tags/T-3/fix", p)
-                      for p in tags.breach("T-3", time.time() - 5)]
+                      for p in tags.breach("T-3", time.time() - 35)]
             started = time.monotonic()
             _send_all(pub, flood[:1000] + breach[:1] + flood[1000:2000] + breach[1:]
                       + flood[2000:])
@@ -40,7 +40,7 @@ def test_a_flooding_tag_is_rate_limited_and_another_tags_breach_alerts(
             # messages are taken in arrival order: once T-4's breach after the flood has
             # alerted, every message of the flood has been handled
             _send_all(pub, [(f"{d.prefix}/tags/T-4/fix", p)
-                            for p in tags.breach("T-4", time.time() - 5)])
+                            for p in tags.breach("T-4", time.time() - 35)])
             col.wait_for(lambda _: _confirmed(col, d.prefix, "T-4"), 30, "T-4's breach")
             elapsed = time.monotonic() - started
             limited = d.metric("tagwatch_rejected_total", reason="rate_limited")

@@ -39,9 +39,9 @@ HOME_2 = (-0.0595, 51.5402)  # inside C-0002's home zone, outside its hole (lon,
 
 
 def breach_2(t0: float | None = None) -> list[dict]:
-    t0 = time.time() - 5 if t0 is None else t0
-    return [{"tag": "T-2002", "ts": t0 + i, "lat": HOME_2[1], "lon": HOME_2[0], "acc": 5.0}
-            for i in range(2)]
+    t0 = time.time() - 35 if t0 is None else t0
+    return [{"tag": "T-2002", "ts": t0 + 30 * i, "lat": HOME_2[1], "lon": HOME_2[0],
+             "acc": 5.0} for i in range(2)]
 
 
 def confirmed(col: Collector, prefix: str, case: str) -> dict:
@@ -156,7 +156,7 @@ def test_an_acknowledged_alert_does_not_escalate_after_a_restart(
         try:
             d.wait_ready()
             # Fixes of now: the 3 s to acknowledge start now, not in the past.
-            for fix in breach_fixes(t0=time.time() - 1):
+            for fix in breach_fixes(t0=time.time() - 31):
                 pub.send(f"{d.prefix}/tags/T-1001/fix", fix)
             acked = confirmed(col, d.prefix, "C-0001")
             answer = httpx.post(f"{d.base}/api/alerts/{acked['id']}/ack", headers=AUTH,
@@ -173,7 +173,7 @@ def test_an_acknowledged_alert_does_not_escalate_after_a_restart(
             # Another critical alert, raised after the acknowledged one: once it has
             # escalated twice (a call to its victim), the acknowledged one's deadlines
             # are long past.
-            for fix in breach_2(t0=time.time() - 1):
+            for fix in breach_2(t0=time.time() - 31):
                 pub.send(f"{d.prefix}/tags/T-2002/fix", fix)
             col.wait_for(lambda ms: any(
                 json.loads(p).get("state") == "escalated" and b"calling the victim" in p
@@ -202,7 +202,7 @@ def test_a_replayed_sms_reply_does_nothing_after_a_restart(
             now = time.time()
             pub.send(f"{d.prefix}/victims/VD-01/fix",
                      {"ts": now - 10, "lat": VICTIM_1[1], "lon": VICTIM_1[0], "acc": 10.0})
-            for fix in breach_fixes(t0=now - 5):
+            for fix in breach_fixes(t0=now - 35):
                 pub.send(f"{d.prefix}/tags/T-1001/fix", fix)
             col.wait_for(lambda ms: {json.loads(p)["type"] for _, p, _ in ms}
                          >= {"zone.breach", "proximity"}, 20, "breach and proximity")

@@ -69,7 +69,7 @@ def test_logs_hold_no_victim_data(tmp_path: Path, broker_url: str) -> None:
                  {"ts": now - 10, "lat": VICTIM[1], "lon": VICTIM[0], "acc": 10.0})
         pub.send(f"{d.prefix}/victims/VD-01/fix",  # rejected, with the position in it
                  {"ts": now - 9, "lat": VICTIM[1], "lon": VICTIM[0], "acc": -1})
-        for fix in breach_fixes(t0=now - 5):
+        for fix in breach_fixes(t0=now - 35):
             pub.send(f"{d.prefix}/tags/T-1001/fix", fix)
         col.wait_for(lambda ms: {json.loads(p)["type"] for _, p, _ in ms}
                      >= {"zone.breach", "proximity"}, 20, "breach and proximity")

@@ -33,7 +33,7 @@ def test_broker_restart_mid_stream(tmp_path: Path, mosquitto_factory) -> None:
     try:
         d.wait_ready()
         now = time.time()
-        for fix in breach_fixes(t0=now - 20):
+        for fix in breach_fixes(t0=now - 50):
             pub.send(f"{d.prefix}/tags/T-1001/fix", fix)
         col.wait_for(lambda ms: len(ms) >= 2, 15, "first breach")
         pub.close()

@@ -72,8 +72,8 @@ class Tags:
 
     def breach(self, tag: str, t0: float) -> list[bytes]:
         lon, lat = TAGS[tag]
-        return [self.payload({"ts": t0 + i, "lat": lat, "lon": lon, "acc": 5.0})
-                for i in range(2)]
+        return [self.payload({"ts": t0 + 30 * i, "lat": lat, "lon": lon, "acc": 5.0})
+                for i in range(2)]  # 30 s apart: independent evidence, the second confirms
 
     def nested(self, tag: str, depth: int) -> bytes:
         """A fix far from home with a member nested `depth` arrays deep (about 2 KB)."""
@@ -112,7 +112,7 @@ def _run_poison_scenario(d: Daemon, broker_url: str, db: RecordDb, tags: Tags) -
     try:
         d.wait_ready()
         # 1. One burst: a nested fix, a confirmed breach, a failing message amid it.
-        first, second = tags.breach("T-1", time.time() - 10)
+        first, second = tags.breach("T-1", time.time() - 40)
         fault = tags.fault("T-1")
         _send_all(pub, [(topic["T-1"], tags.nested("T-1", 1000)), (topic["T-1"], first),
                         (topic["T-1"], fault), (topic["T-1"], second)])
@@ -127,7 +127,7 @@ def _run_poison_scenario(d: Daemon, broker_url: str, db: RecordDb, tags: Tags) -
             _send_all(pub, [(topic["T-3"], tags.fault("T-3"))])
             col.wait_for(lambda _, n=n: _reasons(col, p).count("internal_error") == n, 30,
                          f"internal_error {n}")
-        _send_all(pub, [(topic["T-3"], x) for x in tags.breach("T-3", time.time() - 5)])
+        _send_all(pub, [(topic["T-3"], x) for x in tags.breach("T-3", time.time() - 35)])
         col.wait_for(lambda _: _confirmed(col, p, "T-3"), 30, "T-3's confirmed breach")
         col.wait_for(lambda _: _reasons(col, p).count("too_deep") == FLOOD + 1, 60, "flood")
 
@@ -150,7 +150,7 @@ def _run_poison_scenario(d: Daemon, broker_url: str, db: RecordDb, tags: Tags) -
         assert d.stop() == 0
         d.start()
         d.wait_ready()
-        _send_all(pub, [(topic["T-4"], x) for x in tags.breach("T-4", time.time() - 5)])
+        _send_all(pub, [(topic["T-4"], x) for x in tags.breach("T-4", time.time() - 35)])
         col.wait_for(lambda _: _confirmed(col, p, "T-4"), 30, "T-4's confirmed breach")
         assert d.metric("tagwatch_rejected_total") == 0
         assert d.metric("tagwatch_batch_failures_total") == 0

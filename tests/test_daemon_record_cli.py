@@ -28,9 +28,11 @@ def _fill(tmp_path: Path, broker_url: str, record_db: RecordDb,  # noqa: F811
     d.start()
     try:
         d.wait_ready()
-        t0 = time.time() - 60
+        # far away 11 min before: so long ago that the breach is judged afresh, not as a
+        # jump from there (engine/evidence.py STALE_S)
+        t0 = time.time() - 700
         far = [{"ts": t0 + i, "lat": 51.52, "lon": -0.1275, "acc": 5.0} for i in range(6)]
-        for fix in [*far, *breach_fixes(t0=t0 + 30)]:
+        for fix in [*far, *breach_fixes(t0=t0 + 660)]:
             pub.send(f"{d.prefix}/tags/T-1001/fix", fix)
         pub.send(f"{d.prefix}/tags/T-1001/fix", b"garbage")
         col.wait_for(lambda ms: any(b'"confirmed"' in p for _, p, _ in ms), 20, "breach")

@@ -73,7 +73,7 @@ def test_sighup_swaps_the_good_files_keeps_a_bad_files_old_case_then_sigterm_dra
         for i in range(2):
             pub.send(f"{d.prefix}/tags/T-2002/fix", {**c2, "ts": now - 5 + i})
         col.wait_for(lambda ms: any("/alerts/C-0002" in t for t, _, _ in ms), 15, "C-0002")
-        for fix in breach_fixes(t0=now - 2):
+        for fix in breach_fixes(t0=now - 32):
             pub.send(f"{d.prefix}/tags/T-1001/fix", fix)
         col.wait_for(lambda ms: any("/alerts/C-0001" in t for t, _, _ in ms), 15, "C-0001")
         assert not col.json_on("/rejected/")

@@ -43,8 +43,10 @@ def test_seq_ranges_remember_exactly_what_was_added(values):
 def test_a_fix_dated_ahead_of_the_receiving_clock_does_not_make_the_next_ones_late():
     """Issue 16.11, exactly: one fix dated 100 s ahead (within max_future_s 120) is
     accepted; the correct fixes after it are still live, so the real breach they show is a
-    live breach (probable, then confirmed), not a late-breach warning."""
-    far, inside = at_distance(100, 2000), at_distance(100, -30)
+    live breach (probable, then confirmed), not a late-breach warning. The tag walks in
+    from 150 m out, so the breach is plausible evidence (engine/evidence.py), and the
+    future fix must neither count as evidence nor spoil the motion model for the next."""
+    far, inside = at_distance(100, 150), at_distance(100, -30)
     messages = [
         tag_msg(fix(T0, far, seq=1), received=T0 + 1),
         tag_msg(fix(T0 + 110, far, seq=2), received=T0 + 10),  # 100 s ahead
@@ -69,4 +71,17 @@ def test_lateness_is_still_judged_against_the_fixes_that_were_not_in_the_future(
         tag_msg(fix(T0 + 20, inside, seq=3), received=T0 + 61),  # older than T0 + 50: late
     ])
     assert [late for res in r.results for _, late in res.accepted] == [False, False, True]
+    assert r.ids("zone.late_breach")
+
+
+def test_a_fix_a_moment_ahead_is_clock_skew_and_still_orders_the_tag():
+    """A device's GPS time a fraction of a second (up to CLOCK_SKEW_S) past the receiving
+    clock is skew, not the future: the fix moves the watermark, so an older fix after it is
+    late. Before, rounding alone made most fixes 'ahead' and buffered uploads went live."""
+    far, inside = at_distance(100, 2000), at_distance(100, -30)
+    r = run([
+        tag_msg(fix(T0 + 50.0004, far, seq=1), received=T0 + 50),  # skew, not future
+        tag_msg(fix(T0 + 20, inside, seq=2), received=T0 + 60),  # buffered: late
+    ])
+    assert [late for res in r.results for _, late in res.accepted] == [False, True]
     assert r.ids("zone.late_breach")

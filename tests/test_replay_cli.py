@@ -33,8 +33,8 @@ def cases(tmp_path: Path) -> Path:
 
 def capture_lines() -> list[bytes]:
     fixes = track(
-        [at_distance(100, d) for d in (400, 200, -20, -20, -20, 40, 40)], times(T0, 30, 7)
-    )
+        [at_distance(100, d) for d in (400, 200, -20, -20, -20, 40, 80, 120)], times(T0, 30, 8)
+    )  # walks in, stays, walks out
     lines = [{"topic": "tagwatch/v1/tags/T-1/fix", "payload": f} for f in fixes]
     lines.append({"topic": "tagwatch/v1/tags/T-1/fix", "payload": fixes[:3]})  # a redelivery
     lines.append({"topic": "tagwatch/v1/tags/T-9/fix", "payload": fixes[0]})  # rejected

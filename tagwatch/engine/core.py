@@ -50,6 +50,9 @@ DUPLICATE, LATE, LIVE = "duplicate", "late", "live"
 RECENT = 16  # fixes remembered per tag for duplicate detection (seq, and time+position)
 RATE_S = {"fast": 5, "near": 15, "far": 60}  # report interval asked of the tag
 WARN_TEXT = "You are near a restricted area. Leave now."
+# A fix dated this little after its arrival is clock skew (a device's GPS time against
+# the receiver's, rounding), not the future: it moves the ordering watermark as usual.
+CLOCK_SKEW_S = 2.0
 MOTION_M = 1000.0  # the motion model (evidence of breaches) runs this near a zone
 
 
@@ -129,10 +132,10 @@ class Engine:
     def classify(self, fix: Fix, received: float | None = None) -> str:
         """Duplicate, late (older than the tag's latest) or live; remembers the fix.
 
-        `received` is the receiving clock (None: unknown). A fix dated ahead of it is live
-        but moves no watermark (DESIGN 3.2 Order): lateness is judged against the latest
-        fix that was not in the future when it arrived, so one suspicious timestamp cannot
-        turn the correct fixes after it into late ones."""
+        `received` is the receiving clock (None: unknown). A fix dated ahead of it by more
+        than CLOCK_SKEW_S is live but moves no watermark (DESIGN 3.2 Order): lateness is
+        judged against the latest fix that was not in the future when it arrived, so one
+        suspicious timestamp cannot turn the correct fixes after it into late ones."""
         tag, ts, seq = fix.tag, fix.ts, fix.seq
         st = self.tags.get(tag)
         if st is None:
@@ -161,7 +164,7 @@ class Engine:
         self.dirty.add(tag)
         if last is not None and ts < last:
             return LATE
-        if received is not None and ts > received:
+        if received is not None and ts > received + CLOCK_SKEW_S:
             if ahead is None or ts > ahead:
                 st.ahead_ts = ts
         else:
@@ -308,6 +311,13 @@ class Engine:
             return 1, False
         if not plausible:
             return 0, True  # a jump: tested against the zones, never evidence
+        if fix.ts == st.ahead_ts and (st.last_ts is None or fix.ts > st.last_ts):
+            # dated ahead of its arrival (DESIGN 3.2 Order): tested against the zones, but
+            # neither evidence nor a position for the motion model, whose clock it would
+            # move past the correct fixes that follow it
+            if st.motion is not None:
+                st.motion.seen = max(st.motion.seen, fix.ts)  # set aside, not "moved on"
+            return 0, True
         if st.motion is None or (st.pos_ts is not None and st.motion.seen < st.pos_ts):
             st.motion = _seed_motion(st)  # none yet, or the quiet path has moved on since
         st.motion, verdict = evidence.judge(st.motion, fix, xyz)

@@ -80,7 +80,8 @@ def weight(verdict: str, apart: float) -> float:
         pieces = 2.0 if verdict == CORROBORATED else 1.0
     if verdict == MOVING:
         return 2.0
-    return pieces * min(1.0, apart / INDEPENDENT_S)
+    # apart < 0: the previous fix was dated ahead of its arrival (DESIGN 3.2): no credit
+    return pieces * min(1.0, max(apart, 0.0) / INDEPENDENT_S)
 
 
 def judge(m: Motion | None, fix: Fix, xyz: tuple) -> tuple[Motion | None, str]:

@@ -95,6 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     notify.add_argument("--breaches", type=int, default=200, help="breaches to time")
     notify.add_argument("--json", action="store_true", help="print one JSON object")
     notify.set_defaults(handler=_bench_notify)
+    quality = which.add_parser("quality", help="alert quality on realistic GPS error")
+    quality.add_argument("--json", action="store_true", help="print one JSON object")
+    quality.add_argument("--seed", type=int, default=17, help="seed of the generated set")
+    quality.set_defaults(handler=_bench_quality)
     _daemon_commands(commands)
     return parser
 
@@ -493,6 +497,12 @@ def _bench_notify(args: argparse.Namespace) -> int:
     from tagwatch.bench import notify
 
     return notify.main(args.broker, args.breaches, args.json)
+
+
+def _bench_quality(args: argparse.Namespace) -> int:
+    from tagwatch.bench import quality
+
+    return quality.main(args.json, args.seed)
 
 
 if __name__ == "__main__":

@@ -41,13 +41,22 @@ class FixView:
     hot path, and this is several times cheaper to create.
     """
 
-    __slots__ = ("distance", "exact", "fix", "plausible", "tag")
+    __slots__ = ("displaced", "distance", "exact", "fix", "plausible", "tag", "weight")
 
     def __init__(
-        self, tag: str, fix: Fix, distance: float, plausible: bool, exact: bool = True
+        self,
+        tag: str,
+        fix: Fix,
+        distance: float,
+        plausible: bool,
+        exact: bool = True,
+        weight: int = 1,
+        displaced: bool = False,
     ) -> None:
         self.tag = tag
         self.fix = fix
         self.distance = distance  # signed metres, negative inside
         self.plausible = plausible  # False for a jumped fix: tested against zones, no speeds
         self.exact = exact  # False beyond the geometry horizon: a lower bound, no speeds
+        self.weight = weight  # pieces of evidence of a breach when deep inside (evidence.py)
+        self.displaced = displaced  # off the tag's motion (multipath?): it ends no breach

@@ -21,6 +21,7 @@ import numpy as np
 
 from tagwatch.config import Rules, rules_with
 from tagwatch.engine import (
+    evidence,
     patterns,
     recent,
     seqs,
@@ -33,6 +34,7 @@ from tagwatch.engine.context import FixView, VictimInfo, ZoneInfo
 from tagwatch.engine.emit import Emitter
 from tagwatch.engine.state import (
     DeviceState,
+    Motion,
     TagState,
     VictimTrack,
     ZoneTrack,
@@ -42,12 +44,13 @@ from tagwatch.engine.state import (
 )
 from tagwatch.engine.tag_rules import chord
 from tagwatch.wire import Fix, rate_command, warn_command
-from zones import Zone, ZoneSet
+from zones import Zone, ZoneSet, ecef
 
 DUPLICATE, LATE, LIVE = "duplicate", "late", "live"
 RECENT = 16  # fixes remembered per tag for duplicate detection (seq, and time+position)
 RATE_S = {"fast": 5, "near": 15, "far": 60}  # report interval asked of the tag
 WARN_TEXT = "You are near a restricted area. Leave now."
+MOTION_M = 1000.0  # the motion model (evidence of breaches) runs this near a zone
 
 
 class Engine:
@@ -234,8 +237,10 @@ class Engine:
         plausible = not tag_rules.jumped(st, tag, fix, xyz, cases, em)
         if st.no_fix is not None:
             watchdog.end(st, tag, watchdog.NO_FIX, fix.ts, cases, em)
-        st.last_pos_ts = fix.ts
-        nearest = self._zones(st, fix, rows, plausible, em)
+        previous, st.last_pos_ts = st.last_pos_ts, fix.ts
+        rows = list(rows)
+        weight, displaced = self._weight(st, fix, xyz, rows, plausible, previous)
+        nearest = self._zones(st, fix, rows, plausible, em, weight, displaced)
         if plausible:
             st.lon, st.lat, st.acc, st.pos_ts, st.xyz = fix.lon, fix.lat, fix.acc, fix.ts, xyz
             _remember_position(st, fix, cases[0][1])
@@ -290,7 +295,35 @@ class Engine:
         if st.no_fix is None and since is not None and fix.ts - since >= rules.no_fix_s:
             watchdog.fire(st, fix.tag, watchdog.NO_FIX, fix.ts, cases, em)
 
-    def _zones(self, st: TagState, fix: Fix, rows: Iterator, plausible: bool, em: Emitter) -> float:
+    def _weight(
+        self, st: TagState, fix: Fix, xyz: tuple, rows: list, plausible: bool, previous
+    ) -> tuple[float, bool]:
+        """The fix's worth as evidence of a breach (engine/evidence.py). The motion model
+        runs only within MOTION_M of an exclusion zone, or near a curfew zone, or while
+        a breach is open; elsewhere it is dropped."""
+        exclusion = self.zone_exclusion
+        breach = any(t.breach is not None for t in st.zones.values())
+        if not breach and not any(d <= MOTION_M or not exclusion[z] for z, _i, d, _a in rows):
+            st.motion = None
+            return 1, False
+        if not plausible:
+            return 0, True  # a jump: tested against the zones, never evidence
+        if st.motion is None or (st.pos_ts is not None and st.motion.seen < st.pos_ts):
+            st.motion = _seed_motion(st)  # none yet, or the quiet path has moved on since
+        st.motion, verdict = evidence.judge(st.motion, fix, xyz)
+        apart = math.inf if previous is None else fix.ts - previous
+        return evidence.weight(verdict, apart), verdict in evidence.OFF_TRACK
+
+    def _zones(
+        self,
+        st: TagState,
+        fix: Fix,
+        rows: list,
+        plausible: bool,
+        em: Emitter,
+        weight: int = 1,
+        displaced: bool = False,
+    ) -> float:
         """Zone rules for one fix; returns the distance to the nearest exclusion zone."""
         nearest = math.inf
         visiting: set[str] = set()
@@ -304,7 +337,9 @@ class Engine:
             info, track, new = found
             if new and exclusion:
                 self._seed_window(track, z, fix.tag, st)
-            view = FixView(fix.tag, fix, distance, plausible, distance <= self.quiet_m)
+            view = FixView(
+                fix.tag, fix, distance, plausible, distance <= self.quiet_m, weight, displaced
+            )
             opened = zone_rules.apply(track, info, view, active, em)
             if zone_rules.ZONE_WARNING in opened or (
                 zone_rules.BREACH in opened and track.warning is None
@@ -379,7 +414,7 @@ class Engine:
                     continue
                 track = st.victims[victim.key] = VictimTrack()
             view = FixView(fix.tag, fix, distance, plausible)
-            victim_rules.proximity(track, victim, view, em, fix.ts)
+            victim_rules.proximity(track, victim, view, em, fix.ts, device)
             if victim_rules.approach_device(track, victim, view, em) or track.approach:
                 patterns.activity(st, fix.tag, victim.case, fix, victim.rules, em)
         return nearest
@@ -428,7 +463,9 @@ class Engine:
         device = self.devices.get(fix.tag)
         if device is not None and fix.ts <= device.ts:
             return  # an older or duplicate victim position moves nothing
-        self.devices[fix.tag] = DeviceState(fix.ts, fix.lon, fix.lat, xyz)
+        device = self.devices[fix.tag] = DeviceState(
+            fix.ts, fix.lon, fix.lat, xyz, fix.acc, evidence.coarse(fix)
+        )
         self.dirty.add(f"device:{fix.tag}")
         for tag, victim in self.device_victims.get(fix.tag, ()):
             st = self.tags.get(tag)
@@ -443,7 +480,8 @@ class Engine:
                     continue
                 track = st.victims[victim.key] = VictimTrack()
             last = Fix(tag=tag, ts=st.pos_ts, lat=st.lat, lon=st.lon, acc=st.acc or 15.0)
-            victim_rules.proximity(track, victim, FixView(tag, last, distance, True), em, fix.ts)
+            view = FixView(tag, last, distance, True)
+            victim_rules.proximity(track, victim, view, em, fix.ts, device)
             self.dirty.add(tag)
 
     # -- checkpoints ------------------------------------------------------------------
@@ -514,6 +552,22 @@ def _device_quiet(st: TagState, fix: Fix, rules: Rules) -> bool:
         return True
     low = rules.battery_low_pct
     return bat > low if st.battery_armed else bat < low + 10
+
+
+def _seed_motion(st: TagState) -> Motion | None:
+    """A motion model from what the quiet path kept: the last plausible position and,
+    from the two latest of the recent track, a velocity."""
+    if st.xyz is None or st.pos_ts is None:
+        return None
+    m = Motion(st.pos_ts, *st.xyz, st.acc or 15.0)
+    if len(st.track) >= 64:  # two rows of (ts, lon, lat, acc) doubles
+        ts, lon, lat, _acc = recent.track_columns(st.track)
+        dt = float(ts[-1] - ts[-2])
+        if dt > 0 and ts[-1] == st.pos_ts:
+            a, b = ecef(lon[-2:], lat[-2:]).tolist()
+            m.vx, m.vy, m.vz = ((b[k] - a[k]) / dt for k in range(3))
+            m.known = 2
+    return m
 
 
 def _remember_position(st: TagState, fix: Fix, rules: Rules) -> None:

@@ -23,9 +23,27 @@ class Episode(msgspec.Struct, gc=False):
     confidence: str | None = None
 
 
+class Motion(msgspec.Struct, gc=False):
+    """A tag's motion near a zone (engine/evidence.py): the last trusted position (ECEF
+    metres), its accuracy, a smoothed velocity, and the displaced fixes since."""
+
+    ts: float
+    x: float
+    y: float
+    z: float
+    acc: float
+    vx: float = 0.0
+    vy: float = 0.0
+    vz: float = 0.0
+    known: int = 0  # trusted moves since the anchor was set: the velocity is known from 2
+    seen: float = 0.0  # the latest fix judged (an older one than the tag's: the quiet path ran)
+    run: list[tuple[float, float, float, float, float]] = msgspec.field(default_factory=list)
+
+
 class ZoneTrack(msgspec.Struct, gc=False):
     breach: Episode | None = None
     inside_run: int = 0  # consecutive fixes inside (confirms a breach)
+    evidence: float = 0.0  # pieces of evidence of the open breach (engine/evidence.py)
     exit_run: int = 0  # consecutive fixes clearly outside (ends a breach)
     warning: Episode | None = None
     warn_clear_run: int = 0
@@ -92,6 +110,7 @@ class TagState(msgspec.Struct, gc=False):
     zones: dict[str, ZoneTrack] = msgspec.field(default_factory=dict)
     victims: dict[str, VictimTrack] = msgspec.field(default_factory=dict)
     visits: dict[str, list[Visit]] = msgspec.field(default_factory=dict)  # per case
+    motion: Motion | None = None  # near a zone only; new fields default: old checkpoints load
 
 
 class DeviceState(msgspec.Struct, gc=False):
@@ -101,6 +120,8 @@ class DeviceState(msgspec.Struct, gc=False):
     lon: float
     lat: float
     xyz: tuple[float, float, float]
+    acc: float = 15.0
+    coarse: bool = False  # fix "lbs" or acc of hundreds of metres: no critical proximity alone
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -9,14 +9,16 @@ than silently resolved (no false sense of safety).
 
 from __future__ import annotations
 
-from tagwatch.engine import approach
-from tagwatch.engine.alerts import CRITICAL, OPEN, RESOLVED, UPDATED, alert_id
+import math
+
+from tagwatch.engine import approach, evidence
+from tagwatch.engine.alerts import CRITICAL, OPEN, RESOLVED, UPDATED, WARNING, alert_id
 from tagwatch.engine.context import FixView, VictimInfo
 from tagwatch.engine.emit import Emitter
-from tagwatch.engine.state import Episode, VictimTrack
+from tagwatch.engine.state import DeviceState, Episode, VictimTrack
 
 PROXIMITY = "proximity"
-STALE = "stale"
+STALE, PROBABLE, CONFIRMED = "stale", "probable", "confirmed"
 
 
 def _emit(
@@ -47,24 +49,48 @@ def _emit(
 
 
 def proximity(
-    track: VictimTrack, victim: VictimInfo, view: FixView, em: Emitter, ts: float
+    track: VictimTrack,
+    victim: VictimInfo,
+    view: FixView,
+    em: Emitter,
+    ts: float,
+    device: DeviceState,
 ) -> bool:
-    """Check proximity with a fresh distance; `ts` is the event that caused the check."""
+    """Check proximity with a fresh distance; `ts` is the event that caused the check.
+
+    Judged with both fixes' accuracy (DESIGN 3.6): when either is coarse (`lbs`, or
+    `acc` over evidence.COARSE_M) a pair within the radius opens a `probable`
+    proximity (warning) only; a pair of good fixes within it makes it `confirmed`
+    (critical). Leaving needs 2 pairs beyond the radius by more than the margin, or
+    than both accuracies for a coarse pair."""
     d, rules = view.distance, victim.rules
     episode = track.proximity
+    coarse = device.coarse or evidence.coarse(view.fix)
     where = f"{d:.0f} m from victim {victim.victim}'s device"
     if d <= victim.radius_m:
         track.clear_run = 0
         if episode is None:
             ep_id = alert_id(victim.case, view.tag, PROXIMITY, victim.victim, ts)
-            track.proximity = Episode(ep_id, ts, CRITICAL, "confirmed")
-            _emit(em, victim, view, track.proximity, OPEN, where, ts)
+            if coarse:
+                track.proximity = Episode(ep_id, ts, WARNING, PROBABLE)
+                detail = f"{where} (a coarse position: probable)"
+            else:
+                track.proximity = Episode(ep_id, ts, CRITICAL, CONFIRMED)
+                detail = where
+            _emit(em, victim, view, track.proximity, OPEN, detail, ts)
             return True
-        if episode.confidence == STALE:
-            episode.confidence = "confirmed"
+        if not coarse and episode.confidence != CONFIRMED:
+            again = " (position fresh again)" if episode.confidence == STALE else " (confirmed)"
+            episode.severity, episode.confidence = CRITICAL, CONFIRMED
+            _emit(em, victim, view, episode, UPDATED, f"{where}{again}", ts)
+        elif coarse and episode.confidence == STALE:
+            episode.confidence = CONFIRMED if episode.severity == CRITICAL else PROBABLE
             _emit(em, victim, view, episode, UPDATED, f"{where} (position fresh again)", ts)
         return False
-    if episode is not None and d > victim.radius_m + rules.exit_margin_m:
+    margin = rules.exit_margin_m
+    if coarse:
+        margin = max(margin, math.hypot(view.fix.acc, device.acc))
+    if episode is not None and d > victim.radius_m + margin:
         track.clear_run += 1
         if track.clear_run >= 2:
             _emit(em, victim, view, episode, RESOLVED, where, ts)

@@ -15,7 +15,7 @@ Semantics (DESIGN 3.6, and the README where the design is silent):
 
 from __future__ import annotations
 
-from tagwatch.engine import approach
+from tagwatch.engine import approach, evidence
 from tagwatch.engine.alerts import (
     CRITICAL,
     INFO,
@@ -123,10 +123,13 @@ def _breach(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> boo
         track.exit_run = 0
         track.inside_run += 1
         return _inside(
-            track, zone, view, em, BREACH, f"inside exclusion zone {zone.zone} by {-d:.0f} m"
+            track, zone, view, em, BREACH, -d, f"inside exclusion zone {zone.zone} by {-d:.0f} m"
         )
     if d > _clear_margin(zone, view):
-        track.inside_run = 0
+        if view.displaced:
+            return False  # displaced (multipath): neither ends a breach nor breaks its run
+        if not evidence.coarse(view.fix):
+            track.inside_run = track.evidence = 0
         if track.breach is not None:
             track.exit_run += 1
             if track.exit_run >= 2:
@@ -137,13 +140,27 @@ def _breach(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> boo
 
 
 def _inside(
-    track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter, kind: str, detail: str
+    track: ZoneTrack,
+    zone: ZoneInfo,
+    view: FixView,
+    em: Emitter,
+    kind: str,
+    depth: float,
+    detail: str,
 ) -> bool:
-    """The shared confirmation logic of zone and curfew breaches; True when opened."""
+    """The shared confirmation logic of zone and curfew breaches; True when opened.
+
+    A fix adds its weight in evidence (engine/evidence.py), in full when it is inside
+    by more than one sigma of its error (acc / 1.515), in proportion when shallower;
+    2 pieces confirm. So does staying: a plausible fix inside
+    after PERSIST_S of fixes inside (no multipath lasts that long)."""
+    gained = view.weight if depth * evidence.SIGMA_PER_ACC > view.fix.acc else 0.0
     episode = track.breach
+    opened = episode is None
     if episode is None:
         ep_id = alert_id(zone.case, view.tag, kind, zone.zone, view.fix.ts)
-        track.breach = Episode(ep_id, view.fix.ts, WARNING, PROBABLE)
+        episode = track.breach = Episode(ep_id, view.fix.ts, WARNING, PROBABLE)
+        track.evidence = gained
         _emit(
             em,
             zone,
@@ -155,21 +172,25 @@ def _inside(
             f"{detail} (one fix: probable)",
             confidence=PROBABLE,
         )
-        return True
-    if episode.confidence == PROBABLE and track.inside_run >= 2:
-        episode.severity, episode.confidence = CRITICAL, CONFIRMED
-        _emit(
-            em,
-            zone,
-            view,
-            kind,
-            episode.id,
-            CRITICAL,
-            UPDATED,
-            f"{detail} (confirmed)",
-            confidence=CONFIRMED,
+    else:
+        track.evidence += gained
+    if episode.confidence == PROBABLE and (
+        track.evidence >= 2
+        or (
+            view.weight > 0
+            and track.inside_run >= 3
+            and view.fix.ts - episode.opened >= evidence.PERSIST_S
         )
-    return False
+    ):
+        _confirm(em, zone, view, kind, episode, f"{detail} (confirmed)")
+    return opened
+
+
+def _confirm(
+    em: Emitter, zone: ZoneInfo, view: FixView, kind: str, episode: Episode, detail: str
+) -> None:
+    episode.severity, episode.confidence = CRITICAL, CONFIRMED
+    _emit(em, zone, view, kind, episode.id, CRITICAL, UPDATED, detail, confidence=CONFIRMED)
 
 
 def _end_breach(
@@ -190,7 +211,7 @@ def _end_breach(
         exit_id = alert_id(zone.case, view.tag, EXIT, zone.zone, view.fix.ts)
         _emit(em, zone, view, EXIT, exit_id, INFO, OPEN, detail)
     track.breach = None
-    track.exit_run = track.inside_run = 0
+    track.exit_run = track.inside_run = track.evidence = 0
 
 
 def _schedule_ended(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> None:
@@ -207,6 +228,7 @@ def _schedule_ended(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter
             _resolve(em, zone, view, kind, episode, f"schedule of zone {zone.zone} ended")
             setattr(track, attr, None)
     track.inside_run = track.exit_run = track.warn_clear_run = track.approach_low_run = 0
+    track.evidence = 0
     track.window.clear()
     track.loiter_start = track.loiter_last = None
 
@@ -220,9 +242,12 @@ def _curfew(track: ZoneTrack, zone: ZoneInfo, view: FixView, active: bool, em: E
     if d > 0:
         track.exit_run = 0
         track.inside_run += 1  # "inside" the violation: outside the inclusion zone
-        _inside(track, zone, view, em, CURFEW, f"outside curfew zone {zone.zone} by {d:.0f} m")
+        _inside(track, zone, view, em, CURFEW, d, f"outside curfew zone {zone.zone} by {d:.0f} m")
     elif -d > _clear_margin(zone, view):
-        track.inside_run = 0
+        if view.displaced:
+            return  # displaced (multipath): neither ends a breach nor breaks its run
+        if not evidence.coarse(view.fix):
+            track.inside_run = track.evidence = 0
         if track.breach is not None:
             track.exit_run += 1
             if track.exit_run >= 2:
@@ -327,11 +352,25 @@ def _approach(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> b
 
 
 def late(track: ZoneTrack, zone: ZoneInfo, view: FixView, active: bool, em: Emitter) -> None:
-    """A buffered, out-of-order fix: one late breach per run of late fixes inside a zone."""
+    """A buffered, out-of-order fix: one late breach per run of late fixes inside a zone.
+
+    A late fix inside while a probable breach of the zone is open is evidence for it
+    too (DESIGN 3.6): it adds to the breach's evidence (one piece when inside by more
+    than its accuracy; no motion model judges the past) and confirms it when they
+    add up. It also raises the run's late breach: the upload shows a visit either way."""
     violating = active and (view.distance <= 0 if zone.exclusion else view.distance > 0)
-    covered = track.breach is not None and track.breach.opened <= view.fix.ts
-    if covered:
-        return  # the live breach episode already covers this time
+    breach = track.breach
+    if breach is not None and breach.opened <= view.fix.ts:
+        if breach.confidence == CONFIRMED or not violating:
+            return  # the live breach episode already covers this time
+        depth = -view.distance if zone.exclusion else view.distance
+        if depth > 0:
+            track.evidence += min(1.0, depth * evidence.SIGMA_PER_ACC / view.fix.acc)
+        if track.evidence >= 2:
+            kind = BREACH if zone.exclusion else CURFEW
+            where = "inside exclusion zone" if zone.exclusion else "outside curfew zone"
+            detail = f"buffered fixes show the tag {where} {zone.zone} (confirmed)"
+            _confirm(em, zone, view, kind, breach, detail)
     if not violating:
         track.late_run = None
         return

@@ -1,0 +1,792 @@
+"""`tagwatch bench quality`: alert quality under realistic GPS error, beside naive rules.
+
+A seeded world: tags walking (and now and then driving) between places, each
+tag with its own case of two exclusion circles and a victim phone. It visits
+the zones, stands 40-250 m outside them, passes by, comes near the victim or
+stands just beyond the victim's radius. Every fix gets the error real tags show
+(issue 17): a Gauss-Markov error per tag (tau 30-120 s, sigma 4-12 m), urban
+canyon multipath episodes (a bias of 30-150 m in one direction for 10-180 s
+while `acc` stays 10-30 m) towards the zone while the tag stands outside it and
+away from it while the tag is inside, honest bad fixes (`lbs` or indoor, `acc`
+50-300 m) on tags and victim phones, report intervals of 30, 60 and 120 s, and
+gaps of 5-20 minutes followed by a buffered upload (late, shuffled), some of
+them over a whole visit (a dark visit) or starting right after its first fix.
+
+Truth comes from the noise-free track: a visit is >= 60 s continuously inside a
+zone; a critical breach is false when the true track stayed more than 20 m
+outside the zone from the breach's opening to its confirmation.
+
+The fixes go through the real pipeline (tagwatch.pipeline, event time, as in
+`tagwatch replay`). In the same run, on the same accepted fixes, two naive rules
+are computed: literal (the first fix inside is critical) and two consecutive
+fixes inside (the rule tagwatch shipped first); both end a breach as the
+engine's hysteresis does (2 fixes clearly outside). Proximity is compared with
+the literal rule (any pair of fixes within the victim's radius is critical).
+
+The closed loop replays the 30 s and 60 s tags again with tags that obey the
+engine's `rate` commands (as simulators/device.py does), fix by fix, and
+measures the time from true entry to the confirmed breach.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from tagwatch.bench.report import Progress
+from tagwatch.config import Rules
+from tagwatch.pipeline import Inbound, Pipeline
+from tagwatch.wire import Topics, parse_rfc3339
+from zones import ZoneSet, parse_case
+
+T0 = 1_783_332_000.0  # 2026-07-06T10:00:00Z, a Monday
+HOURS = 5.0
+LOOP_HOURS = 3.0  # the closed loop goes fix by fix (rate commands): the first hours only
+TAGS = 42
+INTERVALS = (30.0, 60.0, 120.0)
+RADIUS_V = 300.0  # the victims' mobile_radius_m
+VICTIM_EVERY_S = 60.0
+WALK, DRIVE = 1.4, 11.0
+VISIT_MIN_S, MUST_ALERT_S = 60.0, 120.0
+FALSE_MARGIN_M = 20.0
+EXIT_MARGIN_M = 20.0
+TRUTH_STEP_S = 5.0
+LONDON = (-0.1278, 51.5074)
+TOPICS = Topics()
+
+
+# -- the world -----------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """One tag's world in its local metric frame (east, north metres from its origin)."""
+
+    tag: str
+    case: str
+    device: str
+    interval: float
+    origin: tuple[float, float]  # lon, lat
+    zones: list[tuple[str, float, float, float]]  # name, x, y, radius
+    victim: tuple[float, float]
+    way_t: list[float] = field(default_factory=list)  # waypoints of the true track
+    way_x: list[float] = field(default_factory=list)
+    way_y: list[float] = field(default_factory=list)
+    multipath: list[tuple[float, float, float, float]] = field(default_factory=list)  # t0 t1 bx by
+    gaps: list[tuple[float, float, int]] = field(default_factory=list)  # t0, t1, upload after
+    tau: float = 60.0
+    sigma: float = 8.0
+    planned_visits: list[tuple[str, float, float]] = field(default_factory=list)  # zone, in, out
+
+    def at(self, t) -> tuple[np.ndarray, np.ndarray]:
+        return np.interp(t, self.way_t, self.way_x), np.interp(t, self.way_t, self.way_y)
+
+    def lonlat(self, x, y):
+        lon0, lat0 = self.origin
+        phi = math.radians(lat0)
+        m_lat = 111132.954 - 559.822 * math.cos(2 * phi) + 1.175 * math.cos(4 * phi)
+        m_lon = 111412.84 * math.cos(phi) - 93.5 * math.cos(3 * phi)
+        return lon0 + np.asarray(x) / m_lon, lat0 + np.asarray(y) / m_lat
+
+
+def _bearing_vec(deg: float) -> tuple[float, float]:
+    return math.sin(math.radians(deg)), math.cos(math.radians(deg))
+
+
+def _plan(rng: np.random.Generator, i: int) -> Plan:
+    origin = (LONDON[0] + (i % 7) * 0.09, LONDON[1] + (i // 7) * 0.055)  # ~6 km apart
+    ra, rb = rng.uniform(60, 160, 2)
+    bz = rng.uniform(0, 360)
+    dz = rng.uniform(600, 1000)
+    zb = (dz * _bearing_vec(bz)[0], dz * _bearing_vec(bz)[1])
+    bv = bz + rng.uniform(100, 260)
+    dv = rng.uniform(1300, 1800)
+    plan = Plan(
+        tag=f"T-{i:03d}",
+        case=f"C-{i:03d}",
+        device=f"VD-{i:03d}",
+        interval=INTERVALS[i % 3],
+        origin=origin,
+        zones=[("a", 0.0, 0.0, float(ra)), ("b", zb[0], zb[1], float(rb))],
+        victim=(dv * _bearing_vec(bv)[0], dv * _bearing_vec(bv)[1]),
+        tau=float(rng.uniform(30, 120)),
+        sigma=float(rng.uniform(4, 12)),
+    )
+    _itinerary(plan, rng)
+    _gaps(plan, rng)
+    return plan
+
+
+def _itinerary(plan: Plan, rng: np.random.Generator) -> None:
+    end = HOURS * 3600
+    a = rng.uniform(0, 360)
+    here = [400 * _bearing_vec(a)[0], 400 * _bearing_vec(a)[1]]
+    t = 0.0
+    plan.way_t, plan.way_x, plan.way_y = [t], [here[0]], [here[1]]
+
+    def go(x: float, y: float, speed: float = WALK) -> float:
+        nonlocal t
+        dist = math.hypot(x - here[0], y - here[1])
+        if dist > 1500 and speed == WALK:  # drive most of a long way
+            f = (dist - 300) / dist
+            go(here[0] + f * (x - here[0]), here[1] + f * (y - here[1]), DRIVE)
+            dist = math.hypot(x - here[0], y - here[1])
+        t += dist / speed
+        here[0], here[1] = x, y
+        plan.way_t.append(t), plan.way_x.append(x), plan.way_y.append(y)
+        return t
+
+    def stay(seconds: float) -> float:
+        nonlocal t
+        t += seconds
+        plan.way_t.append(t), plan.way_x.append(here[0]), plan.way_y.append(here[1])
+        return t
+
+    def episode(start: float, stop: float, bearing: float) -> None:
+        dur = rng.uniform(10, 180)
+        t0 = rng.uniform(start, max(start, stop - dur))
+        bias = rng.uniform(30, 150)
+        ex, ny = _bearing_vec(bearing)
+        plan.multipath.append((t0, min(stop, t0 + dur), bias * ex, bias * ny))
+
+    def visit(zone) -> None:
+        name, cx, cy, r = zone
+        b = rng.uniform(0, 360)
+        off = rng.uniform(0, 0.5) * r
+        tx, ty = cx + off * _bearing_vec(b)[0], cy + off * _bearing_vec(b)[1]
+        arrive = go(tx, ty)
+        dwell = rng.uniform(60, 120) if rng.random() < 0.25 else rng.uniform(120, 900)
+        leave = stay(dwell)
+        plan.planned_visits.append((name, arrive - (r - off) / WALK, leave))
+        if dwell >= 180 and rng.random() < 0.7:  # multipath jumps it out
+            episode(arrive, leave, b + rng.uniform(-25, 25))
+        out = r + rng.uniform(100, 400)
+        b2 = rng.uniform(0, 360)
+        go(cx + out * _bearing_vec(b2)[0], cy + out * _bearing_vec(b2)[1])
+
+    while t < end:
+        u = rng.random()
+        zone = plan.zones[int(rng.integers(2))]
+        if u < 0.3:
+            visit(zone)
+        elif u < 0.6:  # stand outside: multipath jumps it in
+            _name, cx, cy, r = zone
+            b = rng.uniform(0, 360)
+            d = r + rng.uniform(40, 250)
+            arrive = go(cx + d * _bearing_vec(b)[0], cy + d * _bearing_vec(b)[1])
+            dwell = rng.uniform(300, 1200)
+            leave = stay(dwell)
+            for _ in range(1 if dwell < 600 else 2):
+                if rng.random() < 0.9:
+                    episode(arrive, leave, b + 180 + rng.uniform(-20, 20))
+            if rng.random() < 0.12:
+                visit(zone)  # then walks in
+        elif u < 0.75:  # pass by: somewhere 300-1200 m away
+            b, d = rng.uniform(0, 360), rng.uniform(300, 1200)
+            go(here[0] + d * _bearing_vec(b)[0], here[1] + d * _bearing_vec(b)[1])
+        elif u < 0.85:  # near the victim (a true proximity)
+            b, d = rng.uniform(0, 360), rng.uniform(0.2, 0.7) * RADIUS_V
+            go(plan.victim[0] + d * _bearing_vec(b)[0], plan.victim[1] + d * _bearing_vec(b)[1])
+            stay(rng.uniform(120, 480))
+        else:  # just beyond the victim's radius
+            b, d = rng.uniform(0, 360), rng.uniform(1.4, 2.5) * RADIUS_V
+            go(plan.victim[0] + d * _bearing_vec(b)[0], plan.victim[1] + d * _bearing_vec(b)[1])
+            stay(rng.uniform(300, 900))
+    for _ in range(int(rng.poisson(HOURS))):  # background multipath, any direction
+        s = rng.uniform(0, end)
+        episode(s, s + 180, rng.uniform(0, 360))
+
+
+def _gaps(plan: Plan, rng: np.random.Generator) -> None:
+    gaps: list[tuple[float, float, int]] = []
+
+    def free(a: float, b: float) -> bool:
+        return all(b + 300 < g0 or a > g1 + 300 for g0, g1, _ in gaps)
+
+    dark = [v for v in plan.planned_visits if 120 <= v[2] - v[1] <= 720]
+    if dark and rng.random() < 0.7:
+        _name, enter, leave = dark[int(rng.integers(len(dark)))]
+        if rng.random() < 0.5:  # the whole visit dark
+            a = enter - rng.uniform(30, 90)
+        else:  # dark from just after its first fix inside
+            a = enter + plan.interval * rng.uniform(0.3, 1.0) + 15
+        b = max(leave + rng.uniform(30, 120), a + 300)
+        if b - a <= 1200:
+            gaps.append((a, b, int(rng.integers(1, 3))))
+    for _ in range(int(rng.integers(1, 3))):
+        a = rng.uniform(600, HOURS * 3600 - 1500)
+        b = a + rng.uniform(300, 1200)
+        if free(a, b):
+            gaps.append((a, b, int(rng.integers(1, 3))))
+    plan.gaps = sorted(gaps)
+
+
+def cases(plans: list[Plan]) -> ZoneSet:
+    docs = []
+    for p in plans:
+        features = []
+        for name, x, y, r in p.zones:
+            lon, lat = p.lonlat(x, y)
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Point", "coordinates": [float(lon), float(lat)]},
+                    "properties": {"zone": name, "kind": "exclusion", "radius_m": r},
+                }
+            )
+        victim = {"id": "V", "phone": "+447700900123", "device": p.device}
+        victim["mobile_radius_m"] = RADIUS_V
+        meta = {"id": p.case, "tags": [p.tag], "timezone": "Europe/London", "victims": [victim]}
+        docs.append({"type": "FeatureCollection", "case": meta, "features": features})
+    return ZoneSet([parse_case(d, f"{d['case']['id']}.geojson") for d in docs])
+
+
+# -- devices ------------------------------------------------------------------------------
+
+
+class TagDevice:
+    """Fixes of one tag with the error model, taken when due; obeys `rate` when asked."""
+
+    def __init__(self, plan: Plan, rng: np.random.Generator, obey: bool) -> None:
+        self.plan, self.rng, self.obey = plan, rng, obey
+        self.interval = plan.interval
+        self.next_at = float(rng.uniform(0, plan.interval))
+        self.last_t: float | None = None
+        self.err = rng.normal(0, plan.sigma, 2)
+        self.seq = 0
+        self.buffer: list[dict] = []
+        self.upload_in = 0  # live fixes until the buffer goes
+        self.taken: list[tuple[float, float, float, bool]] = []  # t, x, y (sent), buffered
+
+    def _gap(self, t: float) -> tuple[float, float, int] | None:
+        return next((g for g in self.plan.gaps if g[0] <= t < g[1]), None)
+
+    def fix(self) -> list[bytes]:
+        """Take the fix due now; returns the payloads sent at this moment."""
+        p, rng, t = self.plan, self.rng, self.next_at
+        if self.last_t is not None:
+            phi = math.exp(-(t - self.last_t) / p.tau)
+            self.err = phi * self.err + p.sigma * math.sqrt(1 - phi * phi) * rng.normal(0, 1, 2)
+        self.last_t = t
+        self.next_at = t + self.interval
+        tx, ty = p.at(t)
+        obj: dict = {"ts": round(T0 + t, 3), "seq": self.seq}
+        self.seq += 1
+        if rng.random() < 0.03:  # honest bad fix: lbs or indoor, large acc
+            acc = float(rng.uniform(50, 300))
+            ex, ey = rng.normal(0, acc / 1.515, 2)
+            if rng.random() < 0.5:
+                obj["fix"] = "lbs"
+        else:
+            ex, ey = self.err
+            acc = float(np.clip(p.sigma * 1.515 * rng.uniform(0.8, 1.25), 4, 30))
+            for m0, m1, bx, by in p.multipath:
+                if m0 <= t < m1:
+                    ex, ey, acc = ex + bx, ey + by, float(rng.uniform(10, 30))
+                    break
+        x, y = float(tx) + ex, float(ty) + ey
+        lon, lat = p.lonlat(x, y)
+        obj.update(lat=round(float(lat), 7), lon=round(float(lon), 7), acc=round(acc, 1))
+        gap = self._gap(t)
+        self.taken.append((t, x, y, gap is not None))
+        if gap is not None:
+            if not self.buffer:
+                self.upload_in = gap[2]
+            self.buffer.append(obj)
+            return []
+        out = [orjson.dumps(obj)]
+        if self.buffer:
+            self.upload_in -= 1
+            if self.upload_in <= 0:
+                order = rng.permutation(len(self.buffer))
+                out.append(orjson.dumps([self.buffer[k] for k in order]))
+                self.buffer = []
+        return out
+
+    def command(self, payload: bytes, now: float) -> None:
+        """As simulators/device.py: a new interval counts from the latest fix, not before now."""
+        cmd = orjson.loads(payload)
+        if self.obey and cmd.get("cmd") == "rate":
+            new = float(cmd["interval_s"])
+            if new != self.interval:
+                last = self.next_at - self.interval
+                self.interval = new
+                self.next_at = max(now, last + new)
+
+
+class VictimPhone:
+    def __init__(self, plan: Plan, rng: np.random.Generator) -> None:
+        self.plan, self.rng = plan, rng
+        self.next_at = float(rng.uniform(0, VICTIM_EVERY_S))
+        self.err = rng.normal(0, 5.0, 2)
+
+    def fix(self) -> bytes:
+        rng, t = self.rng, self.next_at
+        self.next_at += VICTIM_EVERY_S
+        phi = math.exp(-VICTIM_EVERY_S / 60.0)
+        self.err = phi * self.err + 5.0 * math.sqrt(1 - phi * phi) * rng.normal(0, 1, 2)
+        obj: dict = {"ts": round(T0 + t, 3)}
+        u = rng.random()
+        if u < 0.15:  # the phone indoors: a cell fix of hundreds of metres, or a poor GNSS one
+            acc = float(rng.uniform(150, 400) if u < 0.1 else rng.uniform(50, 150))
+            ex, ey = rng.normal(0, acc / 1.515, 2)
+            if u < 0.1:
+                obj["fix"] = "lbs"
+        else:
+            (ex, ey), acc = self.err, float(rng.uniform(6, 12))
+        lon, lat = self.plan.lonlat(self.plan.victim[0] + ex, self.plan.victim[1] + ey)
+        obj.update(lat=round(float(lat), 7), lon=round(float(lon), 7), acc=round(acc, 1))
+        return orjson.dumps(obj)
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def _events(plans, rng, obey: bool, tags_only=None):
+    devices = []
+    for p in plans:
+        if tags_only is not None and p.interval not in tags_only:
+            continue
+        devices.append(("tag", p, TagDevice(p, np.random.default_rng(rng.integers(2**32)), obey)))
+        devices.append(("victim", p, VictimPhone(p, np.random.default_rng(rng.integers(2**32)))))
+    heap = [(d[2].next_at, k) for k, d in enumerate(devices)]
+    heapq.heapify(heap)
+    return devices, heap
+
+
+def replay(
+    plans: list[Plan], zoneset: ZoneSet, seed: int, obey: bool, intervals=None, hours=HOURS
+):
+    """Every device's messages through the pipeline in event time; returns (records,
+    accepted fixes, victim fixes, tag devices by tag)."""
+    rng = np.random.default_rng(seed)
+    pipe = Pipeline(zoneset, Rules(), TOPICS, event_clock=True)
+    devices, heap = _events(plans, rng, obey, intervals)
+    by_tag = {p.tag: d for kind, p, d in devices if kind == "tag"}
+    index = {p.tag: k for k, (kind, p, _d) in enumerate(devices) if kind == "tag"}
+    end = hours * 3600
+    records, accepted, victim_fixes, pending = [], [], [], []
+
+    def flush(now: float) -> set[str]:
+        result = pipe.process(pending)
+        records.extend(result.records)
+        accepted.extend(result.accepted)
+        moved = set()
+        for tag, payload in result.commands:
+            before = by_tag[tag].next_at
+            by_tag[tag].command(payload, now)
+            if by_tag[tag].next_at != before:
+                moved.add(tag)
+        pending.clear()
+        return moved
+
+    while heap:
+        at, k = heapq.heappop(heap)
+        kind, plan, dev = devices[k]
+        if at >= end or at != dev.next_at:
+            continue  # the end, or an entry a rate command moved (pushed again below)
+        received = T0 + at
+        if kind == "tag":
+            for payload in dev.fix():
+                pending.append(Inbound(TOPICS.tag_fix(plan.tag), payload, received))
+        else:
+            payload = dev.fix()
+            victim_fixes.append((plan.tag, orjson.loads(payload)))
+            pending.append(Inbound(TOPICS.victim_fix(plan.device), payload, received))
+        if obey or len(pending) >= 500:
+            for tag in flush(at) - {plan.tag if kind == "tag" else ""}:
+                heapq.heappush(heap, (by_tag[tag].next_at, index[tag]))
+        heapq.heappush(heap, (dev.next_at, k))
+    if pending:
+        flush(end)
+    return records, accepted, victim_fixes, by_tag
+
+
+# -- truth ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Truth:
+    visits: list[tuple[str, str, float, float, bool, float]]  # tag, zone, t0, t1, dark, interval
+    zone_dist: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]  # (tag, zone) -> t, d
+    victim_dist: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def truth(plans: list[Plan], zoneset: ZoneSet) -> Truth:
+    t = np.arange(0.0, HOURS * 3600, TRUTH_STEP_S)
+    visits, zone_dist, victim_dist = [], {}, {}
+    for p in plans:
+        x, y = p.at(t)
+        lon, lat = p.lonlat(x, y)
+        idx = np.full(len(t), zoneset.tag_index(p.tag))
+        ev = zoneset.evaluate(idx, lon, lat)
+        for z in set(ev.zone.tolist()):
+            name = zoneset.zones[z].zone_id
+            d = np.full(len(t), np.inf)
+            d[ev.fix[ev.zone == z]] = ev.distance_m[ev.zone == z]
+            zone_dist[(p.tag, name)] = (t, d)
+            for t0, t1 in _runs(t, d <= 0):
+                if t1 - t0 >= VISIT_MIN_S:
+                    dark = _dark_share(p.gaps, t0, t1) >= 0.5
+                    visits.append((p.tag, name, t0, t1, dark, p.interval))
+        victim_dist[p.tag] = (t, np.hypot(x - p.victim[0], y - p.victim[1]))
+    return Truth(visits, zone_dist, victim_dist)
+
+
+def _runs(t: np.ndarray, mask: np.ndarray) -> list[tuple[float, float]]:
+    out, start = [], None
+    for k, m in enumerate(mask.tolist()):
+        if m and start is None:
+            start = t[k]
+        elif not m and start is not None:
+            out.append((float(start), float(t[k - 1])))
+            start = None
+    if start is not None:
+        out.append((float(start), float(t[-1])))
+    return out
+
+
+def _dark_share(gaps, t0: float, t1: float) -> float:
+    covered = sum(max(0.0, min(t1, g1) - max(t0, g0)) for g0, g1, _ in gaps)
+    return covered / max(t1 - t0, 1e-9)
+
+
+def _min_between(series: tuple[np.ndarray, np.ndarray], t0: float, t1: float) -> float:
+    t, d = series
+    sel = (t >= t0 - TRUTH_STEP_S) & (t <= t1 + TRUTH_STEP_S)
+    return float(d[sel].min()) if sel.any() else math.inf
+
+
+# -- episodes of each rule ------------------------------------------------------------------
+
+
+@dataclass
+class Episode:
+    tag: str
+    zone: str | None  # None: proximity
+    opened: float
+    critical: float | None
+    closed: float | None
+
+
+def engine_episodes(records) -> tuple[list[Episode], list[Episode], list[tuple[str, str, float]]]:
+    eps: dict[str, Episode] = {}
+    prox: dict[str, Episode] = {}
+    late = []
+    for r in records:
+        ts = parse_rfc3339(r.ts) - T0
+        if r.type == "zone.late_breach":
+            late.append((r.tag, r.zone, ts))
+            continue
+        if r.type not in ("zone.breach", "proximity"):
+            continue
+        table = eps if r.type == "zone.breach" else prox
+        ep = table.setdefault(r.id, Episode(r.tag, r.zone, ts, None, None))
+        if r.severity == "critical" and ep.critical is None:
+            ep.critical = ts
+        if r.state == "resolved":
+            ep.closed = ts
+    return list(eps.values()), list(prox.values()), late
+
+
+def naive_episodes(plans, zoneset: ZoneSet, accepted, victim_fixes, need: int):
+    """Breach episodes of the rule `need` consecutive fixes inside (1: literal), its late
+    breaches, and (literal) proximity episodes, from the fixes the pipeline accepted."""
+    fixes = [f for f, _late in accepted if f.lat is not None]
+    lates = [late for f, late in accepted if f.lat is not None]
+    idx = zoneset.tag_indices(f.tag for f in fixes)
+    ev = zoneset.evaluate(idx, [f.lon for f in fixes], [f.lat for f in fixes])
+    rows = defaultdict(list)
+    for i, z, d in zip(ev.fix.tolist(), ev.zone.tolist(), ev.distance_m.tolist(), strict=True):
+        rows[i].append((zoneset.zones[z].zone_id, d))
+    state: dict = {}
+    eps, late, late_open = [], [], set()
+    for i, f in enumerate(fixes):
+        t = f.ts - T0
+        for name, d in rows[i]:
+            key = (f.tag, name)
+            if lates[i]:
+                if d <= 0 and key not in late_open:
+                    late.append((f.tag, name, t))
+                    late_open.add(key)
+                elif d > 0:
+                    late_open.discard(key)
+                continue
+            late_open.discard(key)
+            ep, run, out = state.get(key, (None, 0, 0))
+            if d <= 0:
+                run, out = run + 1, 0
+                if ep is None:
+                    ep = Episode(f.tag, name, t, None, None)
+                    eps.append(ep)
+                if ep.critical is None and run >= need:
+                    ep.critical = t
+            elif d > max(EXIT_MARGIN_M, f.acc):
+                run, out = 0, out + 1
+                if ep is not None and out >= 2:
+                    ep.closed, ep = t, None
+            else:
+                run = 0 if need > 1 else run
+                out = 0
+            state[key] = (ep, run, out)
+    return eps, late, _literal_proximity(plans, fixes, lates, victim_fixes)
+
+
+def _literal_proximity(plans, fixes, lates, victim_fixes) -> list[Episode]:
+    """Any tag fix and fresh victim fix within the radius: critical at once."""
+    events = [(f.ts, 0, f.tag, (f.lon, f.lat)) for f, late in zip(fixes, lates, strict=True)]
+    events += [(v["ts"], 1, tag, (v["lon"], v["lat"])) for tag, v in victim_fixes]
+    late_ts = {(f.tag, f.ts) for f, late in zip(fixes, lates, strict=True) if late}
+    events.sort(key=lambda e: e[0])
+    last: dict = {}
+    open_: dict = {}
+    eps = []
+    for ts, kind, tag, pos in events:
+        if kind == 0 and (tag, ts) in late_ts:
+            continue
+        last[(tag, kind)] = (ts, pos)
+        other = last.get((tag, 1 - kind))
+        if other is None or abs(other[0] - ts) > 180:
+            continue
+        d = _metres(pos, other[1])
+        ep, out = open_.get(tag, (None, 0))
+        if d <= RADIUS_V:
+            if ep is None:
+                ep = Episode(tag, None, ts - T0, ts - T0, None)
+                eps.append(ep)
+            out = 0
+        elif ep is not None and d > RADIUS_V + EXIT_MARGIN_M:
+            out += 1
+            if out >= 2:
+                ep.closed, ep, out = ts - T0, None, 0
+        open_[tag] = (ep, out)
+    return eps
+
+
+def _metres(a, b) -> float:
+    phi = math.radians((a[1] + b[1]) / 2)
+    return math.hypot((a[0] - b[0]) * 111412.84 * math.cos(phi), (a[1] - b[1]) * 111132.954)
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+
+def figures(tr: Truth, plans, breaches, late, prox, uploads, until=HOURS * 3600) -> dict:
+    interval = {p.tag: p.interval for p in plans}
+    gaps = {p.tag: p.gaps for p in plans}
+    by_key = defaultdict(list)
+    for ep in breaches:
+        by_key[(ep.tag, ep.zone)].append(ep)
+    missed, times = 0, defaultdict(list)
+    flaps = 0
+    dark_total = dark_ok = 0
+    seen_dark = {
+        (tag, t0): _dark_share(gaps[tag], t0, t1) > 0
+        for tag, _z, t0, t1, _d, _e in tr.visits
+        if tag in gaps
+    }
+    for tag, zone, t0, t1, dark, every in tr.visits:
+        if tag not in interval or t1 > until - every:
+            continue  # a tag left out of this run, or a visit after its end
+        eps = by_key[(tag, zone)]
+        for ep in eps:  # an episode ended during the visit: a flap
+            if ep.closed is not None and t0 < ep.closed < t1 - TRUTH_STEP_S:
+                flaps += 1
+        hits = [
+            ep.critical
+            for ep in eps
+            if ep.critical is not None
+            and ep.critical <= t1 + every
+            and (ep.closed is None or ep.closed >= t0)
+        ]
+        if dark:  # its late breach, unless a confirmed breach covers it already
+            if (tag, zone, t0, t1) in uploads:
+                dark_total += 1
+                if hits or any(
+                    lt == tag and lz == zone and t0 - every <= ts <= t1 + every
+                    for lt, lz, ts in late
+                ):
+                    dark_ok += 1
+            continue
+        if t1 - t0 < MUST_ALERT_S:
+            continue
+        if not hits:
+            missed += 1
+        elif not seen_dark.get((tag, t0)):  # time to alert only from an entry seen live
+            times[every].append(max(0.0, min(hits) - t0))
+    false = 0
+    for ep in breaches:
+        if ep.critical is None:
+            continue
+        if _min_between(tr.zone_dist[(ep.tag, ep.zone)], ep.opened - 30, ep.critical) > (
+            FALSE_MARGIN_M
+        ):
+            false += 1
+    prox_false = sum(
+        1
+        for ep in prox
+        if ep.critical is not None
+        and _min_between(tr.victim_dist[ep.tag], ep.critical - 30, ep.critical)
+        > RADIUS_V + FALSE_MARGIN_M
+    )
+    prox_missed = prox_total = 0
+    for p in plans:
+        t, d = tr.victim_dist[p.tag]
+        for t0, t1 in _runs(t, d <= RADIUS_V):
+            if t1 - t0 < VISIT_MIN_S or _dark_share(p.gaps, t0, t1) >= 0.5 or t1 > until - 180:
+                continue  # too short, or the tag was dark (no live fix can show it)
+            prox_total += 1
+            if not any(
+                ep.tag == p.tag
+                and ep.critical is not None
+                and ep.critical <= t1 + interval[p.tag]
+                and (ep.closed is None or ep.closed >= t0)
+                for ep in prox
+            ):
+                prox_missed += 1
+    every_time = [x for v in times.values() for x in v]
+    out = {
+        "missed_visits": missed,
+        "false_critical_breaches": false,
+        "flaps": flaps,
+        "time_to_alert_median_s": _pct(every_time, 50),
+        "time_to_alert_p95_s": _pct(every_time, 95),
+        "proximity_false": prox_false,
+        "proximity_missed": prox_missed,
+        "proximity_true": prox_total,
+        "dark_visits": dark_total,
+        "dark_visits_late_breach": dark_ok,
+    }
+    for every in INTERVALS:
+        out[f"time_to_alert_p95_s_{every:.0f}"] = _pct(times[every], 95)
+        out[f"time_to_alert_median_s_{every:.0f}"] = _pct(times[every], 50)
+    return out
+
+
+def _pct(values, q) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def _uploads(tr: Truth, devices, zoneset: ZoneSet, plans) -> set:
+    """Dark visits whose buffered fixes show the tag inside the zone (the upload proves it)."""
+    out = set()
+    plan_of = {p.tag: p for p in plans}
+    for tag, zone, t0, t1, dark, _every in tr.visits:
+        if not dark:
+            continue
+        p = plan_of[tag]
+        _n, cx, cy, r = next(z for z in p.zones if z[0] == zone)
+        if any(
+            buffered and t0 <= t <= t1 and math.hypot(x - cx, y - cy) <= r
+            for t, x, y, buffered in devices[tag].taken
+        ):
+            out.add((tag, zone, t0, t1))
+    return out
+
+
+def run(seed: int = 17, tags: int = TAGS, closed_loop: bool = True) -> dict:
+    progress = Progress("bench quality")
+    rng = np.random.default_rng(seed)
+    plans = [_plan(rng, i) for i in range(tags)]
+    zoneset = cases(plans)
+    progress.step(f"{tags} tags, {len(zoneset.zones)} zones, {HOURS:g} h; truth")
+    tr = truth(plans, zoneset)
+    progress.step("open loop through the pipeline")
+    records, accepted, victim_fixes, devices = replay(plans, zoneset, seed + 1, obey=False)
+    uploads = _uploads(tr, devices, zoneset, plans)
+    breaches, prox, late = engine_episodes(records)
+    result = {
+        "benchmark": "quality",
+        "seed": seed,
+        "tags": tags,
+        "zones": len(zoneset.zones),
+        "fixes": len(accepted),
+        "late_fixes": sum(1 for _f, late_ in accepted if late_),
+        "visits": sum(1 for v in tr.visits if not v[4] and v[3] - v[2] >= MUST_ALERT_S),
+        "tagwatch": figures(tr, plans, breaches, late, prox, uploads),
+    }
+    progress.step("literal and two-fix rules on the same fixes")
+    for name, need in (("literal", 1), ("two_fix", 2)):
+        eps, late_n, prox_n = naive_episodes(plans, zoneset, accepted, victim_fixes, need)
+        result[name] = figures(tr, plans, eps, late_n, prox_n, uploads)
+    if closed_loop:
+        progress.step(f"closed loop: 30 s and 60 s tags obeying rate, first {LOOP_HOURS:g} h")
+        hours = LOOP_HOURS
+        records, *_ = replay(plans, zoneset, seed + 1, True, (30.0, 60.0), hours)
+        breaches, prox, late = engine_episodes(records)
+        loop = [p for p in plans if p.interval in (30.0, 60.0)]
+        fig = figures(tr, loop, breaches, late, prox, uploads, hours * 3600)
+        result["closed_loop"] = {
+            k: fig[k]
+            for k in (
+                "missed_visits",
+                "false_critical_breaches",
+                "time_to_alert_median_s",
+                "time_to_alert_p95_s",
+                "time_to_alert_p95_s_30",
+                "time_to_alert_p95_s_60",
+            )
+        }
+    progress.done()
+    return result
+
+
+ROWS = [
+    ("missed_visits", "missed visits >= 2 min"),
+    ("false_critical_breaches", "false critical breaches"),
+    ("flaps", "flaps (breach ended during a true visit)"),
+    ("time_to_alert_median_s", "time to alert median (s)"),
+    ("time_to_alert_p95_s", "time to alert p95 (s)"),
+    ("time_to_alert_p95_s_30", "  p95, 30 s tags"),
+    ("time_to_alert_p95_s_60", "  p95, 60 s tags"),
+    ("time_to_alert_p95_s_120", "  p95, 120 s tags"),
+    ("proximity_false", "proximity false"),
+    ("proximity_missed", "proximity missed"),
+    ("dark_visits_late_breach", "dark visits with a late breach"),
+]
+
+
+def print_text(result: dict) -> None:
+    cols = ("tagwatch", "literal", "two_fix")
+    print(
+        f"{result['tags']} tags, {result['zones']} zones, {result['fixes']:,} fixes "
+        f"({result['late_fixes']:,} late), {result['visits']} visits >= 2 min, "
+        f"{result['tagwatch']['proximity_true']} true proximities, "
+        f"{result['tagwatch']['dark_visits']} dark visits with a late upload "
+        f"(seed {result['seed']})"
+    )
+    print(f"{'':<42}" + "".join(f"{c:>10}" for c in cols))
+    for key, label in ROWS:
+        cells = "".join(f"{_cell(result[c].get(key)):>10}" for c in cols)
+        print(f"{label:<42}{cells}")
+    loop = result.get("closed_loop")
+    if loop:
+        print(
+            f"closed loop (30 s and 60 s tags obeying rate, {LOOP_HOURS:g} h): time to alert p95 "
+            f"{_cell(loop['time_to_alert_p95_s'])} s "
+            f"(30 s tags {_cell(loop['time_to_alert_p95_s_30'])},"
+            f" 60 s tags {_cell(loop['time_to_alert_p95_s_60'])}), missed {loop['missed_visits']},"
+            f" false {loop['false_critical_breaches']}"
+        )
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def main(as_json: bool, seed: int = 17) -> int:
+    import json
+
+    from tagwatch.bench.report import machine
+
+    result = run(seed)
+    if as_json:
+        print(json.dumps({**result, "machine": machine()}, sort_keys=True))
+    else:
+        print_text(result)
+    return 0

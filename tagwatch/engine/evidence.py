@@ -1,0 +1,184 @@
+"""What one fix is worth as evidence of a breach (DESIGN 3.6, Confirmation).
+
+Near a zone each tag carries a small motion model (state.Motion): its last
+trusted position (the anchor), a smoothed velocity, and the run of displaced
+fixes since the anchor. A new fix is judged against it:
+
+- on track (moving, when faster than V_MOVING): where the tag's velocity leads,
+  within both fixes' accuracy. It becomes the anchor.
+- trusted: within reach of the anchor given its recent motion (it may go on,
+  stop or turn; a standing tag may start off at V_START). It becomes the anchor.
+- displaced: out of reach (a standing tag 60 m outside does not appear 30 m
+  inside 30 s later), or continuing a run of displaced fixes. Displaced fixes
+  gather in a run; a run of fixes moving together is one piece of evidence, not
+  several: only its first fix counts, and only if a walk could have got there.
+- corroborated: the run is explained, by motion (traced back at its own
+  velocity it starts at the anchor: the tag really moved) or by lasting longer
+  than multipath does (PERSIST_S). Its last fix becomes the anchor.
+- coarse: `lbs` or `acc` over COARSE_M. Honest, so it counts when deep enough
+  for its accuracy; it never moves the anchor.
+- fresh: no anchor to judge by (first fix, or after a gap of STALE_S).
+
+`weight` turns a verdict into pieces of evidence for a fix deep inside (by more
+than one sigma of its error): 1; 2 for a slow tag's fix on its track or within
+its reach (SLOW_S apart: one deep, plausible fix is enough there), a walk on
+its track, or a corroborated run; 0 for a displaced fix. Errors are correlated
+over tens of seconds: fixes closer than INDEPENDENT_S to the previous one are
+worth that share of a piece. Pure: state in, state and verdict out.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tagwatch.engine.state import Motion
+from tagwatch.wire import Fix
+
+COARSE_M = 100.0  # acc beyond this, or fix "lbs": a coarse fix
+STALE_S = 600.0  # an anchor older than this judges nothing
+SLOW_S = 60.0  # fixes this far apart: a slow tag
+INDEPENDENT_S = 10.0  # fixes closer together share much of their error
+PERSIST_S = 210.0  # multipath displaces runs of fixes for at most 180 s: a run longer is true
+V_START = 0.5  # m/s: how far a tag standing still may get before its next fix
+V_WALK = 1.5  # m/s: a walk: the first fix of a run within this reach is one piece
+V_UNKNOWN = 15.0  # m/s: the reach while the tag's motion is not known yet
+V_MOVING = 1.0  # m/s: walking or faster along its track: one deep fix is enough
+V_MAX = 70.0  # m/s: no run faster than this is explained by motion
+SIGMA_PER_ACC = 1.515  # acc is the ~68% radius of a 2-D error: acc / 1.515 per axis
+RUN_SPAN_S = 20.0  # a run explained by motion spans at least this
+ACC_FLOOR = 8.0  # m: a reported acc below this is taken as this when tracing runs back
+GATE_K = 1.65  # acc is a ~68% radius: 1.65 acc is ~2.5 sigma per axis
+RUN_MAX = 64
+
+MOVING, ON_TRACK, TRUSTED, CORROBORATED, DISPLACED, DISPLACED_FIRST, COARSE, FRESH = (
+    "moving",
+    "on_track",
+    "trusted",
+    "corroborated",
+    "displaced",
+    "displaced_first",
+    "coarse",
+    "fresh",
+)
+
+OFF_TRACK = frozenset({DISPLACED, DISPLACED_FIRST})
+
+
+def coarse(fix: Fix) -> bool:
+    return fix.fix == "lbs" or fix.acc > COARSE_M
+
+
+def weight(verdict: str, apart: float) -> float:
+    """Pieces of evidence a fix `apart` seconds after the tag's previous one is worth
+    (in full when deep inside). Errors are correlated over tens of seconds, so fixes
+    closer together than INDEPENDENT_S are worth that much less each."""
+    if verdict == DISPLACED:
+        return 0.0
+    if verdict in (MOVING, ON_TRACK, TRUSTED):
+        pieces = 2.0 if apart >= SLOW_S else 1.0
+    else:
+        pieces = 2.0 if verdict == CORROBORATED else 1.0
+    if verdict == MOVING:
+        return 2.0
+    return pieces * min(1.0, apart / INDEPENDENT_S)
+
+
+def judge(m: Motion | None, fix: Fix, xyz: tuple) -> tuple[Motion | None, str]:
+    """The fix's verdict and the tag's motion model after it."""
+    if coarse(fix):
+        if m is not None:
+            m.seen = fix.ts
+        return m, COARSE
+    ts, acc = fix.ts, fix.acc
+    if m is None or ts - m.ts > STALE_S:
+        return Motion(ts, *xyz, acc, seen=ts), FRESH
+    m.seen = ts
+    dt = ts - m.ts
+    err = GATE_K * math.hypot(acc, m.acc)
+    if dt <= 0:
+        near = _dist(xyz, (m.x, m.y, m.z)) <= err
+        return m, TRUSTED if near else DISPLACED
+    speed = math.sqrt(m.vx * m.vx + m.vy * m.vy + m.vz * m.vz)
+    reach = V_UNKNOWN * dt if m.known < 2 else (V_START + 0.5 * speed) * dt
+    ahead = (m.x + m.vx * dt, m.y + m.vy * dt, m.z + m.vz * dt)
+    off = _to_segment(xyz, (m.x, m.y, m.z), ahead)
+    if off <= reach + err and not (m.run and off > err and _goes_on(m.run[-1], xyz, acc)):
+        # on its track: where its motion leads, without the allowance for starting off
+        on_track = m.known >= 2 and off <= err + 0.5 * speed * dt
+        _move(m, ts, xyz, acc, dt)
+        if on_track and speed >= V_MOVING:
+            return m, MOVING  # on a track that multipath would not follow
+        return m, ON_TRACK if on_track else TRUSTED
+    m.run.append((ts, *xyz, acc))
+    # the first fix of a run, if a walk could have got there: one piece for the run
+    first = len(m.run) == 1 and off <= (V_WALK + 0.5 * speed) * dt + err
+    if len(m.run) > RUN_MAX:
+        del m.run[0]
+    if _explained(m):
+        last = m.run[-1]
+        first = m.run[0]
+        span = last[0] - first[0]
+        if span > 0:
+            m.vx, m.vy, m.vz = ((last[k] - first[k]) / span for k in (1, 2, 3))
+        else:
+            m.vx = m.vy = m.vz = 0.0
+        m.ts, m.x, m.y, m.z, m.acc = last
+        m.known = 2
+        m.run = []
+        return m, CORROBORATED
+    return m, DISPLACED_FIRST if first else DISPLACED
+
+
+def _goes_on(last: tuple, xyz: tuple, acc: float) -> bool:
+    """The fix is where the run of displaced fixes was: it goes on (the multipath too)."""
+    return math.dist((last[1], last[2], last[3]), xyz) <= GATE_K * math.hypot(acc, last[4])
+
+
+def _explained(m: Motion) -> bool:
+    """The run of displaced fixes is the tag's true motion, not multipath."""
+    run = m.run
+    first, last = run[0], run[-1]
+    span = last[0] - first[0]
+    if span >= PERSIST_S:
+        return True  # longer than a multipath episode lasts
+    if len(run) < 2 or span <= 0:
+        return False
+    travel = math.dist(first[1:4], last[1:4])
+    noise = GATE_K * math.hypot(first[4], last[4])
+    if travel < noise or (span < RUN_SPAN_S and travel < 4 * noise):
+        return False  # too short or too slow to tell a velocity from the noise
+    v = [(last[k] - first[k]) / span for k in (1, 2, 3)]
+    if math.sqrt(sum(c * c for c in v)) > V_MAX:
+        return False
+    back = first[0] - m.ts  # the run traced back to the anchor's time
+    start = tuple(first[k + 1] - v[k] * back for k in range(3))
+    # tracing back amplifies the error of the run's ends; acc is often optimistic
+    k = min(back / span, 2.0)
+    a0, a1, am = (max(a, ACC_FLOOR) for a in (first[4], last[4], m.acc))
+    err = GATE_K * math.hypot(a0 * (1 + k), a1 * k, am) + V_START * back
+    return _dist(start, (m.x, m.y, m.z)) <= err
+
+
+def _move(m: Motion, ts: float, xyz: tuple, acc: float, dt: float) -> None:
+    a = min(1.0, dt / SLOW_S)  # velocity smoothing: fast reports are noisier per second
+    m.vx += a * ((xyz[0] - m.x) / dt - m.vx)
+    m.vy += a * ((xyz[1] - m.y) / dt - m.vy)
+    m.vz += a * ((xyz[2] - m.z) / dt - m.vz)
+    m.ts, m.x, m.y, m.z, m.acc = ts, xyz[0], xyz[1], xyz[2], acc
+    m.known += 1
+    if m.run:
+        m.run = []
+
+
+def _dist(a: tuple, b: tuple) -> float:
+    return math.dist(a, b)
+
+
+def _to_segment(p: tuple, a: tuple, b: tuple) -> float:
+    ab = (b[0] - a[0], b[1] - a[1], b[2] - a[2])
+    ap = (p[0] - a[0], p[1] - a[1], p[2] - a[2])
+    den = ab[0] * ab[0] + ab[1] * ab[1] + ab[2] * ab[2]
+    if den <= 0:
+        return math.dist(p, a)
+    t = max(0.0, min(1.0, (ap[0] * ab[0] + ap[1] * ab[1] + ap[2] * ab[2]) / den))
+    return math.dist(p, (a[0] + t * ab[0], a[1] + t * ab[1], a[2] + t * ab[2]))

@@ -1,0 +1,235 @@
+"""Alert quality under real GPS error (issue 17, DESIGN 3.6 Confirmation): evidence, not
+face value. Scripted tracks of the error real tags show: multipath runs that move a
+standing tag's fixes together, slow tags, buffered uploads, coarse victim fixes.
+
+The default case (tests.tracks.home_case): tag T-1, one 100 m exclusion circle "home",
+victim V-1 with device VD-1 (mobile radius 500 m).
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from tagwatch.engine.state import load_tag
+from tests.tracks import (
+    CENTRE,
+    at_distance,
+    case_doc,
+    circle,
+    fix,
+    offset,
+    one_by_one,
+    pipeline,
+    run,
+    tag_msg,
+    utc,
+    victim_msg,
+)
+
+T0 = utc("2026-07-06T10:00:00Z")
+FAR = offset(CENTRE, 0, 8000)
+
+
+def stand_then(distances_before, run_at, run_n, after, every=30.0, acc=10.0, jitter=3.0):
+    """A tag standing `distances_before` from home's boundary (a few metres of jitter),
+    then `run_n` fixes displaced together to `run_at` (multipath), then `after`."""
+    ds = [distances_before + (jitter if i % 2 else -jitter) for i in range(10)]
+    ds += [run_at + (1.0 if i % 2 else -1.0) for i in range(run_n)]
+    ds += after
+    return [fix(T0 + every * i, at_distance(100, d), acc, seq=i) for i, d in enumerate(ds)]
+
+
+def confirmed(r) -> list:
+    return [b for b in r.of("zone.breach") if b.confidence == "confirmed"]
+
+
+# -- 2. evidence: plausibility, independence, slow tags ------------------------------------
+
+
+@pytest.mark.parametrize("run_n", [2, 3, 5])
+def test_a_standing_tag_jumping_inside_together_is_probable_never_confirmed(run_n):
+    # 60 m outside, standing; multipath puts 2-5 consecutive fixes 30 m inside (acc 10)
+    r = run(one_by_one(stand_then(60, -30, run_n, [60, 60, 60, 60])))
+    breach = r.of("zone.breach")
+    assert [(b.state, b.severity, b.confidence) for b in breach] == [
+        ("open", "warning", "probable"),
+        ("resolved", "warning", "probable"),
+    ]
+    assert r.of("zone.exit") == []
+
+
+def test_a_slow_tag_walking_deep_inside_is_confirmed_by_its_first_fix_inside():
+    # a 120 s tag walking at 1 m/s straight through home: 380, 260, 140, 20 m out, then
+    # at the centre (100 m deep): one deep fix on its track is enough
+    distances = [380, 260, 140, 20, -100]
+    fixes = [fix(T0 + 120 * i, at_distance(100, d), 8.0, seq=i) for i, d in enumerate(distances)]
+    r = run(one_by_one(fixes))
+    breach = r.of("zone.breach")
+    assert [(b.state, b.severity, b.confidence, b.ts) for b in breach] == [
+        ("open", "warning", "probable", "2026-07-06T10:08:00Z"),
+        ("updated", "critical", "confirmed", "2026-07-06T10:08:00Z"),
+    ]
+
+
+def test_a_walk_into_the_zone_confirms_at_its_first_deep_fix_on_its_track():
+    # walking in at 1.4 m/s, reporting every 30 s: the fix 10 m inside (acc 8) is where
+    # its walk leads, so it is enough; the same fixes standing still would not be
+    distances = [200, 158, 116, 74, 32, -10, -52, -94, -94, -94]
+    fixes = [fix(T0 + 30 * i, at_distance(100, d), 8.0, seq=i) for i, d in enumerate(distances)]
+    r = run(one_by_one(fixes))
+    assert [(b.state, b.confidence, b.ts[11:]) for b in r.of("zone.breach")] == [
+        ("open", "probable", "10:02:30Z"),
+        ("updated", "confirmed", "10:02:30Z"),
+    ]
+
+
+def test_a_long_stay_confirms_however_the_fixes_look():
+    # standing 40 m outside, then every fix 30 m inside for 6 minutes: longer than any
+    # multipath episode lasts, so the displaced run is the tag's true position
+    r = run(one_by_one(stand_then(40, -30, 12, [])))
+    assert [(b.state, b.confidence) for b in r.of("zone.breach")] == [
+        ("open", "probable"),
+        ("updated", "confirmed"),
+    ]
+
+
+def test_curfew_breaches_confirm_the_same_way():
+    curfew = case_doc([circle("curfew", radius_m=100.0, kind="inclusion")])
+    # standing 60 m inside the curfew circle; multipath puts 3 fixes 30 m outside it
+    ds = [-60 + (3 if i % 2 else -3) for i in range(10)] + [30, 31, 30] + [-60] * 4
+    fixes = [fix(T0 + 30 * i, at_distance(100, d), 10.0, seq=i) for i, d in enumerate(ds)]
+    r = run(one_by_one(fixes), pipeline(curfew))
+    assert [(c.state, c.severity) for c in r.of("curfew.breach")] == [
+        ("open", "warning"),
+        ("resolved", "warning"),
+    ]
+
+
+# -- 3. flaps: exit needs evidence too ------------------------------------------------------
+
+
+def test_a_multipath_run_out_of_the_zone_does_not_end_the_breach():
+    # standing 60 m deep for 5 minutes (confirmed), then 4 fixes 50 m outside together,
+    # then back: one breach, no exit, no second breach
+    r = run(one_by_one(stand_then(-60, 50, 4, [-60, -60, -60])))
+    breach = r.of("zone.breach")
+    assert len({b.id for b in breach}) == 1
+    assert [(b.state, b.confidence) for b in breach] == [
+        ("open", "probable"),
+        ("updated", "confirmed"),
+    ]
+    assert r.of("zone.exit") == []
+
+
+def test_walking_out_still_exits():
+    distances = [-60] * 10 + [-18, 24, 66, 108, 150, 192]
+    fixes = [fix(T0 + 30 * i, at_distance(100, d), 8.0, seq=i) for i, d in enumerate(distances)]
+    r = run(one_by_one(fixes))
+    assert [e.state for e in r.of("zone.exit")] == ["open"]
+    assert r.of("zone.breach")[-1].state == "resolved"
+
+
+# -- 4. proximity with both accuracies ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "coarse",
+    [
+        pytest.param({"acc": 300.0}, id="acc 300"),
+        pytest.param({"acc": 40.0, "fix": "lbs"}, id="lbs"),
+    ],
+)
+def test_one_coarse_victim_fix_opens_no_critical_proximity(coarse):
+    tag = [tag_msg(fix(T0 + 60 * i, FAR, 8.0, seq=i)) for i in range(4)]
+    victim = fix(T0 + 30, offset(FAR, 90, 400), **coarse)
+    victim.update(coarse)
+    r = run([tag[0], victim_msg(victim), *tag[1:]])
+    prox = r.of("proximity")
+    assert prox and {(p.severity, p.confidence) for p in prox} == {("warning", "probable")}
+
+
+def test_a_good_pair_within_the_radius_confirms_a_probable_proximity():
+    victim_coarse = fix(T0 + 30, offset(FAR, 90, 400), 300.0)
+    victim_good = fix(T0 + 90, offset(FAR, 90, 300), 8.0)
+    msgs = [
+        tag_msg(fix(T0, FAR, 8.0, seq=0)),
+        victim_msg(victim_coarse),
+        tag_msg(fix(T0 + 60, FAR, 8.0, seq=1)),
+        victim_msg(victim_good),
+    ]
+    prox = run(msgs).of("proximity")
+    assert [(p.state, p.severity, p.confidence) for p in prox] == [
+        ("open", "warning", "probable"),
+        ("updated", "critical", "confirmed"),
+    ]
+    assert len({p.id for p in prox}) == 1
+
+
+# -- 5. late evidence is never swallowed -----------------------------------------------------
+
+
+def test_late_fixes_inside_while_a_probable_breach_is_open_confirm_it_or_raise_a_late_breach():
+    # one fix inside (probable), then dark; the tag reconnects outside and its buffer of
+    # fixes inside home arrives after that live fix: they are late, and prove the visit
+    live = [
+        fix(T0, at_distance(100, 300), 8.0, seq=0),
+        fix(T0 + 30, at_distance(100, -40), 8.0, seq=1),
+    ]
+    buffered = [fix(T0 + 30 * i, at_distance(100, -60), 8.0, seq=i) for i in range(2, 12)]
+    back = fix(T0 + 30 * 12, at_distance(100, 300), 8.0, seq=12)
+    after = [fix(T0 + 30 * i, at_distance(100, 320), 8.0, seq=i) for i in range(13, 15)]
+    msgs = [*one_by_one(live), tag_msg(back), tag_msg(buffered[::-1]), *one_by_one(after)]
+    r = run(msgs)
+    assert [x.type for x in r.of("zone.late_breach")] == ["zone.late_breach"]
+    breach = r.of("zone.breach")
+    assert [(b.state, b.severity, b.confidence) for b in breach] == [
+        ("open", "warning", "probable"),
+        ("updated", "critical", "confirmed"),
+        ("resolved", "critical", "confirmed"),
+    ]
+    assert "never confirmed" not in breach[-1].detail
+    assert [e.state for e in r.of("zone.exit")] == ["open"]
+
+
+# -- state ------------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_from_before_the_motion_model_still_restores():
+    old = msgspec.msgpack.encode(
+        {
+            "last_ts": T0,
+            "lon": CENTRE[0],
+            "lat": CENTRE[1],
+            "zones": {
+                "C-1/home": {
+                    "breach": {
+                        "id": "x",
+                        "opened": T0,
+                        "severity": "warning",
+                        "confidence": "probable",
+                    },
+                    "inside_run": 1,
+                }
+            },
+        }
+    )
+    st = load_tag(old)
+    assert st.motion is None and st.zones["C-1/home"].evidence == 0
+
+
+# -- 6. the benchmark: open loop beside the naive rules, closed loop with rate ----------------
+
+
+def test_bench_quality_small_set_beats_the_naive_rules_and_meets_45_s_closed_loop():
+    from tagwatch.bench import quality
+
+    result = quality.run(seed=5, tags=9)
+    mine, naive, literal = result["tagwatch"], result["two_fix"], result["literal"]
+    assert mine["false_critical_breaches"] <= naive["false_critical_breaches"]
+    assert mine["flaps"] <= naive["flaps"]
+    assert mine["proximity_false"] <= literal["proximity_false"]
+    assert mine["dark_visits_late_breach"] == mine["dark_visits"]
+    loop = result["closed_loop"]
+    for key in ("time_to_alert_p95_s_30", "time_to_alert_p95_s_60"):
+        assert loop[key] is not None and loop[key] <= 45, loop

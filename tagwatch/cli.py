@@ -148,6 +148,15 @@ def _daemon_commands(commands: argparse._SubParsersAction) -> None:
     near.add_argument("--until", required=True, help="RFC 3339 time")
     near.add_argument("--reason", required=True, help="why (recorded with the query)")
     near.set_defaults(handler=_record_near)
+    report = record.add_parser("report", help="a court-ready PDF of one alert (redacted)")
+    report.add_argument("--config", type=Path, help=conf)
+    report.add_argument("--alert", required=True, help="the alert's id")
+    report.add_argument("--out", type=Path, required=True, help="the PDF file to write")
+    report.add_argument(
+        "--unredacted", action="store_true",
+        help="add coordinates, zone names and notes (police use only)",
+    )
+    report.set_defaults(handler=_record_report)
 
     alerts = commands.add_parser("alerts", help="alerts in the case record").add_subparsers(
         metavar="ACTION"
@@ -466,6 +475,34 @@ def _record_near(args: argparse.Namespace) -> int:
         print(json.dumps(result, ensure_ascii=False))
     print(f"tagwatch: {len(results)} tag(s) near the point; the query is recorded",
           file=sys.stderr)
+    return EXIT_OK
+
+
+def _record_report(args: argparse.Namespace) -> int:
+    from tagwatch.record import RecordError
+    from tagwatch.record import report as reports
+
+    config = _loaded_config(args)
+    if args.out.suffix.lower() != ".pdf":
+        raise BadInput(f"--out {args.out}: give a file name ending in .pdf")
+    if not args.out.parent.is_dir():
+        raise BadInput(f"--out {args.out}: no such folder {args.out.parent}")
+    _, loaded = _load_zoneset(config.cases.path)
+    cases = {case.id: case for case in loaded.cases}
+    anchors = reports.anchoring(config.record.anchor_path, config.record.anchor_key)
+    record = _open_record(args)
+    try:
+        data = record.read(lambda db: reports.gather(db, args.alert, cases.get, anchors))
+    except reports.ReportRefused as exc:
+        raise BadInput(str(exc)) from None
+    except RecordError as exc:
+        raise _Failure(f"case record: {exc}") from None
+    finally:
+        record.close()
+    data.unredacted = args.unredacted
+    reports.write_pdf(data, args.out, config.rules.warn_m)
+    kind = "UNREDACTED (police use only)" if args.unredacted else "redacted"
+    print(f"{args.out}: {kind} report of alert {args.alert}, sha256 {reports.digest(args.out)}")
     return EXIT_OK
 
 

@@ -177,3 +177,44 @@ def test_report_bad_output_is_exit_2(tmp_path: Path, args: list[str], word: str)
 
     args = [str(tmp_path / a) if "/" in a or a.endswith(".txt") else a for a in args]
     assert cli.main(["record", "report", "--alert", "a", *args]) == 2
+
+
+def test_a_long_history_runs_over_pages_and_notes_stay_out_of_the_redacted_one(
+        tmp_path: Path) -> None:
+    """Every entry is in the report however many there are (no cut-off), and operators'
+    free-text notes (they may name a street) only in the unredacted one."""
+    from tagwatch.record import Batch, Entry, Record
+    from tagwatch.record import report as reports
+    from zones import load_cases
+
+    t0 = 1_764_324_930.0
+    case = load_cases(ROOT / "config" / "cases").cases[0]
+    alert = {"id": "a-long", "type": "zone.breach", "severity": "critical", "state": "open",
+             "case": "C-0001", "tag": "T-1001", "zone": "home", "victim": "V-01",
+             "ts": "2025-11-28T10:15:30Z", "raised": "2025-11-28T10:15:31Z", "lat": 51.5073,
+             "lon": -0.1275, "acc": 5.0, "distance_m": -12.0, "confidence": "confirmed",
+             "escalation": 0, "detail": "inside exclusion zone home by 12 m"}
+    chain = "case:C-0001"
+    entries = [Entry(chain, "fix", {"tag": "T-1001", "ts": t0, "lat": 51.5073,
+                                    "lon": -0.1275, "acc": 5.0}, tag="T-1001", event_ts=t0),
+               Entry(chain, "alert", alert, tag="T-1001", event_ts=t0, alert_id="a-long")]
+    for i in range(60):
+        action = {"action": "ack", "alert": "a-long", "by": f"op-{i}",
+                  "note": f"called 07700 900{i:03d} at 1 Baker Street", "at": "x"}
+        entries.append(Entry(chain, "action", action, tag="T-1001", event_ts=t0 + 60 + i,
+                             alert_id="a-long"))
+    record = Record.open(f"sqlite://{tmp_path}/r.db")
+    record.commit(Batch(entries), t0 + 200)
+    data = record.read(lambda db: reports.gather(
+        db, "a-long", {"C-0001": case}.get, reports.anchoring(None, None)))
+    record.close()
+    out = reports.write_pdf(data, tmp_path / "long.pdf")
+    text = _text(out)
+    assert len(PdfReader(out).pages) >= 4
+    for i in range(60):
+        assert f"op-{i} chose ack" in text
+    assert "Baker" not in text and "07700" not in re.sub(r"\s+", "", text)
+    assert "(continued)" in text
+    data.unredacted = True
+    text = _text(reports.write_pdf(data, tmp_path / "police.pdf"))
+    assert "1 Baker Street" in text and "[number]" in text  # phone numbers never

@@ -292,9 +292,11 @@ def _frame(data: ReportData):
 
 def _local_zone(zone, to_local, default_warn_m: float):
     import shapely
-    from shapely.ops import transform
 
-    drawn = transform(lambda x, y, z=None: to_local.transform(x, y), shapely.from_wkb(zone.drawn))
+    def local(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack(to_local.transform(xy[:, 0], xy[:, 1]))
+
+    drawn = shapely.transform(shapely.from_wkb(zone.drawn), local)
     shape = drawn.buffer(zone.radius_m) if zone.radius_m else drawn
     warn = zone.warn_m if zone.warn_m is not None else default_warn_m
     return shape, shape.buffer(warn), warn
@@ -386,9 +388,9 @@ def _nice(x: float) -> float:
 
 
 def _lines(fig, lines: list[str], top: float, size: float = 9, family: str | None = None,
-           width: int = 100, step: float | None = None) -> float:
+           width: int = 100) -> float:
     """Write wrapped lines from y=top down; returns the y below the last."""
-    step = step or size / 11.69 / 72 * 1.45
+    step = size / 11.69 / 72 * 1.45
     y = top
     for line in lines:
         for part in textwrap.wrap(line, width, subsequent_indent="    ") or [""]:
@@ -397,18 +399,47 @@ def _lines(fig, lines: list[str], top: float, size: float = 9, family: str | Non
     return y
 
 
-def _summary_page(data: ReportData, red: Redactor, generated: float):
-    import matplotlib.pyplot as plt
+class _Pages:
+    """Text pages: lines written top down, a new page (its title "... continued") when
+    one is full, so nothing is ever cut off."""
 
+    BOTTOM = 0.05
+
+    def __init__(self) -> None:
+        self.figs: list = []
+        self.title = ""
+        self.y = 0.0
+
+    def page(self, title: str, size: float = 12) -> None:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=PAGE)
+        fig.text(0.07, 0.95, title, size=size, weight="bold")
+        self.figs.append(fig)
+        self.title, self.y = title, 0.92
+
+    def write(self, lines: list[str], size: float = 9, family: str | None = None,
+              width: int = 100, color: str | None = None) -> None:
+        step = size / 11.69 / 72 * 1.45
+        for line in lines:
+            for part in textwrap.wrap(line, width, subsequent_indent="    ") or [""]:
+                if self.y < self.BOTTOM:
+                    self.page(f"{self.title.removesuffix(' (continued)')} (continued)")
+                self.figs[-1].text(0.07, self.y, part, size=size, family=family, color=color)
+                self.y -= step
+
+
+def _summary_pages(data: ReportData, red: Redactor, generated: float) -> list:
     tz = ZoneInfo(data.case.timezone)
     alert = data.history[0]["body"]
     last = [e for e in data.history if e["kind"] == "alert"][-1]["body"]
-    fig = plt.figure(figsize=PAGE)
-    fig.text(0.07, 0.95, "tagwatch: report of an alert", size=15, weight="bold")
+    doc = _Pages()
+    doc.page("tagwatch: report of an alert", size=15)
     mark = "UNREDACTED: POLICE USE ONLY" if red.unredacted else (
         "Redacted: no coordinates, no addresses, no phone numbers, no zone names")
-    fig.text(0.07, 0.925, mark, size=9, color="#a00000" if red.unredacted else "#404040")
-    head = [
+    doc.write([mark], size=9, color="#a00000" if red.unredacted else "#404040")
+    doc.write([
+        "",
         f"Reference: {data.alert_id}",
         f"Case: {alert.get('case')}    Tag: {alert.get('tag')}    "
         f"Victim: {alert.get('victim') or '-'}    Zone: {red.zone(alert.get('zone'))}",
@@ -416,60 +447,48 @@ def _summary_page(data: ReportData, red: Redactor, generated: float):
         f"Latest state: {last.get('state')}, severity {last.get('severity')}",
         f"Times are in the case's time zone, {data.case.timezone}.",
         f"Report generated {local_time(generated, tz)}.",
-    ]
-    y = _lines(fig, head, 0.89, size=10)
-    y = _lines(fig, ["", "What the record holds about this alert, in order:"], y, size=10)
+        "",
+        "What the record holds about this alert, in order:",
+    ], size=10)
     for n, entry in enumerate(data.history, 1):
         body = entry["body"] or {}
         when = _ts(body.get("ts")) if entry["kind"] == "alert" else entry["event_ts"]
         stamp = local_time(when, tz) if when is not None else "-"
-        y = _lines(fig, [f"{n}. {stamp}  [{entry['kind']}, seq {entry['seq']}]"], y,
-                   size=8.5, family=MONO)
-        y = _lines(fig, ["    " + describe(entry, red)], y, size=8.5, width=110)
-        if entry["kind"] == "alert" and body.get("raised"):
-            raised = _ts(body["raised"])
-            if raised is not None:
-                y = _lines(fig, [f"    recorded and sent at {local_time(raised, tz)}"], y,
-                           size=8)
-        if y < 0.06:
-            y = _lines(fig, ["(more entries: see the proof pages)"], y, size=8)
-            break
+        doc.write([f"{n}. {stamp}  [{entry['kind']}, seq {entry['seq']}]"], size=8.5,
+                  family=MONO)
+        doc.write(["    " + describe(entry, red)], size=8.5, width=110)
+        raised = _ts(body.get("raised")) if entry["kind"] == "alert" else None
+        if raised is not None:
+            doc.write([f"    recorded and sent at {local_time(raised, tz)}"], size=8)
     if red.unredacted and data.fixes:
-        fig2 = _fix_table(data, tz)
-        return [fig, fig2]
-    return [fig]
+        doc.page("Fixes (UNREDACTED: POLICE USE ONLY)")
+        doc.write([f"{'#':>3} {'time':<36}{'latitude':>11} {'longitude':>11} {'acc m':>6} "
+                   "source"], size=7, family=MONO, width=120)
+        for i, f in enumerate(data.fixes, 1):
+            when = _ts(f.get("ts"))
+            doc.write([f"{i:>3} {local_time(when, tz) if when else '-':<36}{f['lat']:>11.6f} "
+                       f"{f['lon']:>11.6f} {float(f.get('acc') or 15):>6.0f} "
+                       f"{f.get('fix', 'gnss')}"], size=7, family=MONO, width=120)
+    return doc.figs
 
 
-def _fix_table(data: ReportData, tz: ZoneInfo):
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=PAGE)
-    fig.text(0.07, 0.95, "Fixes (UNREDACTED: POLICE USE ONLY)", size=12, weight="bold")
-    rows = [f"{'#':>3} {'time':<36}{'latitude':>11} {'longitude':>11} {'acc m':>6} source"]
-    for i, f in enumerate(data.fixes, 1):
-        when = _ts(f.get("ts"))
-        rows.append(f"{i:>3} {local_time(when, tz) if when else '-':<36}{f['lat']:>11.6f} "
-                    f"{f['lon']:>11.6f} {float(f.get('acc') or 15):>6.0f} {f.get('fix', 'gnss')}")
-    _lines(fig, rows[:90], 0.92, size=7, family=MONO, width=120)
-    return fig
-
-
-def _proof_pages(data: ReportData, red: Redactor):
-    import matplotlib.pyplot as plt
-
+def _proof_pages(data: ReportData, red: Redactor) -> list:
     from tagwatch.wire import rfc3339
 
     chain = data.history[0]["chain"]
     times = [e["event_ts"] for e in data.history if e["event_ts"] is not None]
     since, until = rfc3339(min(times) - AROUND_S), rfc3339(max(times) + AROUND_S)
-    lines = [f"Chain {chain}: each entry's hash covers the hash before it and the entry "
-             "itself (rule 2: SHA-256 of the previous hash and the canonical JSON of "
-             "[chain, seq, kind, tag, event_ts, alert_id, recorded_at, body_hash], body_hash "
-             "being the SHA-256 of the entry's body as stored).", ""]
+    doc = _Pages()
+    doc.page("The proof: chain entries and anchors")
+    mono = {"size": 7, "family": MONO, "width": 118}
+    doc.write([f"Chain {chain}: each entry's hash covers the hash before it and the entry "
+               "itself (rule 2: SHA-256 of the previous hash and the canonical JSON of "
+               "[chain, seq, kind, tag, event_ts, alert_id, recorded_at, body_hash], body_hash "
+               "being the SHA-256 of the entry's body as stored).", ""], **mono)
     for e in data.history:
-        lines.append(f"seq {e['seq']:>7}  {e['kind']:<8} hash {e['hash']}")
-        lines.append(f"{'':>14}prev {e['prev_hash']}")
-    lines += [
+        doc.write([f"seq {e['seq']:>7}  {e['kind']:<8} hash {e['hash']}",
+                   f"{'':>14}prev {e['prev_hash']}"], **mono)
+    doc.write([
         "",
         f"Chain head now: seq {data.head[0]}, hash {data.head[1]}",
         "Check of the whole chain when this report was made: "
@@ -490,16 +509,8 @@ def _proof_pages(data: ReportData, red: Redactor):
         "3. The anchor file's checkpoints are HMAC-SHA256 signed with a key the database never "
         "holds (docs/RECORD.md); whoever holds the key can check the checkpoint named above.",
         "A changed report cannot change the record: the hashes above must match the record.",
-    ]
-    pages = []
-    while lines:
-        fig = plt.figure(figsize=PAGE)
-        fig.text(0.07, 0.95, "The proof: chain entries and anchors", size=12, weight="bold")
-        chunk, lines = lines[:70], lines[70:]
-        _lines(fig, [red.text(x) if not x.startswith(("seq", " ")) else x for x in chunk],
-               0.92, size=7, family=MONO, width=118)
-        pages.append(fig)
-    return pages
+    ], **mono)
+    return doc.figs
 
 
 def write_pdf(data: ReportData, out: Path, default_warn_m: float = 250.0,
@@ -517,7 +528,7 @@ def write_pdf(data: ReportData, out: Path, default_warn_m: float = 250.0,
     generated = time.time() if now is None else now
     with matplotlib.rc_context({"pdf.fonttype": 42, "font.family": "DejaVu Sans"}):
         warn_m = float(data.case.rules.get("warn_m", default_warn_m))
-        figs = [*_summary_page(data, red, generated), draw_map(data, red, warn_m),
+        figs = [*_summary_pages(data, red, generated), draw_map(data, red, warn_m),
                 *_proof_pages(data, red)]
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         try:

@@ -4,9 +4,10 @@ time window (DESIGN 3.5 `tagwatch record near`, 3.8 `GET /api/near`).
 The place index. Every fix entry with a position gets a row in `fix_places` (schema 3,
 written in the same transaction as the entry): its chain and seq, tag, event_ts, lat, lon
 and `cell`, the number of the 0.02 x 0.02 degree grid square it lies in (about 2.2 km
-north-south, 1.4 km east-west in London). The index `fix_places_near (cell, event_ts)`
-answers "these squares, this window" with one index seek per square, so a query costs
-what lies near the point in the window, not what the record holds. The table is mutable
+north-south, 1.4 km east-west in London). The index `fix_places_near (cell, event_ts,
+lat, lon)` answers "these squares, this window, this box" with one index seek per square,
+and only the fixes inside the bounding box are looked up, so a query costs what lies near
+the point in the window, not what the record holds. The table is mutable
 state outside the chain, like `alert_latest`: a retention purge empties a purged fix's
 place (lat, lon and cell set to NULL) with its body.
 
@@ -149,8 +150,24 @@ def cells(query: NearQuery) -> list[int] | None:
     return sorted(found)
 
 
+def box(query: NearQuery) -> tuple[float, float, float, float] | None:
+    """(south, north, west, east) degrees around the circle, with margin; None where the
+    box would reach a pole or cross the antimeridian (the cells alone select there)."""
+    dlat = query.radius_m / 110_000.0
+    top = abs(query.lat) + dlat
+    if top >= 89.0:
+        return None
+    dlon = query.radius_m / (110_000.0 * math.cos(math.radians(top)))
+    west, east = query.lon - dlon, query.lon + dlon
+    if west < -180.0 or east > 180.0:
+        return None
+    return query.lat - dlat, query.lat + dlat, west, east
+
+
 def candidates_sql(query: NearQuery, use_cells: bool = True) -> tuple[str, list]:
-    """The SELECT of candidate fixes (tag, chain, event_ts, body) for the query."""
+    """The SELECT of candidate fixes (tag, chain, event_ts, body) for the query: the grid
+    cells the circle touches, the window, the bounding box (all from the index), then the
+    entries of what is left."""
     where, params = ["p.event_ts BETWEEN ? AND ?", "p.cell IS NOT NULL"], [
         query.since,
         query.until,
@@ -159,6 +176,10 @@ def candidates_sql(query: NearQuery, use_cells: bool = True) -> tuple[str, list]
     if listed is not None:
         where.insert(0, f"p.cell IN ({','.join('?' * len(listed))})")
         params = [*listed, *params]
+    bounds = box(query)
+    if bounds is not None:
+        where += ["p.lat BETWEEN ? AND ?", "p.lon BETWEEN ? AND ?"]
+        params += list(bounds)
     sql = (
         "SELECT p.tag, p.chain, e.event_ts, e.body FROM fix_places p "
         "JOIN entries e ON e.chain = p.chain AND e.seq = p.seq "

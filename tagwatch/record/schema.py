@@ -145,7 +145,8 @@ _PLACES = [
     chain TEXT NOT NULL, seq BIGINT NOT NULL, tag TEXT, event_ts DOUBLE PRECISION NOT NULL,
     lat DOUBLE PRECISION, lon DOUBLE PRECISION, cell BIGINT,
     PRIMARY KEY (chain, seq))""",
-    "CREATE INDEX fix_places_near ON fix_places (cell, event_ts)",
+    # covering the bounding box too: only fixes in the box are looked up and measured
+    "CREATE INDEX fix_places_near ON fix_places (cell, event_ts, lat, lon)",
 ]
 _BACKFILL = (
     "INSERT INTO fix_places (chain, seq, tag, event_ts, lat, lon, cell) "

@@ -218,3 +218,19 @@ def test_a_long_history_runs_over_pages_and_notes_stay_out_of_the_redacted_one(
     data.unredacted = True
     text = _text(reports.write_pdf(data, tmp_path / "police.pdf"))
     assert "1 Baker Street" in text and "[number]" in text  # phone numbers never
+
+
+def test_an_anchor_file_that_cannot_be_read_is_said_not_fatal(tmp_path: Path) -> None:
+    from tagwatch.record import Batch, Entry, Record
+    from tagwatch.record import report as reports
+
+    record = Record.open(f"sqlite://{tmp_path}/r.db")
+    body = {"id": "a1", "type": "tag.tamper", "state": "open", "case": "C-0001",
+            "tag": "T-1001", "ts": "2025-11-28T10:15:30Z"}
+    record.commit(Batch([Entry("case:C-0001", "alert", body, tag="T-1001",
+                               event_ts=1_764_324_930.0, alert_id="a1")]), 1_764_324_931.0)
+    check = reports.anchoring(tmp_path / "gone.jsonl", b"k" * 32)
+    found = record.read(lambda db: check(db, "case:C-0001", [1]))
+    record.close()
+    assert found.configured and "gone.jsonl: no such file" in found.text[0]
+    assert "Not proven against anchors" in found.text[0]

@@ -158,7 +158,12 @@ def anchoring(path: Path | None, key: bytes | None):
                 "that against someone who could (docs/RECORD.md)."
             ])
         found = anchor.AnchorReport()
-        lines = anchor.read_anchors(path, key, found, {chain}).get(chain, [])
+        try:
+            lines = anchor.read_anchors(path, key, found, {chain}).get(chain, [])
+        except anchor.AnchorError as exc:
+            return Anchoring(True, [f"Not proven against anchors: {exc}. The chain alone "
+                                    "proves these entries only against someone who could "
+                                    "not write the database (docs/RECORD.md)."])
         last = max(seqs)
         covering = next((a for a in sorted(lines, key=lambda a: a.seq) if a.seq >= last), None)
         text = [f"Anchor file: {path} (key id {anchor.key_id(key)}), "

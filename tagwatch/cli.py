@@ -137,6 +137,26 @@ def _daemon_commands(commands: argparse._SubParsersAction) -> None:
         "--force", action="store_true", help="replace the bundle files in a non-empty --out"
     )
     export.set_defaults(handler=_record_export)
+    near = record.add_parser(
+        "near", help="crime-scene correlation: tags with a fix near a point (recorded)"
+    )
+    near.add_argument("--config", type=Path, help=conf)
+    near.add_argument("--lat", type=float, required=True, help="WGS84 latitude of the point")
+    near.add_argument("--lon", type=float, required=True, help="WGS84 longitude of the point")
+    near.add_argument("--radius-m", type=float, required=True, help="radius in metres")
+    near.add_argument("--since", required=True, help="RFC 3339 time, e.g. 2026-11-28T21:00:00Z")
+    near.add_argument("--until", required=True, help="RFC 3339 time")
+    near.add_argument("--reason", required=True, help="why (recorded with the query)")
+    near.set_defaults(handler=_record_near)
+    report = record.add_parser("report", help="a court-ready PDF of one alert (redacted)")
+    report.add_argument("--config", type=Path, help=conf)
+    report.add_argument("--alert", required=True, help="the alert's id")
+    report.add_argument("--out", type=Path, required=True, help="the PDF file to write")
+    report.add_argument(
+        "--unredacted", action="store_true",
+        help="add coordinates, zone names and notes (police use only)",
+    )
+    report.set_defaults(handler=_record_report)
 
     alerts = commands.add_parser("alerts", help="alerts in the case record").add_subparsers(
         metavar="ACTION"
@@ -427,6 +447,77 @@ def _record_export(args: argparse.Namespace) -> int:
         record.close()
     print(out)
     return EXIT_OK
+
+
+def _record_near(args: argparse.Namespace) -> int:
+    """Checked before the record is opened: bad input never touches it (exit 2)."""
+    import getpass
+    import json
+
+    from tagwatch.record import RecordError
+    from tagwatch.record.near import NearQuery, NearRefused
+
+    times = _times(args, ("since", "until"))
+    query = NearQuery(args.lat, args.lon, args.radius_m, times["since"], times["until"],
+                      args.reason)
+    try:
+        query.check()
+    except NearRefused as exc:
+        raise BadInput(f"record near: {exc}") from None
+    record = _open_record(args)
+    try:
+        results = record.near(query, getpass.getuser(), "cli", time.time())
+    except RecordError as exc:
+        raise _Failure(f"case record: {exc}") from None
+    finally:
+        record.close()
+    for result in results:
+        print(json.dumps(result, ensure_ascii=False))
+    print(f"tagwatch: {len(results)} tag(s) near the point; the query is recorded",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def _record_report(args: argparse.Namespace) -> int:
+    from tagwatch.record import RecordError
+    from tagwatch.record import report as reports
+
+    config = _loaded_config(args)
+    if args.out.suffix.lower() != ".pdf":
+        raise BadInput(f"--out {args.out}: give a file name ending in .pdf")
+    if not args.out.parent.is_dir():
+        raise BadInput(f"--out {args.out}: no such folder {args.out.parent}")
+    _, loaded = _load_zoneset(config.cases.path)
+    cases = {case.id: case for case in loaded.cases}
+    anchors = reports.anchoring(config.record.anchor_path, config.record.anchor_key)
+    record = _open_record(args)
+    try:
+        data = record.read(lambda db: reports.gather(db, args.alert, cases.get, anchors))
+    except reports.ReportRefused as exc:
+        raise BadInput(str(exc)) from None
+    except RecordError as exc:
+        raise _Failure(f"case record: {exc}") from None
+    finally:
+        record.close()
+    data.unredacted = args.unredacted
+    reports.write_pdf(data, args.out, config.rules.warn_m)
+    kind = "UNREDACTED (police use only)" if args.unredacted else "redacted"
+    print(f"{args.out}: {kind} report of alert {args.alert}, sha256 {reports.digest(args.out)}")
+    return EXIT_OK
+
+
+def _times(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, float]:
+    from tagwatch.wire import parse_rfc3339
+
+    times = {}
+    for name in names:
+        try:
+            times[name] = parse_rfc3339(getattr(args, name))
+        except ValueError:
+            raise BadInput(
+                f"--{name} {getattr(args, name)!r}: expected an RFC 3339 time with an offset or Z"
+            ) from None
+    return times
 
 
 def _alerts_ack(args: argparse.Namespace) -> int:

@@ -293,7 +293,7 @@ def test_entries_written_before_the_migration_still_verify(
 
     rec = Record.open(backend.url)
     try:
-        assert rec.migrations_applied == [2]
+        assert rec.migrations_applied == [2, 3]
         assert backend.raw("SELECT seq, hash FROM entries ORDER BY seq") == before
         assert rec.verify() == []
         rec.commit(Batch([hourly_fix(h) for h in range(60, 100)]), T0 + 100 * HOUR)

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from tagwatch.delivery_terms import redact_urls
 from tagwatch.feed.actions import AlertResolved, UnknownAlert, latest_record
-from tagwatch.feed.auth import OPERATOR, User, Users, bearer_token
+from tagwatch.feed.auth import INVESTIGATOR, OPERATOR, User, Users, bearer_token
 from tagwatch.feed.events import EventHub
 from tagwatch.feed.geo import track_geojson, zones_geojson
 from tagwatch.feed.limits import MAX_BODY_BYTES, BodyLimit, SecurityHeaders
@@ -99,6 +99,7 @@ def create_app(
         Route("/api/events", feed.events),
         Route("/api/tags/{tag}/track", feed.track),
         Route("/api/cases/{case}/zones", feed.zones),
+        Route("/api/near", feed.near),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     middleware = [
@@ -342,6 +343,38 @@ class _Feed:
         return JSONResponse(zones_geojson(case, self.default_warn_m))
 
 
+    # --- investigation -------------------------------------------------------------
+
+    async def near(self, request: Request) -> Response:
+        """Crime-scene correlation (DESIGN 3.8): investigators only; recorded with the
+        user's name before the answer is sent."""
+        from tagwatch.record.near import NearQuery, NearRefused
+
+        user = self.user(request)
+        if user.role != INVESTIGATOR:
+            raise HTTPException(
+                403,
+                f"{request.url.path}: user {user.name!r} has role {user.role!r}; "
+                "only an investigator may search where tags were",
+            )
+        q = request.query_params
+        try:
+            query = NearQuery(
+                _float_param(request, "lat"),
+                _float_param(request, "lon"),
+                _float_param(request, "radius_m"),
+                parse_ts(q.get("since"), "since"),
+                parse_ts(q.get("until"), "until"),
+                q.get("reason", ""),
+            ).check()
+        except (ValueError, NearRefused) as exc:
+            raise HTTPException(400, f"{request.url.path}: {exc}") from None
+        results = await run_in_threadpool(
+            self.record.near, query, user.name, "feed", time.time()
+        )
+        return JSONResponse(results)
+
+
 class _Streams:
     """How many event streams are open, per user and in all, against the caps."""
 
@@ -422,6 +455,16 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     if not low <= value <= high:
         raise HTTPException(400, f"{name}={value}: must be {low}..{high}")
     return value
+
+
+def _float_param(request: Request, name: str) -> float:
+    text = request.query_params.get(name)
+    if text is None:
+        raise HTTPException(400, f"{request.url.path}: {name}: required")
+    try:
+        return float(text)
+    except ValueError:
+        raise HTTPException(400, f"{request.url.path}: {name}={text!r}: not a number") from None
 
 
 def _raised(alert: dict) -> float:

@@ -34,6 +34,11 @@ _PURGE_RANGE = (
     "AND kind = 'fix' AND hash_rule = 2 AND body IS NOT NULL AND event_ts < ?"
 )
 
+_FORGET_PLACES = (
+    "UPDATE fix_places SET lat = NULL, lon = NULL, cell = NULL WHERE chain = ? "
+    "AND seq BETWEEN ? AND ? AND event_ts < ?"
+)
+
 
 def check_args(older_than: float, keep_window_s: float, now: float) -> None:
     for name, value in (("older_than", older_than), ("keep_window_s", keep_window_s), ("now", now)):
@@ -122,4 +127,7 @@ def purge_chain(
 def _purge_range(db: Db, chain: str, first: int, last: int, older_than: float) -> int:
     # Only the fixes chosen lie in [first, last] under these conditions: the head lock
     # keeps writers out, and kept fixes split ranges. Other kinds in between are untouched.
+    # Their places (near.py's index) go with their bodies: an UPDATE, the app role deletes
+    # nothing.
+    db.execute(_FORGET_PLACES, (chain, first, last, older_than))
     return db.execute(_PURGE_RANGE, (chain, first, last, older_than))

@@ -11,6 +11,7 @@ import time
 
 from tagwatch.record.db import Db
 from tagwatch.record.model import RecordError
+from tagwatch.record.near import CELL_SQL
 
 _COMMON = [
     # Operational state, mutable, outside the chain.
@@ -136,10 +137,49 @@ _PG_V2 = [
        END $$""",
 ]
 
+# Schema 3: the place index of crime-scene correlation (near.py): one row per fix entry
+# with a position, found by grid cell and time. Mutable state outside the chain; existing
+# fixes with a body are indexed here, their `cell` computed as near.cell_of does.
+_PLACES = [
+    """CREATE TABLE fix_places (
+    chain TEXT NOT NULL, seq BIGINT NOT NULL, tag TEXT, event_ts DOUBLE PRECISION NOT NULL,
+    lat DOUBLE PRECISION, lon DOUBLE PRECISION, cell BIGINT,
+    PRIMARY KEY (chain, seq))""",
+    # covering the bounding box too: only fixes in the box are looked up and measured
+    "CREATE INDEX fix_places_near ON fix_places (cell, event_ts, lat, lon)",
+]
+_BACKFILL = (
+    "INSERT INTO fix_places (chain, seq, tag, event_ts, lat, lon, cell) "
+    "SELECT chain, seq, tag, event_ts, lat, lon, {cell} FROM ("
+    "SELECT chain, seq, tag, event_ts, {lat} AS lat, {lon} AS lon FROM entries "
+    "WHERE kind = 'fix' AND body IS NOT NULL AND event_ts IS NOT NULL AND {numbers}) AS f"
+)
+_SQLITE_V3 = [
+    *_PLACES,
+    _BACKFILL.format(
+        cell=CELL_SQL["sqlite"].format(lat="lat", lon="lon"),
+        lat="json_extract(body, '$.lat')",
+        lon="json_extract(body, '$.lon')",
+        numbers="json_type(body, '$.lat') IN ('integer', 'real') "
+        "AND json_type(body, '$.lon') IN ('integer', 'real')",
+    ),
+]
+_PG_V3 = [
+    *_PLACES,
+    _BACKFILL.format(
+        cell=CELL_SQL["postgresql"].format(lat="lat", lon="lon"),
+        lat="(body::jsonb->>'lat')::float8",
+        lon="(body::jsonb->>'lon')::float8",
+        numbers="jsonb_typeof(body::jsonb->'lat') = 'number' "
+        "AND jsonb_typeof(body::jsonb->'lon') = 'number'",
+    ),
+]
+
 # One entry per version: {dialect: statements}.
 MIGRATIONS: list[dict[str, list[str]]] = [
     {"sqlite": _SQLITE_V1, "postgresql": _PG_V1},
     {"sqlite": _SQLITE_V2, "postgresql": _PG_V2},
+    {"sqlite": _SQLITE_V3, "postgresql": _PG_V3},
 ]
 
 _VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from tagwatch.delivery_terms import STATUS_RANK, redact
 from tagwatch.record import chain as chains
-from tagwatch.record import retention
+from tagwatch.record import near, retention
 from tagwatch.record.canon import GENESIS, canonical
 from tagwatch.record.db import Db, connect
 from tagwatch.record.model import (
@@ -107,6 +107,9 @@ class Record:
                 heads = db.lock_heads(sorted({e.chain for e in batch.entries}), GENESIS)
                 rows = chains.append_rows(batch.entries, heads, recorded_at)
                 db.insert_rows("entries", chains.INSERT_COLUMNS, rows)
+                places = near.place_rows(rows, batch.entries)
+                if places:
+                    db.insert_rows("fix_places", near.PLACE_COLUMNS, places)
                 db.upsert_rows(
                     "chain_heads",
                     "chain",
@@ -339,6 +342,17 @@ class Record:
                     db, name, older_than, keep_window_s, now
                 )
         return report
+
+    def near(self, query: near.NearQuery, who: str, via: str, now: float) -> list[dict]:
+        """Crime-scene correlation (near.py): the tags with a fix within query.radius_m of
+        the point in [since, until], one dict per tag and case. The query (who, via, when,
+        why, parameters, what it returned) is committed before the answer is returned: on
+        the audit chain and on each returned case's chain. NearRefused for bad parameters."""
+        query.check()
+        with self.reading() as db:
+            results = near.find(db, query)
+        self.commit(Batch(entries=near.audit_entries(query, results, who, via, now)), now)
+        return results
 
     def export(
         self, case_id: str, since: float, until: float, out_dir: Path, force: bool = False

@@ -182,6 +182,9 @@ class IngestConfig:
     # watchdogs by the fixes' own time, as replay does, for demos and accelerated
     # simulations whose fixes carry scenario time.
     clock: str = "wall"
+    # OwnTracks phones' topic prefix (DESIGN 3.1): "owntracks" takes `owntracks/USER/DEVICE`
+    # as the fix of the victim whose case names `owntracks: "USER/DEVICE"`; "": off.
+    owntracks_prefix: str = ""
 
     @property
     def rate_limit(self) -> tuple[float, int] | None:
@@ -337,6 +340,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "clock": ("str", IngestConfig.clock),
         "tag_rate_per_s": ("float", IngestConfig.tag_rate_per_s),
         "tag_burst": ("int", IngestConfig.tag_burst),
+        "owntracks_prefix": ("str", IngestConfig.owntracks_prefix),
     },
     "notify.twilio": {
         "account_sid": ("str", _REQUIRED),
@@ -808,6 +812,15 @@ def _ingest(sec: _Section) -> IngestConfig:
     rate = sec.get("tag_rate_per_s")
     if not (math.isfinite(rate) and rate >= 0):
         sec.fail("tag_rate_per_s", f"must be 0 (no limit) or above, got {rate}")
+    owntracks = sec.get("owntracks_prefix")
+    if owntracks and (
+        owntracks[0] == "/" or owntracks[-1] == "/" or any(c in owntracks for c in "+#\x00")
+    ):
+        sec.fail(
+            "owntracks_prefix",
+            f"must be empty (off) or a topic prefix without a leading or trailing '/' and "
+            f"without '+', '#' or NUL, got {owntracks!r}",
+        )
     return IngestConfig(
         batch_max=_int_in(sec, "batch_max", 1, 1_000_000),
         batch_wait_ms=_int_in(sec, "batch_wait_ms", 0, 60_000),
@@ -815,6 +828,7 @@ def _ingest(sec: _Section) -> IngestConfig:
         clock=clock,
         tag_rate_per_s=float(rate),
         tag_burst=_int_in(sec, "tag_burst", 1, 1_000_000),
+        owntracks_prefix=owntracks,
     )
 
 

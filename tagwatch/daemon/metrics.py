@@ -89,6 +89,12 @@ class Metrics:
             registry=r,
         )
         self.duplicates = Counter("tagwatch_duplicates", "duplicate fixes dropped", registry=r)
+        self.owntracks_ignored = Counter(
+            "tagwatch_owntracks_ignored",
+            "OwnTracks messages other than a location, by _type (unknown ones as other)",
+            ["type"],
+            registry=r,
+        )
         self.record_available = Gauge(
             "tagwatch_record_available", "0 while the case record cannot be written", registry=r
         )

@@ -169,7 +169,7 @@ class Daemon:
         self.cases = cases
         self.cases_refused = dict(cases_refused or {})  # file -> error, at the last load
         self.victim_phones = victim_phones(cases)  # updated in place on reload
-        self.topics = Topics(config.broker.topic_prefix)
+        self.topics = Topics(config.broker.topic_prefix, config.ingest.owntracks_prefix)
         self.event_clock = config.ingest.clock == "event"
         self.pipeline = Pipeline(
             zoneset,
@@ -401,7 +401,7 @@ class Daemon:
         status = self.topics.status
         self.conn = MqttConnection(
             settings,
-            [(self.topics.tag_fixes, 1), (self.topics.victim_fixes, 1)],
+            [(topic, 1) for topic in self.topics.fix_filters],
             will=(status, status_message("offline", self.instance, self.since)),
             online=(status, lambda: status_message("online", self.instance, time.time())),
         )
@@ -654,6 +654,8 @@ class Daemon:
         m = self.metrics
         m.fixes.inc(fx.fixes)
         m.duplicates.inc(fx.duplicates)
+        for kind, n in fx.ignored.items():
+            m.owntracks_ignored.labels(type=kind).inc(n)
         for reason, n in fx.rejected_reasons.items():
             m.rejected.labels(reason=reason).inc(n)
         for kind, n in fx.alert_types.items():

@@ -84,18 +84,18 @@ class Engine:
             rules = case_rules[case.id]
             for v in case.victims:
                 key = f"{case.id}/{v.id}"
-                protected[key] = Protected(key, case.id, v.id, case.tags, v.device, rules)
+                protected[key] = Protected(key, case.id, v.id, case.tags, v.phone_device, rules)
             victims = [
                 VictimInfo(
                     f"{case.id}/{v.id}",
                     case.id,
                     v.id,
-                    v.device,
+                    v.phone_device,
                     v.mobile_radius_m or rules.mobile_radius_m,
                     rules,
                 )
                 for v in case.victims
-                if v.device
+                if v.phone_device
             ]
             for tag in case.tags:
                 tag_cases.setdefault(tag, []).append((case.id, rules))

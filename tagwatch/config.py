@@ -222,7 +222,7 @@ class NotifyConfig:
 @dataclass(frozen=True)
 class FeedUser:
     name: str
-    role: Literal["operator", "viewer"]
+    role: Literal["operator", "viewer", "ingest"]  # ingest: POST /ingest/traccar only
     token_sha256: str
 
 
@@ -919,8 +919,10 @@ def _user(where: str, entry: Any) -> FeedUser:
         _check_type(entry[key], "str", f"{where} {key}")
     if not entry["name"].strip():
         raise ConfigError(f"{where} name: must not be empty")
-    if entry["role"] not in ("operator", "viewer"):
-        raise ConfigError(f'{where} role: "{entry["role"]}" is not operator or viewer')
+    if entry["role"] not in ("operator", "viewer", "ingest"):
+        raise ConfigError(
+            f'{where} role: "{entry["role"]}" is not operator, viewer or ingest'
+        )
     if not _SHA256_HEX.fullmatch(entry["token_sha256"]):
         raise ConfigError(
             f"{where} token_sha256: expected 64 lowercase hex characters "

@@ -395,7 +395,7 @@ def test_redacted_hides_every_secret(tmp_path: Path) -> None:
         ("[feed]\nusers = 'admin'\n", "[feed] users: expected an array of tables"),
         (
             f"[[feed.users]]\nname = 'a'\nrole = 'admin'\ntoken_sha256 = '{HASH}'\n",
-            '[[feed.users]] #1 role: "admin" is not operator or viewer',
+            '[[feed.users]] #1 role: "admin" is not operator, viewer or ingest',
         ),
         (
             "[[feed.users]]\nname = 'a'\nrole = 'viewer'\ntoken_sha256 = 'abc'\n",
@@ -443,7 +443,7 @@ def test_a_bad_file_is_refused_naming_file_and_key(
         ({"TAGWATCH_FEED_USERS": "{"}, "TAGWATCH_FEED_USERS: not JSON"),
         (
             {"TAGWATCH_FEED_USERS": '[{"name": "a", "role": "boss", "token_sha256": "x"}]'},
-            'TAGWATCH_FEED_USERS #1 role: "boss" is not operator or viewer',
+            'TAGWATCH_FEED_USERS #1 role: "boss" is not operator, viewer or ingest',
         ),
         (
             {"TAGWATCH_NOTIFY_TWILIO_API_BASE": "http://127.0.0.1:1"},

@@ -53,7 +53,7 @@ from tagwatch.notify.ack import acknowledge
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.inbound import TwilioInbound
 from tagwatch.notify.policy import PolicySettings, SmsLedger
-from tagwatch.pipeline import FAULT_ENV, Pipeline, Result
+from tagwatch.pipeline import FAULT_ENV, Inbound, Pipeline, Result
 from tagwatch.ratelimit import TokenBuckets
 from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.record.anchor import AnchorWriter
@@ -261,6 +261,7 @@ class Daemon:
             device_position=self._device_position,
             sse_max_clients=self.config.feed.sse_max_clients,
             sse_max_per_user=self.config.feed.sse_max_per_user,
+            on_traccar=self.ingest_traccar,
         )
         app.router.routes.extend(self._twilio_routes())
         return app
@@ -528,6 +529,32 @@ class Daemon:
                 await self._undo(notify)
                 raise
         await self._acknowledged(messages, fx)
+
+    async def ingest_traccar(self, tag: str, payload: bytes) -> tuple[int, dict]:
+        """A fix forwarded by Traccar (POST /ingest/traccar): handled as a message on the
+        tag's fix topic, one unit of work of its own; answered once committed. (status,
+        body): 200 accepted or a duplicate; 422 rejected, with the reason; 503 while the
+        daemon is not serving."""
+        if not self._serving:
+            return 503, {"error": "not ready: the daemon is not serving yet"}
+        inbound = Inbound(self.topics.tag_fix(tag), payload, time.time())
+        async with self._work:
+            now = time.time()
+            notify = None
+            try:
+                result = self.pipeline.process([inbound], raised=now)
+                notify = self._notify_state() if result.records else None
+                fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
+                await self._commit(fx.batch)
+            except Exception:
+                log.exception("traccar_failed", detail="undone; Traccar retries")
+                await self._undo(notify)
+                raise
+        self._after_commit(fx)
+        if result.rejected:
+            r = result.rejected[0].rejection
+            return 422, {"error": f"{r.reason}: {r.detail}"}
+        return 200, {"accepted": len(result.accepted), "duplicates": result.duplicates}
 
     async def _set_aside(self, msg: Message, error: Exception) -> None:
         """Reject a message whose handling fails on its own (internal_error), and ack it."""

@@ -47,6 +47,7 @@ from tagwatch.daemon.retention import purge_daily
 from tagwatch.delivery_terms import redact_urls
 from tagwatch.feed.actions import resolve
 from tagwatch.feed.app import create_app
+from tagwatch.feed.cases import cases_view
 from tagwatch.feed.events import EventHub
 from tagwatch.mqtt import Backoff, BrokerSettings, Message, MqttConnection
 from tagwatch.notify.ack import acknowledge
@@ -262,6 +263,9 @@ class Daemon:
             sse_max_clients=self.config.feed.sse_max_clients,
             sse_max_per_user=self.config.feed.sse_max_per_user,
             on_traccar=self.ingest_traccar,
+            cases_view=lambda: cases_view(
+                self.pipeline.engine, self.pipeline.zoneset.cases, time.time()
+            ),
         )
         app.router.routes.extend(self._twilio_routes())
         return app
@@ -379,6 +383,7 @@ class Daemon:
         else:
             self.metrics.broker(False, 0, 0)
         self.metrics.cases(len(self.cases), len(self.cases_refused))
+        self.metrics.victims(self.pipeline.engine.victims_by_status())
 
     # ---- the run -------------------------------------------------------------------
 

@@ -258,6 +258,15 @@ class Engine:
         """A victim's last assessed protection (unknown before its tag is heard)."""
         return self.protection.get(key) or Protection()
 
+    def victims_by_status(self) -> dict[str, int]:
+        """How many victims of the cases in force are protected, degraded, unknown."""
+        counts = dict.fromkeys((protection.PROTECTED, protection.DEGRADED, protection.UNKNOWN), 0)
+        states = self.protection
+        for key in list(self.protected):
+            state = states.get(key)
+            counts[state.status if state is not None else protection.UNKNOWN] += 1
+        return counts
+
     def _arm(self, tag: str, st: TagState, kind: str) -> None:
         if (tag, kind) in self.watch.armed:
             return  # arming again would change nothing (and this runs per fix)
@@ -288,6 +297,7 @@ class Engine:
         if fix.strap is not None:
             tag_rules.tamper(st, tag, fix, cases, em)
         if fix.bat is not None:
+            st.bat = fix.bat
             tag_rules.battery(st, tag, fix, cases, em)
         if fix.lat is None or xyz is None:
             self._no_position(st, fix, cases, em)
@@ -329,6 +339,8 @@ class Engine:
         ):
             return False
         ts = fix.ts
+        if fix.bat is not None:
+            st.bat = fix.bat
         st.last_msg_ts = st.last_pos_ts = st.pos_ts = ts
         st.lon, st.lat, st.acc, st.xyz, st.near = fix.lon, fix.lat, fix.acc, xyz, False
         _remember_position(st, fix, rules)

@@ -69,6 +69,7 @@ def create_app(
     sse_max_clients: int = SSE_MAX_CLIENTS,
     sse_max_per_user: int = SSE_MAX_PER_USER,
     on_traccar: Callable[[str, bytes], object] | None = None,
+    cases_view: Callable[[], list[dict]] | None = None,
 ) -> Starlette:
     """The feed app. on_ack/on_resolve(alert_id, user name, note) -> the new alert record
     (sync or async); they write it to the record and publish it to the hub.
@@ -89,6 +90,7 @@ def create_app(
     )
     feed.device_position = device_position
     feed.on_traccar = on_traccar
+    feed.cases_view = cases_view
     routes = [
         Route("/", feed.page),
         Route("/healthz", feed.healthz),
@@ -101,6 +103,7 @@ def create_app(
         Route("/api/alerts/{id}/victim", feed.victim),
         Route("/api/events", feed.events),
         Route("/api/tags/{tag}/track", feed.track),
+        Route("/api/cases", feed.cases),
         Route("/api/cases/{case}/zones", feed.zones),
         Route("/ingest/traccar", feed.traccar, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -164,6 +167,13 @@ class _Feed:
                 403, f"{request.url.path}: user {user.name!r} has role {user.role!r}: {only}"
             )
         return user
+
+    async def cases(self, request: Request) -> Response:
+        """Each case with its tags' state and each victim's protection (feed/cases.py)."""
+        self.user(request)
+        if self.cases_view is None:
+            return JSONResponse([])
+        return JSONResponse(self.cases_view())
 
     async def traccar(self, request: Request) -> Response:
         """Traccar's JSON position forwarding (DESIGN 3.1): 200 once the fix is committed,

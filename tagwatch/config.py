@@ -55,6 +55,7 @@ class Rules:
     victim_fresh_s: float = 180.0
     repeat_gap_s: float = 3600.0
     ack_timeout_s: float = 120.0
+    degraded_notify_s: float = 900.0  # protection degraded this long: the victim's notice
 
 
 _RULE_TYPES: dict[str, type] = {

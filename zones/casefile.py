@@ -211,7 +211,12 @@ def _victims(raw: object, file: str) -> tuple[Victim, ...]:
         radius = _optional_metres(
             v, "mobile_radius_m", file, f"{where}.mobile_radius_m", positive=True
         )
-        victims.append(Victim(sys.intern(victim_id), phone, device, radius, owntracks))
+        notify = v.get("notify_degraded", False)
+        if type(notify) is not bool:
+            raise CaseFileError(file, f"{where}.notify_degraded", "must be true or false")
+        victims.append(
+            Victim(sys.intern(victim_id), phone, device, radius, owntracks, notify)
+        )
     if len({v.id for v in victims}) != len(victims):
         raise CaseFileError(file, "case.victims", "a victim id is listed twice")
     return tuple(victims)

@@ -70,6 +70,7 @@ class Victim:
     device: str | None = None
     mobile_radius_m: float | None = None  # None: the rules' mobile_radius_m
     owntracks: str | None = None  # "USER/DEVICE" of the victim's OwnTracks app
+    notify_degraded: bool = False  # SMS when protection is degraded / restored (opted in)
 
     @property
     def phone_device(self) -> str | None:

@@ -53,7 +53,7 @@ from tagwatch.mqtt import Backoff, BrokerSettings, Message, MqttConnection
 from tagwatch.notify.ack import acknowledge
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.inbound import TwilioInbound
-from tagwatch.notify.policy import PolicySettings, SmsLedger
+from tagwatch.notify.policy import PolicySettings, SmsLedger, degraded_notices
 from tagwatch.pipeline import FAULT_ENV, Inbound, Pipeline, Result
 from tagwatch.ratelimit import TokenBuckets
 from tagwatch.record import Batch, Entry, Record, RecordError
@@ -149,6 +149,12 @@ def policy_settings(config: Config, cases: dict[str, Case]) -> PolicySettings:
         police_enabled=config.notify.police is not None,
         languages={c.id: c.language for c in cases.values()},
         case_texts={c.id: dict(c.texts) for c in cases.values() if c.texts},
+        degraded_notify_s={
+            c.id: float(c.rules["degraded_notify_s"])
+            for c in cases.values()
+            if "degraded_notify_s" in c.rules
+        },
+        default_degraded_notify_s=config.rules.degraded_notify_s,
     )
 
 
@@ -631,6 +637,10 @@ class Daemon:
             # On the event clock the fixes themselves move the watchdogs (as in replay).
             result = Result() if self.event_clock else self.pipeline.tick(now, raised=now)
             fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
+            notices = degraded_notices(now, self.cases, self.notify.settings, self.notify.ledger)
+            if notices:  # protection notices due (notify/policy.py), with the ledger
+                fx.batch.outbox += notices
+                fx.batch.checkpoints[LEDGER_KEY] = self.notify.ledger.to_bytes()
             escalated = self.notify.escalation.tick(now)
             if escalated:
                 more = self.effects.from_records(escalated, now)

@@ -115,3 +115,26 @@ def test_the_config_key(tmp_path: Path):
     assert load_config(None, env).ingest.owntracks_prefix == "owntracks"
     with pytest.raises(Exception, match="OWNTRACKS_PREFIX: must be empty"):
         load_config(None, {"TAGWATCH_INGEST_OWNTRACKS_PREFIX": "owntracks/#"})
+
+
+def test_replay_takes_owntracks_messages_with_the_daemons_prefix(tmp_path: Path):
+    import io
+    import json
+
+    from tagwatch.replay import replay
+
+    doc = case_doc([circle("home")])
+    doc["case"]["victims"] = [{"id": "V-1", "owntracks": "alice/phone"}]
+    capture = tmp_path / "capture.jsonl"
+    capture.write_text(
+        json.dumps({"topic": "owntracks/alice/phone", "payload": location(T0, HERE)}) + "\n"
+        + json.dumps({"topic": "tagwatch/v1/tags/T-1/fix",
+                      "payload": fix(T0 + 5, at_distance(100, 3100))}) + "\n")
+
+    def types(prefix: str) -> list[str]:
+        out = io.BytesIO()
+        replay(zoneset(doc), Rules(), capture, out, owntracks_prefix=prefix)
+        return [json.loads(line)["type"] for line in out.getvalue().splitlines()]
+
+    assert "proximity" in types("owntracks")
+    assert "proximity" not in types("")

@@ -233,6 +233,13 @@ def _rate_limit(config_path: Path | None) -> tuple[float, int] | None:
     return ingest.rate_limit
 
 
+def _owntracks_prefix(config_path: Path | None) -> str:
+    """The daemon's [ingest] owntracks_prefix, so replay takes OwnTracks messages too."""
+    from tagwatch.config import load_config
+
+    return "" if config_path is None else load_config(config_path, {}).ingest.owntracks_prefix
+
+
 def _demo(args: argparse.Namespace) -> int:
     from tagwatch import demo
 
@@ -257,7 +264,14 @@ def _replay(args: argparse.Namespace) -> int:
     if result.errors:
         raise BadInput(f"{len(result.errors)} case file(s) refused; fix them first")
     try:
-        count = replay(zoneset, rules, args.input, sys.stdout.buffer, _rate_limit(args.config))
+        count = replay(
+            zoneset,
+            rules,
+            args.input,
+            sys.stdout.buffer,
+            _rate_limit(args.config),
+            _owntracks_prefix(args.config),
+        )
     except OSError as exc:
         raise BadInput(f"{args.input}: cannot read: {exc.strerror}") from None
     except (ReplayInputError, ConfigError, UnicodeDecodeError) as exc:

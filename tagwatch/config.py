@@ -55,6 +55,7 @@ class Rules:
     victim_fresh_s: float = 180.0
     repeat_gap_s: float = 3600.0
     ack_timeout_s: float = 120.0
+    degraded_notify_s: float = 900.0  # protection degraded this long: the victim's notice
 
 
 _RULE_TYPES: dict[str, type] = {
@@ -182,6 +183,9 @@ class IngestConfig:
     # watchdogs by the fixes' own time, as replay does, for demos and accelerated
     # simulations whose fixes carry scenario time.
     clock: str = "wall"
+    # OwnTracks phones' topic prefix (DESIGN 3.1): "owntracks" takes `owntracks/USER/DEVICE`
+    # as the fix of the victim whose case names `owntracks: "USER/DEVICE"`; "": off.
+    owntracks_prefix: str = ""
 
     @property
     def rate_limit(self) -> tuple[float, int] | None:
@@ -219,7 +223,8 @@ class NotifyConfig:
 @dataclass(frozen=True)
 class FeedUser:
     name: str
-    role: Literal["operator", "viewer", "investigator"]
+    # investigator: a viewer who may also call /api/near; ingest: POST /ingest/traccar only
+    role: Literal["operator", "viewer", "investigator", "ingest"]
     token_sha256: str
 
 
@@ -337,6 +342,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "clock": ("str", IngestConfig.clock),
         "tag_rate_per_s": ("float", IngestConfig.tag_rate_per_s),
         "tag_burst": ("int", IngestConfig.tag_burst),
+        "owntracks_prefix": ("str", IngestConfig.owntracks_prefix),
     },
     "notify.twilio": {
         "account_sid": ("str", _REQUIRED),
@@ -808,6 +814,15 @@ def _ingest(sec: _Section) -> IngestConfig:
     rate = sec.get("tag_rate_per_s")
     if not (math.isfinite(rate) and rate >= 0):
         sec.fail("tag_rate_per_s", f"must be 0 (no limit) or above, got {rate}")
+    owntracks = sec.get("owntracks_prefix")
+    if owntracks and (
+        owntracks[0] == "/" or owntracks[-1] == "/" or any(c in owntracks for c in "+#\x00")
+    ):
+        sec.fail(
+            "owntracks_prefix",
+            f"must be empty (off) or a topic prefix without a leading or trailing '/' and "
+            f"without '+', '#' or NUL, got {owntracks!r}",
+        )
     return IngestConfig(
         batch_max=_int_in(sec, "batch_max", 1, 1_000_000),
         batch_wait_ms=_int_in(sec, "batch_wait_ms", 0, 60_000),
@@ -815,6 +830,7 @@ def _ingest(sec: _Section) -> IngestConfig:
         clock=clock,
         tag_rate_per_s=float(rate),
         tag_burst=_int_in(sec, "tag_burst", 1, 1_000_000),
+        owntracks_prefix=owntracks,
     )
 
 
@@ -905,9 +921,9 @@ def _user(where: str, entry: Any) -> FeedUser:
         _check_type(entry[key], "str", f"{where} {key}")
     if not entry["name"].strip():
         raise ConfigError(f"{where} name: must not be empty")
-    if entry["role"] not in ("operator", "viewer", "investigator"):
+    if entry["role"] not in ("operator", "viewer", "investigator", "ingest"):
         raise ConfigError(
-            f'{where} role: "{entry["role"]}" is not operator, viewer or investigator'
+            f'{where} role: "{entry["role"]}" is not operator, viewer, investigator or ingest'
         )
     if not _SHA256_HEX.fullmatch(entry["token_sha256"]):
         raise ConfigError(

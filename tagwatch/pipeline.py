@@ -38,8 +38,17 @@ from tagwatch.engine.core import DUPLICATE, LATE, Engine
 from tagwatch.engine.emit import Emitter, Output
 from tagwatch.engine.state import TagState
 from tagwatch.ratelimit import REPORT_S, TokenBuckets
-from tagwatch.wire import Fix, Rejection, Topics, decode_fix, decode_payload
+from tagwatch.wire import (
+    OWNTRACKS,
+    Fix,
+    Rejection,
+    Topics,
+    decode_fix,
+    decode_payload,
+    owntracks_payload,
+)
 from zones import ZoneSet, ecef
+from zones.models import OWNTRACKS_DEVICE
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class Result:
     accepted: list[tuple[Fix, bool]] = field(default_factory=list)  # (fix, late)
     duplicates: int = 0
     rate_limited: int = 0  # messages over their tag's rate, counted only (not in rejected)
+    ignored: Counter = field(default_factory=Counter)  # OwnTracks messages by `_type`
 
     def rejected_by_reason(self) -> Counter:
         return Counter(r.rejection.reason for r in self.rejected)
@@ -166,7 +176,7 @@ class Pipeline:
             f"handling this message failed ({type(error).__name__}); it was set aside so "
             f"that the others go on; payload SHA-256 {digest}"
         )
-        rejected = _reject(parsed[1] if parsed else "", INTERNAL_ERROR, detail, msg)
+        rejected = _reject(_source(parsed), INTERNAL_ERROR, detail, msg)
         if self._private(parsed):
             rejected = _unquoted(rejected, parsed is not None)
         return Result(rejected=[rejected])
@@ -250,7 +260,7 @@ class Pipeline:
             f"this topic: the excess is rejected and counted, one of it recorded per "
             f"{REPORT_S:g} s"
         )
-        rejected = _reject(parsed[1] if parsed else "", RATE_LIMITED, detail, msg)
+        rejected = _reject(_source(parsed), RATE_LIMITED, detail, msg)
         if self._private(parsed):
             rejected = _unquoted(rejected, parsed is not None)
         return rejected
@@ -259,7 +269,11 @@ class Pipeline:
         """Whether a message's rejections must not quote it (DESIGN 3.2): a victim device's
         payload is the victim's position, on a victim topic or on any other (a known device
         id on the tags path is a victim message); an unrecognised topic may be one."""
-        return parsed is None or parsed[0] == VICTIM or self.engine.knows_device(parsed[1])
+        return (
+            parsed is None
+            or parsed[0] in (VICTIM, OWNTRACKS)
+            or self.engine.knows_device(parsed[1])
+        )
 
     def _decode_message(
         self, msg: Received, result: Result, fixes: list[Fix], kinds: list[str]
@@ -272,6 +286,9 @@ class Pipeline:
             result.rejected.append(_reject("", "unknown_topic", detail, msg))
             return None
         source, ident = parsed
+        if source == OWNTRACKS:
+            self._owntracks(msg, ident, result, fixes, kinds)
+            return parsed
         problem = self._unknown(source, ident)
         if problem:
             result.rejected.append(_reject(ident, *problem, msg))
@@ -308,6 +325,30 @@ class Pipeline:
             kinds.append(kind)
             result.accepted.append((fix, kind == LATE))
         return parsed
+
+    def _owntracks(
+        self, msg: Received, ident: str, result: Result, fixes: list[Fix], kinds: list[str]
+    ) -> None:
+        """An OwnTracks message (DESIGN 3.1): a `location` is the fix of the victim whose
+        case names `owntracks: ident`, checked as any fix; other `_type`s are counted.
+        Its rejections name no topic level (USER/DEVICE has a '/') and quote nothing."""
+        device = OWNTRACKS_DEVICE + ident
+        if not self.engine.knows_device(device):
+            detail = f"OwnTracks {ident!r} is the phone of no victim (case member owntracks)"
+            result.rejected.append(_reject("", "unknown_device", detail, msg))
+            return
+        payload, ignored = owntracks_payload(msg.payload)
+        if payload is None:
+            result.ignored[ignored] += 1
+            return
+        decoded, rejections = decode_payload(
+            "victim", device, payload, msg.received, self.rules.max_future_s
+        )
+        result.rejected.extend(Rejected("", r, msg.received) for r in rejections)
+        for fix in decoded:
+            if fix.lat is not None:
+                fixes.append(fix)
+                kinds.append(VICTIM)
 
     def _screen(self, source: str, ident: str, msg: Received, result: Result) -> bytes | None:
         """The payload with only its validly signed, fresh fixes; None when none is left."""
@@ -397,6 +438,12 @@ class Pipeline:
 
 
 _TAG = attrgetter("tag")
+
+
+def _source(parsed: tuple[str, str] | None) -> str:
+    """The id a rejection is published under: none for an OwnTracks topic (its USER/DEVICE
+    is two topic levels) or a topic that names nothing."""
+    return parsed[1] if parsed is not None and parsed[0] != OWNTRACKS else ""
 
 
 class _SeenSeqs:

@@ -120,12 +120,15 @@ def replay(
     path: Path,
     out: IO[bytes],
     rate_limit: tuple[float, int] | None = None,
+    owntracks_prefix: str = "",
 ) -> int:
     """Write every alert record, one JSON object per line; returns how many.
 
     `rate_limit` is the daemon's [ingest] tag_rate_per_s and tag_burst: applied on the
-    capture's `received` times, as the daemon did on its receiving clock."""
-    topics = Topics()
+    capture's `received` times, as the daemon did on its receiving clock.
+    `owntracks_prefix` is the daemon's [ingest] owntracks_prefix: its OwnTracks messages
+    are victim fixes here as there."""
+    topics = Topics(owntracks=owntracks_prefix)
     pipeline = Pipeline(zoneset, rules, topics, event_clock=True, rate_limit=rate_limit)
     count = 0
     batch: list[Inbound] = []

@@ -39,6 +39,7 @@ import numpy as np
 from msgspec import Meta
 
 Source = Literal["tag", "victim"]
+OWNTRACKS = "owntracks"  # the source of a topic `{owntracks_prefix}/USER/DEVICE` (parse)
 
 MAX_PAYLOAD_BYTES = 65536
 MAX_BATCH = 1000
@@ -78,9 +79,9 @@ REASONS = frozenset(
 class Topics:
     """Topic names and filters of DESIGN 3.1 under one prefix."""
 
-    __slots__ = ("_fix_heads", "prefix", "status", "tag_fixes", "victim_fixes")
+    __slots__ = ("_fix_heads", "owntracks", "prefix", "status", "tag_fixes", "victim_fixes")
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, prefix: str = DEFAULT_PREFIX, owntracks: str = "") -> None:
         if not prefix or prefix.startswith("/") or prefix.endswith("/"):
             raise ValueError(
                 f"topic prefix {prefix!r} must be non-empty without a leading or trailing '/'"
@@ -92,10 +93,24 @@ class Topics:
         self.victim_fixes = f"{prefix}/victims/+/fix"
         self.status = f"{prefix}/status"
         self._fix_heads: dict[str, Source] = {"tags": "tag", "victims": "victim"}
+        # OwnTracks phones publish on `{owntracks}/USER/DEVICE` ("": not taken, DESIGN 3.1)
+        if owntracks and (
+            owntracks.startswith("/")
+            or owntracks.endswith("/")
+            or any(c in owntracks for c in "+#\x00")
+            or owntracks == prefix
+        ):
+            raise ValueError(
+                f"owntracks prefix {owntracks!r} must have no leading or trailing '/', no "
+                "'+', '#' or NUL, and differ from the topic prefix"
+            )
+        self.owntracks = owntracks
 
     @property
-    def fix_filters(self) -> tuple[str, str]:
-        """Both subscription filters for incoming fixes."""
+    def fix_filters(self) -> tuple[str, ...]:
+        """The subscription filters for incoming fixes (OwnTracks' too when taken)."""
+        if self.owntracks:
+            return (self.tag_fixes, self.victim_fixes, f"{self.owntracks}/+/+")
         return (self.tag_fixes, self.victim_fixes)
 
     def tag_fix(self, tag_id: str) -> str:
@@ -113,9 +128,17 @@ class Topics:
     def cmd(self, tag_id: str) -> str:
         return f"{self.prefix}/tags/{_topic_level('tag_id', tag_id)}/cmd"
 
-    def parse(self, topic: str) -> tuple[Source, str] | None:
-        """("tag", id) or ("victim", id) for a fix topic under this prefix, else None."""
+    def parse(self, topic: str) -> tuple[str, str] | None:
+        """("tag", id) or ("victim", id) for a fix topic under this prefix, ("owntracks",
+        "USER/DEVICE") for an OwnTracks topic when they are taken, else None."""
         prefix = self.prefix
+        owntracks = self.owntracks
+        n = len(owntracks)
+        if owntracks and topic.startswith(owntracks) and topic[n : n + 1] == "/":
+            parts = topic[n + 1 :].split("/")
+            if len(parts) == 2 and all(p and not any(c in p for c in "+#") for p in parts):
+                return OWNTRACKS, "/".join(parts)
+            return None
         if not topic.startswith(prefix) or topic[len(prefix) : len(prefix) + 1] != "/":
             return None
         parts = topic[len(prefix) + 1 :].split("/")
@@ -217,6 +240,55 @@ def status_message(state: Literal["online", "offline"], instance: str, since: fl
     if state not in ("online", "offline"):
         raise ValueError(f"status state {state!r} must be 'online' or 'offline'")
     return msgspec.json.encode({"state": state, "instance": instance, "since": rfc3339(since)})
+
+
+# ---------------------------------------------------------------- OwnTracks
+
+# OwnTracks `location` members -> fix fields (DESIGN 3.1); `vel` is km/h, `spd` m/s
+_OWNTRACKS_FIELDS = {"tst": "ts", "lat": "lat", "lon": "lon", "acc": "acc", "batt": "bat",
+                     "cog": "hdg"}
+OWNTRACKS_TYPES = frozenset(  # counted by name when ignored; any other as "other"
+    {"card", "cmd", "configuration", "encrypted", "lwt", "request", "status", "steps",
+     "transition", "waypoint", "waypoints"}
+)
+
+
+def owntracks_payload(payload: bytes) -> tuple[bytes | None, str | None]:
+    """(fix payload, None) for an OwnTracks message to decode as a victim fix, or (None,
+    the ignored `_type`: a name of OWNTRACKS_TYPES or "other").
+
+    A `location` becomes a fix object of DESIGN 3.2 (`tst` ts, `batt` bat, `cog` hdg,
+    `vel` km/h as `spd` m/s; a member of the wrong type is passed on as it is, so the
+    fix's own checks reject it). Anything that is not an OwnTracks object (too large, too
+    deep, not JSON, not an object) is passed on unchanged for `decode_payload` to reject
+    with its usual reason; an array is wrapped, so it is refused as not an object."""
+    if len(payload) > MAX_PAYLOAD_BYTES or too_deep(payload):
+        return payload, None
+    try:
+        obj = msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return payload, None
+    if not isinstance(obj, dict):
+        return b'"not an object"', None  # no batch from a phone: refused as not_object
+    kind = obj.get("_type")
+    if kind != "location":
+        return None, kind if kind in OWNTRACKS_TYPES else "other"
+    fix = {name: obj[key] for key, name in _OWNTRACKS_FIELDS.items() if key in obj}
+    if _unknown(fix.get("hdg")):
+        del fix["hdg"]
+    vel = obj.get("vel")
+    if vel is not None and not _unknown(vel):
+        fix["spd"] = vel / 3.6 if _is_number(vel) else vel
+    return msgspec.json.encode(fix), None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _unknown(value: object) -> bool:
+    """OwnTracks writes -1 (or another negative number) for a speed or course it lacks."""
+    return _is_number(value) and value < 0  # type: ignore[operator]
 
 
 # ---------------------------------------------------------------- decoding: fast path

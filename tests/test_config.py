@@ -75,7 +75,7 @@ def test_rule_defaults_match_design_3_6() -> None:
         "no_comms_s": 900, "no_fix_s": 600, "near_m": 1000, "max_speed_mps": 70,
         "battery_low_pct": 15, "loiter_m": 1000, "loiter_s": 900, "repeat_count": 3,
         "repeat_window_d": 7, "max_future_s": 120, "victim_fresh_s": 180, "repeat_gap_s": 3600,
-        "ack_timeout_s": 120,
+        "ack_timeout_s": 120, "degraded_notify_s": 900,
     }  # fmt: skip
     assert dataclasses.asdict(Rules()) == expected
     assert expected.keys() == RULE_NAMES
@@ -395,7 +395,7 @@ def test_redacted_hides_every_secret(tmp_path: Path) -> None:
         ("[feed]\nusers = 'admin'\n", "[feed] users: expected an array of tables"),
         (
             f"[[feed.users]]\nname = 'a'\nrole = 'admin'\ntoken_sha256 = '{HASH}'\n",
-            '[[feed.users]] #1 role: "admin" is not operator, viewer or investigator',
+            '[[feed.users]] #1 role: "admin" is not operator, viewer, investigator or ingest',
         ),
         (
             "[[feed.users]]\nname = 'a'\nrole = 'viewer'\ntoken_sha256 = 'abc'\n",
@@ -443,7 +443,7 @@ def test_a_bad_file_is_refused_naming_file_and_key(
         ({"TAGWATCH_FEED_USERS": "{"}, "TAGWATCH_FEED_USERS: not JSON"),
         (
             {"TAGWATCH_FEED_USERS": '[{"name": "a", "role": "boss", "token_sha256": "x"}]'},
-            'TAGWATCH_FEED_USERS #1 role: "boss" is not operator, viewer or investigator',
+            'TAGWATCH_FEED_USERS #1 role: "boss" is not operator, viewer, investigator or ingest',
         ),
         (
             {"TAGWATCH_NOTIFY_TWILIO_API_BASE": "http://127.0.0.1:1"},

@@ -385,6 +385,8 @@ def test_stream_without_last_event_id_starts_with_what_comes_next(feed: Feed) ->
 
 def test_resume_older_than_the_ring_falls_back_to_the_record(tmp_path: Path) -> None:
     with running_feed(tmp_path, EventHub(ring_size=2)) as feed:
+        # The victim's phone 2 km away and fresh: protection is well, no record of it.
+        feed.fix(HOME[0] + 0.03, HOME[1], time.time() - 31, tag="VD-01", source="victims")
         first = feed.fix(*HOME, time.time() - 30)[0]  # probable breach (event 1)
         old_id = feed.hub.last_id
         confirmed = feed.fix(*HOME, time.time() - 20)  # events 2.. push event 1 out

@@ -68,7 +68,10 @@ def test_csv_input(cases, tmp_path):
     done = replay(cases, data)
     assert done.returncode == 0, done.stderr.decode()
     out = [json.loads(x) for x in done.stdout.decode().splitlines()]
-    assert [(r["type"], r["confidence"]) for r in out] == [
+    # the victim's phone (VD-1) never reported: protection is degraded from the first fix
+    assert [r["detail"] for r in out if r["type"] == "protection.degraded"] == [
+        "protection degraded: device_stale (the victim's device has no recent position)"]
+    assert [(r["type"], r["confidence"]) for r in out if r["type"] != "protection.degraded"] == [
         ("zone.breach", "probable"),
         ("zone.breach", "confirmed"),
     ]

@@ -8,7 +8,7 @@ seeded numpy Generator, so every track is reproducible.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -160,9 +160,10 @@ def pipeline(*docs: dict, rules: Rules | None = None) -> Pipeline:
 class Run:
     """Everything a scripted run produced, accumulated over its batches."""
 
-    records: list[AlertRecord]
+    records: list[AlertRecord]  # every record but the protection status ones
     commands: list[tuple[str, bytes]]
     results: list[Result]
+    protection: list[AlertRecord] = field(default_factory=list)  # protection.* records
 
     def of(self, type_: str) -> list[AlertRecord]:
         return [r for r in self.records if r.type == type_]
@@ -189,14 +190,26 @@ def run(
     out = Run([], [], [])
     for batch in batches:
         result = pipe.process(batch if isinstance(batch, list) else [batch])
-        out.records += result.records
+        _take(out, result.records)
         out.commands += result.commands
         out.results.append(result)
     if tick is not None:
         result = pipe.tick(tick)
-        out.records += result.records
+        _take(out, result.records)
         out.results.append(result)
     return out
+
+
+def without_protection(records: list[AlertRecord]) -> list[AlertRecord]:
+    """The records of the rules about the tag's whereabouts: the protection status
+    records (engine/protection.py) follow every change of a tag's state and have their
+    own tests (tests/test_protection.py)."""
+    return [r for r in records if not r.type.startswith("protection.")]
+
+
+def _take(out: Run, records: list[AlertRecord]) -> None:
+    for r in records:
+        (out.protection if r.type.startswith("protection.") else out.records).append(r)
 
 
 def one_by_one(fixes: Iterable[dict], tag: str = TAG) -> list[Inbound]:

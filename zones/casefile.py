@@ -151,6 +151,19 @@ def _ident(value: object, file: str, where: str) -> str:
     return value
 
 
+def _owntracks(value: object, file: str, where: str) -> None:
+    """`USER/DEVICE` of an OwnTracks phone (DESIGN 3.4): its topic's two levels, each an id."""
+    parts = value.split("/") if isinstance(value, str) else []
+    if len(parts) != 2 or not all(_ID.fullmatch(p) for p in parts):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise CaseFileError(
+            file,
+            where,
+            f'{shown} is not "USER/DEVICE": two ids of 1 to 64 of the characters '
+            "A-Z a-z 0-9 . _ -, joined by /",
+        )
+
+
 def _tags(meta: dict, file: str) -> tuple[str, ...]:
     tags = meta.get("tags")
     if not isinstance(tags, list) or not tags:
@@ -188,10 +201,22 @@ def _victims(raw: object, file: str) -> tuple[Victim, ...]:
         device = v.get("device")
         if device is not None:
             _ident(device, file, f"{where}.device")
+        owntracks = v.get("owntracks")
+        if owntracks is not None:
+            _owntracks(owntracks, file, f"{where}.owntracks")
+            if device is not None:
+                raise CaseFileError(
+                    file, f"{where}.owntracks", "a device or an OwnTracks phone, not both"
+                )
         radius = _optional_metres(
             v, "mobile_radius_m", file, f"{where}.mobile_radius_m", positive=True
         )
-        victims.append(Victim(sys.intern(victim_id), phone, device, radius))
+        notify = v.get("notify_degraded", False)
+        if type(notify) is not bool:
+            raise CaseFileError(file, f"{where}.notify_degraded", "must be true or false")
+        victims.append(
+            Victim(sys.intern(victim_id), phone, device, radius, owntracks, notify)
+        )
     if len({v.id for v in victims}) != len(victims):
         raise CaseFileError(file, "case.victims", "a victim id is listed twice")
     return tuple(victims)

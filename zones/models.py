@@ -60,12 +60,25 @@ def in_frame(geometry: BaseGeometry, frame: LocalFrame) -> BaseGeometry:
     return shapely.transform(geometry, lambda lonlat: np.column_stack(frame.project(*lonlat.T)))
 
 
+OWNTRACKS_DEVICE = "owntracks:"  # the engine's device ids of OwnTracks phones start so
+
+
 @dataclass(frozen=True, slots=True)
 class Victim:
     id: str
     phone: str | None = None
     device: str | None = None
     mobile_radius_m: float | None = None  # None: the rules' mobile_radius_m
+    owntracks: str | None = None  # "USER/DEVICE" of the victim's OwnTracks app
+    notify_degraded: bool = False  # SMS when protection is degraded / restored (opted in)
+
+    @property
+    def phone_device(self) -> str | None:
+        """The engine's id of the victim's own device: `device`, or for an OwnTracks phone
+        "owntracks:USER/DEVICE" (no id can hold ':', so the two never collide)."""
+        if self.device is not None:
+            return self.device
+        return None if self.owntracks is None else f"{OWNTRACKS_DEVICE}{self.owntracks}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ class Effects:
     fixes: int = 0
     duplicates: int = 0
     records: list[dict] = field(default_factory=list)
+    ignored: Counter = field(default_factory=Counter)  # OwnTracks messages by `_type`
 
     @property
     def has_mqtt(self) -> bool:
@@ -88,6 +89,7 @@ class EffectsBuilder:
     def from_result(self, result: Result, checkpoints: dict[str, bytes], now: float) -> Effects:
         fx = Effects()
         fx.fixes, fx.duplicates = len(result.accepted), result.duplicates
+        fx.ignored = result.ignored
         chains: dict[str, list[str]] = {}  # tag -> its cases' chains, for this batch
         for fix, late in result.accepted:
             self._fix(fx, fix, late, chains)

@@ -60,6 +60,12 @@ class Metrics:
         self.write_errors = Counter(
             "tagwatch_record_write_errors", "failed writes (commits) to the case record", registry=r
         )
+        self.victims_by_status = Gauge(
+            "tagwatch_victims",
+            "victims of the cases in force by protection status (protected, degraded, unknown)",
+            ["status"],
+            registry=r,
+        )
         self.tags_silent = Gauge(
             "tagwatch_tags_silent",
             "tags in an open case with no message for no_comms_s",
@@ -89,6 +95,12 @@ class Metrics:
             registry=r,
         )
         self.duplicates = Counter("tagwatch_duplicates", "duplicate fixes dropped", registry=r)
+        self.owntracks_ignored = Counter(
+            "tagwatch_owntracks_ignored",
+            "OwnTracks messages other than a location, by _type (unknown ones as other)",
+            ["type"],
+            registry=r,
+        )
         self.record_available = Gauge(
             "tagwatch_record_available", "0 while the case record cannot be written", registry=r
         )
@@ -125,6 +137,10 @@ class Metrics:
         if sessions_lost > self._sessions_lost_seen:
             self.sessions_lost.inc(sessions_lost - self._sessions_lost_seen)
             self._sessions_lost_seen = sessions_lost
+
+    def victims(self, by_status: dict[str, int]) -> None:
+        for status, n in by_status.items():
+            self.victims_by_status.labels(status=status).set(n)
 
     def cases(self, loaded: int, refused: int) -> None:
         self.cases_loaded.set(loaded)

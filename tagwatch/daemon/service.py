@@ -47,13 +47,14 @@ from tagwatch.daemon.retention import purge_daily
 from tagwatch.delivery_terms import redact_urls
 from tagwatch.feed.actions import resolve
 from tagwatch.feed.app import create_app
+from tagwatch.feed.cases import cases_view
 from tagwatch.feed.events import EventHub
 from tagwatch.mqtt import Backoff, BrokerSettings, Message, MqttConnection
 from tagwatch.notify.ack import acknowledge
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.inbound import TwilioInbound
-from tagwatch.notify.policy import PolicySettings, SmsLedger
-from tagwatch.pipeline import FAULT_ENV, Pipeline, Result
+from tagwatch.notify.policy import PolicySettings, SmsLedger, degraded_notices
+from tagwatch.pipeline import FAULT_ENV, Inbound, Pipeline, Result
 from tagwatch.ratelimit import TokenBuckets
 from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.record.anchor import AnchorWriter
@@ -148,6 +149,12 @@ def policy_settings(config: Config, cases: dict[str, Case]) -> PolicySettings:
         police_enabled=config.notify.police is not None,
         languages={c.id: c.language for c in cases.values()},
         case_texts={c.id: dict(c.texts) for c in cases.values() if c.texts},
+        degraded_notify_s={
+            c.id: float(c.rules["degraded_notify_s"])
+            for c in cases.values()
+            if "degraded_notify_s" in c.rules
+        },
+        default_degraded_notify_s=config.rules.degraded_notify_s,
     )
 
 
@@ -169,7 +176,7 @@ class Daemon:
         self.cases = cases
         self.cases_refused = dict(cases_refused or {})  # file -> error, at the last load
         self.victim_phones = victim_phones(cases)  # updated in place on reload
-        self.topics = Topics(config.broker.topic_prefix)
+        self.topics = Topics(config.broker.topic_prefix, config.ingest.owntracks_prefix)
         self.event_clock = config.ingest.clock == "event"
         self.pipeline = Pipeline(
             zoneset,
@@ -261,6 +268,10 @@ class Daemon:
             device_position=self._device_position,
             sse_max_clients=self.config.feed.sse_max_clients,
             sse_max_per_user=self.config.feed.sse_max_per_user,
+            on_traccar=self.ingest_traccar,
+            cases_view=lambda: cases_view(
+                self.pipeline.engine, self.pipeline.zoneset.cases, time.time()
+            ),
         )
         app.router.routes.extend(self._twilio_routes())
         return app
@@ -378,6 +389,7 @@ class Daemon:
         else:
             self.metrics.broker(False, 0, 0)
         self.metrics.cases(len(self.cases), len(self.cases_refused))
+        self.metrics.victims(self.pipeline.engine.victims_by_status())
 
     # ---- the run -------------------------------------------------------------------
 
@@ -401,7 +413,7 @@ class Daemon:
         status = self.topics.status
         self.conn = MqttConnection(
             settings,
-            [(self.topics.tag_fixes, 1), (self.topics.victim_fixes, 1)],
+            [(topic, 1) for topic in self.topics.fix_filters],
             will=(status, status_message("offline", self.instance, self.since)),
             online=(status, lambda: status_message("online", self.instance, time.time())),
         )
@@ -529,6 +541,32 @@ class Daemon:
                 raise
         await self._acknowledged(messages, fx)
 
+    async def ingest_traccar(self, tag: str, payload: bytes) -> tuple[int, dict]:
+        """A fix forwarded by Traccar (POST /ingest/traccar): handled as a message on the
+        tag's fix topic, one unit of work of its own; answered once committed. (status,
+        body): 200 accepted or a duplicate; 422 rejected, with the reason; 503 while the
+        daemon is not serving."""
+        if not self._serving:
+            return 503, {"error": "not ready: the daemon is not serving yet"}
+        inbound = Inbound(self.topics.tag_fix(tag), payload, time.time())
+        async with self._work:
+            now = time.time()
+            notify = None
+            try:
+                result = self.pipeline.process([inbound], raised=now)
+                notify = self._notify_state() if result.records else None
+                fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
+                await self._commit(fx.batch)
+            except Exception:
+                log.exception("traccar_failed", detail="undone; Traccar retries")
+                await self._undo(notify)
+                raise
+        self._after_commit(fx)
+        if result.rejected:
+            r = result.rejected[0].rejection
+            return 422, {"error": f"{r.reason}: {r.detail}"}
+        return 200, {"accepted": len(result.accepted), "duplicates": result.duplicates}
+
     async def _set_aside(self, msg: Message, error: Exception) -> None:
         """Reject a message whose handling fails on its own (internal_error), and ack it."""
         async with self._work:
@@ -599,6 +637,10 @@ class Daemon:
             # On the event clock the fixes themselves move the watchdogs (as in replay).
             result = Result() if self.event_clock else self.pipeline.tick(now, raised=now)
             fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
+            notices = degraded_notices(now, self.cases, self.notify.settings, self.notify.ledger)
+            if notices:  # protection notices due (notify/policy.py), with the ledger
+                fx.batch.outbox += notices
+                fx.batch.checkpoints[LEDGER_KEY] = self.notify.ledger.to_bytes()
             escalated = self.notify.escalation.tick(now)
             if escalated:
                 more = self.effects.from_records(escalated, now)
@@ -654,6 +696,8 @@ class Daemon:
         m = self.metrics
         m.fixes.inc(fx.fixes)
         m.duplicates.inc(fx.duplicates)
+        for kind, n in fx.ignored.items():
+            m.owntracks_ignored.labels(type=kind).inc(n)
         for reason, n in fx.rejected_reasons.items():
             m.rejected.labels(reason=reason).inc(n)
         for kind, n in fx.alert_types.items():

@@ -23,6 +23,7 @@ from tagwatch.config import Rules, rules_with
 from tagwatch.engine import (
     evidence,
     patterns,
+    protection,
     recent,
     seqs,
     tag_rules,
@@ -32,6 +33,7 @@ from tagwatch.engine import (
 )
 from tagwatch.engine.context import FixView, VictimInfo, ZoneInfo
 from tagwatch.engine.emit import Emitter
+from tagwatch.engine.protection import Protected, Protection
 from tagwatch.engine.state import (
     DeviceState,
     Motion,
@@ -60,6 +62,7 @@ class Engine:
     def __init__(self, zoneset: ZoneSet, rules: Rules) -> None:
         self.tags: dict[str, TagState] = {}
         self.devices: dict[str, DeviceState] = {}
+        self.protection: dict[str, Protection] = {}  # per victim, "case/victim"
         self.watch = watchdog.Watchdogs()
         self.clock = -math.inf
         self.dirty: set[str] = set()
@@ -79,19 +82,23 @@ class Engine:
         tag_cases: dict[str, list[tuple[str, Rules]]] = {}
         tag_victims: dict[str, list[VictimInfo]] = {}
         device_victims: dict[str, list[tuple[str, VictimInfo]]] = {}
+        protected: dict[str, Protected] = {}
         for case in zoneset.cases:
             rules = case_rules[case.id]
+            for v in case.victims:
+                key = f"{case.id}/{v.id}"
+                protected[key] = Protected(key, case.id, v.id, case.tags, v.phone_device, rules)
             victims = [
                 VictimInfo(
                     f"{case.id}/{v.id}",
                     case.id,
                     v.id,
-                    v.device,
+                    v.phone_device,
                     v.mobile_radius_m or rules.mobile_radius_m,
                     rules,
                 )
                 for v in case.victims
-                if v.device
+                if v.phone_device
             ]
             for tag in case.tags:
                 tag_cases.setdefault(tag, []).append((case.id, rules))
@@ -103,6 +110,16 @@ class Engine:
         self.tag_cases = {tag: tuple(cases) for tag, cases in tag_cases.items()}
         self.tag_victims = {tag: tuple(vs) for tag, vs in tag_victims.items() if vs}
         self.device_victims = {d: tuple(tags) for d, tags in device_victims.items()}
+        self.protected = protected
+        tag_protected: dict[str, list[Protected]] = {}
+        device_protected: dict[str, list[Protected]] = {}
+        for pv in protected.values():
+            for tag in pv.tags:
+                tag_protected.setdefault(tag, []).append(pv)
+            if pv.device is not None:
+                device_protected.setdefault(pv.device, []).append(pv)
+        self.tag_protected = {tag: tuple(pvs) for tag, pvs in tag_protected.items()}
+        self.device_protected = {d: tuple(pvs) for d, pvs in device_protected.items()}
         self.tag_rules = {tag: cases[0][1] for tag, cases in self.tag_cases.items()}
         all_rules = [*case_rules.values(), self.rules]
         max_warn = max([self.zone_info.warn_m(z) for z in zoneset.zones] + [0.0])
@@ -209,8 +226,49 @@ class Engine:
             if fire_at is not None:
                 watchdog.fire(st, tag, kind, fire_at, cases, em)
                 self.dirty.add(tag)
+                self._protect(self.tag_protected.get(tag, ()), fire_at, em)
             elif kind == watchdog.NO_COMMS and st.no_comms is None:
                 self._arm(tag, st, kind)
+
+    # -- protection status (engine/protection.py) --------------------------------
+
+    def _protect(self, victims: tuple[Protected, ...], ts: float, em: Emitter) -> None:
+        """Assess these victims' protection; records (at event time `ts`) on a change."""
+        for pv in victims:
+            state = self.protection.get(pv.key)
+            if state is None:
+                state = self.protection[pv.key] = Protection()
+            status, reasons, near = protection.assess(pv, self.tags, self.devices)
+            if protection.update(state, pv, status, reasons, near, ts, em):
+                self.dirty.add(f"victim:{pv.key}")
+
+    def _device_turned(self, tag: str, ts: float) -> bool:
+        """Whether a tag fix at `ts` would turn a victim device of its cases stale (or a
+        stale one fresh) in the eyes of protection: the quiet path's question."""
+        for pv in self.tag_protected.get(tag, ()):
+            if pv.device is None:
+                continue
+            state = self.protection.get(pv.key)
+            if state is None:
+                return True
+            device = self.devices.get(pv.device)
+            stale = device is None or ts - device.ts > pv.rules.victim_fresh_s
+            if stale != ("device_stale" in state.reasons):
+                return True
+        return False
+
+    def protection_of(self, key: str) -> Protection:
+        """A victim's last assessed protection (unknown before its tag is heard)."""
+        return self.protection.get(key) or Protection()
+
+    def victims_by_status(self) -> dict[str, int]:
+        """How many victims of the cases in force are protected, degraded, unknown."""
+        counts = dict.fromkeys((protection.PROTECTED, protection.DEGRADED, protection.UNKNOWN), 0)
+        states = self.protection
+        for key in list(self.protected):
+            state = states.get(key)
+            counts[state.status if state is not None else protection.UNKNOWN] += 1
+        return counts
 
     def _arm(self, tag: str, st: TagState, kind: str) -> None:
         if (tag, kind) in self.watch.armed:
@@ -225,7 +283,16 @@ class Engine:
 
     def tag_fix(self, fix: Fix, xyz: tuple | None, rows: Iterator, em: Emitter) -> None:
         """A live fix; `rows` are its (zone index, inside, distance, active) rows."""
-        tag, st, cases = fix.tag, self.tags[fix.tag], self.tag_cases[fix.tag]
+        st = self.tags[fix.tag]
+        before = _protection_inputs(st)
+        self._tag_fix(fix, st, xyz, rows, em)
+        if _protection_inputs(st) != before or self._device_turned(fix.tag, fix.ts):
+            self._protect(self.tag_protected.get(fix.tag, ()), fix.ts, em)
+
+    def _tag_fix(
+        self, fix: Fix, st: TagState, xyz: tuple | None, rows: Iterator, em: Emitter
+    ) -> None:
+        tag, cases = fix.tag, self.tag_cases[fix.tag]
         st.last_msg_ts = fix.ts
         self._arm(tag, st, watchdog.NO_COMMS)
         if st.no_comms is not None:
@@ -233,6 +300,7 @@ class Engine:
         if fix.strap is not None:
             tag_rules.tamper(st, tag, fix, cases, em)
         if fix.bat is not None:
+            st.bat = fix.bat
             tag_rules.battery(st, tag, fix, cases, em)
         if fix.lat is None or xyz is None:
             self._no_position(st, fix, cases, em)
@@ -261,17 +329,21 @@ class Engine:
         """
         tag = fix.tag
         st = self.tags[tag]
-        if st.zones or st.victims or st.no_comms or st.no_fix or st.rate != "far":
-            return False
+        if st.zones or st.victims or st.no_comms or st.no_fix or st.rate != "far" or st.near:
+            return False  # near: an open protection.degraded may turn warning
         rules = self.tag_rules[tag]
         if (fix.strap is not None or fix.bat is not None) and not _device_quiet(st, fix, rules):
             return False
         if tag_rules.jump(st, fix, xyz, rules):
             return False
         victims = self.tag_victims.get(tag)
-        if victims and self._victim_near(victims, fix, xyz, rules):
+        if victims and (
+            self._victim_near(victims, fix, xyz, rules) or self._device_turned(tag, fix.ts)
+        ):
             return False
         ts = fix.ts
+        if fix.bat is not None:
+            st.bat = fix.bat
         st.last_msg_ts = st.last_pos_ts = st.pos_ts = ts
         st.lon, st.lat, st.acc, st.xyz, st.near = fix.lon, fix.lat, fix.acc, xyz, False
         _remember_position(st, fix, rules)
@@ -477,6 +549,7 @@ class Engine:
             fix.ts, fix.lon, fix.lat, xyz, fix.acc, evidence.coarse(fix)
         )
         self.dirty.add(f"device:{fix.tag}")
+        self._protect(self.device_protected.get(fix.tag, ()), fix.ts, em)
         for tag, victim in self.device_victims.get(fix.tag, ()):
             st = self.tags.get(tag)
             if st is None or st.xyz is None or st.pos_ts is None:
@@ -502,6 +575,8 @@ class Engine:
         for key in self.dirty:
             if key.startswith("device:"):
                 out[key] = dump(self.devices[key[7:]])
+            elif key.startswith("victim:"):
+                out[key] = protection.dump(self.protection[key[7:]])
             elif key in self.tags:
                 out[f"tag:{key}"] = dump(self.tags[key])
         out["engine:clock"] = repr(self.clock).encode()
@@ -514,6 +589,8 @@ class Engine:
                 self.tags[key[4:]] = load_tag(blob)
             elif key.startswith("device:"):
                 self.devices[key[7:]] = load_device(blob)
+            elif key.startswith("victim:"):
+                self.protection[key[7:]] = protection.load(blob)
             elif key == "engine:clock":
                 self.clock = float(blob.decode())
         for tag, st in self.tags.items():
@@ -562,6 +639,11 @@ def _device_quiet(st: TagState, fix: Fix, rules: Rules) -> bool:
         return True
     low = rules.battery_low_pct
     return bat > low if st.battery_armed else bat < low + 10
+
+
+def _protection_inputs(st: TagState) -> tuple:
+    """What a victim's protection status reads of a tag (engine/protection.py)."""
+    return (st.last_msg_ts is None, st.no_comms, st.no_fix, st.battery_armed, st.tampered, st.near)
 
 
 def _seed_motion(st: TagState) -> Motion | None:

@@ -111,6 +111,7 @@ class TagState(msgspec.Struct, gc=False):
     victims: dict[str, VictimTrack] = msgspec.field(default_factory=dict)
     visits: dict[str, list[Visit]] = msgspec.field(default_factory=dict)  # per case
     motion: Motion | None = None  # near a zone only; new fields default: old checkpoints load
+    bat: float | None = None  # the last battery level reported (GET /api/cases)
 
 
 class DeviceState(msgspec.Struct, gc=False):

@@ -27,7 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from tagwatch.delivery_terms import redact_urls
 from tagwatch.feed.actions import AlertResolved, UnknownAlert, latest_record
-from tagwatch.feed.auth import INVESTIGATOR, OPERATOR, User, Users, bearer_token
+from tagwatch.feed.auth import INGEST, INVESTIGATOR, OPERATOR, User, Users, bearer_token
 from tagwatch.feed.events import EventHub
 from tagwatch.feed.geo import track_geojson, zones_geojson
 from tagwatch.feed.limits import MAX_BODY_BYTES, BodyLimit, SecurityHeaders
@@ -35,6 +35,7 @@ from tagwatch.feed.stream import event_stream
 from tagwatch.notify.ack import AckError
 from tagwatch.notify.records import parse_ts
 from tagwatch.record import Record
+from tagwatch.traccar import TraccarError, traccar_fix
 from tagwatch.wire import rfc3339
 from zones import ZoneSet
 
@@ -67,6 +68,8 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     sse_max_clients: int = SSE_MAX_CLIENTS,
     sse_max_per_user: int = SSE_MAX_PER_USER,
+    on_traccar: Callable[[str, bytes], object] | None = None,
+    cases_view: Callable[[], list[dict]] | None = None,
 ) -> Starlette:
     """The feed app. on_ack/on_resolve(alert_id, user name, note) -> the new alert record
     (sync or async); they write it to the record and publish it to the hub.
@@ -86,6 +89,8 @@ def create_app(
         _Streams(sse_max_clients, sse_max_per_user),
     )
     feed.device_position = device_position
+    feed.on_traccar = on_traccar
+    feed.cases_view = cases_view
     routes = [
         Route("/", feed.page),
         Route("/healthz", feed.healthz),
@@ -98,8 +103,10 @@ def create_app(
         Route("/api/alerts/{id}/victim", feed.victim),
         Route("/api/events", feed.events),
         Route("/api/tags/{tag}/track", feed.track),
+        Route("/api/cases", feed.cases),
         Route("/api/cases/{case}/zones", feed.zones),
         Route("/api/near", feed.near),
+        Route("/ingest/traccar", feed.traccar, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     middleware = [
@@ -144,7 +151,8 @@ class _Feed:
 
     # --- auth ----------------------------------------------------------------------
 
-    def user(self, request: Request, query_token: bool = False) -> User:
+    def user(self, request: Request, query_token: bool = False, ingest: bool = False) -> User:
+        """The authenticated user; a user of role ingest only where `ingest` (and only it)."""
         token = bearer_token(request.headers.get("authorization"))
         if token is None and query_token:
             token = request.query_params.get("access_token")
@@ -154,7 +162,35 @@ class _Feed:
             raise HTTPException(
                 401, f"{request.url.path}: {what}", headers={"WWW-Authenticate": "Bearer"}
             )
+        if (user.role == INGEST) != ingest:
+            only = "only POST /ingest/traccar" if user.role == INGEST else "not this path"
+            raise HTTPException(
+                403, f"{request.url.path}: user {user.name!r} has role {user.role!r}: {only}"
+            )
         return user
+
+    async def cases(self, request: Request) -> Response:
+        """Each case with its tags' state and each victim's protection (feed/cases.py)."""
+        self.user(request)
+        if self.cases_view is None:
+            return JSONResponse([])
+        return JSONResponse(self.cases_view())
+
+    async def traccar(self, request: Request) -> Response:
+        """Traccar's JSON position forwarding (DESIGN 3.1): 200 once the fix is committed,
+        4xx with the reason for what is not a fix (tagwatch/traccar.py)."""
+        self.user(request, ingest=True)
+        if self.on_traccar is None:
+            raise HTTPException(503, f"{request.url.path}: the daemon takes no fixes here")
+        body = await request.body()
+        try:
+            tag, payload = traccar_fix(body)
+        except TraccarError as exc:
+            raise HTTPException(400, f"{request.url.path}: {exc}") from None
+        status, answer = await self.on_traccar(tag, payload)  # type: ignore[misc]
+        if status != 200:
+            raise HTTPException(status, f"{request.url.path}: {answer['error']}")
+        return JSONResponse(answer)
 
     # --- open paths ----------------------------------------------------------------
 
@@ -264,9 +300,9 @@ class _Feed:
         victim = next((v for v in case.victims if v.id == victim_id), None) if case else None
         if alert.get("zone") is not None:  # a zone's alert: the zone is the place, not the victim
             return out
-        if victim is None or victim.device is None or self.device_position is None:
+        if victim is None or victim.phone_device is None or self.device_position is None:
             return out
-        found = self.device_position(victim.device)
+        found = self.device_position(victim.phone_device)
         if found is not None:
             ts, lon, lat = found
             out.update(lat=lat, lon=lon, ts=rfc3339(ts), age_s=round(max(0.0, time.time() - ts)))

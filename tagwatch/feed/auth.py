@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 OPERATOR, VIEWER = "operator", "viewer"
 INVESTIGATOR = "investigator"  # a viewer who may also search where tags were (/api/near)
+INGEST = "ingest"  # may only POST /ingest/traccar (Traccar's position forwarding)
 # SHA-256 of tokens that are public: config/tagwatch.example.toml's "example-operator-token".
 # The daemon refuses to start with a user holding one of these.
 PUBLIC_TOKEN_HASHES = frozenset({hashlib.sha256(b"example-operator-token").hexdigest()})

@@ -16,6 +16,14 @@ Decisions:
   Level 1 is for police control only. Later records keep the level reached (3.3) but
   call no one again.
 - Every record (any type and state): one police webhook item when a webhook is set.
+- Protection notices, to a victim whose case says `notify_degraded: true` (DESIGN 3.4):
+  a `protection.degraded` episode still open `degraded_notify_s` after it opened sends
+  one SMS (`degraded_notices`, on the daemon's tick); its resolution then sends one
+  more (restored). None while an alert SMS went to the victim within `sms_window_s`
+  before (the alert's text already says what matters); then none at the restore
+  either. They count against the rate limit like any SMS (beyond it: sent when the
+  window frees up). Pending and sent notices live in the ledger, so a restart sends
+  none twice.
 - Outbox bodies hold no coordinates, position or address: victim items carry the
   rendered text, police items only a reference to the alert record, which the
   dispatcher reads back from the case record when it posts.
@@ -26,6 +34,7 @@ Decisions:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -35,6 +44,7 @@ from tagwatch.record import OutboxItem
 from zones.models import Case, Victim
 
 SMS, CALL, POLICE = "sms", "call", "police"
+DEGRADED, RESTORED = "protection.degraded", "protection.restored"
 _SMS_TYPES = {"zone.breach", "proximity", "approach", "curfew.breach"}
 
 
@@ -48,6 +58,8 @@ class PolicySettings:
     emergency: str = texts.DEFAULT_EMERGENCY
     languages: Mapping[str, str] = field(default_factory=dict)  # case id -> language
     case_texts: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # overrides
+    degraded_notify_s: Mapping[str, float] = field(default_factory=dict)  # case id -> s
+    default_degraded_notify_s: float = 900.0
 
 
 @dataclass
@@ -57,9 +69,14 @@ class SmsLedger:
     texted: dict[str, float] = field(default_factory=dict)  # alert id -> when
     sends: dict[str, list[float]] = field(default_factory=dict)  # "case/victim" -> times
     summary_at: dict[str, float] = field(default_factory=dict)  # "case/victim" -> when due
+    # Protection notices (new members: a ledger checkpointed before them loads empty ones)
+    alerted: dict[str, float] = field(default_factory=dict)  # "case/victim" -> last alert SMS
+    degraded: dict[str, list] = field(default_factory=dict)  # alert id -> [case, victim, since]
+    noticed: dict[str, list] = field(default_factory=dict)  # alert id -> [case, victim]
 
     def to_bytes(self) -> bytes:
-        doc = {"texted": self.texted, "sends": self.sends, "summary_at": self.summary_at}
+        doc = {"texted": self.texted, "sends": self.sends, "summary_at": self.summary_at,
+               "alerted": self.alerted, "degraded": self.degraded, "noticed": self.noticed}
         return json.dumps(doc, sort_keys=True).encode()
 
     @classmethod
@@ -70,6 +87,9 @@ class SmsLedger:
                 dict(doc["texted"]),
                 {k: list(v) for k, v in doc["sends"].items()},
                 dict(doc["summary_at"]),
+                dict(doc.get("alerted", {})),
+                {k: list(v) for k, v in doc.get("degraded", {}).items()},
+                {k: list(v) for k, v in doc.get("noticed", {}).items()},
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"SMS ledger checkpoint: unreadable: {exc}") from None
@@ -80,6 +100,7 @@ class SmsLedger:
             k: kept for k, v in self.sends.items() if (kept := [t for t in v if t > now - window_s])
         }
         self.summary_at = {k: t for k, t in self.summary_at.items() if t > now}
+        self.alerted = {k: t for k, t in self.alerted.items() if t > now - keep_s}
 
 
 def sms_worthy(record: dict) -> bool:
@@ -105,6 +126,8 @@ def deliveries_for(
     items: list[OutboxItem] = []
     if settings.sms_enabled and sms_worthy(record):
         items += _sms_items(record, case, settings, ledger, now)
+    if settings.sms_enabled and record["type"] == DEGRADED:
+        items += _protection(record, case, settings, ledger, now)
     escalated = record["state"] == "escalated"
     if settings.sms_enabled and escalated and escalation_level(record) >= 2:
         items += _call_items(record, case, settings, now)
@@ -156,10 +179,80 @@ def _sms_items(
             text_key, when = "summary", min(sends) + settings.sms_window_s
             ledger.summary_at[key] = when
         sends.append(when)
+        ledger.alerted[key] = when
         text = _text(text_key, record, case, settings)
         body = _victim_body(record, victim, SMS, text, _language(case, settings))
         items.append(OutboxItem(record["id"], SMS, victim.phone, body, when))
     return items
+
+
+def _opted_in(case: Case, victim_id: str | None) -> Victim | None:
+    victim = next((v for v in case.victims if v.id == victim_id), None)
+    return victim if victim is not None and victim.notify_degraded and victim.phone else None
+
+
+def _protection(
+    record: dict, case: Case, settings: PolicySettings, ledger: SmsLedger, now: float
+) -> list[OutboxItem]:
+    """A protection.degraded record: remember an opened episode for its notice; at its
+    resolution, the restored notice when the degraded one went out."""
+    alert_id, state = record["id"], record["state"]
+    victim = _opted_in(case, record.get("victim"))
+    if victim is None:
+        return []
+    if state == "open" and alert_id not in ledger.noticed:
+        ledger.degraded.setdefault(alert_id, [case.id, victim.id, now])
+        return []
+    if state != "resolved":
+        return []
+    ledger.degraded.pop(alert_id, None)
+    if ledger.noticed.pop(alert_id, None) is None:
+        return []
+    return [_notice(RESTORED, alert_id, case, victim, settings, ledger, now)]
+
+
+def degraded_notices(
+    now: float, cases: Mapping[str, Case], settings: PolicySettings, ledger: SmsLedger
+) -> list[OutboxItem]:
+    """The degraded notices due at `now` (the daemon's tick); updates `ledger`."""
+    if not settings.sms_enabled or not ledger.degraded:
+        return []
+    items = []
+    for alert_id, (case_id, victim_id, since) in sorted(ledger.degraded.items()):
+        case = cases.get(case_id)
+        wait = settings.degraded_notify_s.get(case_id, settings.default_degraded_notify_s)
+        if case is None or since + wait > now:
+            continue
+        del ledger.degraded[alert_id]
+        victim = _opted_in(case, victim_id)
+        key = f"{case_id}/{victim_id}"
+        if victim is None or ledger.alerted.get(key, -math.inf) > since - settings.sms_window_s:
+            continue  # opted out since, or an alert's SMS already told them what matters
+        ledger.noticed[alert_id] = [case_id, victim_id]
+        items.append(_notice(DEGRADED, alert_id, case, victim, settings, ledger, now))
+    return items
+
+
+def _notice(
+    kind: str,
+    alert_id: str,
+    case: Case,
+    victim: Victim,
+    settings: PolicySettings,
+    ledger: SmsLedger,
+    now: float,
+) -> OutboxItem:
+    """One protection notice SMS, counted against the victim's rate limit (beyond it,
+    sent when the window frees up)."""
+    ledger.prune(now, settings.sms_window_s, settings.ledger_keep_s)
+    sends = ledger.sends.setdefault(f"{case.id}/{victim.id}", [])
+    when = now if len(sends) < settings.sms_per_window else min(sends) + settings.sms_window_s
+    sends.append(when)
+    record = {"id": alert_id, "case": case.id, "tag": case.tags[0]}
+    text = _text(kind, record, case, settings)
+    body = _victim_body(record, victim, SMS, text, _language(case, settings))
+    body["notice"] = kind
+    return OutboxItem(alert_id, SMS, victim.phone, body, when)
 
 
 def _call_items(record: dict, case: Case, settings: PolicySettings, now: float) -> list[OutboxItem]:

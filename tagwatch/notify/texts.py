@@ -12,7 +12,17 @@ import string
 from collections.abc import Mapping
 
 PLACEHOLDERS = frozenset({"ref", "emergency"})
-KEYS = ("zone.breach", "proximity", "approach", "curfew.breach", "summary", "call", "ack")
+KEYS = (
+    "zone.breach",
+    "proximity",
+    "approach",
+    "curfew.breach",
+    "summary",
+    "call",
+    "ack",
+    "protection.degraded",
+    "protection.restored",
+)
 DEFAULT_LANGUAGE = "en"
 DEFAULT_EMERGENCY = "999"
 
@@ -33,6 +43,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "confirmed the alert yet. If you are in danger, call {emergency} now. "
         "Reply to our text message to confirm you are safe.",
         "ack": "Tagwatch {ref}: thank you, your reply is noted. In danger? Call {emergency}.",
+        "protection.degraded": "Tagwatch {ref}: your protection is reduced for now (tag or "
+        "phone not reporting). Police control knows. Stay alert. In danger? Call {emergency}.",
+        "protection.restored": "Tagwatch {ref}: your protection is working normally again. "
+        "In danger? Call {emergency}.",
     },
 }
 

@@ -12,7 +12,6 @@ import inspect
 import json
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -31,9 +30,10 @@ from tagwatch.feed.stream import event_stream
 from tagwatch.notify.ack import AckError
 from tagwatch.notify.records import parse_ts
 from tagwatch.record import Record
+from tagwatch.shipped import static
 from zones import ZoneSet
 
-STATIC = Path(__file__).parent / "static"
+STATIC = static()  # package data (tagwatch.shipped)
 STATES = ("open", "updated", "acknowledged", "escalated", "resolved")
 TRACK_DEFAULT_S = 3600.0
 FALLBACK_LIMIT = 10_000

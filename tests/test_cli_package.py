@@ -1,0 +1,80 @@
+"""`pip install .` gives a working package: the files the commands need are in the wheel.
+
+The full check (install the wheel in a fresh venv outside the checkout, run
+`tagwatch demo` and `tagwatch run` from another folder) is .ci/installed_check.py,
+a step of .ci/run; these tests are its fast part.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+from tagwatch import demo
+from tagwatch.feed import app
+from tagwatch.shipped import example, static
+
+from .conftest import ROOT
+
+NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+              ".hypothesis", "test-artifacts")
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_wheel_ships_the_page_the_scenarios_the_cases_and_the_example_config(tmp_path) -> None:
+    # From a clean copy: setuptools would take stale files from the checkout's build/.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("tagwatch-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {f"tagwatch/feed/static/{p.name}" for p in (ROOT / "tagwatch/feed/static").iterdir()}
+    for folder in ("scenarios", "cases"):
+        files = (ROOT / "config" / folder).iterdir()
+        wanted |= {f"tagwatch/examples/{folder}/{p.name}" for p in files}
+    wanted |= {"tagwatch/examples/tagwatch.example.toml", "tagwatch/feed/static/index.html",
+               "tagwatch/examples/scenarios/day_in_the_life.toml"}
+    assert wanted - names == set()
+
+
+def test_every_python_package_of_the_tree_is_listed_in_pyproject() -> None:
+    listed = set(PYPROJECT["packages"])
+    found = set()
+    for top in ("tagwatch", "zones", "simulators"):
+        for init in (ROOT / top).rglob("*.py"):
+            if "__pycache__" not in init.parts:
+                found.add(".".join(init.parent.relative_to(ROOT).parts))
+    assert found - listed == set(), "add these to [tool.setuptools] packages"
+
+
+def test_package_data_is_found_through_importlib_resources_not_the_source_tree() -> None:
+    assert PYPROJECT["package-dir"]["tagwatch.examples"] == "config"
+    assert (example("cases") / "C-0001.geojson").is_file()
+    assert example("scenarios", "day_in_the_life.toml").is_file()
+    assert example("tagwatch.example.toml").is_file()
+    assert (static() / "index.html").is_file()
+    # The demo and the dashboard take their files from there, not from paths of their own.
+    assert example("scenarios", "day_in_the_life.toml") == demo.SCENARIO
+    assert static() == app.STATIC
+
+
+def test_the_docker_image_copies_every_folder_the_package_is_built_from() -> None:
+    copied = {line.split()[1] for line in (ROOT / "deploy/Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ")}
+    sources = {name.split(".")[0] for name in PYPROJECT["packages"]}
+    sources |= set(PYPROJECT["package-dir"].values())
+    assert sources - copied == set()
+
+
+def test_ci_runs_the_installed_package_check() -> None:
+    steps = (ROOT / ".ci" / "run").read_text()
+    assert ".ci/installed_check.py" in steps
+    assert Path(ROOT / ".ci" / "installed_check.py").is_file()

@@ -55,11 +55,22 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     replay = commands.add_parser(
-        "replay", help="the full rule pipeline offline, in event time: alert records as JSON lines"
+        "replay",
+        help="the full rule pipeline offline, in event time: alert records as JSON lines",
+        description="The alert records the daemon would publish for INPUT, one JSON object per "
+        "line on stdout (nothing else). Each bad row or line (a missing or unparseable field, "
+        "a naive time, a value out of range, a line that is not JSON) is reported on stderr "
+        "with its line number and field, and the exit status is then 2: a row left out can "
+        "hide a breach. --lenient exits 0 all the same. A tag in no case is said once.",
     )
     replay.add_argument("cases", type=Path, help="a case file or a folder of them")
     replay.add_argument("input", type=Path, help="CSV of fixes, or a JSON-lines MQTT capture")
     replay.add_argument("--config", type=Path, help="take the [rules] of this configuration")
+    replay.add_argument(
+        "--lenient",
+        action="store_true",
+        help="exit 0 even when rows were bad (they are still reported on stderr)",
+    )
     replay.set_defaults(handler=_replay)
 
     cases = commands.add_parser("cases", help="case files").add_subparsers(metavar="ACTION")
@@ -201,14 +212,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from tagwatch.config import ConfigError
-    from tagwatch.replay import ReplayInputError, replay
+    from tagwatch.replay import ReplayInputError, Report, replay
 
     rules = _rules(args.config)
     zoneset, result = _load_zoneset(args.cases)
     if result.errors:
         raise BadInput(f"{len(result.errors)} case file(s) refused; fix them first")
+    report = Report(str(args.input), sys.stderr)
     try:
-        count = replay(zoneset, rules, args.input, sys.stdout.buffer)
+        count = replay(zoneset, rules, args.input, sys.stdout.buffer, report)
     except OSError as exc:
         raise BadInput(f"{args.input}: cannot read: {exc.strerror}") from None
     except (ReplayInputError, ConfigError, UnicodeDecodeError) as exc:
@@ -216,6 +228,13 @@ def _replay(args: argparse.Namespace) -> int:
             f"{args.input}: {exc}" if isinstance(exc, UnicodeDecodeError) else str(exc)
         ) from None
     print(f"tagwatch: replay wrote {count} alert record(s)", file=sys.stderr)
+    if report.bad:
+        print(
+            f"tagwatch: {args.input}: {report.bad} bad row(s) or line(s), reported above, "
+            "were left out" + ("" if args.lenient else "; exit 2 (--lenient: exit 0)"),
+            file=sys.stderr,
+        )
+        return EXIT_OK if args.lenient else EXIT_BAD_INPUT
     return EXIT_OK
 
 

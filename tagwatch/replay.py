@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -23,63 +25,100 @@ import msgspec
 from tagwatch.config import Rules
 from tagwatch.engine.alerts import encode
 from tagwatch.pipeline import Inbound, Pipeline
-from tagwatch.wire import Topics, parse_rfc3339
+from tagwatch.wire import Fix, Topics, decode_payload, parse_rfc3339
 from zones import ZoneSet
 
 BATCH = 2000
 NUMERIC = ("lat", "lon", "acc", "spd", "hdg", "bat")
+FIELDS = frozenset(f.name for f in msgspec.structs.fields(Fix))
 
 
 class ReplayInputError(ValueError):
-    """Bad replay input: names the file and line."""
+    """Replay input that cannot be read at all (no header, a missing column): names the file."""
 
 
-def read_messages(path: Path, topics: Topics) -> Iterator[Inbound]:
+@dataclass(frozen=True)
+class BadLine:
+    """A line that gives no message: its number, the field at fault and why."""
+
+    line: int
+    field: str
+    problem: str
+
+
+class Report:
+    """What replay says on stderr: each bad line with its number and field (never
+    dropped in silence) and, once each, the tags and devices that belong to no case.
+    A victim device's rejection names the field only: its values may be positions."""
+
+    def __init__(self, name: str, err: IO[str]) -> None:
+        self.name, self.err = name, err
+        self.bad = 0
+        self._unknown: set[str] = set()
+
+    def bad_line(self, line: int | None, field: str, problem: str) -> None:
+        self.bad += 1
+        where = f"line {line}" if line is not None else "line ?"
+        self.err.write(f"tagwatch: {self.name}: {where}: {field}: {problem}\n")
+
+    def unknown(self, what: str) -> None:
+        if what not in self._unknown:
+            self._unknown.add(what)
+            self.err.write(f"tagwatch: {self.name}: {what}: its fixes are not used (said once)\n")
+
+
+def read_lines(path: Path, topics: Topics) -> Iterator[tuple[int, Inbound | BadLine]]:
+    """Every message of the input with its line number, or the bad line in its place."""
     with open(path, encoding="utf-8", newline="") as stream:
         first = stream.read(1)
         while first.isspace():
             first = stream.read(1)
         stream.seek(0)
         if first == "{" or path.suffix == ".jsonl":
-            yield from _capture(stream, str(path))
+            yield from _capture(stream)
         else:
             yield from _csv(stream, str(path), topics)
 
 
-def _capture(stream: IO[str], name: str) -> Iterator[Inbound]:
+def read_messages(path: Path, topics: Topics) -> Iterator[Inbound]:
+    """The messages of the input; a bad line raises ReplayInputError naming it."""
+    for number, item in read_lines(path, topics):
+        if isinstance(item, BadLine):
+            raise ReplayInputError(f"{path}: line {number}: {item.field}: {item.problem}")
+        yield item
+
+
+def _capture(stream: IO[str]) -> Iterator[tuple[int, Inbound | BadLine]]:
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ReplayInputError(f"{name}: line {number}: not JSON ({exc.msg})") from None
+            yield number, BadLine(number, "(line)", f"not JSON ({exc.msg})")
+            continue
         if (
             not isinstance(entry, dict)
             or not isinstance(entry.get("topic"), str)
             or "payload" not in entry
         ):
-            raise ReplayInputError(
-                f'{name}: line {number}: expected {{"topic": str, "payload": ...}}'
-            )
+            problem = 'expected {"topic": str, "payload": ...}'
+            yield number, BadLine(number, "(line)", problem)
+            continue
+        received = entry.get("received")
+        try:
+            at = parse_rfc3339(received) if isinstance(received, str) else None
+        except ValueError:
+            at = None
+        if received is not None and at is None:
+            yield number, BadLine(number, "received", "expected an RFC 3339 time with offset")
+            continue
         payload = entry["payload"]
         raw = payload.encode() if isinstance(payload, str) else msgspec.json.encode(payload)
-        yield Inbound(entry["topic"], raw, _received(entry.get("received"), name, number))
+        yield number, Inbound(entry["topic"], raw, at)
 
 
-def _received(value: object, name: str, number: int) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_rfc3339(value) if isinstance(value, str) else None
-    except ValueError:
-        pass
-    raise ReplayInputError(
-        f"{name}: line {number}: received: expected an RFC 3339 time with offset"
-    )
-
-
-def _csv(stream: IO[str], name: str, topics: Topics) -> Iterator[Inbound]:
+def _csv(stream: IO[str], name: str, topics: Topics) -> Iterator[tuple[int, Inbound | BadLine]]:
     reader = csv.DictReader(stream)
     missing = [c for c in ("tag", "ts") if c not in (reader.fieldnames or [])]
     if missing:
@@ -87,9 +126,10 @@ def _csv(stream: IO[str], name: str, topics: Topics) -> Iterator[Inbound]:
     for row in reader:
         tag = row.get("tag") or ""
         if not tag:
-            raise ReplayInputError(f"{name}: line {reader.line_num}: tag is empty")
+            yield reader.line_num, BadLine(reader.line_num, "tag", "is empty")
+            continue
         fix = {k: _value(k, v) for k, v in row.items() if k and v not in (None, "")}
-        yield Inbound(topics.tag_fix(tag), msgspec.json.encode(fix), None)
+        yield reader.line_num, Inbound(topics.tag_fix(tag), msgspec.json.encode(fix), None)
 
 
 def _value(field: str, text: str) -> object:
@@ -108,22 +148,70 @@ def _value(field: str, text: str) -> object:
     return text
 
 
-def replay(zoneset: ZoneSet, rules: Rules, path: Path, out: IO[bytes]) -> int:
-    """Write every alert record, one JSON object per line; returns how many."""
+def replay(
+    zoneset: ZoneSet, rules: Rules, path: Path, out: IO[bytes], report: Report | None = None
+) -> int:
+    """Write every alert record, one JSON object per line; returns how many.
+
+    Bad lines and the daemon's rejections go to `report` (stderr by default) with
+    their line number and field; `report.bad` counts them. The messages go through
+    the daemon's pipeline as they are: the alerts are the daemon's.
+    """
+    report = report or Report(str(path), sys.stderr)
     topics = Topics()
     pipeline = Pipeline(zoneset, rules, topics, event_clock=True)
     count = 0
-    batch: list[Inbound] = []
-    for message in read_messages(path, topics):
-        batch.append(message)
+    batch: list[tuple[int, Inbound | BadLine]] = []
+    for number, item in read_lines(path, topics):
+        batch.append((number, item))
         if len(batch) == BATCH:
-            count += _flush(pipeline, batch, out)
-    return count + _flush(pipeline, batch, out)
+            count += _flush(pipeline, batch, out, report)
+    return count + _flush(pipeline, batch, out, report)
 
 
-def _flush(pipeline: Pipeline, batch: list[Inbound], out: IO[bytes]) -> int:
-    result = pipeline.process(batch)
+def _flush(
+    pipeline: Pipeline, batch: list[tuple[int, Inbound | BadLine]], out: IO[bytes], report: Report
+) -> int:
+    result = pipeline.process([item for _, item in batch if isinstance(item, Inbound)])
+    _report(pipeline, batch, len(result.rejected), report)
     batch.clear()
     for record in result.records:
         out.write(encode(record) + b"\n")
     return len(result.records)
+
+
+def _report(
+    pipeline: Pipeline, batch: list[tuple[int, Inbound | BadLine]], rejected: int, report: Report
+) -> None:
+    """The batch's bad lines and rejections, in line order. The pipeline's rejections
+    carry no line, so in a batch that has some each message is checked again on its
+    own (the same pure checks: topic, case membership, the wire decoder)."""
+    for number, item in batch:
+        if isinstance(item, BadLine):
+            report.bad_line(number, item.field, item.problem)
+        elif rejected > 0:
+            rejected -= _explain(pipeline, number, item, report)
+    for _ in range(rejected):  # not expected: said without its line rather than not at all
+        report.bad_line(None, "(payload)", "rejected by the decoder")
+
+
+def _explain(pipeline: Pipeline, number: int, message: Inbound, report: Report) -> int:
+    """Report why the pipeline rejected this message, if it did; returns how many times."""
+    parsed = pipeline.topics.parse(message.topic)
+    if parsed is None:
+        report.bad_line(number, "topic", f"{message.topic!r} is not a fix topic")
+        return 1
+    source, ident = parsed
+    engine = pipeline.engine
+    if not (engine.knows_tag(ident) if source == "tag" else engine.knows_device(ident)):
+        report.unknown(f"{'tag' if source == 'tag' else 'device'} {ident!r} belongs to no case")
+        return 1
+    _, rejections = decode_payload(
+        source, ident, message.payload, message.received, pipeline.rules.max_future_s
+    )
+    for r in rejections:
+        first = r.detail.split(" ", 1)[0].strip(":,")
+        field = first if first in FIELDS else "(payload)"
+        detail = r.detail if source == "tag" else "(victim device: values withheld)"
+        report.bad_line(number, field, f"{r.reason}: {detail}")
+    return len(rejections)

@@ -20,10 +20,9 @@ class BadInput(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)  # argparse itself exits 2 on bad usage
-    if not hasattr(args, "handler"):
-        parser.print_help(sys.stderr)
-        return EXIT_BAD_INPUT
+    args, unknown = parser.parse_known_args(argv)  # argparse itself exits 2 on bad usage
+    if unknown:  # said by the sub-command they were given to, with its usage
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
     except BadInput as exc:
@@ -32,12 +31,48 @@ def main(argv: list[str] | None = None) -> int:
     except _Failure as exc:
         print(f"tagwatch: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except OSError as exc:  # a file or socket the command needed: a message, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tagwatch: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tagwatch")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _own_help(parser: argparse.ArgumentParser) -> None:
+    """Every parser knows itself (errors name their sub-command); a command or group
+    without its action prints its own help, exit 2."""
+
+    def usage(_args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+
+    parser.set_defaults(command_parser=parser)
+    if parser.get_default("handler") is None:
+        parser.set_defaults(handler=usage)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                _own_help(sub)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tagwatch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tagwatch",
+        description="tagwatch: GPS tag fixes against victims' exclusion zones and approach "
+        "rules, alerts to operators, victims and police, a hash-chained case record.",
+        epilog="Exit status: 0 done, 1 runtime failure, 2 bad usage or bad input.",
+    )
+    parser.add_argument("--version", action="version", version=f"tagwatch {_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     zones = commands.add_parser("zones", help="geometry only: fixes against their tags' zones")
@@ -92,16 +127,36 @@ def _parser() -> argparse.ArgumentParser:
     pipe.set_defaults(handler=_bench_pipeline)
     e2e = which.add_parser("e2e", help="tagwatch run through a broker beside a bare receiver")
     e2e.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
-    e2e.add_argument("--fixes", type=int, default=100_000, help="fixes for the throughput run")
+    e2e.add_argument(
+        "--fixes", type=_count(1, 10_000_000), default=100_000, help="fixes for the throughput run"
+    )
     e2e.add_argument("--json", action="store_true", help="print one JSON object")
     e2e.set_defaults(handler=_bench_e2e)
     notify = which.add_parser("notify", help="breach fix published to SMS request received")
     notify.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
-    notify.add_argument("--breaches", type=int, default=200, help="breaches to time")
+    notify.add_argument(
+        "--breaches", type=_count(1, 10_000), default=200, help="breaches to time (1..10000)"
+    )
     notify.add_argument("--json", action="store_true", help="print one JSON object")
     notify.set_defaults(handler=_bench_notify)
     _daemon_commands(commands)
+    _own_help(parser)  # after every parser is made; their own handlers are kept
     return parser
+
+
+def _count(low: int, high: int):
+    """An argparse type: an integer in low..high (argparse names the flag when it is not)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
+        return value
+
+    return parse
 
 
 def _daemon_commands(commands: argparse._SubParsersAction) -> None:
@@ -127,6 +182,20 @@ def _daemon_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--until", required=True, help="RFC 3339 time")
     export.add_argument("--out", type=Path, required=True, help="output folder")
     export.set_defaults(handler=_record_export)
+
+    config = commands.add_parser("config", help="the configuration").add_subparsers(
+        metavar="ACTION"
+    )
+    config_check = config.add_parser(
+        "check",
+        help="load and validate the configuration, print it with secrets redacted",
+        description="Load and validate the configuration as `tagwatch run` would (file, then "
+        "TAGWATCH_<SECTION>_<KEY> variables), check that the cases path and the SQLite "
+        "record's folder exist, and print the effective configuration as JSON, secrets "
+        "redacted. Exit 2 with a message naming the key when anything is wrong.",
+    )
+    config_check.add_argument("--config", type=Path, help=conf)
+    config_check.set_defaults(handler=_config_check)
 
     alerts = commands.add_parser("alerts", help="alerts in the case record").add_subparsers(
         metavar="ACTION"
@@ -196,13 +265,20 @@ def _rules(config_path: Path | None):
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from simulators.scenario import ScenarioError, load_scenario
     from tagwatch import demo
 
     if args.speed <= 0:
         raise BadInput("--speed must be above 0")
+    if args.port is not None and not 0 < args.port < 65536:
+        raise BadInput(f"--port {args.port}: must be 1..65535")
     scenario = args.scenario or demo.SCENARIO
     if not scenario.is_file():
         raise BadInput(f"{scenario}: no such scenario file")
+    try:
+        load_scenario(scenario)
+    except ScenarioError as exc:
+        raise BadInput(str(exc)) from None
     try:
         return demo.run(args.broker, args.speed, scenario, args.port)
     except demo.DemoError as exc:
@@ -282,6 +358,23 @@ def _loaded_config(args: argparse.Namespace):
         raise BadInput(str(exc)) from None
 
 
+def _config_check(args: argparse.Namespace) -> int:
+    import json
+
+    from tagwatch.config import missing_paths
+
+    config = _loaded_config(args)
+    problems = missing_paths(config)
+    print(json.dumps(config.redacted(), indent=2, sort_keys=True))
+    source = config.path or "defaults and the environment (no file)"
+    if problems:
+        for problem in problems:
+            print(f"tagwatch: {source}: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"tagwatch: {source}: configuration valid", file=sys.stderr)
+    return EXIT_OK
+
+
 def _open_record(args: argparse.Namespace):
     from tagwatch.record import Record, RecordError
 
@@ -357,6 +450,8 @@ def _record_export(args: argparse.Namespace) -> int:
     except RecordError as exc:
         print(f"tagwatch: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except OSError as exc:
+        raise BadInput(f"--out {args.out}: cannot write the bundle: {exc.strerror}") from None
     finally:
         record.close()
     print(out)

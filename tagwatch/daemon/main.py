@@ -11,7 +11,7 @@ from pathlib import Path
 import structlog
 
 from tagwatch import signing
-from tagwatch.config import ConfigError, load_config
+from tagwatch.config import ConfigError, load_config, missing_paths
 from tagwatch.daemon import logs
 from tagwatch.daemon.service import (
     CasesRefused,
@@ -36,6 +36,9 @@ def run(config_path: Path | None, environ: Mapping[str, str]) -> int:
         config = load_config(config_path, environ)
     except ConfigError as exc:
         return _fail(EXIT_BAD_INPUT, str(exc))
+    missing = missing_paths(config)  # what to create or set, before anything starts
+    if missing:
+        return _fail(EXIT_BAD_INPUT, f"{config.path or 'configuration'}: " + "; ".join(missing))
     logs.configure(config.log.level, config.log.json)
     log.info("config", source=str(config.path), config=config.redacted())
     summarise_notify(config)()

@@ -7,6 +7,7 @@ a step of .ci/run; these tests are its fast part.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -78,3 +79,37 @@ def test_ci_runs_the_installed_package_check() -> None:
     steps = (ROOT / ".ci" / "run").read_text()
     assert ".ci/installed_check.py" in steps
     assert Path(ROOT / ".ci" / "installed_check.py").is_file()
+
+
+def systemd_steps() -> list[str]:
+    text = (ROOT / "deploy" / "README.md").read_text()
+    section = text.split("## Install with systemd", 1)[1].split("\n## ", 1)[0]
+    return [line.strip() for line in section.splitlines() if line.startswith("    ")]
+
+
+def test_the_systemd_steps_set_the_cases_path_to_a_folder_they_make(tmp_path) -> None:
+    from tagwatch.config import load_config
+
+    steps = systemd_steps()
+    (edit,) = [s for s in steps if s.startswith("sed -i") and "/etc/tagwatch/tagwatch.toml" in s]
+    pattern, replacement = re.fullmatch(r"sed -i 's\|(.+)\|(.+)\|' \S+", edit).groups()
+    text = (ROOT / "config" / "tagwatch.example.toml").read_text()
+    edited, count = re.subn(pattern, replacement, text, flags=re.MULTILINE)
+    assert count == 1, "the sed line must match the example's [cases] path"
+    config = tmp_path / "tagwatch.toml"
+    config.write_text(edited)
+    path = load_config(config, {}).cases.path
+    assert path.is_absolute()
+    assert any(s.startswith("install -d") and str(path) in s.split("#")[0] for s in steps)
+
+
+def test_the_units_documentation_is_a_file_the_steps_install() -> None:
+    unit = (ROOT / "deploy" / "tagwatch.service").read_text()
+    (line,) = [x for x in unit.splitlines() if x.startswith("Documentation=")]
+    steps = [s.split("#")[0].split() for s in systemd_steps()]
+    for uri in line.removeprefix("Documentation=").split():
+        assert uri.startswith("file://"), uri
+        target = uri.removeprefix("file://")
+        installs = [s for s in steps if s[:1] == ["install"] and s[-1] == target]
+        assert installs, f"no step installs {target}"
+        assert (ROOT / "deploy" / installs[0][-2]).is_file()  # the steps run in deploy/

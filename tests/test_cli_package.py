@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tomllib
@@ -113,3 +114,17 @@ def test_the_units_documentation_is_a_file_the_steps_install() -> None:
         installs = [s for s in steps if s[:1] == ["install"] and s[-1] == target]
         assert installs, f"no step installs {target}"
         assert (ROOT / "deploy" / installs[0][-2]).is_file()  # the steps run in deploy/
+
+
+def test_the_test_command_uses_a_reachable_local_postgresql_unless_told_otherwise() -> None:
+    from tests.record_db import postgres_url
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = server.getsockname()
+        assert postgres_url({}, address) == f"postgresql://postgres@127.0.0.1:{address[1]}/test"
+        assert postgres_url({"TAGWATCH_TEST_POSTGRES": ""}, address) == ""  # set empty: off
+        named = "postgresql://u@db.example:5433/t"
+        assert postgres_url({"TAGWATCH_TEST_POSTGRES": named}, address) == named
+    assert postgres_url({}, address) == ""  # nothing answers: SQLite only, with a skip message

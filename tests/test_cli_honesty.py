@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,15 @@ def test_record_export_to_a_bad_out_exits_2_naming_it(tmp_path: Path) -> None:
                     "--out", str(blocker / "bundle"))
     assert done.returncode == 2, done.stderr
     assert f"--out {blocker / 'bundle'}" in done.stderr
+
+
+def test_run_with_its_feed_port_taken_exits_1_with_a_message(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = tagwatch("run", "--config", str(config_file(tmp_path)),
+                        env={"TAGWATCH_BROKER_URL": "embedded",
+                             "TAGWATCH_FEED_LISTEN": f"127.0.0.1:{port}"})
+    assert done.returncode == 1  # uvicorn's own status 3 is not one of ours
+    assert f"tagwatch: [feed] listen 127.0.0.1:{port}: cannot listen there" in done.stderr

@@ -69,15 +69,14 @@ class Report:
 
 def read_lines(path: Path, topics: Topics) -> Iterator[tuple[int, Inbound | BadLine]]:
     """Every message of the input with its line number, or the bad line in its place."""
-    with open(path, encoding="utf-8", newline="") as stream:
-        first = stream.read(1)
-        while first.isspace():
-            first = stream.read(1)
+    with open(path, "rb") as stream:
+        capture = path.suffix == ".jsonl" or stream.read(4096).lstrip()[:1] == b"{"
         stream.seek(0)
-        if first == "{" or path.suffix == ".jsonl":
-            yield from _capture(stream)
+        lines = _text_lines(stream)
+        if capture:
+            yield from _capture(lines)
         else:
-            yield from _csv(stream, str(path), topics)
+            yield from _csv(lines, str(path), topics)
 
 
 def read_messages(path: Path, topics: Topics) -> Iterator[Inbound]:
@@ -88,8 +87,22 @@ def read_messages(path: Path, topics: Topics) -> Iterator[Inbound]:
         yield item
 
 
-def _capture(stream: IO[str]) -> Iterator[tuple[int, Inbound | BadLine]]:
-    for number, line in enumerate(stream, start=1):
+def _text_lines(stream: IO[bytes]) -> Iterator[tuple[int, str | BadLine]]:
+    """The lines as text (a UTF-8 byte order mark ignored); a line that is not UTF-8
+    is a bad line, and the others are still read."""
+    for number, raw in enumerate(stream, start=1):
+        try:
+            yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            problem = f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+            yield number, BadLine(number, "(line)", problem)
+
+
+def _capture(lines: Iterator[tuple[int, str | BadLine]]) -> Iterator[tuple[int, Inbound | BadLine]]:
+    for number, line in lines:
+        if isinstance(line, BadLine):
+            yield number, line
+            continue
         if not line.strip():
             continue
         try:
@@ -118,18 +131,36 @@ def _capture(stream: IO[str]) -> Iterator[tuple[int, Inbound | BadLine]]:
         yield number, Inbound(entry["topic"], raw, at)
 
 
-def _csv(stream: IO[str], name: str, topics: Topics) -> Iterator[tuple[int, Inbound | BadLine]]:
-    reader = csv.DictReader(stream)
+def _csv(
+    lines: Iterator[tuple[int, str | BadLine]], name: str, topics: Topics
+) -> Iterator[tuple[int, Inbound | BadLine]]:
+    bad: list[BadLine] = []
+    last = [0]  # the number of the last line the reader took (a row may span lines)
+
+    def text() -> Iterator[str]:
+        for number, line in lines:
+            if isinstance(line, BadLine):
+                bad.append(line)
+            else:
+                last[0] = number
+                yield line
+
+    reader = csv.DictReader(text())
     missing = [c for c in ("tag", "ts") if c not in (reader.fieldnames or [])]
     if missing:
         raise ReplayInputError(f"{name}: header lacks column(s) {', '.join(missing)}")
     for row in reader:
+        while bad:
+            line = bad.pop(0)
+            yield line.line, line
         tag = row.get("tag") or ""
         if not tag:
-            yield reader.line_num, BadLine(reader.line_num, "tag", "is empty")
+            yield last[0], BadLine(last[0], "tag", "is empty")
             continue
         fix = {k: _value(k, v) for k, v in row.items() if k and v not in (None, "")}
-        yield reader.line_num, Inbound(topics.tag_fix(tag), msgspec.json.encode(fix), None)
+        yield last[0], Inbound(topics.tag_fix(tag), msgspec.json.encode(fix), None)
+    for line in bad:
+        yield line.line, line
 
 
 def _value(field: str, text: str) -> object:

@@ -178,3 +178,19 @@ def test_a_victim_devices_bad_values_are_not_repeated_on_stderr(cases, tmp_path)
     err = done.stderr.decode()
     assert done.returncode == 2
     assert "line 1: lat: out_of_range" in err and "95.12" not in err, err
+
+
+def test_a_line_that_is_not_utf8_is_reported_and_the_others_replayed(cases, tmp_path):
+    data = tmp_path / "fixes.csv"
+    text = breach_rows({}).encode()
+    lines = text.splitlines(keepends=True)
+    lines.insert(2, b"T-1,2026-07-06T10:00:30Z,51.5\xff,-0.1275,10\n")
+    data.write_bytes(b"\xef\xbb\xbf" + b"".join(lines))  # and a byte order mark, as Excel writes
+    done = replay(cases, data)
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "line 3: (line): not UTF-8 (byte 0xff at column 30)" in err
+    out = [json.loads(x) for x in done.stdout.decode().splitlines()]
+    assert [(r["type"], r["confidence"]) for r in out][:2] == [
+        ("zone.breach", "probable"), ("zone.breach", "confirmed")
+    ]

@@ -272,6 +272,8 @@ def _demo(args: argparse.Namespace) -> int:
         raise BadInput("--speed must be above 0")
     if args.port is not None and not 0 < args.port < 65536:
         raise BadInput(f"--port {args.port}: must be 1..65535")
+    if args.broker is not None:
+        _check_broker_url(args.broker)
     scenario = args.scenario or demo.SCENARIO
     if not scenario.is_file():
         raise BadInput(f"{scenario}: no such scenario file")
@@ -284,6 +286,18 @@ def _demo(args: argparse.Namespace) -> int:
     except demo.DemoError as exc:
         print(f"tagwatch demo: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _check_broker_url(url: str) -> None:
+    from tagwatch.config import ConfigError, load_config
+
+    try:
+        embedded = load_config(None, {"TAGWATCH_BROKER_URL": url}).broker.embedded
+    except ConfigError as exc:
+        problem = str(exc).removeprefix("TAGWATCH_BROKER_URL: ")
+        raise BadInput(f"--broker {url}: {problem}") from None
+    if embedded:
+        raise BadInput("--broker embedded: leave --broker out for the in-process broker")
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -129,6 +129,8 @@ def test_demo_with_a_bad_scenario_file_exits_2_naming_it(tmp_path: Path, content
 
 @pytest.mark.parametrize("args, said", [
     (["demo", "--port", "99999999"], "--port 99999999: must be 1..65535"),
+    (["demo", "--broker", "foo://x"], '--broker foo://x: scheme "foo" is not supported'),
+    (["demo", "--broker", "mqtt://"], "--broker mqtt://: no host in the url"),
     (["bench", "notify", "--breaches", "-1"], "argument --breaches: -1 is not in 1..10000"),
     (["bench", "e2e", "--fixes", "0"], "argument --fixes: 0 is not in"),
 ])

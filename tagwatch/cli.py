@@ -246,8 +246,10 @@ def _zones(args: argparse.Namespace) -> int:
             _, unknown = write_zone_rows(zoneset, stream, str(args.fixes), sys.stdout)
     except OSError as exc:
         raise BadInput(f"{args.fixes}: cannot read: {exc.strerror}") from None
-    except (InputError, UnicodeDecodeError) as exc:
+    except InputError as exc:
         raise BadInput(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{args.fixes}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     for tag in sorted(unknown):
         print(f"tagwatch: tag {tag!r} belongs to no case: no rows for its fixes", file=sys.stderr)
     return EXIT_OK

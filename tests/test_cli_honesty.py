@@ -166,3 +166,11 @@ def test_run_with_its_feed_port_taken_exits_1_with_a_message(tmp_path: Path) -> 
                              "TAGWATCH_FEED_LISTEN": f"127.0.0.1:{port}"})
     assert done.returncode == 1  # uvicorn's own status 3 is not one of ours
     assert f"tagwatch: [feed] listen 127.0.0.1:{port}: cannot listen there" in done.stderr
+
+
+def test_zones_names_a_fixes_file_that_is_not_utf8(tmp_path: Path) -> None:
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_bytes(b"tag,ts,lat,lon\nT-1001,2026-11-02T10:00:00Z,51.5\xff,-0.12\n")
+    done = tagwatch("zones", str(ROOT / "config" / "cases"), str(fixes))
+    assert done.returncode == 2
+    assert f"tagwatch: {fixes}: not UTF-8" in done.stderr

@@ -38,7 +38,9 @@ def test_wheel_ships_the_page_the_scenarios_the_cases_and_the_example_config(tmp
     assert done.returncode == 0, done.stderr
     (wheel,) = tmp_path.glob("tagwatch-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    wanted = {f"tagwatch/feed/static/{p.name}" for p in (ROOT / "tagwatch/feed/static").iterdir()}
+    static = ROOT / "tagwatch" / "feed" / "static"
+    wanted = {f"tagwatch/feed/static/{p.relative_to(static).as_posix()}"
+              for p in static.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     for folder in ("scenarios", "cases"):
         files = (ROOT / "config" / folder).iterdir()
         wanted |= {f"tagwatch/examples/{folder}/{p.name}" for p in files}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from zones import ZoneSet
 
 BATCH = 2000
 NUMERIC = ("lat", "lon", "acc", "spd", "hdg", "bat")
+_ELEMENT = re.compile(r"^fix \d+ of \d+: ")  # a batch element's detail starts so
 FIELDS = frozenset(f.name for f in msgspec.structs.fields(Fix))
 
 
@@ -217,12 +219,13 @@ def _report(
     """The batch's bad lines and rejections, in line order. The pipeline's rejections
     carry no line, so in a batch that has some each message is checked again on its
     own (the same pure checks: topic, case membership, the wire decoder)."""
+    explained = 0
     for number, item in batch:
         if isinstance(item, BadLine):
             report.bad_line(number, item.field, item.problem)
-        elif rejected > 0:
-            rejected -= _explain(pipeline, number, item, report)
-    for _ in range(rejected):  # not expected: said without its line rather than not at all
+        elif rejected:
+            explained += _explain(pipeline, number, item, report)
+    for _ in range(rejected - explained):  # not expected: said without its line, not lost
         report.bad_line(None, "(payload)", "rejected by the decoder")
 
 
@@ -241,7 +244,7 @@ def _explain(pipeline: Pipeline, number: int, message: Inbound, report: Report) 
         source, ident, message.payload, message.received, pipeline.rules.max_future_s
     )
     for r in rejections:
-        first = r.detail.split(" ", 1)[0].strip(":,")
+        first = _ELEMENT.sub("", r.detail, count=1).split(" ", 1)[0].strip(":,")
         field = first if first in FIELDS else "(payload)"
         detail = r.detail if source == "tag" else "(victim device: values withheld)"
         report.bad_line(number, field, f"{r.reason}: {detail}")

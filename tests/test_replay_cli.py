@@ -194,3 +194,19 @@ def test_a_line_that_is_not_utf8_is_reported_and_the_others_replayed(cases, tmp_
     assert [(r["type"], r["confidence"]) for r in out][:2] == [
         ("zone.breach", "probable"), ("zone.breach", "confirmed")
     ]
+
+
+def test_a_redelivered_upload_does_not_hide_a_later_bad_line(cases, tmp_path):
+    good = track([at_distance(100, 400)] * 2, times(T0, 30, 2))
+    upload = [*good, {"ts": "2026-07-06T10:05:00", "lat": 51.5, "lon": -0.12}]  # naive ts
+    later = {"ts": "2026-07-06T10:09:00Z", "lat": 51.5, "lon": -0.12, "acc": -5}
+    topic = "tagwatch/v1/tags/T-1/fix"
+    lines = [{"topic": topic, "payload": upload}, {"topic": topic, "payload": upload},
+             {"topic": topic, "payload": later}]
+    data = tmp_path / "capture.jsonl"
+    data.write_bytes(b"\n".join(orjson.dumps(x) for x in lines) + b"\n")
+    done = replay(cases, data)
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "line 1: ts: naive_timestamp" in err
+    assert "line 3: acc: out_of_range" in err

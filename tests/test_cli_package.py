@@ -16,6 +16,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tagwatch import demo
 from tagwatch.feed import app
 from tagwatch.shipped import example, static
@@ -130,3 +132,54 @@ def test_the_test_command_uses_a_reachable_local_postgresql_unless_told_otherwis
         named = "postgresql://u@db.example:5433/t"
         assert postgres_url({"TAGWATCH_TEST_POSTGRES": named}, address) == named
     assert postgres_url({}, address) == ""  # nothing answers: SQLite only, with a skip message
+
+
+# -- the README: the front door, its commands real, its test command CI's ---------------
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_the_readme_is_the_front_door_and_the_benchmark_history_is_kept_in_docs() -> None:
+    for heading in ("Quick start", "Commands", "Configuration", "Contracts in brief",
+                    "Figures", "Record", "Dashboard", "Alert quality", "Hardening and limits",
+                    "Deploy", "Tests"):
+        assert f"\n## {heading}\n" in README, heading
+    hashes = [w for w in re.findall(r"\b[0-9a-f]{7,40}\b", README)
+              if re.search(r"[a-f]", w) and re.search(r"[0-9]", w)]
+    assert hashes == [], "commit hashes belong in docs/BENCHMARKS.md"
+    assert "not kept" not in README
+    history = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    for kept in ("Tried in the same session and not kept", "8dad427", "a74a829",
+                 "Accuracy (`python -m tests.accuracy_report`)"):
+        assert kept in history
+    for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README):
+        assert (ROOT / link).exists(), link
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    quick_start = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```sh\n(.*?)```", quick_start, re.DOTALL)
+    install, test = block.strip().splitlines()
+    assert "pip install" in install and install.endswith("tagwatch demo")
+    assert test in (ROOT / ".ci" / "run").read_text().splitlines()
+    tests_section = README.split("\n## Tests\n", 1)[1]
+    assert f"```sh\n{test}\n```" in tests_section
+
+
+def test_every_command_the_readme_names_exists(capsys) -> None:
+    from tagwatch.cli import main
+
+    named = set()
+    for text in re.findall(r"`(tagwatch [^`]*)`", README):
+        words = []
+        for word in text.split()[1:3]:
+            if not re.fullmatch(r"[a-z][a-z0-9]*", word):
+                break
+            words.append(word)
+        named.add(tuple(words))
+    assert {("run",), ("config", "check"), ("bench", "core"), ("replay",)} <= named
+    for words in sorted(named):
+        with pytest.raises(SystemExit) as done:
+            main([*words, "--help"])
+        assert done.value.code == 0, words
+    capsys.readouterr()

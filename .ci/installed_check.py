@@ -13,7 +13,10 @@ Any failure prints what was seen and exits 1.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -121,6 +124,11 @@ def _check_run(tagwatch: Path, cwd: Path) -> None:
         "TAGWATCH_RECORD_URL": f"sqlite:///{cwd / 'record.db'}",
         "TAGWATCH_BROKER_URL": "embedded",
         "TAGWATCH_FEED_LISTEN": f"127.0.0.1:{port}",
+        # The example's token is public and refused: a user of our own, as deploy/README.md says.
+        "TAGWATCH_FEED_USERS": json.dumps([{
+            "name": "ci-operator", "role": "operator",
+            "token_sha256": hashlib.sha256(secrets.token_bytes(16)).hexdigest(),
+        }]),
     }
     config = examples / "tagwatch.example.toml"
     print(f"ci: tagwatch run --config {config} from {cwd}", flush=True)

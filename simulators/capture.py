@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 
+from simulators.broker import BrokerOptions
 from simulators.runner import client
 from tagwatch.wire import Topics, rfc3339
 
@@ -27,7 +28,7 @@ def capture_line(topic: str, payload: bytes, received: float) -> bytes:
 
 
 async def record(
-    broker_url: str,
+    broker_url: str | BrokerOptions,
     out: Path,
     prefix: str = "tagwatch/v1",
     duration_s: float | None = None,

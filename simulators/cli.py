@@ -5,6 +5,10 @@
     tagwatch-sim load --broker URL --tags N --rate R --duration S [--write-cases DIR]
     tagwatch-sim record --broker URL --out FILE [--duration S] [--prefix P]
 
+Broker options, as the daemon's (simulators.broker): mqtt:// or mqtts:// URLs,
+--ca-file, --cert-file, --key-file, --username; the password from the environment
+(TAGWATCH_SIM_PASSWORD, else TAGWATCH_BROKER_PASSWORD).
+
 Exit status: 0 done (and verified), 1 a failed verification or a runtime
 failure, 2 bad usage or a bad scenario file (the message names file and key).
 """
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from aiomqtt import MqttError
 
+from simulators import broker
 from simulators.scenario import ScenarioError, load_scenario
 from simulators.verify import VerifyResult, alert_line
 
@@ -48,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = cmds.add_parser("run", help="publish a scenario to a broker; --verify its alerts")
     run.add_argument("scenario", type=Path)
-    run.add_argument("--broker", required=True, help="mqtt://HOST[:PORT]")
+    broker.add_arguments(run)
     run.add_argument("--prefix", default="tagwatch/v1")
     pace = run.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, default=60.0,
@@ -65,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check)
 
     load = cmds.add_parser("load", help="sustained load: latency and throughput")
-    load.add_argument("--broker", required=True)
+    broker.add_arguments(load, required=False)  # not needed with --write-cases
     load.add_argument("--prefix", default="tagwatch/v1")
     load.add_argument("--tags", type=int, required=True)
     load.add_argument("--rate", type=float, required=True, help="fixes per second in total")
@@ -77,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     load.set_defaults(handler=_load)
 
     rec = cmds.add_parser("record", help="capture fix topics as JSON lines for tagwatch replay")
-    rec.add_argument("--broker", required=True)
+    broker.add_arguments(rec)
     rec.add_argument("--prefix", default="tagwatch/v1")
     rec.add_argument("--out", type=Path, required=True)
     rec.add_argument("--duration", type=float, help="seconds (default: until Ctrl-C)")
@@ -97,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--speed {args.speed}: must be > 0")
     scenario = load_scenario(args.scenario)
     result = asyncio.run(run_scenario(
-        scenario, args.broker, args.prefix, args.speed,
+        scenario, broker.from_args(args), args.prefix, args.speed,
         on_alert=lambda a: print(alert_line(a, scenario.start), flush=True),
         realtime=args.realtime,
         on_command=lambda tag, what: print(f"{'':>9} command to {tag}: {what}", flush=True),
@@ -122,11 +127,13 @@ def _load(args: argparse.Namespace) -> int:
     if args.write_cases:
         print(write_cases(args.write_cases, args.tags))
         return EXIT_OK
-    check_bounds(args.broker, args.tags, args.rate, args.duration)
+    if not args.broker:
+        raise ValueError("load: --broker is required (unless --write-cases)")
+    check_bounds(args.tags, args.rate, args.duration)
     if args.breach_every < 3:
         raise ValueError("--breach-every must be at least 3 (inside, then two fixes outside)")
-    report = asyncio.run(run_load(args.broker, args.tags, args.rate, args.duration, args.prefix,
-                                  breach_every=args.breach_every))
+    report = asyncio.run(run_load(broker.from_args(args), args.tags, args.rate, args.duration,
+                                  args.prefix, breach_every=args.breach_every))
     print("\n".join(report.lines()))
     return EXIT_OK
 
@@ -134,7 +141,7 @@ def _load(args: argparse.Namespace) -> int:
 def _record(args: argparse.Namespace) -> int:
     from simulators.capture import record
 
-    count = asyncio.run(record(args.broker, args.out, args.prefix, args.duration))
+    count = asyncio.run(record(broker.from_args(args), args.out, args.prefix, args.duration))
     print(f"tagwatch-sim: recorded {count} message(s) to {args.out}", file=sys.stderr)
     return EXIT_OK
 

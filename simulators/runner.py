@@ -1,7 +1,8 @@
 """Running a scenario live: publish to the broker in accelerated or real time, verify alerts.
 
 Pacing: the message of scenario time t is published at wall time
-`wall0 + t / speed`. Fix timestamps are always `start + t` (scenario time),
+`wall0 + t / speed` (or as a `Pacing` says: the demo plays quiet stretches
+faster). Fix timestamps are always `start + t` (scenario time),
 so schedules are deterministic and the daemon's event-time rules see real
 speeds. Commands on `{prefix}/tags/+/cmd` (`rate`, `warn`) reach the simulated
 tags as they arrive. Alerts on `{prefix}/alerts/#` are verified as they come;
@@ -27,11 +28,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiomqtt
 import orjson
 
+from simulators.broker import BrokerOptions
+from simulators.broker import parse as parse_broker
 from simulators.scenario import Scenario, load_scenario
 from simulators.verify import Verifier, VerifyResult
 from tagwatch.wire import Topics
@@ -39,11 +41,58 @@ from tagwatch.wire import Topics
 SETTLE_S = 1.0  # after the last expectation is met, still listen for forbidden alerts
 
 
-def broker_address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        raise ValueError(f"broker URL {url!r}: expected mqtt://HOST[:PORT]")
-    return parts.hostname, parts.port or 1883
+class Pacing:
+    """When each scenario second is played, in wall seconds after the start (`wall_s`),
+    and back (`scenario_s`). Plain: `t / speed`. With `quiet`, the stretches where the
+    scenario expects nothing play `quiet` times faster: only the windows
+    [after_s - lead_s, after_s + within_s] of its expectations run at `speed` (lead_s
+    defaults to 5 wall seconds of scenario time), so a demo's story starts at once."""
+
+    def __init__(self, scenario: Scenario, speed: float, quiet: float = 1.0,
+                 lead_s: float | None = None) -> None:
+        self.speed, self.wall0 = speed, 0.0
+        lead = 5.0 * speed if lead_s is None else lead_s
+        end = scenario.duration_s
+        windows = sorted((max(0.0, e.after_s - lead), min(end, e.after_s + e.within_s))
+                         for e in scenario.expects) if quiet != 1.0 else []
+        # (start, end, rate) pieces covering [0, end], in order
+        pieces, t = [], 0.0
+        for lo, hi in windows:
+            if hi <= t:
+                continue
+            if lo > t:
+                pieces.append((t, lo, speed * quiet))
+            pieces.append((max(lo, t), hi, speed))
+            t = hi
+        if t < end or not pieces:
+            pieces.append((t, max(t, end), speed * quiet if windows else speed))
+        self.pieces = pieces
+
+    def wall_s(self, t: float) -> float:
+        """Wall seconds after the start at which scenario time t is played."""
+        wall = 0.0
+        for lo, hi, rate in self.pieces:
+            if t <= hi or (lo, hi, rate) == self.pieces[-1]:
+                return wall + (t - lo) / rate
+            wall += (hi - lo) / rate
+        return wall
+
+    def scenario_s(self, wall_s: float) -> float:
+        """The scenario time played `wall_s` wall seconds after the start (its end after
+        the end, its start before the start)."""
+        wall = 0.0
+        for lo, hi, rate in self.pieces:
+            span = (hi - lo) / rate
+            if wall_s <= wall + span:
+                return max(lo, lo + (wall_s - wall) * rate)
+            wall += span
+        return self.pieces[-1][1]
+
+
+
+def broker_address(url: str | BrokerOptions) -> tuple[str, int]:
+    options = url if isinstance(url, BrokerOptions) else parse_broker(url)
+    return options.host, options.port
 
 
 def no_delay(mqtt: aiomqtt.Client) -> None:
@@ -55,9 +104,12 @@ def no_delay(mqtt: aiomqtt.Client) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def client(url: str, name: str, in_flight: int = 100) -> aiomqtt.Client:
-    host, port = broker_address(url)
-    mqtt = aiomqtt.Client(host, port, identifier=f"{name}-{uuid.uuid4().hex[:8]}",
+def client(url: str | BrokerOptions, name: str, in_flight: int = 100) -> aiomqtt.Client:
+    """A client for a broker URL (plain MQTT, no credentials) or full BrokerOptions."""
+    b = url if isinstance(url, BrokerOptions) else parse_broker(url, environ={})
+    mqtt = aiomqtt.Client(b.host, b.port, identifier=f"{name}-{uuid.uuid4().hex[:8]}",
+                          username=b.username, password=b.password,
+                          tls_context=b.tls_context(),
                           max_queued_incoming_messages=0, max_inflight_messages=in_flight)
     # concurrent QoS 1 publishes are the point of `load`; aiomqtt warns at 10 by default
     mqtt.pending_calls_threshold = max(mqtt.pending_calls_threshold, 2 * in_flight)
@@ -66,12 +118,13 @@ def client(url: str, name: str, in_flight: int = 100) -> aiomqtt.Client:
 
 async def run_scenario(
     path: str | Path | Scenario,
-    broker_url: str,
+    broker_url: str | BrokerOptions,
     prefix: str = "tagwatch/v1",
     speed: float = 60.0,
     on_alert: Callable[[dict], None] | None = None,
     realtime: bool = False,
     on_command: Callable[[str, str], None] | None = None,
+    pacing: Pacing | None = None,
 ) -> VerifyResult:
     """Publish a scenario to the broker and verify the alerts that come back.
 
@@ -84,8 +137,9 @@ async def run_scenario(
         scenario = replace(scenario, start=float(int(time.time())))
     topics = Topics(prefix)
     sim = scenario.simulation(topics)
-    wall0 = time.time() + 0.5
-    verifier = Verifier(scenario, wall_at=lambda t: wall0 + t / speed)
+    pace = pacing if pacing is not None and not realtime else Pacing(scenario, speed)
+    pace.wall0 = wall0 = time.time() + 0.5
+    verifier = Verifier(scenario, wall_at=lambda t: wall0 + pace.wall_s(t))
     async with client(broker_url, "tagwatch-sim") as mqtt:
         no_delay(mqtt)
         await mqtt.subscribe(f"{prefix}/alerts/#", qos=1)
@@ -93,7 +147,7 @@ async def run_scenario(
         listener = asyncio.create_task(
             _listen(mqtt, prefix, sim, verifier, on_alert, on_command))
         try:
-            verifier.result.published = await _publish(mqtt, sim, scenario, wall0, speed)
+            verifier.result.published = await _publish(mqtt, sim, scenario, wall0, pace)
             await _wait_for_expectations(verifier, listener)
         finally:
             listener.cancel()
@@ -103,10 +157,10 @@ async def run_scenario(
 
 
 async def _publish(mqtt: aiomqtt.Client, sim, scenario: Scenario, wall0: float,
-                   speed: float) -> int:
+                   pace: Pacing) -> int:
     count = 0
     while (t := sim.next_time()) <= scenario.duration_s:
-        delay = wall0 + t / speed - time.time()
+        delay = wall0 + pace.wall_s(t) - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
         for em in sim.step():

@@ -131,6 +131,12 @@ def _parser() -> argparse.ArgumentParser:
         "--fixes", type=_count(1, 10_000_000), default=100_000, help="fixes for the throughput run"
     )
     e2e.add_argument("--json", action="store_true", help="print one JSON object")
+    e2e.add_argument(
+        "--flood",
+        action="store_true",
+        help="instead: other tags' fix -> alert latency, unloaded and while one tag floods",
+    )
+    e2e.add_argument("--flood-rate", type=int, default=16_000, help="the flooding tag's messages/s")
     e2e.set_defaults(handler=_bench_e2e)
     notify = which.add_parser("notify", help="breach fix published to SMS request received")
     notify.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
@@ -168,7 +174,15 @@ def _daemon_commands(commands: argparse._SubParsersAction) -> None:
     record = commands.add_parser("record", help="the case record").add_subparsers(metavar="ACTION")
     verify = record.add_parser("verify", help="check the case record's hash chains")
     verify.add_argument("--config", type=Path, help=conf)
+    verify.add_argument(
+        "--anchors", type=Path, help="anchor file to check against (default: [record] anchor_path)"
+    )
     verify.set_defaults(handler=_record_verify)
+    init = record.add_parser(
+        "init", help="create or upgrade the record's schema (run as the database's owner)"
+    )
+    init.add_argument("--config", type=Path, help=conf)
+    init.set_defaults(handler=_record_init)
     purge = record.add_parser(
         "purge", help="purge old fix bodies outside alerts' evidence windows (recorded)"
     )
@@ -180,7 +194,10 @@ def _daemon_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--case", required=True, help="case id, e.g. C-0001")
     export.add_argument("--since", required=True, help="RFC 3339 time, e.g. 2026-11-28T00:00:00Z")
     export.add_argument("--until", required=True, help="RFC 3339 time")
-    export.add_argument("--out", type=Path, required=True, help="output folder")
+    export.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    export.add_argument(
+        "--force", action="store_true", help="replace the bundle files in a non-empty --out"
+    )
     export.set_defaults(handler=_record_export)
 
     config = commands.add_parser("config", help="the configuration").add_subparsers(
@@ -266,6 +283,14 @@ def _rules(config_path: Path | None):
         raise BadInput(str(exc)) from None
 
 
+def _rate_limit(config_path: Path | None) -> tuple[float, int] | None:
+    """The daemon's per-tag rate limit ([ingest]), which replay applies as the daemon did."""
+    from tagwatch.config import IngestConfig, load_config
+
+    ingest = IngestConfig() if config_path is None else load_config(config_path, {}).ingest
+    return ingest.rate_limit
+
+
 def _demo(args: argparse.Namespace) -> int:
     from simulators.scenario import ScenarioError, load_scenario
     from tagwatch import demo
@@ -312,7 +337,9 @@ def _replay(args: argparse.Namespace) -> int:
         raise BadInput(f"{len(result.errors)} case file(s) refused; fix them first")
     report = Report(str(args.input), sys.stderr)
     try:
-        count = replay(zoneset, rules, args.input, sys.stdout.buffer, report)
+        count = replay(
+            zoneset, rules, args.input, sys.stdout.buffer, _rate_limit(args.config), report
+        )
     except OSError as exc:
         raise BadInput(f"{args.input}: cannot read: {exc.strerror}") from None
     except (ReplayInputError, ConfigError, UnicodeDecodeError) as exc:
@@ -378,9 +405,16 @@ def _config_check(args: argparse.Namespace) -> int:
     import json
 
     from tagwatch.config import missing_paths
+    from tagwatch.feed.auth import PUBLIC_TOKEN_HASHES
 
     config = _loaded_config(args)
     problems = missing_paths(config)
+    problems += [  # as tagwatch run refuses them
+        f"[[feed.users]] {u.name!r}: token_sha256 is the example's, whose token is public: "
+        "make a new token and put its SHA-256 here"
+        for u in config.feed.users
+        if u.token_sha256 in PUBLIC_TOKEN_HASHES
+    ]
     print(json.dumps(config.redacted(), indent=2, sort_keys=True))
     source = config.path or "defaults and the environment (no file)"
     if problems:
@@ -392,11 +426,14 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _open_record(args: argparse.Namespace):
-    from tagwatch.record import Record, RecordError
+    """The configured record, for a command that reads it: never created (exit 2 if missing)."""
+    from tagwatch.record import Record, RecordError, RecordMissing
 
     config = _loaded_config(args)
     try:
-        return Record.open(config.record.url)
+        return Record.open(config.record.url, create=False)
+    except RecordMissing as exc:
+        raise BadInput(f"case record: {exc}") from None
     except RecordError as exc:
         raise _Failure(f"case record: {exc}") from None
 
@@ -405,25 +442,73 @@ class _Failure(Exception):
     """A runtime failure: exit status 1, with the message."""
 
 
+_MAX_NOTES = 100  # what anchors do not cover, per chain: a live record has many
+
+
 def _record_verify(args: argparse.Namespace) -> int:
+    from tagwatch.record import anchor
+
+    config = _loaded_config(args)
+    anchors = args.anchors or config.record.anchor_path
+    key = config.record.anchor_key
     record = _open_record(args)
     try:
+        anchored = None
+        if anchors is not None and key is not None:
+            # before the chains: the file is read before the snapshot it is checked against
+            anchored = record.read(lambda db: anchor.check(db, anchors, key))
         report = record.verify_report()
+    except anchor.AnchorError as exc:
+        raise BadInput(str(exc)) from None
     finally:
         record.close()
-    problems = report.problems
+    problems = [*report.problems, *(anchored.problems if anchored else [])]
     for p in problems:
         print(f"{p.chain}\tseq {p.seq}\t{p.what}\t{p.detail}")
     purged = sum(report.purged.values())
     if purged:
         print(f"{record.label}: {purged} fix bodies purged by recorded retention purges")
+    notes = anchored.notes if anchored else []
+    for note in notes[:_MAX_NOTES]:
+        print(f"note: {note}")
+    if len(notes) > _MAX_NOTES:
+        print(f"note: ... and {len(notes) - _MAX_NOTES} more of the same kind")
     if problems:
         print(
             f"tagwatch: {record.label}: {len(problems)} problem(s) in the case record",
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    print(f"{record.label}: every chain intact")
+    if anchored is not None:
+        print(
+            f"{record.label}: every chain intact, and every anchored head matches "
+            f"({anchored.checkpoints} signed checkpoint(s) in {anchors})"
+        )
+    else:
+        why = (
+            f"no anchor key ({' or '.join(anchor.KEY_ENV_NAMES)})"
+            if key is None
+            else "no anchor file ([record] anchor_path or --anchors)"
+        )
+        print(
+            f"{record.label}: every chain intact against itself; not proven against anchors: "
+            f"{why}: someone who can write the database could rewrite an entry and re-hash "
+            "the rest of its chain undetected"
+        )
+    return EXIT_OK
+
+
+def _record_init(args: argparse.Namespace) -> int:
+    from tagwatch.record import Record, RecordError
+
+    config = _loaded_config(args)
+    try:
+        record = Record.open(config.record.url)
+    except RecordError as exc:
+        raise _Failure(f"case record: {exc}") from None
+    record.close()
+    applied = ", ".join(map(str, record.migrations_applied)) or "none: already up to date"
+    print(f"{record.label}: schema ready (migrations applied: {applied})")
     return EXIT_OK
 
 
@@ -450,6 +535,7 @@ def _record_purge(args: argparse.Namespace) -> int:
 
 def _record_export(args: argparse.Namespace) -> int:
     from tagwatch.record import RecordError
+    from tagwatch.record.export import ExportRefused
     from tagwatch.wire import parse_rfc3339
 
     times = {}
@@ -460,9 +546,13 @@ def _record_export(args: argparse.Namespace) -> int:
             raise BadInput(
                 f"--{name} {getattr(args, name)!r}: expected an RFC 3339 time with an offset or Z"
             ) from None
+    if times["since"] > times["until"]:
+        raise BadInput(f"--since {args.since} is after --until {args.until}")
     record = _open_record(args)
     try:
-        out = record.export(args.case, times["since"], times["until"], args.out)
+        out = record.export(args.case, times["since"], times["until"], args.out, args.force)
+    except ExportRefused as exc:
+        raise BadInput(str(exc)) from None
     except RecordError as exc:
         print(f"tagwatch: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -494,6 +584,32 @@ def _alerts_ack(args: argparse.Namespace) -> int:
     finally:
         record.close()
     print(json.dumps(acked))
+    return _publish_ack(_loaded_config(args), acked)
+
+
+def _publish_ack(config, acked: dict) -> int:
+    """The acknowledged record on MQTT, as the dashboard's ack (DESIGN 3.5): QoS 1 on
+    the case's alerts topic. It is already in the case record, and the daemon stops the
+    escalation from the record; a broker that cannot be reached is exit 1, saying so."""
+    import dataclasses
+    import json
+    import os
+
+    from tagwatch.daemon.service import broker_settings
+    from tagwatch.mqtt import publish_once
+    from tagwatch.wire import Topics
+
+    if config.broker.embedded:
+        print("tagwatch: acknowledged; not published (embedded broker)", file=sys.stderr)
+        return EXIT_OK
+    settings = broker_settings(config)
+    settings = dataclasses.replace(settings, client_id=f"{settings.client_id}-ack-{os.getpid()}")
+    topic = Topics(config.broker.topic_prefix).alerts(acked["case"])
+    try:
+        publish_once(settings, topic, json.dumps(acked, separators=(",", ":")).encode())
+    except ConnectionError as exc:
+        print(f"tagwatch: acknowledged in the case record, not published: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -502,7 +618,10 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     from tagwatch.bench.report import emit
 
     try:
-        emit(e2e.run(args.broker, fixes=args.fixes), e2e.RESULT_LINES, args.json)
+        if args.flood:
+            emit(e2e.run_flood(args.broker, rate=args.flood_rate), e2e.FLOOD_LINES, args.json)
+        else:
+            emit(e2e.run(args.broker, fixes=args.fixes), e2e.RESULT_LINES, args.json)
     except e2e.BenchError as exc:
         print(f"tagwatch bench e2e: {exc}", file=sys.stderr)
         return EXIT_FAILURE

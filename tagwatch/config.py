@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+from tagwatch.delivery_terms import redact_urls
+
 
 class ConfigError(Exception):
     """A configuration problem; the message names the file or variable and the key."""
@@ -135,6 +137,9 @@ class BrokerConfig:
     key_file: Path | None = None
     session_expiry_s: int = 86400
     keepalive_s: int = 30
+    # The broker's max_packet_size in KiB (deploy/mosquitto: 1 MiB); larger publications
+    # are refused before sending (kept in the record, counted), never sent to be dropped.
+    max_packet_kb: int = 1024
 
     @property
     def embedded(self) -> bool:
@@ -156,6 +161,11 @@ class RecordConfig:
     # alert of their case (the chain still verifies). 0 keeps everything.
     retention_days: float = 0.0
     evidence_window_h: float = 24.0
+    # Signed checkpoints of every chain head (tagwatch/record/anchor.py), appended to this
+    # file every anchor_interval_s; the key from TAGWATCH_ANCHOR_KEY(_FILE). None: off.
+    anchor_path: Path | None = None
+    anchor_interval_s: float = 60.0
+    anchor_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -163,10 +173,23 @@ class IngestConfig:
     batch_max: int = 2000
     batch_wait_ms: int = 20
     tick_s: float = 1.0
+    # Per-tag (and victim device) message rate limit, a token bucket per fix topic on the
+    # receiving clock (tagwatch/ratelimit.py): the excess is rejected as rate_limited.
+    # tag_rate_per_s = 0 turns it off.
+    tag_rate_per_s: float = 10.0
+    tag_burst: int = 1000
     # The watchdog clock: "wall" in production (DESIGN 3.6); "event" drives the
     # watchdogs by the fixes' own time, as replay does, for demos and accelerated
     # simulations whose fixes carry scenario time.
     clock: str = "wall"
+
+    @property
+    def rate_limit(self) -> tuple[float, int] | None:
+        """(tag_rate_per_s, tag_burst), or None: no limit (a rate of 0, or the event clock,
+        whose fixes come in accelerated time, faster than any tag sends them)."""
+        if self.clock == "event" or self.tag_rate_per_s <= 0:
+            return None
+        return self.tag_rate_per_s, self.tag_burst
 
 
 @dataclass(frozen=True)
@@ -207,6 +230,8 @@ class FeedConfig:
     port: int = 8080
     tile_url: str | None = None
     users: tuple[FeedUser, ...] = ()
+    sse_max_clients: int = 200  # event streams at once (more: 503)
+    sse_max_per_user: int = 10  # per user (more: 429)
 
 
 @dataclass(frozen=True)
@@ -233,9 +258,18 @@ class Config:
         if self.broker.password is not None:
             out["broker"]["password"] = "***"
         out["record"]["url"] = _redact_url(self.record.url)
+        if self.record.anchor_key is not None:
+            out["record"]["anchor_key"] = "***"
         for name, key in (("twilio", "auth_token"), ("police", "secret")):
             if out["notify"][name] is not None:
                 out["notify"][name][key] = "***"
+        if out["notify"]["police"] is not None:  # a webhook URL may carry a token
+            out["notify"]["police"]["webhook_url"] = redact_urls(self.notify.police.webhook_url)
+        if out["notify"]["twilio"] is not None:
+            out["notify"]["twilio"]["api_base"] = redact_urls(self.notify.twilio.api_base)
+        if "?" in out["record"]["url"]:  # libpq takes password= in the query too
+            base, _, query = out["record"]["url"].partition("?")
+            out["record"]["url"] = base + redact_urls("x://?" + query)[3:]
         for user in out["feed"]["users"]:
             user["token_sha256"] = "***"
         return out
@@ -252,12 +286,16 @@ def _plain(value: Any) -> Any:
 
 
 def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
+    url = re.sub(r"(password=)[^&\s]*", r"\1***", url)  # libpq's ?password=
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    except ValueError:  # a malformed port: redact by pattern
+        return re.sub(r"(://[^:/@?#]*):[^/?#]*@", r"\1:***@", url)
     return urlunsplit(parts._replace(netloc=netloc))
 
 
@@ -278,12 +316,15 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "key_file": ("optstr", None),
         "session_expiry_s": ("int", BrokerConfig.session_expiry_s),
         "keepalive_s": ("int", BrokerConfig.keepalive_s),
+        "max_packet_kb": ("int", BrokerConfig.max_packet_kb),
     },
     "cases": {"path": ("str", "config/cases")},
     "record": {
         "url": ("str", "sqlite:///var/lib/tagwatch/record.db"),
         "retention_days": ("float", RecordConfig.retention_days),
         "evidence_window_h": ("float", RecordConfig.evidence_window_h),
+        "anchor_path": ("optstr", None),
+        "anchor_interval_s": ("float", RecordConfig.anchor_interval_s),
     },
     "rules": {
         name: ("int" if kind is int else "float", getattr(Rules(), name))
@@ -294,6 +335,8 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "batch_wait_ms": ("int", IngestConfig.batch_wait_ms),
         "tick_s": ("float", IngestConfig.tick_s),
         "clock": ("str", IngestConfig.clock),
+        "tag_rate_per_s": ("float", IngestConfig.tag_rate_per_s),
+        "tag_burst": ("int", IngestConfig.tag_burst),
     },
     "notify.twilio": {
         "account_sid": ("str", _REQUIRED),
@@ -302,7 +345,12 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "public_url": ("optstr", None),
     },
     "notify.police": {"webhook_url": ("str", "")},
-    "feed": {"listen": ("str", FeedConfig.listen), "tile_url": ("optstr", None)},
+    "feed": {
+        "listen": ("str", FeedConfig.listen),
+        "tile_url": ("optstr", None),
+        "sse_max_clients": ("int", FeedConfig.sse_max_clients),
+        "sse_max_per_user": ("int", FeedConfig.sse_max_per_user),
+    },
     "log": {"level": ("str", "info"), "json": ("bool", True)},
 }
 _OPTIONAL_SECTIONS = frozenset({"notify.twilio", "notify.police"})
@@ -314,7 +362,10 @@ TWILIO_TOKEN_ENV = "TWILIO_AUTH_TOKEN"
 POLICE_SECRET_ENV = "TAGWATCH_POLICE_SECRET"
 USERS_ENV = "TAGWATCH_FEED_USERS"  # a JSON array of {name, role, token_sha256}
 TAG_KEYS_ENV = "TAGWATCH_TAG_KEYS"  # signing keys' file or folder (tagwatch.signing.KEYS_ENV)
-_ENV_EXEMPT = frozenset({BROKER_PASSWORD_ENV, POLICE_SECRET_ENV, TAG_KEYS_ENV, "TAGWATCH_CONFIG"})
+ANCHOR_KEY_ENVS = ("TAGWATCH_ANCHOR_KEY", "TAGWATCH_ANCHOR_KEY_FILE")  # tagwatch.record.anchor
+_ENV_EXEMPT = frozenset(
+    {BROKER_PASSWORD_ENV, POLICE_SECRET_ENV, TAG_KEYS_ENV, "TAGWATCH_CONFIG", *ANCHOR_KEY_ENVS}
+)
 
 
 def _env_name(section: str, key: str) -> str:
@@ -571,7 +622,7 @@ def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
         path=path,
         broker=_broker(s["broker"], environ),
         cases=CasesConfig(path=Path(_nonempty(s["cases"], "path"))),
-        record=_record(s["record"]),
+        record=_record(s["record"], environ),
         rules=rules,
         ingest=_ingest(s["ingest"]),
         notify=NotifyConfig(
@@ -614,6 +665,7 @@ def _broker(sec: _Section, environ: Mapping[str, str]) -> BrokerConfig:
         password=_broker_password(sec, environ),
         session_expiry_s=_int_in(sec, "session_expiry_s", 1, 2**32 - 1),
         keepalive_s=_int_in(sec, "keepalive_s", 1, 65535),
+        max_packet_kb=_int_in(sec, "max_packet_kb", 1, 256 * 1024),
         **tls_files,
     )
 
@@ -697,14 +749,32 @@ def _int_in(sec: _Section, key: str, low: int, high: int) -> int:
     return value
 
 
-def _record(sec: _Section) -> RecordConfig:
+def _record(sec: _Section, environ: Mapping[str, str]) -> RecordConfig:
+    from tagwatch.record.anchor import AnchorError, load_key
+
     retention = {}
     for key in ("retention_days", "evidence_window_h"):
         value = sec.get(key)
         if not math.isfinite(value) or value < 0:
             sec.fail(key, f"must be a number >= 0, got {value}")
         retention[key] = float(value)
-    return replace(_record_url(sec), **retention)
+    interval = sec.get("anchor_interval_s")
+    if not interval > 0:
+        sec.fail("anchor_interval_s", f"must be above 0, got {interval}")
+    try:
+        key = load_key(environ)
+    except AnchorError as exc:
+        raise ConfigError(str(exc)) from None
+    path = sec.get("anchor_path")
+    if path is not None and key is None:
+        sec.fail("anchor_path", f"needs the anchor key: set {' or '.join(ANCHOR_KEY_ENVS)}")
+    return replace(
+        _record_url(sec),
+        **retention,
+        anchor_path=None if path is None else Path(path),
+        anchor_interval_s=float(interval),
+        anchor_key=key,
+    )
 
 
 def _record_url(sec: _Section) -> RecordConfig:
@@ -735,11 +805,16 @@ def _ingest(sec: _Section) -> IngestConfig:
     clock = sec.get("clock")
     if clock not in ("wall", "event"):
         sec.fail("clock", f'must be "wall" or "event", got {clock!r}')
+    rate = sec.get("tag_rate_per_s")
+    if not (math.isfinite(rate) and rate >= 0):
+        sec.fail("tag_rate_per_s", f"must be 0 (no limit) or above, got {rate}")
     return IngestConfig(
         batch_max=_int_in(sec, "batch_max", 1, 1_000_000),
         batch_wait_ms=_int_in(sec, "batch_wait_ms", 0, 60_000),
         tick_s=float(tick_s),
         clock=clock,
+        tag_rate_per_s=float(rate),
+        tag_burst=_int_in(sec, "tag_burst", 1, 1_000_000),
     )
 
 
@@ -804,7 +879,15 @@ def _feed(sec: _Section, raw: _Raw) -> FeedConfig:
         _http_url(sec, "tile_url")
     users = tuple(_user(where, entry) for where, entry in raw.users or [])
     _check_unique_users(users, raw.users_where)
-    return FeedConfig(listen=listen, host=host, port=int(port_text), tile_url=tile_url, users=users)
+    return FeedConfig(
+        listen=listen,
+        host=host,
+        port=int(port_text),
+        tile_url=tile_url,
+        users=users,
+        sse_max_clients=_int_in(sec, "sse_max_clients", 1, 100_000),
+        sse_max_per_user=_int_in(sec, "sse_max_per_user", 1, 100_000),
+    )
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -851,16 +934,16 @@ def _log(sec: _Section) -> LogConfig:
     return LogConfig(level=level, json=sec.get("json"))
 
 
-def missing_paths(config: Config) -> list[str]:
+def missing_paths(config: Config, cases: bool = True) -> list[str]:
     """What the configuration names that is not there, one message per key saying what to
-    create or set: the cases path and the folder of a SQLite record. A relative path is
-    taken from the working directory, which the message names."""
+    create or set: the cases path (unless `cases` is false) and the folder of a SQLite
+    record. A relative path is taken from the working directory, which the message names."""
     problems = []
-    cases = config.cases.path
-    if not cases.exists():
-        where = "" if cases.is_absolute() else f" (relative to {Path.cwd()})"
+    path = config.cases.path
+    if cases and not path.exists():
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
         problems.append(
-            f"[cases] path: {cases}{where} does not exist: create it and put the case files "
+            f"[cases] path: {path}{where} does not exist: create it and put the case files "
             "in it, or set [cases] path (TAGWATCH_CASES_PATH)"
         )
     url = config.record.url

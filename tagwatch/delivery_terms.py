@@ -28,8 +28,28 @@ STATUS_RANK = {
 }
 
 _PHONE = re.compile(r"\+?\d[\d ()-]{6,}\d")
+# In a URL: the user information (user:password@) and the query string's values.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:([^/\s@:]*):)?[^/\s@]*@")
+_URL_QUERY = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#]*)\?([^\s#'\"]*)")
+
+
+def _query_values(match: re.Match[str]) -> str:
+    parts = (p.partition("=") for p in match.group(2).split("&"))
+    return match.group(1) + "?" + "&".join(k + ("=***" if sep else "") for k, sep, _v in parts)
+
+
+def _userinfo(match: re.Match[str]) -> str:
+    user = match.group(2)
+    return f"{match.group(1)}{user}:***@" if user is not None else f"{match.group(1)}***@"
+
+
+def redact_urls(text: str) -> str:
+    """Hide secrets URLs in text may carry: user:password@ becomes user:***@, a bare
+    user@ (often a token) ***@, and every query value ***."""
+    return _URL_QUERY.sub(_query_values, _URL_USERINFO.sub(_userinfo, text))
 
 
 def redact(text: str) -> str:
-    """Drop anything that looks like a phone number (Twilio errors quote the To number)."""
-    return _PHONE.sub("<phone>", text)
+    """Drop anything that looks like a phone number (Twilio errors quote the To number)
+    and the secrets of any URL in the text."""
+    return _PHONE.sub("<phone>", redact_urls(text))

@@ -3,10 +3,14 @@
 An in-process MQTT broker (unless `--broker` names one), the daemon with a
 SQLite record in a temporary folder and the operator dashboard, and the
 simulator playing the "day in the life" scenario in accelerated time. Alerts
-are printed as they happen. Ctrl-C stops everything and removes the folder.
+are printed as they happen, all in scenario time (an operator's acknowledgement
+too). Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops everything and removes
+the folder.
 
 The daemon runs with the event clock (`[ingest] clock = "event"`): the
 scenario's fixes carry scenario time, which runs faster than the wall clock.
+Where the scenario expects nothing, time runs QUIET times faster still, so the
+story starts within seconds (simulators.runner.Pacing).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from tagwatch.shipped import example
 
 SCENARIO = example("scenarios", "day_in_the_life.toml")  # package data (tagwatch.shipped)
 PREFIX = "tagwatch/v1"
+QUIET = 20.0  # quiet stretches play this many times faster than --speed
 
 
 class DemoError(RuntimeError):
@@ -49,12 +54,14 @@ async def _demo(
 ) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
         if broker is None:
             broker = (await stack.enter_async_context(EmbeddedBroker())).url
             say(f"in-process MQTT broker on {broker} (demo only: nothing persists)")
+        else:
+            await _check_broker(broker)
         token = secrets.token_urlsafe(16)
         port = port or free_port()
         config = _config(workdir, broker, port, token, scenario)
@@ -63,7 +70,10 @@ async def _demo(
         await _wait_ready(daemon, port, workdir / "daemon.log")
         say(f"dashboard: http://127.0.0.1:{port}/  token: {token}")
         say(f"record and daemon log in {workdir} (removed at exit)")
-        say(f"playing {scenario.name} at {speed:g}x; Ctrl-C stops everything\n")
+        say(
+            f"playing {scenario.name} at {speed:g}x, quiet stretches at {speed * QUIET:g}x; "
+            "times are scenario times; Ctrl-C stops everything\n"
+        )
         result = await _play(scenario, broker, speed, stop)
         if result is not None:
             say(f"\n{result.summary()}")
@@ -73,8 +83,24 @@ async def _demo(
     return 0
 
 
+async def _check_broker(url: str) -> None:
+    """Fail at once, naming the broker (without credentials), when it cannot be reached."""
+    from tagwatch.mqtt import BrokerSettings, probe_mqtt5
+
+    try:
+        settings = BrokerSettings.from_url(url)
+    except ValueError:
+        raise DemoError("--broker: expected mqtt://host[:port] or mqtts://host[:port]") from None
+    try:
+        await probe_mqtt5(settings, timeout_s=10.0)
+    except (OSError, TimeoutError) as exc:
+        why = str(exc) or "no answer within 10 s"
+        raise DemoError(f"MQTT broker {settings.url}: cannot connect ({why})") from None
+
+
 def say(text: str) -> None:
-    print(text, flush=True)
+    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP): still clean up
+        print(text, flush=True)
 
 
 def _config(workdir: Path, broker: str, port: int, token: str, scenario: Path) -> Path:
@@ -140,20 +166,21 @@ async def _wait_ready(daemon: subprocess.Popen, port: int, log: Path) -> None:
             return
         except OSError:
             await asyncio.sleep(0.1)
-    raise DemoError("the daemon did not become ready within 60 s")
+    raise DemoError(f"the daemon did not become ready within 60 s; see {log}")
 
 
 async def _play(scenario: Path, broker: str, speed: float, stop: asyncio.Event):
-    from simulators.runner import run_scenario
+    from simulators.runner import Pacing, run_scenario
     from simulators.scenario import load_scenario
     from simulators.verify import alert_line
 
-    start = load_scenario(scenario).start
+    plan = load_scenario(scenario)
+    pacing = Pacing(plan, speed, quiet=QUIET)
 
     def on_alert(alert: dict) -> None:
-        say(alert_line(alert, start))
+        say(alert_line(in_scenario_time(alert, plan.start, pacing), plan.start))
 
-    play = asyncio.create_task(run_scenario(scenario, broker, PREFIX, speed, on_alert))
+    play = asyncio.create_task(run_scenario(plan, broker, PREFIX, speed, on_alert, pacing=pacing))
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({play, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
@@ -163,6 +190,23 @@ async def _play(scenario: Path, broker: str, speed: float, stop: asyncio.Event):
             await play
         return None
     return play.result()
+
+
+def in_scenario_time(alert: dict, start: float, pacing) -> dict:
+    """An operator's record (acknowledged, or resolved by someone) is made at a wall
+    time (`raised`, the action's); shown at the scenario time being played then."""
+    from tagwatch.wire import parse_rfc3339, rfc3339
+
+    operator = alert.get("state") == "acknowledged" or (
+        alert.get("state") == "resolved" and str(alert.get("detail", "")).startswith("resolved by")
+    )
+    if not operator:
+        return alert
+    try:
+        wall = parse_rfc3339(str(alert.get("raised", alert["ts"])).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return alert
+    return {**alert, "ts": rfc3339(start + pacing.scenario_s(wall - pacing.wall0))}
 
 
 def _stop_daemon(daemon: subprocess.Popen) -> None:

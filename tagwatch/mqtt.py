@@ -55,6 +55,7 @@ _paho_log.addFilter(_PahoNoise())
 _UNSUPPORTED_PROTOCOL = (1, 0x84)
 _BACKOFF_BASE_S = 0.5
 _BACKOFF_CAP_S = 10.0
+_SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason: a client connected with our id
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,15 @@ class BrokerSettings:
     # MQTT 5 Receive Maximum: how many QoS 1 messages the broker may have unacknowledged
     # with us at once. It bounds the in-memory queue and must exceed an ingest micro-batch.
     receive_maximum: int = 10000  # unacknowledged messages in flight: bounds throughput
+    # The broker's max_packet_size: a larger PUBLISH makes the broker drop the connection
+    # (and paho resends it after every reconnect), so `publish` refuses it before sending.
+    max_packet_bytes: int = 1024 * 1024
+
+    @property
+    def url(self) -> str:
+        """Where the broker is, for logs and errors: scheme, host and port, no credentials."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}"
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> BrokerSettings:
@@ -93,6 +103,63 @@ class BrokerSettings:
             password=unquote(parts.password) if parts.password else kwargs.pop("password", None),
             **kwargs,
         )
+
+
+class PacketTooLarge(ValueError):
+    """A publication larger than the broker's packet limit; it was not sent."""
+
+    def __init__(self, topic: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"publish to {topic!r}: packet of about {size} bytes is larger than the broker's "
+            f"limit of {limit} bytes ([broker] max_packet_kb); not sent"
+        )
+        self.size, self.limit = size, limit
+
+
+def packet_size(topic: str, payload: bytes) -> int:
+    """An upper bound of the PUBLISH packet's size: fixed header (at most 5 bytes),
+    topic (2 + length), packet id (2), MQTT 5 properties (1, we send none), payload."""
+    return 5 + 2 + len(topic.encode()) + 2 + 1 + len(payload)
+
+
+def publish_once(
+    settings: BrokerSettings, topic: str, payload: bytes, timeout_s: float = 15.0
+) -> None:
+    """One QoS 1 publish from a short-lived client (a command line tool), returning once
+    the broker has acknowledged it. A clean session under `settings.client_id`, which the
+    caller makes its own (never the daemon's: the broker would disconnect the daemon).
+    Raises ConnectionError naming the broker (without credentials)."""
+    done = threading.Event()
+    failure: list[str] = []
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=paho.MQTTv311
+    )
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls:
+        client.tls_set_context(_tls_context(settings))
+
+    def on_connect(_c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        if rc.is_failure:
+            failure.append(f"CONNACK refused: {rc}")
+            done.set()
+
+    client.on_connect = on_connect
+    client.on_publish = lambda *_a: done.set()
+    try:
+        client.connect(settings.host, settings.port, settings.keepalive_s)
+    except OSError as exc:
+        raise ConnectionError(f"MQTT broker {settings.url}: cannot connect ({exc})") from None
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1)
+        if not done.wait(timeout_s):
+            failure.append(f"no PUBACK within {timeout_s:g} s")
+        if failure:
+            raise ConnectionError(f"MQTT broker {settings.url}: publish to {topic}: {failure[0]}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 class Message(msgspec.Struct, frozen=True, gc=False):
@@ -213,7 +280,9 @@ class MqttConnection:
         self.connected = asyncio.Event()  # CONNACK accepted
         self.ready = asyncio.Event()  # ... and SUBACK received: messages can flow
         self.reconnects = 0
-        self.session_lost = 0
+        self.session_lost = 0  # reconnects without the session, and takeovers of it
+        self.session_lost_at: float | None = None  # time.time() of the last
+        self._taken_over = False
         self._state = _State()
         # Unbounded on purpose: a bounded queue would have to drop or block paho's thread.
         # It cannot grow without bound, because every QoS 1 message in it is unacknowledged
@@ -272,9 +341,11 @@ class MqttConnection:
         while True:
             try:
                 speaks_v5 = await probe_mqtt5(self.settings)
-            except OSError as exc:
-                self._note_error(f"protocol probe: {exc}")
-                await asyncio.sleep(self._backoff.next())  # broker down: back off and retry
+            except (OSError, TimeoutError) as exc:
+                self._note_error(f"protocol probe: {str(exc) or type(exc).__name__}")
+                delay = self._backoff.next()  # broker down: back off and retry
+                self._unreachable(self._state.last_error, delay)
+                await asyncio.sleep(delay)
                 continue
             self._backoff.reset()
             if not speaks_v5:
@@ -415,6 +486,9 @@ class MqttConnection:
 
         While offline paho keeps the message and sends it after reconnecting.
         """
+        size = packet_size(topic, payload)
+        if size > self.settings.max_packet_bytes:
+            raise PacketTooLarge(topic, size, self.settings.max_packet_bytes)
         if self._client is None:
             raise ConnectionError(f"publish to {topic!r}: MQTT connection is not open")
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
@@ -458,8 +532,8 @@ class MqttConnection:
         self._call(self._connect_accepted, bool(flags.session_present), mid)
 
     def _on_connect_fail(self, client: paho.Client, _u: Any) -> None:
-        self._set_retry_delay(client)
-        self._call(self._note_error, "TCP/TLS connection failed")
+        delay = self._set_retry_delay(client)
+        self._call(self._connect_failed, delay)
 
     def _on_disconnect(
         self, client: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any
@@ -467,7 +541,7 @@ class MqttConnection:
         with self._link_lock:
             self._link += 1
         self._set_retry_delay(client)
-        self._call(self._disconnected, str(rc))
+        self._call(self._disconnected, str(rc), rc.value)
 
     def _on_subscribe(
         self, _c: paho.Client, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any
@@ -493,10 +567,11 @@ class MqttConnection:
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
         self._call(self._published, mid, rc.value, str(rc))
 
-    def _set_retry_delay(self, client: paho.Client) -> None:
+    def _set_retry_delay(self, client: paho.Client) -> float:
         # paho waits min_delay before its next attempt; setting it per attempt adds jitter.
         delay = self._backoff.next()
         client.reconnect_delay_set(delay, max(delay, _BACKOFF_CAP_S))
+        return delay
 
     def _subscribe_args(self, client: paho.Client) -> list[tuple[str, Any]]:
         if client.protocol == paho.MQTTv5:
@@ -506,6 +581,20 @@ class MqttConnection:
         return [(t, q) for t, q in self.subscriptions]
 
     # ---- on the asyncio thread ---------------------------------------------------------
+
+    def _connect_failed(self, delay: float) -> None:
+        self._note_error("TCP/TLS connection failed")
+        if not self._closing:
+            self._unreachable(self._state.last_error, delay)
+
+    def _unreachable(self, error: str, retry_in_s: float) -> None:
+        """Every failed attempt and its backoff step, at warning: never silent."""
+        log.warning(
+            "broker_unreachable",
+            broker=self.settings.url,
+            error=error,
+            retry_in_s=round(retry_in_s, 2),
+        )
 
     def _connect_refused(self, code: int, reason: str) -> None:
         self._note_error(f"CONNACK refused: {reason}")
@@ -527,14 +616,9 @@ class MqttConnection:
         )
         if st.connection > 1:
             self.reconnects += 1
-            if not session_present:
-                self.session_lost += 1
-                log.warning(
-                    "session_lost",
-                    broker=self._where,
-                    client_id=self.settings.client_id,
-                    detail="session_present false on a reconnect: messages may be lost",
-                )
+            if not session_present and not self._taken_over:  # a takeover was counted
+                self._lost("session_lost", "session_present false on a reconnect")
+        self._taken_over = False
         self.connected.set()
         self._notify()
         if sub_mid is None:
@@ -561,7 +645,22 @@ class MqttConnection:
         self.ready.set()
         self._notify()
 
-    def _disconnected(self, reason: str) -> None:
+    def _lost(self, event: str, why: str) -> None:
+        self.session_lost += 1
+        self.session_lost_at = time.time()
+        log.critical(
+            event,
+            broker=self._where,
+            client_id=self.settings.client_id,
+            detail=f"{why}: fixes queued for tagwatch may be lost",
+        )
+
+    def _disconnected(self, reason: str, code: int = 0) -> None:
+        if code == _SESSION_TAKEN_OVER and not self._closing:
+            self._taken_over = True
+            self._lost(
+                "session_taken_over", "another client connected with tagwatch's client id"
+            )
         was_connected = self.connected.is_set()
         self.connected.clear()
         self.ready.clear()

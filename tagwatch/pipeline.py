@@ -21,13 +21,13 @@ processing the same messages one by one would make.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Protocol
 
-import msgspec
 import numpy as np
 
 from tagwatch import signing
@@ -37,6 +37,7 @@ from tagwatch.engine.alerts import AlertRecord
 from tagwatch.engine.core import DUPLICATE, LATE, Engine
 from tagwatch.engine.emit import Emitter, Output
 from tagwatch.engine.state import TagState
+from tagwatch.ratelimit import REPORT_S, TokenBuckets
 from tagwatch.wire import Fix, Rejection, Topics, decode_fix, decode_payload
 from zones import ZoneSet, ecef
 
@@ -74,6 +75,7 @@ class Result:
     rejected: list[Rejected] = field(default_factory=list)
     accepted: list[tuple[Fix, bool]] = field(default_factory=list)  # (fix, late)
     duplicates: int = 0
+    rate_limited: int = 0  # messages over their tag's rate, counted only (not in rejected)
 
     def rejected_by_reason(self) -> Counter:
         return Counter(r.rejection.reason for r in self.rejected)
@@ -81,6 +83,17 @@ class Result:
 
 VICTIM = "victim"
 TOPIC_CACHE = 200_000  # parsed topics kept; one per tag and device
+INTERNAL_ERROR = "internal_error"
+# Reasons the pipeline gives besides the wire decoder's (wire.REASONS) and signing's.
+RATE_LIMITED = "rate_limited"
+REASONS = frozenset(
+    {"unknown_tag", "unknown_device", "unknown_topic", INTERNAL_ERROR, RATE_LIMITED}
+)
+FAULT_ENV = "TAGWATCH_TEST_FAULT"  # tests only: see Pipeline.fault
+
+
+class InjectedFault(RuntimeError):
+    """The failure a test asks for with `Pipeline.fault` (FAULT_ENV in the daemon)."""
 
 
 class Pipeline:
@@ -91,14 +104,20 @@ class Pipeline:
         topics: Topics,
         event_clock: bool,
         keys: dict[str, bytes] | None = None,
+        rate_limit: tuple[float, int] | None = None,
     ) -> None:
         self.engine = Engine(zoneset, rules)
+        # (messages a second, burst) per fix topic; None or a rate of 0: no limit
+        self.limiter = TokenBuckets(*rate_limit) if rate_limit and rate_limit[0] > 0 else None
         self.rules = rules
         self.topics = topics
         self.event_clock = event_clock
         self.keys = keys  # device id -> signing key; None: signing off
         self._topic_cache: dict[str, tuple[str, str] | None] = {}
         self._tag_topics: dict[str, str] = {}  # fix topic of a known tag -> the tag's id
+        # Fault injection, for tests of the isolation of failing messages only: a batch
+        # with a payload containing these bytes fails after decoding, as a bug would.
+        self.fault: bytes | None = None
 
     @property
     def zoneset(self) -> ZoneSet:
@@ -116,6 +135,8 @@ class Pipeline:
         result = Result()
         out = Output()
         fixes, kinds = self._decode(messages, result)
+        if self.fault is not None and any(self.fault in m.payload for m in messages):
+            raise InjectedFault("a payload holds the fault marker (Pipeline.fault)")
         lon, lat, ts, tag_idx = self._arrays(fixes, kinds)
         xyz = ecef(lon, lat)
         rows = self._geometry(tag_idx, lon, lat, ts, xyz)
@@ -129,6 +150,26 @@ class Pipeline:
 
     def restore(self, checkpoints: dict[str, bytes]) -> None:
         self.engine.restore(checkpoints)
+
+    def reset(self, checkpoints: dict[str, bytes]) -> None:
+        """Forget all rule state and take `checkpoints` (the last committed ones): the
+        state a restart would have. Undoes a batch whose handling failed half way."""
+        self.engine = Engine(self.engine.zoneset, self.rules)
+        self.engine.restore(checkpoints)
+
+    def set_aside(self, msg: Received, error: BaseException) -> Result:
+        """The rejection of a message whose handling failed (DESIGN 3.2 internal_error):
+        its SHA-256 and the failure's type, so it can be found again and the others go on."""
+        parsed = self._parse(msg.topic)
+        digest = hashlib.sha256(msg.payload).hexdigest()
+        detail = (
+            f"handling this message failed ({type(error).__name__}); it was set aside so "
+            f"that the others go on; payload SHA-256 {digest}"
+        )
+        rejected = _reject(parsed[1] if parsed else "", INTERNAL_ERROR, detail, msg)
+        if self._private(parsed):
+            rejected = _unquoted(rejected, parsed is not None)
+        return Result(rejected=[rejected])
 
     def tick(self, now: float, raised: float | None = None) -> Result:
         """Advance the watchdog clock (the daemon's wall-clock tick)."""
@@ -161,7 +202,13 @@ class Pipeline:
         classify = self.engine.classify
         tag_topics, max_future = self._tag_topics, self.rules.max_future_s
         shortcut = self.keys is None  # signed payloads are screened first: no shortcut
+        limiter = self.limiter
         for msg in messages:
+            if limiter is not None:  # before anything costs: the excess of a flood is cheap
+                received = msg.received
+                if received is not None and not limiter.admit(msg.topic, received):
+                    self._limited(limiter, msg, received, result)
+                    continue
             payload = msg.payload
             # The common message, one valid fix object from a known tag, the short way;
             # what `_decode_message` would do with it, without its checks for the rest.
@@ -169,7 +216,7 @@ class Pipeline:
             if tag is not None:  # decode_fix refuses an array (a buffered upload) too
                 fix = decode_fix("tag", tag, payload, msg.received, max_future)
                 if fix is not None:
-                    kind = classify(fix)
+                    kind = classify(fix, msg.received)
                     if kind == DUPLICATE:
                         result.duplicates += 1
                     else:
@@ -179,15 +226,40 @@ class Pipeline:
                     continue
             first = len(result.rejected)
             parsed = self._decode_message(msg, result, fixes, kinds)
-            if parsed is None or parsed[0] == VICTIM:
-                # A victim device's payload is the victim's position; an unrecognised
-                # topic may be one: their rejections never carry the payload.
+            if self._private(parsed):
                 for i in range(first, len(result.rejected)):
-                    rej = result.rejected[i]
-                    result.rejected[i] = replace(
-                        rej, rejection=msgspec.structs.replace(rej.rejection, payload="")
-                    )
+                    result.rejected[i] = _unquoted(result.rejected[i], parsed is not None)
         return fixes, kinds
+
+    def _limited(
+        self, limiter: TokenBuckets, msg: Received, received: float, result: Result
+    ) -> None:
+        """A message over its topic's rate: rejected (rate_limited). One per REPORT_S of a
+        topic is recorded and published; the rest are only counted."""
+        if limiter.report_due(msg.topic, received):
+            result.rejected.append(self.rate_limited(msg, limiter))
+        else:
+            result.rate_limited += 1
+
+    def rate_limited(self, msg: Received, limiter: TokenBuckets) -> Rejected:
+        """The rejection of a message over its topic's rate (the daemon's gate takes such
+        messages out before batching and asks for it here)."""
+        parsed = self._parse(msg.topic)
+        detail = (
+            f"over {limiter.rate_per_s:g} messages a second (burst {limiter.burst:g}) on "
+            f"this topic: the excess is rejected and counted, one of it recorded per "
+            f"{REPORT_S:g} s"
+        )
+        rejected = _reject(parsed[1] if parsed else "", RATE_LIMITED, detail, msg)
+        if self._private(parsed):
+            rejected = _unquoted(rejected, parsed is not None)
+        return rejected
+
+    def _private(self, parsed: tuple[str, str] | None) -> bool:
+        """Whether a message's rejections must not quote it (DESIGN 3.2): a victim device's
+        payload is the victim's position, on a victim topic or on any other (a known device
+        id on the tags path is a victim message); an unrecognised topic may be one."""
+        return parsed is None or parsed[0] == VICTIM or self.engine.knows_device(parsed[1])
 
     def _decode_message(
         self, msg: Received, result: Result, fixes: list[Fix], kinds: list[str]
@@ -228,7 +300,7 @@ class Pipeline:
                     fixes.append(fix)
                     kinds.append(VICTIM)
                 continue
-            kind = engine.classify(fix)
+            kind = engine.classify(fix, msg.received)
             if kind == DUPLICATE:
                 result.duplicates += 1
                 continue
@@ -348,6 +420,41 @@ def _replay_state(st: TagState | None) -> tuple[int | None, _SeenSeqs | tuple]:
 
 def _digest(payload: bytes) -> bytes:
     return hashlib.blake2b(payload, digest_size=8).digest()
+
+
+_FIELDS = frozenset({"tag", "ts", "fix", "lat", "lon", "acc", "seq", "spd", "hdg", "bat", "strap"})
+_PLACE = re.compile(r"fix \d+ of \d+: ")  # a fix's place in a batch, in a wire detail
+# Details that quote no value of the message (ids of the topic, sizes, depths, a hash).
+_VALUE_FREE = frozenset(
+    {
+        "unknown_tag",
+        "unknown_device",
+        "unknown_topic",
+        INTERNAL_ERROR,
+        "too_deep",
+        "payload_too_large",
+        "not_utf8",
+        RATE_LIMITED,
+    }
+)
+
+
+def _unquoted(rejected: Rejected, redact_detail: bool = True) -> Rejected:
+    """The rejection of a victim's message: no payload, and a detail that names the fix of a
+    batch, the fields and the reason, never a value (DESIGN 3.2)."""
+    r = rejected.rejection
+    detail = r.detail
+    if redact_detail and r.reason not in _VALUE_FREE:
+        place = _PLACE.match(detail)
+        rest = detail[place.end() :] if place else detail
+        words = (part.split(" ", 1)[0] for part in rest.split("; "))
+        fields = ", ".join(dict.fromkeys(w for w in words if w in _FIELDS)) or "payload"
+        device = f"device {rejected.source}" if rejected.source else "a victim device"
+        detail = (
+            f"{place.group() if place else ''}{fields}: {r.reason} "
+            f"({device}: a victim's message, its values are not shown)"
+        )
+    return replace(rejected, rejection=Rejection(r.reason, detail, ""))
 
 
 def _reject(source: str, reason: str, detail: str, msg: Received) -> Rejected:

@@ -25,8 +25,16 @@ import msgspec
 
 from tagwatch.config import Rules
 from tagwatch.engine.alerts import encode
-from tagwatch.pipeline import Inbound, Pipeline
-from tagwatch.wire import Fix, Topics, decode_payload, parse_rfc3339
+from tagwatch.pipeline import RATE_LIMITED, Inbound, Pipeline
+from tagwatch.wire import (
+    MAX_DEPTH,
+    Fix,
+    Topics,
+    decode_payload,
+    json_depth,
+    parse_rfc3339,
+    too_deep,
+)
 from zones import ZoneSet
 
 BATCH = 2000
@@ -107,6 +115,14 @@ def _capture(lines: Iterator[tuple[int, str | BadLine]]) -> Iterator[tuple[int, 
             continue
         if not line.strip():
             continue
+        raw_line = line.encode("utf-8", "surrogatepass")
+        if too_deep(raw_line) and json_depth(raw_line) > MAX_DEPTH + 1:  # the line's {} is 1
+            problem = (
+                f"payload nested deeper than {MAX_DEPTH} levels (the daemon rejects it as "
+                "too_deep)"
+            )
+            yield number, BadLine(number, "payload", problem)
+            continue
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -182,17 +198,24 @@ def _value(field: str, text: str) -> object:
 
 
 def replay(
-    zoneset: ZoneSet, rules: Rules, path: Path, out: IO[bytes], report: Report | None = None
+    zoneset: ZoneSet,
+    rules: Rules,
+    path: Path,
+    out: IO[bytes],
+    rate_limit: tuple[float, int] | None = None,
+    report: Report | None = None,
 ) -> int:
     """Write every alert record, one JSON object per line; returns how many.
 
-    Bad lines and the daemon's rejections go to `report` (stderr by default) with
-    their line number and field; `report.bad` counts them. The messages go through
-    the daemon's pipeline as they are: the alerts are the daemon's.
+    `rate_limit` is the daemon's [ingest] tag_rate_per_s and tag_burst: applied on the
+    capture's `received` times, as the daemon did on its receiving clock. Bad lines and
+    the daemon's rejections go to `report` (stderr by default) with their line number
+    and field; `report.bad` counts them. The messages go through the daemon's pipeline
+    as they are: the alerts are the daemon's.
     """
     report = report or Report(str(path), sys.stderr)
     topics = Topics()
-    pipeline = Pipeline(zoneset, rules, topics, event_clock=True)
+    pipeline = Pipeline(zoneset, rules, topics, event_clock=True, rate_limit=rate_limit)
     count = 0
     batch: list[tuple[int, Inbound | BadLine]] = []
     for number, item in read_lines(path, topics):
@@ -206,7 +229,13 @@ def _flush(
     pipeline: Pipeline, batch: list[tuple[int, Inbound | BadLine]], out: IO[bytes], report: Report
 ) -> int:
     result = pipeline.process([item for _, item in batch if isinstance(item, Inbound)])
-    _report(pipeline, batch, len(result.rejected), report)
+    # The rate limit's rejections are not about a line's content: said as they are.
+    limited = [r for r in result.rejected if r.rejection.reason == RATE_LIMITED]
+    _report(pipeline, batch, len(result.rejected) - len(limited), report)
+    for r in limited:
+        report.bad_line(None, f"tag {r.source!r}", f"{r.rejection.reason}: {r.rejection.detail}")
+    if result.rate_limited:
+        report.bad_line(None, "(messages)", f"{result.rate_limited} more rate_limited")
     batch.clear()
     for record in result.records:
         out.write(encode(record) + b"\n")

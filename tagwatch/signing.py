@@ -60,7 +60,7 @@ from typing import Any
 
 import orjson
 
-from tagwatch.wire import MAX_BATCH, MAX_PAYLOAD_BYTES, PAYLOAD_EXCERPT_CHARS
+from tagwatch.wire import MAX_BATCH, MAX_PAYLOAD_BYTES, PAYLOAD_EXCERPT_CHARS, too_deep
 
 KEYS_ENV = "TAGWATCH_TAG_KEYS"
 SIG_FIELD = "sig"
@@ -261,8 +261,9 @@ def screen(
 
 
 def _parse(payload: bytes) -> Any:
-    """The payload's JSON value, or None when the wire decoder rejects it whole anyway."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
+    """The payload's JSON value, or None when the wire decoder rejects it whole anyway
+    (too large, or nested too deep for the recursive parsers and `_write`: too_deep)."""
+    if len(payload) > MAX_PAYLOAD_BYTES or too_deep(payload):
         return None
     try:
         return orjson.loads(payload)

@@ -35,12 +35,14 @@ from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import msgspec
+import numpy as np
 from msgspec import Meta
 
 Source = Literal["tag", "victim"]
 
 MAX_PAYLOAD_BYTES = 65536
 MAX_BATCH = 1000
+MAX_DEPTH = 32  # JSON nesting levels (a fix object is 1, a batch of them 2)
 PAYLOAD_EXCERPT_CHARS = 1024
 DEFAULT_PREFIX = "tagwatch/v1"
 MIN_TS = 946684800.0  # 2000-01-01T00:00:00Z: before it is GPS week rollover or epoch zero
@@ -65,6 +67,7 @@ REASONS = frozenset(
         "out_of_range",
         "null_island",
         "tag_mismatch",
+        "too_deep",
     }
 )
 
@@ -258,7 +261,7 @@ def decode_payload(
     """
     if type(payload) is not bytes:
         payload = bytes(payload)
-    if len(payload) <= MAX_PAYLOAD_BYTES:
+    if len(payload) <= MAX_PAYLOAD_BYTES and not too_deep(payload):
         fixes = _decode_fast(source, device_id, payload, _limit(received, max_future_s))
         if fixes is not None:
             return fixes, []
@@ -276,11 +279,40 @@ def decode_fix(
     """
     if type(payload) is not bytes or len(payload) > MAX_PAYLOAD_BYTES:
         return None
+    if payload.count(b"[") + payload.count(b"{") > MAX_DEPTH and too_deep(payload):
+        return None  # (too_deep's first test inlined: this is the hot path)
     try:
         wire = _FAST_ONE.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None  # also an array: decode_payload takes it
     return _fast_fix(wire, source, device_id, _limit(received, max_future_s))
+
+
+def too_deep(payload: bytes) -> bool:
+    """Whether the JSON text nests arrays and objects deeper than MAX_DEPTH levels.
+
+    Checked before any recursive code reads a payload (msgspec, the json module and the
+    signature's canonical form all recurse, and a few KB of brackets exhaust the stack).
+    Iterative and cheap: a payload with at most MAX_DEPTH brackets is answered by two
+    C-speed counts; only the rest have their strings cut out and their brackets summed.
+    Brackets of text that is not JSON count too: such a payload is rejected either way.
+    """
+    if payload.count(b"[") + payload.count(b"{") <= MAX_DEPTH:
+        return False
+    return json_depth(payload) > MAX_DEPTH
+
+
+def json_depth(payload: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, without parsing it."""
+    skeleton = _STRINGS.sub(b"", payload).translate(None, _NOT_BRACKETS)
+    if not skeleton:
+        return 0
+    steps = np.frombuffer(skeleton, dtype=np.uint8)
+    return int(np.cumsum(np.where((steps == 0x5B) | (steps == 0x7B), 1, -1)).max())
+
+
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # JSON strings, escapes too
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
 
 
 def _limit(received: float | None, max_future_s: float) -> float:
@@ -352,6 +384,16 @@ def _decode_slow(
     except UnicodeDecodeError as exc:
         return [], [
             _whole(payload, "not_utf8", f"payload is not UTF-8: {exc.reason} at byte {exc.start}")
+        ]
+    if too_deep(payload):
+        depth = json_depth(payload)
+        return [], [
+            _whole(
+                payload,
+                "too_deep",
+                f"payload nests arrays or objects {depth} levels deep, over the "
+                f"{MAX_DEPTH}-level limit",
+            )
         ]
     try:
         doc = _JSON.decode(text)

@@ -427,3 +427,40 @@ def test_refusal_leaves_the_document_alone(tmp_path: Path) -> None:
     before = copy.deepcopy(doc)
     refused(tmp_path, doc, "properties.victim")
     assert doc == before
+
+
+# -- ids (issue 16.12): they become topic levels, chain names and URL segments ---------------
+
+BAD_IDS = ["C/1", "C+1", "C#1", "C\x001", "", " ", "x" * 65, "Cé", 7]
+
+
+def _set_id(doc: dict, where: str, value: object) -> None:
+    if where == "case.id":
+        doc["case"]["id"] = value
+    elif where == "case.tags[1]":
+        doc["case"]["tags"] = ["T-100", value]
+    elif where == "case.victims[0].id":
+        doc["case"]["victims"][0]["id"] = value
+        for f in doc["features"]:
+            f["properties"].pop("victim", None)
+    elif where == "case.victims[0].device":
+        doc["case"]["victims"][0]["device"] = value
+    else:
+        feature(doc, 1)["properties"]["zone"] = value
+
+
+@pytest.mark.parametrize("where", ["case.id", "case.tags[1]", "case.victims[0].id",
+                                   "case.victims[0].device", "feature 1.properties.zone"])
+@pytest.mark.parametrize("value", BAD_IDS, ids=repr)
+def test_an_id_outside_the_id_characters_is_refused_naming_the_field(
+        tmp_path: Path, where: str, value: object) -> None:
+    doc = good_doc()
+    _set_id(doc, where, value)
+    message = refused(tmp_path, doc, where, "is not an id", "A-Z a-z 0-9 . _ -")
+    assert "\x00" not in message
+
+
+def test_ids_of_64_id_characters_load(tmp_path: Path) -> None:
+    doc = good_doc(case_id="C." + "x" * 59 + "_-9", tags=("t.1_A-" + "9" * 58,))
+    case = load_case_file(write(tmp_path, "case.geojson", doc))
+    assert len(case.id) == 64 and len(case.tags[0]) == 64

@@ -87,3 +87,13 @@ def test_bench_core_small_prints_json_with_the_figures():
     assert figures["ratio"] == pytest.approx(
         figures["core_fixes_per_s"] / figures["naive_fixes_per_s"], rel=0.01
     )
+
+
+def test_cases_check_refuses_an_id_that_cannot_be_a_topic_level(tmp_path, example_cases):
+    # Issue 16.12: "C/1" passed `cases check` and killed the daemon at its first alert.
+    doc = json.loads((example_cases / "C-0001.geojson").read_text())
+    doc["case"]["id"] = "C/1"
+    (tmp_path / "slash.geojson").write_text(json.dumps(doc))
+    result = run("cases", "check", str(tmp_path))
+    assert result.returncode == 2
+    assert "slash.geojson: case.id: 'C/1' is not an id" in result.stderr

@@ -100,19 +100,28 @@ def test_config_check_names_a_bad_key_and_exits_2(tmp_path: Path) -> None:
 
 def test_config_check_and_run_say_which_folder_to_create(tmp_path: Path) -> None:
     # The example configuration from a folder without config/cases, as a new user runs it.
-    for command in (["config", "check"], ["run"]):
-        done = tagwatch(*command, "--config", str(EXAMPLE), cwd=tmp_path)
-        assert done.returncode == 2, done.stderr
-        assert f"[cases] path: config/cases (relative to {tmp_path})" in done.stderr
-        assert "TAGWATCH_CASES_PATH" in done.stderr
+    done = tagwatch("config", "check", "--config", str(EXAMPLE), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"[cases] path: config/cases (relative to {tmp_path})" in done.stderr
+    assert "TAGWATCH_CASES_PATH" in done.stderr
+    # run starts without its cases folder (not ready until a reload finds it), but not
+    # without the folder of its SQLite record: it says which to create.
+    done = tagwatch("run", "--config", str(EXAMPLE), cwd=tmp_path,
+                    env={"TAGWATCH_RECORD_URL": f"sqlite://{tmp_path}/state/record.db"})
+    assert done.returncode == 2, done.stderr
+    assert f"the folder {tmp_path}/state of the SQLite record does not exist" in done.stderr
+    assert "TAGWATCH_RECORD_URL" in done.stderr
     done = tagwatch("config", "check", "--config", str(EXAMPLE), cwd=ROOT,
                     env={"TAGWATCH_RECORD_URL": f"sqlite://{tmp_path}/missing/record.db"})
     assert done.returncode == 2
     assert f"folder {tmp_path}/missing of the SQLite record does not exist" in done.stderr
-    # As shipped, from the checkout, with the record's folder made: valid.
+    # As shipped, from the checkout, with the record's folder made: only the example's
+    # public dashboard token is refused, as tagwatch run refuses it.
     done = tagwatch("config", "check", "--config", str(EXAMPLE), cwd=ROOT,
                     env={"TAGWATCH_RECORD_URL": f"sqlite://{tmp_path}/record.db"})
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("tagwatch: ") == 1
+    assert "[[feed.users]] 'duty-operator': token_sha256 is the example's" in done.stderr
 
 
 @pytest.mark.parametrize("content, said", [

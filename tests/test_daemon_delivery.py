@@ -219,8 +219,8 @@ def test_no_ack_within_ack_timeout_calls_the_victim_and_an_ack_stops_it(
             col.wait_for(lambda _: len(_breaches(col, d.prefix, "C-0003", "escalated")) >= 2,
                          10, "C-0003 escalated twice")
             escalated = _breaches(col, d.prefix, "C-0003", "escalated")
-            assert [e["detail"].split(":")[0] for e in escalated] == [
-                "escalation level 1", "escalation level 2"]
+            assert [(e["escalation"], e["detail"].split(":")[0]) for e in escalated] == [
+                (1, "escalation level 1"), (2, "escalation level 2")]
             assert call.form["To"] == "+447700900789" and call.form["From"] == FROM
             assert "<Say" in call.form["Twiml"] and "51.5" not in call.form["Twiml"]
             assert _breaches(col, d.prefix, "C-0001", "escalated") == []
@@ -271,14 +271,20 @@ def test_a_confirmed_breach_posts_a_signed_police_webhook_within_a_second(
             post = confirmed[0]
             assert post.at - fixed_at <= 1.0, f"{post.at - fixed_at:.3f} s"
 
-            expected = "sha256=" + hmac.new(secret.encode(), post.body, hashlib.sha256).hexdigest()
-            assert hmac.compare_digest(post.headers["X-Tagwatch-Signature"], expected)
-            wrong = hmac.new(b"another secret", post.body, hashlib.sha256).hexdigest()
-            assert post.headers["X-Tagwatch-Signature"] != f"sha256={wrong}"
+            # DESIGN 3.7: t=<unix time>,level=<escalation>,sha256=<HMAC over "t.level.body">
+            header = post.headers["X-Tagwatch-Signature"]
+            fields = dict(part.split("=", 1) for part in header.split(","))
+            assert abs(int(fields["t"]) - time.time()) < 60 and fields["level"] == "0"
+            signed = f"{fields['t']}.{fields['level']}.".encode() + post.body
+            expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+            assert hmac.compare_digest(fields["sha256"], expected)
+            wrong = hmac.new(b"another secret", signed, hashlib.sha256).hexdigest()
+            assert fields["sha256"] != wrong
             record = json.loads(post.body)
             assert record["type"] == "zone.breach" and record["case"] == "C-0001"
             assert post.headers["X-Tagwatch-Escalation-Level"] == "0"
-            assert post.headers["Idempotency-Key"] == f"{record['id']}:{record['state']}:0"
+            key = post.headers["Idempotency-Key"]
+            assert key.startswith(f"{record['id']}:{record['state']}:0:")
             print(f"\npolice webhook: {post.at - fixed_at:.3f} s after the confirming fix")
         finally:
             d.kill()

@@ -73,7 +73,7 @@ def test_record_unavailable_for_30_s(tmp_path: Path, broker_url: str) -> None:
             r = d.get("/readyz")
             return [] if r.status_code == 200 else r.json()["reasons"]
 
-        _until(lambda: any(x.startswith("record: unavailable") for x in reasons()), 20,
+        _until(lambda: any(x == "record_unavailable" for x in reasons()), 20,
                "/readyz not ready")
         assert d.metric("tagwatch_record_write_errors_total") >= 1
         assert d.metric("tagwatch_record_available") == 0

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+from tagwatch.record.canon import body_digest, entry_hash_v2
 from tagwatch.wire import rfc3339
 from tests.daemon_harness import (
     Collector,
@@ -19,8 +20,9 @@ from tests.daemon_harness import (
 )
 
 
-def _fill(tmp_path: Path, broker_url: str, record_db: RecordDb):  # noqa: F811
-    d = make_daemon(tmp_path, broker_url, record_db.url)
+def _fill(tmp_path: Path, broker_url: str, record_db: RecordDb,  # noqa: F811
+          env: dict | None = None):
+    d = make_daemon(tmp_path, broker_url, record_db.url, env=env)
     col = Collector(broker_url, f"{d.prefix}/alerts/#")
     pub = Publisher(broker_url)
     d.start()
@@ -65,6 +67,45 @@ def test_verify_names_edited_deleted_and_swapped_rows(
     assert (chain, "seq 4", "removed") in found, bad.stdout
     assert any(c == chain and what == "reordered" and s in ("seq 6", "seq 7")
                for c, s, what in found), bad.stdout
+
+
+def test_daemon_anchors_its_chain_heads_and_verify_finds_a_rehashed_rewrite(
+        tmp_path: Path, broker_url: str, record_db: RecordDb) -> None:  # noqa: F811
+    anchors = tmp_path / "anchors.jsonl"
+    env = {"TAGWATCH_RECORD_ANCHOR_PATH": str(anchors), "TAGWATCH_ANCHOR_KEY": "a" * 64}
+    d = _fill(tmp_path, broker_url, record_db, env)
+    assert anchors.stat().st_mode & 0o077 == 0
+    ok = d.cli("record", "verify")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "every anchored head matches" in ok.stdout and "note:" not in ok.stdout
+
+    # The owner's rights: triggers dropped, an entry rewritten, the rest re-hashed.
+    record_db.drop_guards()
+    chain = "case:C-0001"
+    rows = record_db.raw(f"SELECT seq, kind, tag, event_ts, alert_id, recorded_at, body "
+                         f"FROM entries WHERE chain = '{chain}' ORDER BY seq")
+    prev = record_db.raw(f"SELECT hash FROM entries WHERE chain = '{chain}' AND seq = 1")[0][0]
+    for seq, kind, tag, event_ts, alert_id, recorded_at, body in rows[1:]:
+        if seq == 2:
+            body = body.replace("51.52", "51.53")
+        body_hash = body_digest(body)
+        digest = entry_hash_v2(prev, chain, seq, kind, tag, event_ts, alert_id, recorded_at,
+                               body_hash)
+        record_db.raw(f"UPDATE entries SET body = '{body}', body_hash = '{body_hash}', "
+                      f"prev_hash = '{prev}', hash = '{digest}' "
+                      f"WHERE chain = '{chain}' AND seq = {seq}")
+        prev = digest
+    record_db.raw(f"UPDATE chain_heads SET hash = '{prev}' WHERE chain = '{chain}'")
+
+    key = d.env.pop("TAGWATCH_ANCHOR_KEY")
+    del d.env["TAGWATCH_RECORD_ANCHOR_PATH"]
+    fooled = d.cli("record", "verify")  # the chain alone cannot see it, and says so
+    assert fooled.returncode == 0 and "not proven against anchors" in fooled.stdout
+    d.env["TAGWATCH_ANCHOR_KEY"] = key
+    bad = d.cli("record", "verify", "--anchors", str(anchors))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"{chain}\tseq 1\trewritten\tseq 1.." in bad.stdout or \
+        f"{chain}\tseq 2\trewritten" in bad.stdout, bad.stdout
 
 
 def test_export_writes_a_bundle_whose_sums_match(

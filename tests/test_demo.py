@@ -1,13 +1,22 @@
-"""`tagwatch demo` as a new user runs it: alerts are printed, Ctrl-C stops it cleanly."""
+"""`tagwatch demo` as a new user runs it: alerts are printed, Ctrl-C stops it cleanly, a
+closed terminal (SIGHUP) too; the story starts at once; acks print in scenario time."""
 
 from __future__ import annotations
 
 import os
+import re
 import selectors
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import httpx
+
+from tagwatch.embedded_broker import free_port
 
 from .conftest import ROOT
 
@@ -51,3 +60,106 @@ def _read_until(proc, lines, predicate, timeout: float) -> str | None:
             if predicate(line):
                 return line
     return None
+
+
+def _start_demo(*args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGWATCH_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tagwatch.cli", "demo", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+
+
+def _demo_processes(workdir: str) -> list[int]:
+    """Processes whose command line names this demo's own temporary folder."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if workdir in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_demo_on_sighup_stops_its_daemon_and_removes_its_folder() -> None:
+    port = free_port()
+    proc = _start_demo("--port", str(port))
+    lines: list[str] = []
+    workdir = ""
+    try:
+        where = _read_until(proc, lines, lambda line: "removed at exit" in line, timeout=90)
+        assert where is not None, "".join(lines)
+        workdir = where.split(" log in ", 1)[1].split(" (removed", 1)[0]
+        assert Path(workdir).is_dir() and _demo_processes(workdir)
+        proc.send_signal(signal.SIGHUP)  # the terminal was closed
+        proc.wait(timeout=60)
+        assert not Path(workdir).exists()
+        assert not _demo_processes(workdir)  # its daemon is gone
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0  # nothing holds the port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _demo_processes(workdir) if workdir else []:
+            os.kill(pid, signal.SIGKILL)  # the old code left its daemon behind
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+_REL = re.compile(r"^\s*([+-]\d+)s (\S+) (\S+)\s+\S+\s+(\S+)")
+
+
+def test_demo_story_starts_at_once_and_acks_print_in_scenario_time() -> None:
+    """At the default speed: the first alert within 15 s and the first breach within 75 s
+    of the start of play, counted from the scenario times printed (the demo's pacing
+    gives each scenario time its wall time); an operator's ack is printed in scenario
+    time, after the breach it acknowledges."""
+    from simulators.runner import Pacing
+    from simulators.scenario import load_scenario
+    from tagwatch import demo
+
+    proc = _start_demo()
+    lines: list[str] = []
+    try:
+        def breach(line: str) -> bool:
+            return " OPEN " in line and "zone.breach" in line and "T-1001 work" in line
+
+        found = _read_until(proc, lines, breach, timeout=180)
+        assert found is not None, "no breach printed:\n" + "".join(lines)
+        assert any("quiet stretches at 2400x" in line for line in lines), "".join(lines)
+        alerts = [m for line in lines if (m := _REL.match(line))]
+        pacing = Pacing(load_scenario(demo.SCENARIO), 120.0, quiet=demo.QUIET)
+        first, breach_s = int(alerts[0].group(1)), int(_REL.match(found).group(1))
+        assert pacing.wall_s(first) <= 15.0, alerts[0].group(0)
+        assert pacing.wall_s(breach_s) <= 75.0, found
+
+        line = next(x for x in lines if "dashboard: http://" in x)
+        base, token = line.split("dashboard: ", 1)[1].split("  token: ")
+        auth = {"Authorization": f"Bearer {token.strip()}"}
+        listed = httpx.get(f"{base.rstrip('/')}/api/alerts?state=open", headers=auth,
+                           timeout=10).json()
+        target = next(a for a in listed if a["type"] == "zone.breach")
+        answer = httpx.post(f"{base.rstrip('/')}/api/alerts/{target['id']}/ack",
+                            headers=auth, json={"note": "test"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        acked = _read_until(proc, lines, lambda x: " ACKNOWLEDGED " in x, timeout=60)
+        assert acked is not None, "".join(lines[-20:])
+        m = _REL.match(acked)
+        assert m is not None and m.group(2).startswith("2026-11-02T"), acked
+        assert breach_s <= int(m.group(1)) <= load_scenario(demo.SCENARIO).duration_s, acked
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """A failed test still stops the demo the way that cleans up (its daemon, its folder)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

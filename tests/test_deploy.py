@@ -121,20 +121,21 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     (root / "data").mkdir()
     make_certs("ca", str(certs))
     make_certs("server", str(certs), "localhost", "127.0.0.1")
-    for user in ("T-A", "T-B", "tagwatch"):
+    for user in ("T-A", "T-B", "V-01", "tagwatch", "dashboard"):
         make_certs("client", str(certs), user)
     make_certs("ca", str(root / "rogue"))  # a CA the broker does not trust
     make_certs("client", str(root / "rogue"), "T-A")
 
+    for shipped in ("acl", "service-acl"):
+        shutil.copy(MOSQ / shipped, config / shipped)
     passwd = config / "passwd"
     passwords = {}
-    for tag in ("T-A", "T-B"):
-        passwords[tag] = tag_credentials("add", tag, "--passwd", str(passwd), "--no-reload")[
-            "password"]
+    for device, kind in (("T-A", "tag"), ("T-B", "tag"), ("V-01", "victim")):
+        passwords[device] = tag_credentials("add", device, "--kind", kind, "--passwd",
+                                            str(passwd), "--no-reload")["password"]
     service = {"tagwatch": uuid.uuid4().hex, "dashboard": uuid.uuid4().hex}
-    add_service_users(passwd, service)
+    add_service_users(config / "service-passwd", service)
     passwords.update(service)
-    shutil.copy(MOSQ / "acl", config / "acl")
 
     device_port, service_port = free_port(), free_port()
     conf = root / "mosquitto.conf"
@@ -154,16 +155,21 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 # --------------------------------------------------------------------------- clients
 
 
+OWN = "<own certificate>"
+
+
 class Client:
     """A paho MQTT 5 client whose events are waited on with timeouts."""
 
     def __init__(self, broker: Broker, user: str | None, *, device: bool = False,
-                 password: str | None = None, cert: str | None = None,
-                 ca_dir: Path | None = None) -> None:
+                 password: str | None = None, cert: str | None = OWN,
+                 ca_dir: Path | None = None, client_id: str | None = None) -> None:
         self.broker = broker
         self.port = broker.device_port if device else broker.service_port
+        if cert == OWN:  # the account's own client certificate, as deployed
+            cert = user
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
-                                  client_id=f"{user}-{uuid.uuid4().hex[:8]}",
+                                  client_id=client_id or f"{user}-{uuid.uuid4().hex[:8]}",
                                   protocol=mqtt.MQTTv5)
         if user is not None:
             self.client.username_pw_set(user, broker.passwords.get(user) if password is None
@@ -336,15 +342,21 @@ def test_tagwatch_account_cannot_pose_as_a_device(broker: Broker, clients: list[
 @pytest.mark.parametrize(
     ("user", "kwargs", "layer"),
     [
-        (None, {}, "mqtt"),  # no credentials at all
-        ("T-A", {"password": "wrong"}, "mqtt"),
-        ("T-A", {"password": ""}, "mqtt"),
-        ("T-A", {"device": True}, "tls"),  # right password, no client certificate
+        (None, {"cert": "tagwatch"}, "mqtt"),  # no credentials at all
+        ("tagwatch", {"password": "wrong"}, "mqtt"),
+        ("tagwatch", {"password": ""}, "mqtt"),
+        ("tagwatch", {"cert": None}, "tls"),  # 8884: right password, no client certificate
+        ("T-A", {}, "mqtt"),  # a device's credentials on the service listener
+        (None, {"device": True, "cert": "T-A"}, "mqtt"),
+        ("T-A", {"device": True, "cert": None}, "tls"),  # right password, no client certificate
         ("T-A", {"device": True, "cert": "T-A", "ca_dir": "rogue"}, "tls"),  # untrusted
         ("T-A", {"device": True, "cert": "T-A", "password": "wrong"}, "mqtt"),  # cert alone
+        ("tagwatch", {"device": True}, "mqtt"),  # a service's credentials on the device one
     ],
-    ids=["anonymous", "wrong-password", "empty-password", "no-certificate", "rogue-certificate",
-         "certificate-without-password"],
+    ids=["service-anonymous", "service-wrong-password", "service-empty-password",
+         "service-password-without-certificate", "service-device-account", "device-anonymous",
+         "device-no-certificate", "device-rogue-certificate", "device-certificate-without-password",
+         "device-service-account"],
 )
 def test_refused(broker: Broker, user: str | None, kwargs: dict, layer: str) -> None:
     if kwargs.get("ca_dir") == "rogue":
@@ -365,8 +377,45 @@ def test_right_credentials_are_accepted_on_both_listeners(broker: Broker,
                                                           clients: list[Client]) -> None:
     # The control for test_refused: each refusal above differs from one of these in one thing.
     connected(clients, broker, "T-A", device=True, cert="T-A")
-    connected(clients, broker, "T-A")
+    connected(clients, broker, "V-01", device=True)
     connected(clients, broker, "tagwatch", cert="tagwatch")
+    connected(clients, broker, "dashboard")
+
+
+@needs_mosquitto
+def test_a_device_cannot_take_over_tagwatchs_session(broker: Broker, clients: list[Client]
+                                                     ) -> None:
+    tagwatch = connected(clients, broker, "tagwatch", client_id="tagwatch-1")
+    tagwatch.subscribe(f"{PREFIX}/tags/+/fix")
+    # A device's right credentials, tagwatch's client id: the broker uses the username.
+    thief = connected(clients, broker, "T-A", device=True, client_id="tagwatch-1")
+    assert thief.publish(fix_topic("T-A"), b'{"control": true}') == 0
+    # The takeover would have closed tagwatch's connection before the thief's CONNACK.
+    assert [m.topic for m in tagwatch.until(fix_topic("T-A"))] == [fix_topic("T-A")]
+    assert tagwatch.publish(f"{PREFIX}/status", b'{"state": "online"}') < 0x80  # accepted
+    assert tagwatch.outcome.empty(), tagwatch.outcome.get()
+    # Nor can a device be registered under a name that could be tagwatch's client id.
+    done = subprocess.run([str(MOSQ / "tag-credentials"), "add", "tagwatch-1", "--passwd",
+                           str(broker.root / "spare-passwd"), "--no-reload"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "client id" in done.stderr
+
+
+@needs_mosquitto
+def test_devices_publish_only_on_their_own_kind_of_path(broker: Broker, clients: list[Client]
+                                                       ) -> None:
+    tagwatch = connected(clients, broker, "tagwatch")
+    tagwatch.subscribe(f"{PREFIX}/tags/+/fix", f"{PREFIX}/victims/+/fix")
+    victim = connected(clients, broker, "V-01", device=True)
+    tag = connected(clients, broker, "T-A", device=True)
+    # A victim device's position on the tags path would be published as a tag's fix.
+    for topic in (fix_topic("V-01"), fix_topic("T-A"), f"{PREFIX}/victims/V-02/fix"):
+        assert victim.publish(topic, b'{"forged": true}') == NOT_AUTHORIZED, topic
+    assert tag.publish(f"{PREFIX}/victims/T-A/fix", b'{"forged": true}') == NOT_AUTHORIZED
+    assert victim.publish(f"{PREFIX}/victims/V-01/fix", b'{"control": 1}') == 0
+    assert tag.publish(fix_topic("T-A"), b'{"control": 2}') == 0
+    got = [m.topic for m in tagwatch.until(fix_topic("T-A"))]
+    assert got == [f"{PREFIX}/victims/V-01/fix", fix_topic("T-A")]
 
 
 # --------------------------------------------------------------------------- tag-credentials
@@ -403,7 +452,8 @@ def test_credentials_script_adds_and_revokes_with_a_reload(broker: Broker) -> No
 
 
 def test_credentials_script_refuses_service_names_and_bad_ids(tmp_path: Path) -> None:
-    for name in ("tagwatch", "dashboard", "T/1", "+", "T 1", "a:b"):
+    for name in ("tagwatch", "dashboard", "tagwatch-1", "Tagwatch2", "dashboard-b", "T/1", "+",
+                 "T 1", "a:b"):
         done = subprocess.run([str(MOSQ / "tag-credentials"), "add", name, "--passwd",
                                str(tmp_path / "passwd"), "--no-reload"], capture_output=True,
                               text=True)
@@ -502,13 +552,34 @@ def test_compose_file_structure() -> None:
     assert services["simulator"]["profiles"] == ["sim"]
     assert all("profiles" not in s for name, s in services.items() if name != "simulator")
     mounts = " ".join(services["mosquitto"]["volumes"])
-    for shipped in ("mosquitto.conf", "acl"):
+    for shipped in ("mosquitto.conf", "acl", "service-acl", "passwd", "service-passwd"):
         assert f"./mosquitto/{shipped}:/mosquitto/config/{shipped}" in mounts
     assert "/mosquitto/data" in mounts
     assert services["tagwatch"]["build"]["dockerfile"] == "deploy/Dockerfile"
     assert services["tagwatch"]["environment"]["TAGWATCH_BROKER_URL"].startswith("mqtts://")
     text = (DEPLOY / "compose.yaml").read_text()
     assert "PASSWORD:" not in text.replace("POSTGRES_PASSWORD_FILE:", "")
+
+
+@needs_yaml
+def test_compose_simulator_command_is_valid_for_tagwatch_sim() -> None:
+    """The sim profile's command parses with tagwatch-sim's own parser, reaches the broker
+    service over TLS with the mounted CA and a username, and is within load's bounds."""
+    from simulators import broker
+    from simulators.cli import _parser
+    from simulators.load import check_bounds
+
+    sim = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["simulator"]
+    assert sim["entrypoint"] == ["tagwatch-sim"]
+    args = _parser().parse_args(sim["command"])
+    options = broker.from_args(args)
+    assert (options.host, options.port, options.tls) == ("mosquitto", 8884, True)
+    assert options.username and options.ca_file
+    assert options.ca_file in {v.split(":")[1] for v in sim["volumes"]}
+    assert sim["env_file"] == ["./secrets/simulator.env"]
+    check_bounds(args.tags, args.rate, args.duration)
+    acls = " ".join(f.read_text() for f in MOSQ.iterdir() if f.name.endswith("acl"))
+    assert f"# user {options.username}\n" in acls  # the staging account it logs in as
 
 
 def test_dockerfile() -> None:

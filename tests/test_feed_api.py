@@ -25,6 +25,7 @@ from tagwatch.config import FeedUser, Rules
 from tagwatch.engine.alerts import to_dict
 from tagwatch.feed import EventHub, create_app, record_actions
 from tagwatch.feed.stream import RETRY_MS, event_stream
+from tagwatch.notify.records import escalated_record
 from tagwatch.pipeline import Inbound, Pipeline
 from tagwatch.record import Batch, Entry, OutboxItem, Record
 from tagwatch.wire import Topics
@@ -83,15 +84,18 @@ class Feed:
     hub: EventHub
     pipeline: Pipeline
 
-    def fix(self, lon: float, lat: float, ts: float, tag: str = TAG) -> list[dict]:
-        """What the daemon does with one fix: rules, commit (fix + records), publish."""
+    def fix(self, lon: float, lat: float, ts: float, tag: str = TAG,
+            source: str = "tags") -> list[dict]:
+        """What the daemon does with one fix: rules, commit (fix + records), publish.
+        source "victims": a victim device's fix (tag = the device id)."""
         payload = json.dumps({"ts": ts, "lon": lon, "lat": lat, "acc": 5}).encode()
         now = time.time()
-        result = self.pipeline.process([Inbound(f"tagwatch/v1/tags/{tag}/fix", payload, now)],
+        result = self.pipeline.process([Inbound(f"tagwatch/v1/{source}/{tag}/fix", payload, now)],
                                        raised=now)
         records = [to_dict(r) for r in result.records]
-        entries = [Entry("tag:" + tag, "fix", {"tag": tag, "ts": ts, "lon": lon, "lat": lat,
-                                               "acc": 5}, tag=tag, event_ts=ts)]
+        entries = [] if source == "victims" else [  # the daemon records no victim position
+            Entry("tag:" + tag, "fix", {"tag": tag, "ts": ts, "lon": lon, "lat": lat, "acc": 5},
+                  tag=tag, event_ts=ts)]
         entries += [Entry(f"case:{r['case']}", "alert", r, tag=r["tag"], event_ts=ts,
                           alert_id=r["id"]) for r in records]
         self.record.commit(Batch(entries=entries), recorded_at=now)
@@ -106,23 +110,31 @@ class Feed:
         return [r for r in records if r["type"] == "zone.breach"][-1]
 
 
-def make_app(record: Record, hub: EventHub, zoneset: ZoneSet, tile_url: str | None = None):
+def make_app(record: Record, hub: EventHub, zoneset: ZoneSet, tile_url: str | None = None,
+             device_position=None):
     on_ack, on_resolve = record_actions(record, hub)
     return create_app(
         record=record, zones_provider=lambda: zoneset, users=USERS, hub=hub,
         on_ack=on_ack, on_resolve=on_resolve,
         health=lambda: {"ready": True, "broker": "connected", "record": "writing"},
-        metrics=lambda: b"# TYPE tagwatch_up gauge\ntagwatch_up 1\n", tile_url=tile_url)
+        metrics=lambda: b"# TYPE tagwatch_up gauge\ntagwatch_up 1\n", tile_url=tile_url,
+        device_position=device_position)
 
 
 @contextmanager
-def running_feed(tmp_path: Path, hub: EventHub | None = None) -> Iterator[Feed]:
+def running_feed(tmp_path: Path, hub: EventHub | None = None,
+                 tile_url: str | None = None) -> Iterator[Feed]:
     record = Record.open(f"sqlite://{tmp_path}/record.db")
     zoneset = ZoneSet(load_cases(ROOT / "config" / "cases").cases)
     hub = hub or EventHub()
     pipeline = Pipeline(zoneset, Rules(), Topics(), event_clock=False)
+
+    def device_position(device: str) -> tuple[float, float, float] | None:
+        state = pipeline.engine.devices.get(device)  # as the daemon gives it
+        return None if state is None else (state.ts, state.lon, state.lat)
+
     try:
-        with serve(make_app(record, hub, zoneset)) as url:
+        with serve(make_app(record, hub, zoneset, tile_url, device_position)) as url:
             yield Feed(url, record, hub, pipeline)
     finally:
         record.close()
@@ -180,7 +192,8 @@ def events(url: str, headers: dict | None = None, read_timeout: float = 2.0) -> 
 # --- auth ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/api/alerts", "/api/events", "/api/tags/T-1001/track",
-                                  "/api/cases/C-0001/zones", "/api/alerts/a1/deliveries"])
+                                  "/api/cases/C-0001/zones", "/api/alerts/a1/deliveries",
+                                  "/api/alerts/a1/victim"])
 def test_api_needs_a_valid_token(client: httpx.Client, path: str) -> None:
     assert client.get(path).status_code == 401
     bad = client.get(path, headers={"Authorization": "Bearer nope"})
@@ -446,3 +459,39 @@ def test_zones_geojson_with_warning_rings(client: httpx.Client) -> None:
     assert min(lons) == pytest.approx(-0.1280 - 250 / (111_320 * 0.6224), abs=2e-5)
     assert max(lats) == pytest.approx(51.5076 + 250 / 111_260, abs=2e-5)
     assert client.get("/api/cases/C-9999/zones", headers=OP).status_code == 404
+
+
+def test_victim_device_position_only_through_an_alert_about_the_victim(
+        feed: Feed, client: httpx.Client) -> None:
+    """A proximity alert (zone null) gives the victim device's last position, from the
+    engine (victim positions are not recorded); a zone's alert gives none."""
+    feed.fix(-0.1100, 51.4985, time.time() - 30, tag="VD-01", source="victims")
+    records = feed.fix(-0.1100, 51.4980, time.time() - 20)
+    (near,) = [r for r in records if r["type"] == "proximity"]
+    answer = client.get(f"/api/alerts/{near['id']}/victim", headers=VIEW)
+    assert answer.status_code == 200
+    found = answer.json()
+    assert (found["victim"], found["lat"], found["lon"]) == ("V-01", 51.4985, -0.1100)
+    assert found["age_s"] >= 0 and set(found) == {"victim", "lat", "lon", "ts", "age_s"}
+    breach = feed.breach(time.time() - 10)
+    zone = client.get(f"/api/alerts/{breach['id']}/victim", headers=OP).json()
+    assert zone == {"victim": "V-01", "lat": None, "lon": None, "ts": None, "age_s": None}
+    assert client.get("/api/alerts/nope/victim", headers=OP).status_code == 404
+    assert client.get(f"/api/alerts/{near['id']}/victim").status_code == 401
+
+
+def test_ack_and_resolve_keep_the_fix_time_and_the_level(feed: Feed,
+                                                         client: httpx.Client) -> None:
+    """`ts` stays the time of the fix the alert is about (not the ack's, nor an
+    escalation's deadline); `raised` is the action's; the level reached is kept."""
+    alert = feed.breach(time.time() - 600)
+    escalated = escalated_record(alert, 2, "not acknowledged within 240 s",
+                                 time.time() - 300, time.time() - 300)
+    feed.record.commit(Batch(entries=[Entry(f"case:{alert['case']}", "alert", escalated,
+                                            tag=TAG, event_ts=time.time() - 300,
+                                            alert_id=alert["id"])]), time.time())
+    acked = client.post(f"/api/alerts/{alert['id']}/ack", headers=OP, json={"note": ""}).json()
+    assert acked["ts"] == alert["ts"] and acked["raised"] > escalated["raised"]
+    assert acked["escalation"] == 2
+    done = client.post(f"/api/alerts/{alert['id']}/resolve", headers=OP, json={}).json()
+    assert done["ts"] == alert["ts"] and done["escalation"] == 2

@@ -2,7 +2,9 @@
 
 Signs in with a token, sees a breach appear from the live stream, acknowledges it with a
 note, and keeps a screenshot in test-artifacts/. Then measures, in the page, that 500
-open alerts and 100 alerts a second are shown without stalling.
+open alerts and 100 alerts a second are shown without stalling. Then one test per point
+of issue 18's dashboard items (10-15), with screenshots at 1440x900 and 1024x700 in
+test-artifacts/. One browser for the file; no network (no tiles, or a local tile server).
 """
 
 from __future__ import annotations
@@ -11,11 +13,16 @@ import json
 import shutil
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tagwatch.record import Batch, OutboxItem
+from tagwatch.feed.app import STATIC
+from tagwatch.notify.records import escalated_record
+from tagwatch.record import Batch, Entry, OutboxItem
+from tagwatch.wire import parse_rfc3339
 from tests.test_feed_api import OPERATOR_TOKEN, queue_sms, running_feed
 
 CHROMIUM = "/usr/bin/chromium"
@@ -80,28 +87,43 @@ def synthetic(i: int, severity: str, kind: str = "approach") -> dict:
             "confidence": "probable", "detail": "synthetic load"}
 
 
-def test_dashboard_in_chromium(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for the whole file; each test opens its own pages."""
     ARTIFACTS.mkdir(exist_ok=True)
-    with running_feed(tmp_path) as feed, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 960})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(feed.url)
-            _sign_in_ack_and_screenshot(page, feed)
-            figures = _load(page, feed)
-            assert errors == [], errors
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+def open_page(browser, feed, size: tuple[int, int], errors: list[str]):
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text)
+            if "Content Security Policy" in msg.text else None)
+    page.goto(feed.url)
+    page.fill("#token", OPERATOR_TOKEN)
+    page.click("#login-submit")
+    page.wait_for_selector("#conn.conn-live", timeout=10_000)
+    return page
+
+
+def test_dashboard_in_chromium(tmp_path: Path, browser) -> None:
+    errors: list[str] = []
+    with running_feed(tmp_path) as feed:
+        page = open_page(browser, feed, (1440, 900), errors)
+        _sign_in_ack_and_screenshot(page, feed)
+        figures = _load(page, feed)
+        page.close()
+    assert errors == [], errors
     (ARTIFACTS / "dashboard-perf.json").write_text(json.dumps(figures, indent=2))
     print("\ndashboard figures:", json.dumps(figures))
 
 
 def _sign_in_ack_and_screenshot(page, feed) -> None:
-    page.fill("#token", OPERATOR_TOKEN)
-    page.click("#login-submit")
-    page.wait_for_selector("#conn.conn-live", timeout=10_000)
     feed.fix(-0.1300, 51.5040, time.time() - 300)  # a track leading in
     feed.fix(-0.1290, 51.5058, time.time() - 200)
     breach = feed.breach(time.time() - 100)
@@ -113,7 +135,7 @@ def _sign_in_ack_and_screenshot(page, feed) -> None:
         feed.hub.publish(synthetic(i, sev, kind))
     _deliveries(feed, breach)
     page.click(row)
-    page.wait_for_selector("#map circle.pos", timeout=5_000)
+    page.wait_for_selector("#map path.pos", timeout=5_000)
     sms = page.wait_for_selector('#deliveries .deliv-row.deliv-ok[data-channel="sms"]',
                                  timeout=5_000)
     assert "delivered" in sms.text_content()
@@ -175,3 +197,272 @@ def _paced(hub, rate: float, seconds: float, done: threading.Event) -> None:
             time.sleep(delay)  # pacing the load, not waiting for a result
         hub.publish(synthetic(1000 + n, "critical" if n % 10 == 0 else "warning"))
     done.set()
+
+
+# --- issue 18, dashboard items 10-15 ---------------------------------------------------------
+
+SIZES = [(1440, 900), (1024, 700)]
+
+
+def _record(feed, rec: dict) -> dict:
+    """Commit an alert record (as the daemon does) and publish it to the page."""
+    feed.record.commit(Batch(entries=[Entry(f"case:{rec['case']}", "alert", rec, tag=rec["tag"],
+                                            event_ts=time.time(), alert_id=rec["id"])]),
+                       recorded_at=time.time())
+    feed.hub.publish(rec)
+    return rec
+
+
+def _escalate(feed, alert: dict, level: int) -> dict:
+    due = parse_rfc3339(alert["ts"]) + 120.0 * level
+    reason = f"not acknowledged within {120 * level} s" + (
+        "; calling the victim" if level >= 2 else "; police control again")
+    return _record(feed, escalated_record(alert, level, reason, due, time.time()))
+
+
+def _row(alert: dict) -> str:
+    return f'.row[data-id="{alert["id"]}"]'
+
+
+def _detail(page, name: str) -> str:
+    return page.evaluate("""(name) => {
+      const dt = [...document.querySelectorAll('#details dt')].find((d) => d.textContent === name);
+      return dt ? dt.nextElementSibling.textContent : null;
+    }""", name)
+
+
+def test_queue_columns_are_whole_and_actions_visible_at_both_sizes(tmp_path: Path,
+                                                                   browser) -> None:
+    """Item 10: no cut type, tag or zone at 1440x900 or 1024x700 ("tag.ta...",
+    "proximi...", "T-1..."), and Acknowledge/Resolve above the fold."""
+    errors: list[str] = []
+    with running_feed(tmp_path) as feed:
+        breach = feed.breach(time.time() - 60)
+        kinds = [("critical", "pattern.repeated_approach"), ("warning", "tag.battery_low"),
+                 ("critical", "protection.degraded"), ("warning", "zone.late_breach")]
+        for i, (sev, kind) in enumerate(kinds):
+            _record(feed, {**synthetic(i, sev, kind), "tag": f"T-{1001 + i}",
+                           "zone": "work-entrance-north", "case": "C-0002"})
+        for size in SIZES:
+            page = open_page(browser, feed, size, errors)
+            page.wait_for_function("() => window.__tagwatch.shown() >= 5", timeout=5_000)
+            cut = page.evaluate("""() => [...document.querySelectorAll('.row span')]
+              .filter((s) => s.textContent && (s.scrollWidth > s.clientWidth + 1
+                       || s.getBoundingClientRect().width === 0
+                       || s.getBoundingClientRect().right > innerWidth))
+              .map((s) => `${s.className}: ${s.textContent}`)""")
+            assert cut == [], (size, cut)
+            for cls in ("type", "tag", "where"):
+                assert page.is_visible(f"{_row(breach)} .{cls}"), (size, cls)
+            page.click(_row(breach))
+            for button in ("#ack", "#resolve"):
+                box = page.locator(button).bounding_box()
+                assert box is not None and box["y"] + box["height"] <= size[1], (size, button)
+                assert box["x"] + box["width"] <= size[0], (size, button)
+            page.wait_for_selector("#map path.pos", timeout=5_000)
+            page.screenshot(path=str(ARTIFACTS / f"queue-{size[0]}x{size[1]}.png"))
+            page.close()
+    assert errors == [], errors
+
+
+def test_newest_critical_first_and_info_needs_no_action(tmp_path: Path, browser) -> None:
+    """Item 11: a fresh breach above an older tamper; zone.exit is not "need action"."""
+    errors: list[str] = []
+    with running_feed(tmp_path) as feed:
+        page = open_page(browser, feed, SIZES[0], errors)
+        old = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 900))
+        tamper = {**synthetic(1, "critical", "tag.tamper"), "case": "C-0001", "tag": "T-1001",
+                  "zone": None, "victim": None, "ts": old, "raised": old,
+                  "distance_m": None, "eta_s": None, "detail": "strap tamper"}
+        feed.hub.publish(tamper)
+        page.wait_for_selector(_row(tamper), timeout=5_000)
+        exit_ = {**synthetic(2, "info", "zone.exit"), "detail": "left zone work"}
+        feed.hub.publish(exit_)
+        breach = feed.breach(time.time() - 20)
+        page.wait_for_selector(f"{_row(breach)}.sev-critical", timeout=5_000)
+        order = page.evaluate("[...document.querySelectorAll('.row')].map((r) => r.dataset.id)")
+        assert order[0] == breach["id"] and order.index(tamper["id"]) > 0, order
+        assert order[-1] == exit_["id"], order
+        shown = page.evaluate("window.__tagwatch.shown()")
+        need = [r for r in page.evaluate("[...document.querySelectorAll('.row')].map((r) => "
+                                         "r.className)") if "sev-info" not in r]
+        counts = page.text_content("#counts")
+        assert f"{shown} open" in counts and f"{len(need)} need action" in counts, counts
+        assert "2 CRITICAL" in page.text_content("#banner")
+        page.screenshot(path=str(ARTIFACTS / "order-1440x900.png"))
+        page.close()
+    assert errors == [], errors
+
+
+def test_proximity_shows_the_victim_and_her_device(tmp_path: Path, browser) -> None:
+    """Item 12: the victim's device on the map, "Victim" (not "Zone: V-01") in the
+    details, the queue row says who; never a phone number."""
+    errors: list[str] = []
+    with running_feed(tmp_path) as feed:
+        feed.fix(-0.1100, 51.4940, time.time() - 90)
+        feed.fix(-0.1100, 51.4985, time.time() - 30, tag="VD-01", source="victims")
+        records = feed.fix(-0.1100, 51.4980, time.time() - 20)
+        (near,) = [r for r in records if r["type"] == "proximity"]
+        assert near["zone"] is None and near["victim"] == "V-01"
+        for size in SIZES:
+            page = open_page(browser, feed, size, errors)
+            page.wait_for_selector(_row(near), timeout=5_000)
+            assert "V-01" in page.text_content(f"{_row(near)} .where")
+            page.click(_row(near))
+            page.wait_for_selector("#map path.vic", timeout=5_000)
+            assert _detail(page, "Zone") is None
+            assert _detail(page, "Victim") == "V-01"
+            page.wait_for_function("""() => [...document.querySelectorAll('#details dd')]
+              .some((d) => d.textContent.startsWith('last fix'))""", timeout=5_000)
+            assert "victim V-01" in page.text_content("#map .lbl-vic")
+            inside = page.evaluate("(p) => window.__tagwatchMap.getBounds().contains(p)",
+                                   [51.4985, -0.1100])
+            assert inside
+            assert "+44" not in page.content() and "7700900" not in page.content()
+            page.screenshot(path=str(ARTIFACTS / f"proximity-{size[0]}x{size[1]}.png"))
+            page.close()
+    assert errors == [], errors
+
+
+def test_ack_keeps_the_fix_time_and_the_escalation_level(tmp_path: Path, browser) -> None:
+    """Item 13: after an ack, "Fix time" is the alert's fix time, not the ack's, and the
+    level reached (the `escalation` field) stays shown."""
+    errors: list[str] = []
+    with running_feed(tmp_path) as feed:
+        page = open_page(browser, feed, SIZES[0], errors)
+        breach = feed.breach(time.time() - 300)
+        page.wait_for_selector(_row(breach), timeout=5_000)
+        _escalate(feed, breach, 1)
+        _escalate(feed, breach, 2)
+        page.wait_for_selector(f"{_row(breach)}.st-escalated", timeout=5_000)
+        page.click(_row(breach))
+        page.wait_for_selector("#ack:not([disabled])", timeout=5_000)
+        assert _detail(page, "Escalation level") == "2"
+        page.click("#ack")
+        page.wait_for_selector(f"{_row(breach)}.st-acknowledged", timeout=5_000)
+        assert _detail(page, "Fix time") == breach["ts"]
+        assert _detail(page, "Escalation level") == "2"
+        assert "L2" in page.text_content(f"{_row(breach)} .state")
+        acked = feed.record.alert_history(breach["id"])[-1]["body"]
+        assert acked["state"] == "acknowledged" and acked["escalation"] == 2
+        page.reload()  # a fresh page knows only the acknowledged record
+        page.wait_for_selector(_row(breach), timeout=5_000)
+        page.click(_row(breach))
+        page.wait_for_selector("#details dl", timeout=5_000)
+        assert _detail(page, "Escalation level") == "2"
+        assert _detail(page, "Fix time") == breach["ts"]  # not the escalation's deadline
+        assert page.text_content(f"{_row(breach)} .age") == "5 min"  # since the fix
+        page.wait_for_selector("#map path.pos", timeout=5_000)
+        page.screenshot(path=str(ARTIFACTS / "acknowledged-1440x900.png"))
+        page.close()
+    assert errors == [], errors
+
+
+def test_escalation_says_what_the_deliveries_say(tmp_path: Path, browser) -> None:
+    """Item 14: no "calling the victim" when no call was queued (no Twilio); once one is
+    queued, its real status."""
+    errors: list[str] = []
+    with running_feed(tmp_path) as feed:
+        page = open_page(browser, feed, SIZES[1], errors)
+        breach = feed.breach(time.time() - 300)
+        page.wait_for_selector(_row(breach), timeout=5_000)
+        _escalate(feed, breach, 2)
+        page.wait_for_selector(f"{_row(breach)}.st-escalated", timeout=5_000)
+        page.click(_row(breach))
+        page.wait_for_function("""() => /no call to the victim was queued/
+          .test(document.querySelector('#escalation').textContent)""", timeout=5_000)
+        text = page.text_content("#details")
+        assert "calling the victim" not in text
+        assert "nothing was sent to police" in page.text_content("#escalation")
+        page.screenshot(path=str(ARTIFACTS / "escalation-no-twilio-1024x700.png"))
+        body = {"kind": "call", "text": "Alert", "case": breach["case"], "victim": "V-01"}
+        feed.record.commit(Batch(outbox=[OutboxItem(breach["id"], "call", "+447700900123",
+                                                     body, time.time() + 30)]), time.time())
+        page.click(_row(breach))  # selecting again reloads the deliveries
+        page.wait_for_function("""() => /call to the victim: pending/
+          .test(document.querySelector('#escalation').textContent)""", timeout=5_000)
+        assert "7700900" not in page.content()
+        page.close()
+    assert errors == [], errors
+
+
+class _Tiles(threading.Thread):
+    """A local tile server (no network in tests): every tile is the same small PNG."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        png = (STATIC / "vendor" / "leaflet" / "images" / "layers.png").read_bytes()
+        self.requests: list[str] = []
+        seen = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def run(self) -> None:
+        self.server.serve_forever()
+
+
+def test_map_is_leaflet_with_legend_scale_and_breach_view(tmp_path: Path, browser) -> None:
+    """Item 15: Leaflet from /static (no CDN); offline metric frame without tiles; zones,
+    rings, track, tag, legend and scale; the breach view framed on the zone and the last
+    fixes; with [feed] tile_url the tiles come from that host, the only one the CSP allows."""
+    errors: list[str] = []
+    with running_feed(tmp_path) as feed:
+        feed.fix(-0.1300, 51.5040, time.time() - 300)
+        feed.fix(-0.1290, 51.5058, time.time() - 200)
+        breach = feed.breach(time.time() - 100)
+        for size in SIZES:
+            page = open_page(browser, feed, size, errors)
+            page.click(_row(breach))
+            page.wait_for_selector("#map.leaflet-container path.pos", timeout=5_000)
+            for cls in ("z-excl", "z-warn", "trk", "trk-pt"):
+                assert page.locator(f"#map path.{cls}").count() > 0, cls
+            assert page.locator("#map .map-legend .lg-item").count() == 6
+            scale = page.text_content("#map .leaflet-control-scale-line")
+            assert scale.endswith((" m", " km")), scale
+            assert page.locator("#map img.leaflet-tile").count() == 0
+            assert "offline map" in page.text_content("#map-note")
+            view = page.evaluate("""() => {
+              const m = window.__tagwatchMap, b = m.getBounds();
+              const home = L.latLngBounds([51.5070, -0.1280], [51.5076, -0.1270]);
+              return { home: b.contains(home), fix: b.contains([51.5058, -0.1290]),
+                       width_m: m.distance(b.getSouthWest(), b.getSouthEast()) };
+            }""")
+            assert view["home"] and view["fix"], view
+            assert view["width_m"] < 2_000, view  # zoomed to the zone, not the whole case
+            page.screenshot(path=str(ARTIFACTS / f"map-offline-{size[0]}x{size[1]}.png"))
+            page.close()
+    assert errors == [], errors
+
+    tiles = _Tiles()
+    tiles.start()
+    (tmp_path / "tiles").mkdir()
+    try:
+        with running_feed(tmp_path / "tiles", tile_url=tiles.url + "/{z}/{x}/{y}.png") as feed:
+            csp = httpx.get(feed.url + "/").headers["content-security-policy"]
+            assert f"img-src 'self' data: {tiles.url};" in csp, csp
+            breach = feed.breach(time.time() - 100)
+            page = open_page(browser, feed, SIZES[0], errors)
+            page.click(_row(breach))
+            page.wait_for_selector("#map path.pos", timeout=5_000)
+            page.wait_for_function("""() => [...document.querySelectorAll('#map img.leaflet-tile')]
+              .some((i) => i.complete && i.naturalWidth > 0)""", timeout=5_000)
+            assert tiles.requests and all(r.endswith(".png") for r in tiles.requests)
+            assert page.evaluate("window.__tagwatchMap.getZoom()") >= 15
+            page.screenshot(path=str(ARTIFACTS / "map-tiles-1440x900.png"))
+            page.close()
+    finally:
+        tiles.server.shutdown()
+    assert errors == [], errors

@@ -153,7 +153,8 @@ def test_a_restarted_dispatcher_does_not_resend_what_was_sent(server, record_url
 
 def test_escalated_record_places_a_call_that_says_the_reference(server, record_url):
     record = Record.open(record_url)
-    commit(record, alert(state="escalated", detail="escalation level 2: not acknowledged"))
+    commit(record, alert(state="escalated", escalation=2,
+                          detail="escalation level 2: not acknowledged"))
     (call,) = asyncio.run(run_until(dispatcher(record, server), server, 1))
     assert call.path.endswith("/Calls.json") and call.form["To"] == PHONES["V-01"]
     assert "<Say" in call.form["Twiml"]

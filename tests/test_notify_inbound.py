@@ -12,7 +12,7 @@ from tagwatch.notify import texts
 from tagwatch.notify.ack import AckError, acknowledge
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.inbound import TwilioInbound
-from tagwatch.record import Batch, Entry, Record
+from tagwatch.record import Batch, Entry, OutboxItem, Record
 from tests.test_notify_policy import PHONES, T0, alert
 
 TOKEN, BASE = "secret-token", "https://tagwatch.example:8443"
@@ -28,6 +28,22 @@ def record(tmp_path):
 def store(record: Record, rec: dict) -> None:
     record.commit(Batch(entries=[Entry(f"case:{rec['case']}", "alert", rec, tag=rec["tag"],
                                        event_ts=T0, alert_id=rec["id"])]), time.time())
+
+
+def texted(record: Record, rec: dict, victim: str = "V-01", sid: str = "SMout") -> None:
+    """An SMS of rec to victim, taken by Twilio (outbox row done with its SID)."""
+    body = {"kind": "sms", "text": "alert", "case": rec["case"], "victim": victim,
+            "tag": rec["tag"], "language": "en"}
+    record.commit(Batch(outbox=[OutboxItem(rec["id"], "sms", PHONES[victim], body, T0)]),
+                  time.time())
+    row = next(r for r in record.outbox_due(T0 + 1e9, 1000)
+               if r.alert_id == rec["id"] and r.channel == "sms")
+    record.outbox_done(row.id, {"sid": f"{sid}{rec['id'][:4]}", "status": "queued"})
+
+
+def reply(hooks: TwilioInbound, text: str, sid: str, phone: str = PHONES["V-01"]):
+    headers, body = signed("/twilio/sms", {"From": phone, "Body": text, "MessageSid": sid})
+    return hooks.sms_reply("POST", "/twilio/sms", headers, body)
 
 
 def signed(path: str, params: dict, token: str = TOKEN) -> tuple[dict, bytes]:
@@ -93,13 +109,14 @@ def test_a_forged_status_callback_is_refused(record):
 def test_a_victim_reply_acknowledges_the_latest_open_alert(record):
     store(record, alert(1))
     store(record, alert(2, at=T0 + 10))
+    texted(record, alert(1))
+    texted(record, alert(2, at=T0 + 10))
     esc = Escalation(EscalationSettings(ack_timeout_s=120))
     esc.observe(alert(1))
     esc.observe(alert(2, at=T0 + 10))
     hooks = inbound(record, esc)
-    headers, body = signed("/twilio/sms", {"From": PHONES["V-01"], "Body": "got it, safe"})
-    reply = hooks.sms_reply("POST", "/twilio/sms", headers, body)
-    assert reply.status == 200 and texts.reference(alert(2)["id"]) in reply.body.decode()
+    answer = reply(hooks, "got it, safe", "SM" + "1" * 32)
+    assert answer.status == 200 and texts.reference(alert(2)["id"]) in answer.body.decode()
     latest = {a["id"]: a["state"] for a in record.latest_alerts()}
     assert latest == {alert(1)["id"]: "open", alert(2)["id"]: "acknowledged"}
     (action,) = [e for e in record.alert_history(alert(2)["id"]) if e["kind"] == "action"]
@@ -135,3 +152,43 @@ def test_operator_acknowledgement_is_recorded_in_one_commit(record):
     store(record, alert(state="resolved"))
     with pytest.raises(AckError, match="already resolved"):
         acknowledge(record, alert()["id"], "duty-operator", "", T0)
+
+
+def test_a_replayed_reply_does_nothing_even_after_a_restart(record):
+    for n in (1, 2):
+        store(record, alert(n, at=T0 + n))
+        texted(record, alert(n, at=T0 + n))
+    sid = "SM" + "7" * 32
+    assert b"Tagwatch" in reply(inbound(record), "ok", sid).body  # acknowledges alert 2
+    states = {a["id"]: a["state"] for a in record.latest_alerts()}
+    assert states[alert(2)["id"]] == "acknowledged" and states[alert(1)["id"]] == "open"
+    # The same signed request again, to this process and to a new one (a restart):
+    # alert 1, now the latest open one, stays open; nothing is recorded twice.
+    for hooks in (inbound(record), inbound(record)):
+        answer = reply(hooks, "ok", sid)
+        assert answer.status == 200 and b"Tagwatch" not in answer.body
+    states = {a["id"]: a["state"] for a in record.latest_alerts()}
+    assert states[alert(1)["id"]] == "open"
+    assert len(record.alert_history(f"sms:{sid}")) == 1
+    assert record.verify() == []
+
+
+def test_a_reply_acknowledges_only_alerts_texted_to_that_victim(record):
+    two = {PHONES["V-01"]: ("C-0001", "V-01"), PHONES["V-02"]: ("C-0001", "V-02")}
+    hooks = TwilioInbound(TOKEN, BASE, record, two, clock=lambda: T0 + 30)
+    store(record, alert(1, at=T0 + 1))
+    store(record, alert(2, at=T0 + 2))
+    store(record, alert(3, at=T0 + 3))  # the newest: texted to nobody
+    texted(record, alert(1, at=T0 + 1))
+    texted(record, alert(2, at=T0 + 2), victim="V-02")
+    # V-02 was texted alert 2 only: its reply acknowledges alert 2, never alert 3.
+    assert reply(hooks, "fine", "SMa" + "0" * 31, PHONES["V-02"]).status == 200
+    # V-01 names alert 1's reference: alert 1, although alert 3 is newer.
+    ref = texts.reference(alert(1)["id"])
+    assert ref.encode() in reply(hooks, f"{ref} seen", "SMb" + "0" * 31).body
+    states = {a["id"]: a["state"] for a in record.latest_alerts()}
+    assert states == {alert(1)["id"]: "acknowledged", alert(2)["id"]: "acknowledged",
+                      alert(3)["id"]: "open"}
+    # Nothing left that was texted to V-01: a further reply acknowledges nothing.
+    assert b"Tagwatch" not in reply(hooks, "ok", "SMc" + "0" * 31).body
+    assert {a["id"]: a["state"] for a in record.latest_alerts()} == states

@@ -40,7 +40,7 @@ def alert(n: int = 1, at: float = T0, **fields: object) -> dict:
         "zone": "home", "victim": None, "ts": rfc3339(at), "raised": rfc3339(at + 0.41),
         "lat": 51.50721, "lon": -0.12761, "acc": 8.0, "distance_m": -12.4,
         "closing_mps": 6.1, "eta_s": None, "confidence": "confirmed",
-        "detail": "inside exclusion zone home by 12 m",
+        "escalation": 0, "detail": "inside exclusion zone home by 12 m",
     }
     return {**record, **fields}
 
@@ -86,7 +86,7 @@ def test_without_channels_configured_nothing_is_queued():
 def test_bodies_hold_no_position_and_no_other_victims_phone():
     records = [alert(n, type=t, severity="critical")
                for n, t in enumerate(["zone.breach", "proximity", "approach", "curfew.breach"])]
-    records.append(alert(9, state="escalated", detail="escalation level 2: x"))
+    records.append(alert(9, state="escalated", escalation=2, detail="escalation level 2: x"))
     for record in records:
         for item in deliveries_for(record, CASE, SETTINGS, SmsLedger()):
             body = json.dumps(item.body)
@@ -136,8 +136,8 @@ def test_every_default_text_fits_one_sms():
 
 
 def test_escalated_level_two_calls_the_victim_level_one_does_not():
-    level1 = alert(state="escalated", detail="escalation level 1: not acknowledged")
-    level2 = alert(state="escalated", detail="escalation level 2: not acknowledged")
+    level1 = alert(state="escalated", escalation=1, detail="escalation level 1: not acknowledged")
+    level2 = alert(state="escalated", escalation=2, detail="escalation level 2: not acknowledged")
     assert channels(deliveries_for(level1, CASE, SETTINGS, SmsLedger())) == [
         ("police", "police")]
     items = deliveries_for(level2, CASE, SETTINGS, SmsLedger())
@@ -207,3 +207,81 @@ def test_a_failed_delivery_escalates_at_once_and_state_survives_a_checkpoint():
     restored = Escalation.from_bytes(esc.to_bytes(), esc.settings)
     (record,) = restored.tick(T0 + 20)
     assert "undelivered" in record["detail"] and record["ts"] == rfc3339(T0 + 20)
+
+
+def test_the_level_reached_is_a_field_kept_by_every_later_record():
+    """DESIGN 3.3 `escalation`: the escalated record carries its new level, and the
+    engine's later records (which know nothing of escalation) are stamped with the
+    level reached, past the acknowledgement, until the alert is resolved."""
+    esc = Escalation(EscalationSettings(ack_timeout_s=120))
+    esc.observe(alert())
+    first, second = esc.tick(T0 + 240)
+    assert (first["escalation"], second["escalation"]) == (1, 2)
+    assert list(second) == list(alert())  # the 3.3 keys, in order, none added
+    for record in (first, second):
+        esc.observe(record)
+    updated = esc.stamp(alert(state="updated", distance_m=-30.0))
+    assert updated["escalation"] == 2 and updated["distance_m"] == -30.0
+    later = deliveries_for(updated, CASE, SETTINGS, SmsLedger())
+    assert "call" not in [i.channel for i in later]  # the victim was called once, at level 2
+    esc.observe(alert(state="acknowledged", escalation=2))
+    restored = Escalation.from_bytes(esc.to_bytes(), esc.settings)
+    resolved = restored.stamp(alert(state="resolved"))
+    assert resolved["escalation"] == 2
+    restored.observe(resolved)
+    assert restored.stamp(alert(state="updated"))["escalation"] == 0  # a new episode
+    assert restored.stamp(alert(2))["escalation"] == 0  # another alert: untouched
+
+
+def test_a_record_without_the_field_or_a_level_in_detail_only_is_level_zero():
+    assert escalation_level(alert(state="escalated", detail="escalation level 2: x")) == 0
+    old = {k: v for k, v in alert().items() if k != "escalation"}
+    assert escalation_level(old) == 0
+    old_checkpoint = json.dumps({alert()["id"]: {
+        "record": alert(), "level": 1, "deadline": T0 + 240}}).encode()
+    restored = Escalation.from_bytes(old_checkpoint, EscalationSettings(ack_timeout_s=120))
+    assert restored.stamp(alert(state="updated"))["escalation"] == 1
+    (second,) = restored.tick(T0 + 240)
+    assert second["escalation"] == 2
+
+
+def test_the_daemons_effects_stamp_the_engines_later_records_with_the_level():
+    """The engine's `updated` record after an escalation goes to the record and to MQTT
+    with the level reached, not the engine's 0 (tagwatch.daemon.effects)."""
+    from tagwatch.daemon.effects import EffectsBuilder, Notify
+    from tagwatch.engine.alerts import AlertRecord
+    from tagwatch.pipeline import Result
+    from tagwatch.wire import Topics
+
+    esc = Escalation(EscalationSettings(ack_timeout_s=120))
+    builder = EffectsBuilder(Topics(), Notify(PolicySettings(), SmsLedger(), esc),
+                             lambda: {"C-0001": CASE}, lambda tag: ["C-0001"])
+    builder.from_records([alert()], T0)
+    builder.from_records(esc.tick(T0 + 120), T0 + 120)
+    engine = AlertRecord(**alert(state="updated", ts=rfc3339(T0 + 130)))
+    fx = builder.from_result(Result(records=[engine]), {}, T0 + 130)
+    (record,) = fx.records
+    assert record["escalation"] == 1 and record["state"] == "updated"
+    (entry,) = [e for e in fx.batch.entries if e.kind == "alert"]
+    (item,) = fx.batch.outbox
+    assert entry.body["escalation"] == 1
+    assert json.loads(item.body["payload"])["escalation"] == 1
+
+
+def test_an_acknowledged_alerts_later_updates_start_no_clock_again():
+    """"Stops the clock for good": a proximity acknowledged, whose victim position then
+    went stale and fresh again (an `updated` critical record), is not escalated again,
+    across a checkpoint too; a probable breach acknowledged as a warning and then
+    confirmed (critical) gets its clock."""
+    esc = Escalation(EscalationSettings(ack_timeout_s=120))
+    esc.observe(alert(1))
+    esc.observe(alert(1, state="acknowledged"))
+    esc.observe(alert(2))
+    assert esc.acknowledge(alert(2)["id"], "victim:V-01", "", T0 + 5)
+    restored = Escalation.from_bytes(esc.to_bytes(), esc.settings)
+    for n in (1, 2):
+        restored.observe(alert(n, at=T0 + 60, state="updated"))
+    restored.observe(alert(3, severity="warning", confidence="probable"))
+    restored.observe(alert(3, state="acknowledged", severity="warning"))
+    restored.observe(alert(3, at=T0 + 30, state="updated"))  # confirmed: critical now
+    assert [r["id"] for r in restored.tick(T0 + 10_000)] == [alert(3)["id"]] * 2

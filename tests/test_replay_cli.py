@@ -83,6 +83,13 @@ def test_csv_input(cases, tmp_path):
             "line 2",
         ),
         ("notopic.jsonl", b'{"payload": {"ts": 1783332000}}\n', "line 1"),
+        (  # RecursionError (exit 1, a traceback) before the depth check of issue 16.1
+            "deep.jsonl",
+            b'{"topic": "tagwatch/v1/tags/T-1/fix", "payload": {}}\n'
+            b'{"topic": "tagwatch/v1/tags/T-1/fix", "payload": ' + b"[" * 100_000
+            + b"]" * 100_000 + b"}\n",
+            "line 2",
+        ),
         ("notag.csv", b"ts,lat,lon\n2026-07-06T10:00:00Z,51.5,-0.12\n", "tag"),
     ],
 )

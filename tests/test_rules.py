@@ -10,6 +10,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from tagwatch.engine.alerts import encode
 from tagwatch.pipeline import Inbound
 from tests.tracks import (
     CASE,
@@ -609,3 +610,20 @@ def test_noisy_walk_with_outliers_gives_no_false_and_no_missed_breach():
         f"{c.false} confirmed breach(es) from outliers alone, {c.missed} of {c.stays} real "
         f"stays missed ({c.grazes_missed} shallow grazes also missed), over {c.fixes} fixes"
     )
+
+
+# -- the alert object (DESIGN 3.3) -----------------------------------------------------------
+
+DESIGN_KEYS = ["id", "type", "severity", "state", "case", "tag", "zone", "victim", "ts",
+               "raised", "lat", "lon", "acc", "distance_m", "closing_mps", "eta_s",
+               "confidence", "escalation", "detail"]
+
+
+def test_every_record_has_the_design_keys_and_escalation_zero():
+    """The engine never escalates: its records say level 0, never leave the key out."""
+    r = run(one_by_one(fixes_at([300, 200, -20, -20, -20, 400, 400])))
+    assert {"zone.warning", "zone.breach", "zone.exit"} <= {rec.type for rec in r.records}
+    for rec in r.records:
+        doc = orjson.loads(encode(rec))
+        assert list(doc) == DESIGN_KEYS, rec.type
+        assert doc["escalation"] == 0

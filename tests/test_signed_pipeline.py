@@ -270,3 +270,14 @@ def test_a_victim_device_with_a_key_must_sign() -> None:
     ]
     assert all(f"device {DEVICE}" in r.rejection.detail for r in result.rejected)
     assert pipe.process([victim_msg(signing.sign(position, DEVICE_KEY))]).rejected == []
+
+
+def test_a_deeply_nested_signed_fix_is_too_deep_and_the_next_fix_still_counts() -> None:
+    # 500 levels: signing._write (the canonical form) recursed over it and raised
+    # RecursionError out of process(), failing the whole batch (issue 16.1)
+    obj = at(0, key=None)
+    text = orjson.dumps({**obj, "sig": "0" * 64})[:-1] + b',"x":' + b"[" * 500 + b"]" * 500
+    pipe = signed_pipeline()
+    result = pipe.process([Inbound(TOPICS.tag_fix(TAG), text + b"}"), tag_msg(at(1))])
+    assert [r.rejection.reason for r in result.rejected] == ["too_deep"]
+    assert [f.seq for f, _ in result.accepted] == [1]

@@ -100,8 +100,6 @@ def test_load_measures_latency_by_matching_breach_alerts_to_fixes(broker_url, tm
     assert CASE_ID in cases.read_text()
 
 
-def test_load_refuses_a_broker_off_the_loopback():
-    with pytest.raises(ValueError, match="loopback"):
-        asyncio.run(run_load("mqtt://192.0.2.1:1883", 1, 1, 1))
+def test_load_refuses_out_of_bounds_loads():
     with pytest.raises(ValueError, match="--tags"):
         asyncio.run(run_load("mqtt://127.0.0.1:1883", 0, 1, 1))

@@ -20,10 +20,12 @@ from tagwatch.wire import (
     _decode_slow,
     decode_fix,
     decode_payload,
+    json_depth,
     rate_command,
     rejected_message,
     rfc3339,
     status_message,
+    too_deep,
     warn_command,
 )
 
@@ -56,7 +58,7 @@ BAD_PAYLOADS: list[tuple[str, bytes, str, str]] = [
     ("truncated json", b'{"ts": 1764325000, "lat": 51.5', "not_json", "not JSON"),
     ("empty payload", b"", "not_json", "not JSON"),
     ("utf-8 bom", b'\xef\xbb\xbf{"ts": 1764325000, "lat": 1, "lon": 1}', "not_json", "not JSON"),
-    ("deep nesting", b"[" * 20_000 + b"]" * 20_000, "not_json", "not JSON"),
+    ("deep nesting", b"[" * 20_000 + b"]" * 20_000, "too_deep", "20000 levels"),
     ("NaN token", b'{"ts": 1764325000, "lat": NaN, "lon": 1.0}', "not_finite", "lat"),
     ("Infinity token", b'{"ts": Infinity, "lat": 1.0, "lon": 1.0}', "not_finite", "ts"),
     ("1e999", b'{"ts": 1764325000, "lat": 1.0, "lon": 1e999}', "not_finite", "lon"),
@@ -98,6 +100,8 @@ BAD_PAYLOADS: list[tuple[str, bytes, str, str]] = [
     ("array of an array", enc([[fix()]]), "not_object", "fix 1 of 1"),
     ("missing ts", enc(fix(ts=DROP)), "missing_field", "ts"),
     ("null ts", enc(fix(ts=None)), "missing_field", "ts"),
+    ("nested 1,000 deep", enc(fix(x=[])).replace(b"[]", b"[" * 1000 + b"]" * 1000), "too_deep",
+     "1001 levels"),
     ("missing lat, fix gnss", enc(fix(lat=DROP)), "missing_field", "lat"),
     ("missing lon, fix lbs", enc(fix(lon=DROP, fix="lbs")), "missing_field", "lon"),
     ("fix none, lat without lon", enc(fix(lon=DROP, fix="none")), "missing_field", "lon"),
@@ -414,3 +418,33 @@ fix_like = st.builds(
 @given(json_values | fix_like | st.lists(fix_like | json_values, max_size=5))
 def test_random_json_never_raises(doc: Any) -> None:
     check_never_raises(enc(doc))
+
+
+# ---------------------------------------------------------------- nesting depth (issue 16.1)
+
+
+def nested(depth: int, inner: bytes = b"1") -> bytes:
+    """A fix whose member `x` holds arrays nested so the payload is `depth` levels deep."""
+    return b'{"ts": %d, "lat": 51.5, "lon": -0.12, "x": ' % NOW + (
+        b"[" * (depth - 1) + inner + b"]" * (depth - 1) + b"}")
+
+
+def test_depth_limit_is_32_levels_and_rejected_before_any_recursive_decoder() -> None:
+    assert json_depth(nested(32)) == 32 and not too_deep(nested(32))
+    assert decode(nested(32))[0] and decode_fix("tag", "T-1001", nested(32), NOW, 120.0)
+    fixes, [rej] = decode(nested(33))
+    assert fixes == [] and rej.reason == "too_deep" and "33 levels" in rej.detail
+    # 100,000 levels: msgspec and the json module both raise RecursionError on this
+    deep = nested(32_000)
+    assert [r.reason for r in decode(deep)[1]] == ["too_deep"]
+    assert decode_fix("tag", "T-1001", deep, NOW, 120.0) is None
+    assert [r.reason for r in decode(b"{" * 40_000)[1]] == ["too_deep"]  # not even JSON
+
+
+def test_depth_counts_brackets_outside_strings_only() -> None:
+    inside = b'"' + b"[{" * 40 + b'\\\"[[' + b'"'  # escaped quote and backslash inside
+    assert json_depth(b'{"a": ' + inside + b"}") == 1
+    payload = enc(fix(note="[" * 500 + "{" * 500))
+    assert not too_deep(payload) and decode(payload)[0]
+    batch = enc([fix(ts=NOW - i) for i in range(500)])  # a buffered upload: depth 2
+    assert json_depth(batch) == 2 and len(decode(batch)[0]) == 500

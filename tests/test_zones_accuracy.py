@@ -102,7 +102,9 @@ def place_case(name: str) -> dict:
     )
     return {
         "type": "FeatureCollection",
-        "case": {"id": f"ACC-{name}", "tags": ["T-acc"], "timezone": "UTC"},
+        # case ids are ASCII (DESIGN 3.4): the place name may not be
+        "case": {"id": "ACC-" + name.encode("ascii", "replace").decode().replace("?", "_"),
+                 "tags": ["T-acc"], "timezone": "UTC"},
         "features": features,
     }
 

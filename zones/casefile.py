@@ -26,6 +26,7 @@ from zones.schedule import ScheduleError, load_timezone, parse_schedule
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Z]{2})?$")
 _ZONE_TYPES = ("Polygon", "MultiPolygon", "Point")
+_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class CaseFileError(ValueError):
@@ -99,7 +100,7 @@ def parse_case(doc: object, file: str, rule_names: frozenset[str] | None = None)
     meta = doc.get("case")
     if not isinstance(meta, dict):
         raise CaseFileError(file, "case", 'missing: the foreign member "case" must be an object')
-    case_id = _text(meta, "id", file, "case.id")
+    case_id = _ident(meta.get("id"), file, "case.id")
     tags = _tags(meta, file)
     timezone = _timezone(meta, file)
     victims = _victims(meta.get("victims", []), file)
@@ -139,10 +140,14 @@ def _mapping(values: dict) -> Mapping:
     return MappingProxyType(values) if values else _EMPTY
 
 
-def _text(obj: dict, key: str, file: str, where: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise CaseFileError(file, where, "must be a non-empty string")
+def _ident(value: object, file: str, where: str) -> str:
+    """A case, zone, victim, tag or device id: it becomes an MQTT topic level, a record
+    chain name and a URL segment, so only `[A-Za-z0-9._-]{1,64}` (DESIGN 3.4)."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise CaseFileError(
+            file, where, f"{shown} is not an id: 1 to 64 of the characters A-Z a-z 0-9 . _ -"
+        )
     return value
 
 
@@ -150,8 +155,8 @@ def _tags(meta: dict, file: str) -> tuple[str, ...]:
     tags = meta.get("tags")
     if not isinstance(tags, list) or not tags:
         raise CaseFileError(file, "case.tags", "a case needs at least one tag id")
-    if not all(isinstance(t, str) and t.strip() for t in tags):
-        raise CaseFileError(file, "case.tags", "every tag id must be a non-empty string")
+    for i, tag in enumerate(tags):
+        _ident(tag, file, f"case.tags[{i}]")
     if len(set(tags)) != len(tags):
         raise CaseFileError(file, "case.tags", "a tag id is listed twice")
     return tuple(tags)
@@ -174,15 +179,15 @@ def _victims(raw: object, file: str) -> tuple[Victim, ...]:
         where = f"case.victims[{i}]"
         if not isinstance(v, dict):
             raise CaseFileError(file, where, "must be an object")
-        victim_id = _text(v, "id", file, f"{where}.id")
+        victim_id = _ident(v.get("id"), file, f"{where}.id")
         phone = v.get("phone")
         if phone is not None and (not isinstance(phone, str) or not _E164.match(phone)):
             raise CaseFileError(
                 file, f"{where}.phone", "must be an E.164 number (+, country code, number)"
             )
         device = v.get("device")
-        if device is not None and (not isinstance(device, str) or not device.strip()):
-            raise CaseFileError(file, f"{where}.device", "must be a non-empty device id")
+        if device is not None:
+            _ident(device, file, f"{where}.device")
         radius = _optional_metres(
             v, "mobile_radius_m", file, f"{where}.mobile_radius_m", positive=True
         )
@@ -227,7 +232,7 @@ def _zone(
     props = feature.get("properties")
     if not isinstance(props, dict):
         raise CaseFileError(file, where, "properties: must be an object")
-    zone_id = _text(props, "zone", file, f"{where}.properties.zone")
+    zone_id = _ident(props.get("zone"), file, f"{where}.properties.zone")
     where = f"feature {i} (zone {zone_id!r})"
     kind = props.get("kind")
     if kind not in KINDS:

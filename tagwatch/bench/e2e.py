@@ -24,6 +24,13 @@ publisher in one run:
    each tag with its own case shaped like DESIGN's example (home and work
    polygons, a school circle, a victim with a device), in steady state: 20
    fixes processed per tag, so every per-tag window is full.
+
+With --flood (instead of the three above): fairness under a single-tag flood. The
+latency measurement of 2. runs twice in one run, each with a fresh daemon: unloaded,
+then while one more tag (a known one, with a case) publishes valid fixes at
+16,000 messages/s from a raw socket publisher. The other tags' fix -> alert p50/p99
+are printed side by side with the ratio flooded / unloaded; the daemon's own counts
+say how much of the flood it took in and how much it rejected as rate_limited.
 """
 
 from __future__ import annotations
@@ -360,7 +367,10 @@ class BenchDaemon:
             raise
 
     def metric(self, name: str) -> float:
-        _status, body = self._get("/metrics")
+        try:
+            _status, body = self._get("/metrics")
+        except (OSError, http.client.HTTPException):  # an idle keep-alive the server closed
+            _status, body = self._get("/metrics")
         total = 0.0
         for line in body.decode().splitlines():
             if line.startswith(name) and not line.startswith(f"{name}_"):
@@ -419,8 +429,11 @@ def _through_daemon(
         daemon.stop()
 
 
-def _latency(broker, settings, workdir: Path, cases, seconds: float) -> tuple[float, float, int]:
-    """Publish at 2,000 fixes/s; every 10th tag breaches; time fix -> alert record."""
+def _latency(
+    broker, settings, workdir: Path, cases, seconds: float, flood: Flood | None = None
+) -> tuple[float, float, int]:
+    """Publish at 2,000 fixes/s; every 10th tag breaches; time fix -> alert record.
+    With `flood`, its tag floods meanwhile and is left out of the paced fixes."""
     prefix = f"bench/{uuid.uuid4().hex[:8]}/tagwatch/v1"
     daemon = BenchDaemon(workdir, broker, prefix)
     sent: dict[tuple[str, str], float] = {}
@@ -440,16 +453,130 @@ def _latency(broker, settings, workdir: Path, cases, seconds: float) -> tuple[fl
         listener.on_message = on_message
         _subscribed(listener, f"{prefix}/alerts/#")
         publisher = _client(settings, f"bench-pub-{uuid.uuid4().hex[:6]}")
-        _paced(publisher, prefix, cases, seconds, sent, arrived)
+        paced = [c for c in cases if flood is None or c.tags[0] != flood.tag]
+        with contextlib.ExitStack() as stack:
+            if flood is not None:
+                stack.enter_context(flood.running(settings, prefix))
+            _paced(publisher, prefix, paced, seconds, sent, arrived)
         _settle(arrived, latencies)
         listener.disconnect()
         publisher.disconnect()
+        if flood is not None:
+            flood.taken = int(daemon.metric("tagwatch_fixes_total"))
+            flood.limited = int(daemon.metric('tagwatch_rejected_total{reason="rate_limited"}'))
     finally:
         daemon.stop()
     if not latencies:
         raise BenchError(f"no breach alert came back through {broker} on {prefix}/alerts/#")
     p50, p99 = np.percentile(latencies, [50, 99])
     return round(float(p50), 1), round(float(p99), 1), len(latencies)
+
+
+class Flood:
+    """One tag publishing valid fixes far from its zones at `rate` messages/s (QoS 1, a raw
+    socket publisher in a thread, paced every 10 ms) while the latency run goes on."""
+
+    def __init__(self, tag: str, zone_lat: float, zone_lon: float, rate: int, seconds: float):
+        self.tag, self.rate, self.planned_s = tag, rate, seconds
+        self.lat, self.lon = zone_lat + 0.1, zone_lon
+        self.sent = 0
+        self.seconds = 0.0
+        self.taken = self.limited = 0  # the daemon's counts, read after the run
+
+    @contextlib.contextmanager
+    def running(self, settings: BrokerSettings, prefix: str):
+        stop = threading.Event()
+        publisher = RawPublisher(settings.host, settings.port)
+        topic = f"{prefix}/tags/{self.tag}/fix"
+        per_step = max(1, self.rate // 100)
+        count = per_step * 100 * (int(self.planned_s) + 5)
+        ts = time.time() - count * 1e-4 - 1.0  # the last of them still in the past
+        # valid fixes a few cm apart, each newer than the one before (so none is a
+        # duplicate), encoded before the clock starts
+        pool = packets(
+            [
+                (
+                    topic,
+                    orjson.dumps(
+                        {
+                            "ts": round(ts + i * 1e-4, 4),
+                            "lat": round(self.lat + i * 1e-9, 9),
+                            "lon": self.lon,
+                            "seq": i,
+                        }
+                    ),
+                )
+                for i in range(count)
+            ]
+        )
+
+        def flood() -> None:
+            start = time.perf_counter()
+            steps = 0
+            while not stop.is_set():
+                first = (steps * per_step) % len(pool)
+                publisher.send(pool[first : first + per_step])
+                self.sent += per_step
+                steps += 1
+                lag = start + steps * 0.01 - time.perf_counter()
+                if lag > 0:
+                    stop.wait(lag)
+            self.seconds = time.perf_counter() - start
+
+        thread = threading.Thread(target=flood, name="flood", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join(10)
+            publisher.close()
+
+
+def run_flood(broker: str | None, latency_s: float = 10.0, rate: int = 16_000) -> dict:
+    """Other tags' fix -> alert latency, unloaded and under a single-tag flood, one run."""
+    progress = Progress("bench e2e --flood")
+    with contextlib.ExitStack() as stack:
+        private = broker is None
+        if broker is None:
+            broker = stack.enter_context(PrivateMosquitto()).url
+        used = f"{broker} ({'private mosquitto started by the benchmark' if private else 'given'})"
+        settings = BrokerSettings.from_url(broker)
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tagwatch-")))
+        cases = london_cases(TAGS + 1, seed=11)
+        _write_cases(cases, workdir / "cases")
+        zone = cases[-1].zones[0]
+        flood = Flood(cases[-1].tags[0], zone.frame.lat, zone.frame.lon, rate, latency_s)
+        others = cases[:-1]
+        progress.step(f"broker: {used}; latency at 2,000 fixes/s for {latency_s:.0f} s, unloaded")
+        unloaded = _latency(broker, settings, workdir, others, latency_s)
+        progress.step(f"the same while one tag floods at {rate:,} messages/s")
+        flooded = _latency(broker, settings, workdir, cases, latency_s, flood)
+    progress.done()
+    return {
+        "benchmark": "e2e-flood",
+        "broker": used,
+        "unloaded_p50_ms": unloaded[0],
+        "unloaded_p99_ms": unloaded[1],
+        "unloaded_samples": unloaded[2],
+        "flooded_p50_ms": flooded[0],
+        "flooded_p99_ms": flooded[1],
+        "flooded_samples": flooded[2],
+        "p99_ratio": round(flooded[1] / unloaded[1], 2),
+        "flood_target_per_s": rate,
+        "flood_sent_per_s": round(flood.sent / flood.seconds) if flood.seconds else 0,
+        "flood_rate_limited": flood.limited,
+        "daemon_fixes_taken_in": flood.taken,
+    }
+
+
+FLOOD_LINES: list[tuple[str, str]] = [
+    ("unloaded_p50_ms", "other tags' fix -> alert p50, unloaded"),
+    ("flooded_p50_ms", "the same, one tag flooding"),
+    ("unloaded_p99_ms", "other tags' fix -> alert p99, unloaded"),
+    ("flooded_p99_ms", "the same, one tag flooding"),
+    ("p99_ratio", "ratio p99 flooded / unloaded"),
+]
 
 
 def _settle(arrived: threading.Condition, latencies: list[float]) -> None:

@@ -52,7 +52,12 @@ def emit(result: dict, lines: list[tuple[str, str]], as_json: bool) -> None:
     width = max(len(label) for _, label in lines)
     for key, label in lines:
         value = result[key]
-        shown = f"{value:,.1f}x" if "ratio" in key else f"{value:,} fixes/s"
+        if "ratio" in key:
+            shown = f"{value:,.1f}x"
+        elif key.endswith("_ms"):
+            shown = f"{value:,.1f} ms"
+        else:
+            shown = f"{value:,} fixes/s"
         print(f"{label:<{width}}  {shown}")
     extra = {k: v for k, v in result.items() if k not in {key for key, _ in lines}}
     print(json.dumps(extra, sort_keys=True))

@@ -147,6 +147,8 @@ class EffectsBuilder:
         n = self.notify
         cases = self.cases()
         for i, record in enumerate(records):
+            stamped = n.escalation.stamp(record)  # keeps the level reached (DESIGN 3.3)
+            as_made, record = stamped is record, stamped
             fx.records.append(record)
             fx.alert_types[record["type"]] += 1
             chain, alert_id = f"case:{record['case']}", record["id"]
@@ -161,7 +163,7 @@ class EffectsBuilder:
                 )
             )
             topic = self.topics.alerts(record["case"])
-            payload = structs[i] if structs is not None else record
+            payload = structs[i] if structs is not None and as_made else record
             fx.batch.outbox.append(
                 OutboxItem(
                     alert_id,

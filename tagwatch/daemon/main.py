@@ -14,12 +14,15 @@ from tagwatch import signing
 from tagwatch.config import ConfigError, load_config, missing_paths
 from tagwatch.daemon import logs
 from tagwatch.daemon.service import (
+    CaseSet,
     CasesRefused,
     Daemon,
     broker_settings,
-    load_zoneset,
+    load_caseset,
+    log_caseset,
     summarise_notify,
 )
+from tagwatch.feed.auth import PUBLIC_TOKEN_HASHES
 from tagwatch.record import Record, RecordError
 
 log = structlog.get_logger("tagwatch.daemon")
@@ -36,25 +39,40 @@ def run(config_path: Path | None, environ: Mapping[str, str]) -> int:
         config = load_config(config_path, environ)
     except ConfigError as exc:
         return _fail(EXIT_BAD_INPUT, str(exc))
-    missing = missing_paths(config)  # what to create or set, before anything starts
+    # The record's folder, before anything starts (a missing cases path is only "not
+    # ready" to the daemon: it starts and waits for a reload to find it).
+    missing = missing_paths(config, cases=False)
     if missing:
         return _fail(EXIT_BAD_INPUT, f"{config.path or 'configuration'}: " + "; ".join(missing))
+    public = [u.name for u in config.feed.users if u.token_sha256 in PUBLIC_TOKEN_HASHES]
+    if public:
+        return _fail(
+            EXIT_BAD_INPUT,
+            f"[[feed.users]] {public[0]!r}: token_sha256 is the example's, whose token is "
+            "public (config/tagwatch.example.toml): make a new token and put its SHA-256 here",
+        )
     logs.configure(config.log.level, config.log.json)
     log.info("config", source=str(config.path), config=config.redacted())
     summarise_notify(config)()
     try:
-        zoneset, cases = load_zoneset(config.cases.path)
-    except CasesRefused as exc:
-        log.error("cases_refused", cases=str(config.cases.path), error=str(exc))
-        return _fail(EXIT_BAD_INPUT, f"{config.cases.path}: {exc}")
-    log.info("cases_loaded", cases=sorted(cases), path=str(config.cases.path))
+        caseset = load_caseset(config.cases.path)
+    except CasesRefused as exc:  # no such path: up, not ready, until a reload finds it
+        caseset = CaseSet({}, {str(config.cases.path): str(exc)})
+    log_caseset(caseset, config.cases.path)
+    if caseset.refused:
+        print(  # the terminal too: the log may be JSON for a collector
+            f"tagwatch: {len(caseset.refused)} case file(s) refused, "
+            f"{len(caseset.cases)} case(s) loaded: " + "; ".join(caseset.refused.values()),
+            file=sys.stderr,
+        )
+    log.info("cases_loaded", cases=sorted(caseset.cases), path=str(config.cases.path))
     try:
         record = Record.open(config.record.url)
     except RecordError as exc:
         log.error("record_open_failed", error=str(exc))
         return _fail(EXIT_FAILURE, f"case record: {exc}")
     try:
-        daemon = Daemon(config, record, zoneset, cases)
+        daemon = Daemon(config, record, caseset.zoneset, caseset.cases, caseset.refused)
     except signing.KeyFileError as exc:
         record.close()
         log.error("tag_keys_refused", error=str(exc))

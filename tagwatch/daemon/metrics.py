@@ -3,7 +3,13 @@
 Beyond METRICS.md (additions, documented here until METRICS.md lists them):
 `tagwatch_broker_reconnects_total`, `tagwatch_broker_sessions_lost_total` (a reconnect
 with session_present false: possible loss), `tagwatch_duplicates_total`,
-`tagwatch_record_available` (0 during a record outage).
+`tagwatch_record_available` (0 during a record outage),
+`tagwatch_publish_too_large_total` (records not published to MQTT because they were
+larger than [broker] max_packet_kb; they are in the case record),
+`tagwatch_cases_loaded` and `tagwatch_cases_refused` (case files refused at the last load;
+/readyz names them),
+`tagwatch_batch_failures_total` (a batch, or a piece of one, whose handling raised: it is
+split until the failing messages are found, which are rejected as internal_error).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from tagwatch.pipeline import REASONS as PIPELINE_REASONS
 from tagwatch.signing import REASONS as SIGNING_REASONS
 from tagwatch.wire import REASONS
 
@@ -85,10 +92,26 @@ class Metrics:
         self.record_available = Gauge(
             "tagwatch_record_available", "0 while the case record cannot be written", registry=r
         )
-        for reason in sorted(REASONS | set(SIGNING_REASONS)):
+        self.publish_too_large = Counter(
+            "tagwatch_publish_too_large",
+            "MQTT publications refused before sending: larger than [broker] max_packet_kb",
+            registry=r,
+        )
+        self.batch_failures = Counter(
+            "tagwatch_batch_failures",
+            "batches (or pieces of one) whose handling raised; split to set the culprit aside",
+            registry=r,
+        )
+        for reason in sorted(REASONS | SIGNING_REASONS | PIPELINE_REASONS):
             self.rejected.labels(reason=reason)  # every closed-set label shows from the start
         for channel in CHANNELS:
             self.deliveries_failed.labels(channel=channel)
+        self.cases_loaded = Gauge("tagwatch_cases_loaded", "cases in force (monitored)", registry=r)
+        self.cases_refused = Gauge(
+            "tagwatch_cases_refused",
+            "case files refused at the last load (start or reload); /readyz names them",
+            registry=r,
+        )
         self.record_available.set(1)
         self._reconnects_seen = 0
         self._sessions_lost_seen = 0
@@ -102,6 +125,10 @@ class Metrics:
         if sessions_lost > self._sessions_lost_seen:
             self.sessions_lost.inc(sessions_lost - self._sessions_lost_seen)
             self._sessions_lost_seen = sessions_lost
+
+    def cases(self, loaded: int, refused: int) -> None:
+        self.cases_loaded.set(loaded)
+        self.cases_refused.set(refused)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

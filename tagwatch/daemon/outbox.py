@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from tagwatch.daemon.effects import MQTT
-from tagwatch.mqtt import Backoff, MqttConnection
+from tagwatch.mqtt import Backoff, MqttConnection, PacketTooLarge
 from tagwatch.record import OutboxRow, Record, RecordError
 
 log = structlog.get_logger("tagwatch.daemon.outbox")
@@ -56,9 +56,15 @@ class NotifyView:
 
 
 class Publisher:
-    def __init__(self, record: Record, conn: MqttConnection) -> None:
+    def __init__(
+        self,
+        record: Record,
+        conn: MqttConnection,
+        on_too_large: Callable[[], None] = lambda: None,
+    ) -> None:
         self.record = record
         self.conn = conn
+        self.on_too_large = on_too_large
         self.wake = asyncio.Event()
         self.transient: deque[tuple[str, bytes]] = deque()
         self._backoff = Backoff(0.2, 5.0)
@@ -98,8 +104,11 @@ class Publisher:
         results = await asyncio.gather(
             *(self.conn.publish(t, p, qos=1) for t, p in items), return_exceptions=True
         )
+        self._too_large(results)
         failed = [
-            item for item, r in zip(items, results, strict=True) if isinstance(r, BaseException)
+            item
+            for item, r in zip(items, results, strict=True)
+            if isinstance(r, BaseException) and not isinstance(r, PacketTooLarge)
         ]
         self.transient.extendleft(reversed(failed))
         return not failed
@@ -110,10 +119,18 @@ class Publisher:
             *(self.conn.publish(r.body["topic"], r.body["payload"].encode(), qos=1) for r in rows),
             return_exceptions=True,
         )
+        # A row too large for the broker is never sent: it stays in the record, done.
+        self._too_large(results)
         done = [
-            r.id for r, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)
+            r.id
+            for r, res in zip(rows, results, strict=True)
+            if not isinstance(res, BaseException) or isinstance(res, PacketTooLarge)
         ]
-        errors = [res for res in results if isinstance(res, BaseException)]
+        errors = [
+            res
+            for res in results
+            if isinstance(res, BaseException) and not isinstance(res, PacketTooLarge)
+        ]
         if errors:
             log.warning("publish_failed", rows=len(errors), error=str(errors[0]))
         try:
@@ -122,6 +139,12 @@ class Publisher:
             log.warning("outbox_mark_failed", error=str(exc))  # published again later
             return False
         return not errors
+
+    def _too_large(self, results: list[Any]) -> None:
+        for res in results:
+            if isinstance(res, PacketTooLarge):
+                self.on_too_large()
+                log.error("publish_too_large", error=str(res), detail="kept in the case record")
 
     def _mark_done(self, ids: list[int]) -> None:
         # One transaction for the whole burst: one fsync, not one per row.

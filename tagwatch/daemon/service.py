@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -34,11 +37,14 @@ from tagwatch import signing
 from tagwatch.cases import load as load_cases_checked
 from tagwatch.config import Config
 from tagwatch.daemon import http
+from tagwatch.daemon.anchoring import anchor_every
+from tagwatch.daemon.anchoring import checkpoint as anchor_checkpoint
 from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY, Effects, EffectsBuilder, Notify
-from tagwatch.daemon.ingest import Batcher
+from tagwatch.daemon.ingest import Batcher, RateGate, isolate
 from tagwatch.daemon.metrics import Metrics
 from tagwatch.daemon.outbox import NotifyView, Publisher
 from tagwatch.daemon.retention import purge_daily
+from tagwatch.delivery_terms import redact_urls
 from tagwatch.feed.actions import resolve
 from tagwatch.feed.app import create_app
 from tagwatch.feed.events import EventHub
@@ -47,13 +53,17 @@ from tagwatch.notify.ack import acknowledge
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.inbound import TwilioInbound
 from tagwatch.notify.policy import PolicySettings, SmsLedger
-from tagwatch.pipeline import Pipeline, Result
-from tagwatch.record import Batch, Record, RecordError
+from tagwatch.pipeline import FAULT_ENV, Pipeline, Result
+from tagwatch.ratelimit import TokenBuckets
+from tagwatch.record import Batch, Entry, Record, RecordError
+from tagwatch.record.anchor import AnchorWriter
 from tagwatch.wire import Topics, status_message
 from zones import Case, ZoneSet
 
 log = structlog.get_logger("tagwatch.daemon")
 _ACK_POLL_LIMIT = 1000
+FAILED_WINDOW_S = 300.0  # /readyz says 503 while this many s hold FAILED_LIMIT failed batches
+FAILED_LIMIT = 3
 
 
 class CasesRefused(Exception):
@@ -73,15 +83,62 @@ def json_bytes(record: dict) -> bytes:
     return msgspec.json.encode(record)
 
 
-def load_zoneset(path: Path) -> tuple[ZoneSet, dict[str, Case]]:
-    """All cases or CasesRefused (at start and at reload: all or nothing)."""
+@dataclass(frozen=True)
+class CaseSet:
+    """The cases in force and the case files refused at the last load.
+
+    The rule (DESIGN 3.4): the good files are loaded and swapped in together; a refused
+    file is named with its error (file and field, never its content) and the others still
+    load. At a reload a refused file keeps the case it held before (`kept`), unless a good
+    file now holds that case id; a deleted file's case goes. A missing cases path, or a
+    reload that would leave no case at all, is refused whole (CasesRefused) and the cases
+    in force stay.
+    """
+
+    cases: dict[str, Case]
+    refused: dict[str, str] = field(default_factory=dict)  # file -> error
+    kept: tuple[str, ...] = ()  # case ids kept from before because their file was refused
+
+    @property
+    def zoneset(self) -> ZoneSet:
+        return ZoneSet(sorted(self.cases.values(), key=lambda c: (c.source, c.id)))
+
+
+def load_caseset(path: Path, previous: dict[str, Case] | None = None) -> CaseSet:
+    """The good case files of `path`; at a reload, `previous` are the cases in force."""
     try:
         result = load_cases_checked(path)
-    except (FileNotFoundError, OSError) as exc:
+    except OSError as exc:  # FileNotFoundError: no such file or folder
         raise CasesRefused(str(exc)) from None
-    if result.errors:
-        raise CasesRefused("; ".join(f"refused {e}" for e in result.errors))
-    return ZoneSet(result.cases), {c.id: c for c in result.cases}
+    cases = {c.id: c for c in result.cases}
+    refused = dict(zip(result.files, result.errors, strict=True))
+    kept = []
+    for case in (previous or {}).values():
+        if case.source in refused and case.id not in cases:
+            cases[case.id] = case
+            kept.append(case.id)
+    if previous and not cases:
+        raise CasesRefused(f"{path}: no case would be left; " + "; ".join(refused.values()))
+    return CaseSet(cases, refused, tuple(kept))
+
+
+def log_caseset(caseset: CaseSet, path: Path) -> None:
+    """One error line per refused file, a warning per kept case; loud when none is left."""
+    for file, error in caseset.refused.items():
+        log.error("case_file_refused", file=file, error=error)
+    for case_id in caseset.kept:
+        source = caseset.cases[case_id].source
+        log.warning(
+            "case_kept", case=case_id, file=source, detail="its new file is refused; old version"
+        )
+    if not caseset.cases:
+        log.error(
+            "no_cases",
+            cases=str(path),
+            refused=len(caseset.refused),
+            detail="not ready and not connected to the broker (it keeps the fixes queued) "
+            "until a reload (SIGHUP) loads a case",
+        )
 
 
 def policy_settings(config: Config, cases: dict[str, Case]) -> PolicySettings:
@@ -94,13 +151,23 @@ def policy_settings(config: Config, cases: dict[str, Case]) -> PolicySettings:
     )
 
 
+# /readyz stays 503 this long after the broker session was lost or taken over.
+SESSION_LOST_READY_S = 300.0
+
+
 class Daemon:
     def __init__(
-        self, config: Config, record: Record, zoneset: ZoneSet, cases: dict[str, Case]
+        self,
+        config: Config,
+        record: Record,
+        zoneset: ZoneSet,
+        cases: dict[str, Case],
+        cases_refused: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self.record = record
         self.cases = cases
+        self.cases_refused = dict(cases_refused or {})  # file -> error, at the last load
         self.victim_phones = victim_phones(cases)  # updated in place on reload
         self.topics = Topics(config.broker.topic_prefix)
         self.event_clock = config.ingest.clock == "event"
@@ -111,6 +178,8 @@ class Daemon:
             self.event_clock,
             keys=signing.keys_from_env(os.environ),
         )
+        if os.environ.get(FAULT_ENV):  # tests of failing batches only (Pipeline.fault)
+            self.pipeline.fault = os.environ[FAULT_ENV].encode()
         self.metrics = Metrics()
         self.hub = EventHub()  # alert records to the dashboards' event streams
         self.instance = f"{config.broker.client_id}@{socket.gethostname()}:{os.getpid()}"
@@ -126,10 +195,13 @@ class Daemon:
             lambda: self.cases,
             self._tag_cases,
         )
+        limit = config.ingest.rate_limit  # at the door, so the excess never enters a batch
+        self.gate = RateGate(TokenBuckets(*limit)) if limit else None
         self.batcher: Batcher[Message] = Batcher(
-            config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0
+            config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0, self.gate
         )
         self.stopping = asyncio.Event()
+        self._cases_loaded = asyncio.Event()  # set by a reload that loaded cases
         self.dispatch_wake = asyncio.Event()
         self.record_down: str | None = None
         self.conn: MqttConnection | None = None
@@ -139,8 +211,14 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self._reloading: asyncio.Task | None = None
         self._serving = False  # pending outbox rows flushed, ingest running
+        self._failed_batches: deque[float] = deque()  # monotonic times of failed batches
 
     # ---- state ---------------------------------------------------------------------
+
+    def _device_position(self, device: str) -> tuple[float, float, float] | None:
+        """(ts, lon, lat) of a victim device's last fix, from the engine (feed thread)."""
+        state = self.pipeline.engine.devices.get(device)
+        return None if state is None else (state.ts, state.lon, state.lat)
 
     def _tag_cases(self, tag: str) -> list[str]:
         return [case for case, _rules in self.pipeline.engine.tag_cases.get(tag, ())]
@@ -157,6 +235,12 @@ class Daemon:
         self._acked_seen = {
             a["id"] for a in self.record.latest_alerts("acknowledged", _ACK_POLL_LIMIT)
         }
+        # Acknowledged or resolved while this daemon was down (the CLI): no clock left.
+        for alert_id in self.notify.escalation.pending():
+            history = self.record.alert_history(alert_id)
+            bodies = [e["body"] for e in history if e["kind"] == "alert"]
+            if bodies and bodies[-1].get("state") in ("acknowledged", "resolved"):
+                self.notify.escalation.observe(bodies[-1])
         log.info(
             "restored", checkpoints=len(points), escalations=len(self.notify.escalation.pending())
         )
@@ -170,10 +254,13 @@ class Daemon:
             hub=self.hub,
             on_ack=self._acknowledge,
             on_resolve=self._resolve,
-            health=lambda: {"ready": not self.not_ready(), "reasons": self.not_ready()},
+            health=self.health,
             metrics=self._metrics_text,
             tile_url=self.config.feed.tile_url,
             default_warn_m=self.config.rules.warn_m,
+            device_position=self._device_position,
+            sse_max_clients=self.config.feed.sse_max_clients,
+            sse_max_per_user=self.config.feed.sse_max_per_user,
         )
         app.router.routes.extend(self._twilio_routes())
         return app
@@ -190,6 +277,7 @@ class Daemon:
             self.record,
             self.victim_phones,
             escalation=self.notify.escalation,
+            on_ack=self._sms_ack(asyncio.get_running_loop()),
         )
 
         def endpoint(handler):
@@ -208,6 +296,16 @@ class Daemon:
             Route("/twilio/sms", endpoint(self.inbound.sms_reply), methods=["POST"]),
         ]
 
+    def _sms_ack(self, loop: asyncio.AbstractEventLoop):
+        """A victim's SMS reply acknowledges as an operator does (committed with the
+        escalation state and the reply, then published), from the webhook's thread."""
+
+        def ack(alert_id: str, by: str, note: str, now: float, extra: Sequence[Entry]) -> dict:
+            action = self.operator_action("ack", alert_id, by, note, extra)
+            return asyncio.run_coroutine_threadsafe(action, loop).result(60)
+
+        return ack
+
     def _metrics_text(self) -> bytes:
         self.refresh_metrics()
         return self.metrics.render()
@@ -218,14 +316,22 @@ class Daemon:
     async def _resolve(self, alert_id: str, by: str, note: str) -> dict:
         return await self.operator_action("resolve", alert_id, by, note)
 
-    async def operator_action(self, action: str, alert_id: str, by: str, note: str) -> dict:
+    async def operator_action(
+        self, action: str, alert_id: str, by: str, note: str, extra: Sequence[Entry] = ()
+    ) -> dict:
         """Acknowledge or resolve from the dashboard: the operator's action and the new
         alert record are committed together (who, when, note), then the record goes to
         the dashboards and to MQTT, and an acknowledgement stops the escalation clock.
         An operator's resolve closes the alert record; if the engine's episode goes on
         and changes, its next record reopens the alert with the same id."""
-        write = acknowledge if action == "ack" else resolve
         async with self._work:
+            # The escalation state without this alert is committed with the action: after
+            # a restart an acknowledged alert does not escalate again.
+            state = {ESCALATION_KEY: self.notify.escalation.to_bytes(without=alert_id)}
+            if action == "ack":
+                write = functools.partial(acknowledge, checkpoints=state, extra=extra)
+            else:
+                write = functools.partial(resolve, checkpoints=state)
             record = await asyncio.to_thread(write, self.record, alert_id, by, note, time.time())
             self.notify.escalation.observe(record)
             self._acked_seen.add(record["id"])
@@ -237,14 +343,32 @@ class Daemon:
             self.publisher.send([(self.topics.alerts(record["case"]), json_bytes(record))])
         return record
 
+    def health(self) -> dict:
+        """/readyz: ready or why not, and the refused case files by name (not content)."""
+        reasons = self.not_ready()
+        refused = sorted(self.cases_refused)
+        return {"ready": not reasons, "reasons": reasons, "cases_refused": refused}
+
     def not_ready(self) -> list[str]:
+        """Why /readyz says 503, as fixed short codes: no error text (the log has it)."""
         reasons = [] if self._serving else ["starting"]
+        if not self.cases:
+            reasons.append("no_cases")  # cases_refused names the files; the log says why
         if self.conn is None or not self.conn.ready.is_set():
-            reasons.append("broker: not connected with subscriptions acknowledged")
+            reasons.append("broker_disconnected")
+        lost_at = self.conn.session_lost_at if self.conn is not None else None
+        if lost_at is not None and time.time() - lost_at < SESSION_LOST_READY_S:
+            reasons.append("broker_session_lost")
         if self.record_down is not None:
-            reasons.append(f"record: unavailable: {self.record_down}")
+            reasons.append("record_unavailable")
         if self.stopping.is_set():
             reasons.append("stopping")
+        failed = self._failed_batches
+        while failed and failed[0] < time.monotonic() - FAILED_WINDOW_S:
+            failed.popleft()
+        if len(failed) >= FAILED_LIMIT:
+            # their failing messages were rejected as internal_error; the log says which
+            reasons.append("ingest_batches_failing")
         return reasons
 
     def refresh_metrics(self) -> None:
@@ -253,6 +377,7 @@ class Daemon:
             self.metrics.broker(conn.ready.is_set(), conn.reconnects, conn.session_lost)
         else:
             self.metrics.broker(False, 0, 0)
+        self.metrics.cases(len(self.cases), len(self.cases_refused))
 
     # ---- the run -------------------------------------------------------------------
 
@@ -271,6 +396,8 @@ class Daemon:
                 await asyncio.wait_for(http_task, 5.0)
 
     async def _connected(self, settings: BrokerSettings) -> None:
+        if not await self._cases_in_force():
+            return
         status = self.topics.status
         self.conn = MqttConnection(
             settings,
@@ -294,8 +421,24 @@ class Daemon:
             await self.conn.__aexit__(None, None, None)
             log.info("offline_published", topic=status)
 
+    async def _cases_in_force(self) -> bool:
+        """With no case loaded, stay off the broker (its session keeps the fixes queued)
+        until a reload loads one; False when stopped meanwhile."""
+        while not self.cases:
+            reloaded = asyncio.create_task(self._cases_loaded.wait())
+            stop = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait({reloaded, stop}, return_when=asyncio.FIRST_COMPLETED)
+            reloaded.cancel()
+            stop.cancel()
+            self._cases_loaded.clear()
+            if self.stopping.is_set():
+                return False
+        return True
+
     async def _serve(self, conn: MqttConnection) -> None:
-        self.publisher = Publisher(self.record, conn)
+        self.publisher = Publisher(
+            self.record, conn, on_too_large=self.metrics.publish_too_large.inc
+        )
         await self.publisher.flush()  # rows left by a previous run go out first
         dispatcher = self._dispatcher()
         self._tasks = [
@@ -306,6 +449,10 @@ class Daemon:
         if dispatcher is not None:
             self._tasks.append(asyncio.create_task(self._supervise(dispatcher), name="notify"))
         keep = self.config.record
+        anchors = _anchor_writer(keep)
+        if anchors is not None:
+            every = anchor_every(self.record, anchors, keep.anchor_interval_s)
+            self._tasks.append(asyncio.create_task(every, name="anchor"))
         if keep.retention_days > 0:
             purge = purge_daily(self.record, keep.retention_days, keep.evidence_window_h, time.time)
             self._tasks.append(asyncio.create_task(purge, name="retention"))
@@ -322,31 +469,118 @@ class Daemon:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.publisher.flush(), 10.0)
+            if anchors is not None:  # the last heads of this run, anchored
+                await asyncio.to_thread(anchor_checkpoint, self.record, anchors)
 
     async def _ingest(self) -> None:
         while not self.stopping.is_set():
             batch = await self.batcher.next_batch(self.stopping)
+            if self.gate is not None and self.gate.waiting:
+                await self._rate_limited(*self.gate.take())
             if batch:
                 await self._handle(batch)
+
+    async def _rate_limited(self, excess: list[Message], reported: list[Message]) -> None:
+        """Messages over their tag's rate (DESIGN 3.2 rate_limited), kept out of the batches
+        by the gate: acknowledged and counted at once; one per topic per REPORT_S is also
+        recorded and published as a rejection."""
+        if excess:
+            await self._acknowledged(excess, Effects())
+            self.metrics.rejected.labels(reason="rate_limited").inc(len(excess))
+        if reported:
+            buckets = self.gate.buckets  # type: ignore[union-attr]
+            async with self._work:
+                now = time.time()
+                result = Result(rejected=[self.pipeline.rate_limited(m, buckets) for m in reported])
+                fx = self.effects.from_result(result, {}, now)
+                await self._commit(fx.batch)
+            await self._acknowledged(reported, fx)
 
     # ---- units of work -------------------------------------------------------------
 
     async def _handle(self, messages: list[Message]) -> None:
         started = time.perf_counter()
+        failures = await isolate(messages, self._handle_piece, self._set_aside)
+        if failures:
+            self.metrics.batch_failures.inc(failures)
+            self._failed_batches.append(time.monotonic())
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _handle_piece(self, messages: Sequence[Message]) -> None:
+        """One unit of work: pipeline, effects, commit, then acknowledge and publish. When
+        anything before the commit returns raises, it is undone and the error re-raised:
+        `isolate` then splits the batch to set the failing message aside (DESIGN 3.2)."""
         async with self._work:
             now = time.time()
+            notify = None
             try:
                 # A Message has the fields of an Inbound (topic, payload, received).
                 result = self.pipeline.process(messages, raised=now)
+                notify = self._notify_state() if result.records else None
+                fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
+                await self._commit(fx.batch)
             except Exception:
-                # not acknowledged: the broker redelivers them after a reconnect
-                log.exception("pipeline_failed", messages=len(messages))
-                return
-            fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
-            await self._commit(fx.batch)
-        await self.conn.ack_many(messages)  # type: ignore[union-attr]
-        self._after_commit(fx)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+                log.exception(
+                    "batch_failed",
+                    messages=len(messages),
+                    detail="undone; split to set the failing message aside",
+                )
+                await self._undo(notify)
+                raise
+        await self._acknowledged(messages, fx)
+
+    async def _set_aside(self, msg: Message, error: Exception) -> None:
+        """Reject a message whose handling fails on its own (internal_error), and ack it."""
+        async with self._work:
+            now = time.time()
+            result = self.pipeline.set_aside(msg, error)
+            log.error(
+                "message_set_aside",
+                source=result.rejected[0].source,
+                error=type(error).__name__,
+                detail=result.rejected[0].rejection.detail,
+            )
+            try:
+                fx = self.effects.from_result(result, {}, now)
+                await self._commit(fx.batch)
+            except Exception:  # even its rejection cannot be recorded: logged, never a wedge
+                log.exception("set_aside_unrecorded", detail=result.rejected[0].rejection.detail)
+                fx = Effects()
+        await self._acknowledged([msg], fx)
+
+    async def _acknowledged(self, messages: Sequence[Message], fx: Effects) -> None:
+        """After the commit: acknowledge, count, publish. Never raises: the batch is
+        committed, and a retry would handle its messages twice."""
+        try:
+            await self.conn.ack_many(messages)  # type: ignore[union-attr]
+            self._after_commit(fx)
+        except Exception:
+            log.exception("after_commit_failed", messages=len(messages))
+
+    def _notify_state(self) -> tuple[bytes, bytes]:
+        """The SMS ledger and escalation state, to undo a failed batch's alerts with."""
+        return self.notify.ledger.to_bytes(), self.notify.escalation.to_bytes()
+
+    async def _undo(self, notify: tuple[bytes, bytes] | None) -> None:
+        """Back to the last committed state, as a restart would find it: the rule state
+        from the record's checkpoints (all of them: this costs what a restart's restore
+        does, and only a failing batch pays it), and the notification state from before."""
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                points = await asyncio.to_thread(self.record.checkpoints)
+                break
+            except RecordError as exc:
+                log.error("undo_waiting", error=str(exc), detail="retrying the checkpoint read")
+                await asyncio.sleep(backoff.next())
+        points.pop(LEDGER_KEY, None)
+        points.pop(ESCALATION_KEY, None)
+        self.pipeline.reset(points)
+        if notify is not None:
+            self.notify.ledger = SmsLedger.from_bytes(notify[0])
+            # in place: the dispatcher and the Twilio routes hold this object
+            escalation = self.notify.escalation
+            escalation.take_state(Escalation.from_bytes(notify[1], escalation.settings))
 
     async def _ticker(self) -> None:
         tick_s = self.config.ingest.tick_s
@@ -528,9 +762,10 @@ class Daemon:
             self._reloading = asyncio.create_task(self.reload())
 
     async def reload(self) -> bool:
+        """Reload the cases (CaseSet has the rule) and the tag keys; False when refused."""
         path = self.config.cases.path
         try:
-            zoneset, cases = await asyncio.to_thread(load_zoneset, path)
+            caseset = await asyncio.to_thread(load_caseset, path, self.cases)
         except CasesRefused as exc:
             log.error(
                 "reload_refused",
@@ -544,15 +779,28 @@ class Daemon:
         except signing.KeyFileError as exc:
             log.error("reload_refused", error=str(exc), detail="keeping the cases and keys")
             return False
+        cases = caseset.cases
         async with self._work:
-            self.pipeline.reload(zoneset)
+            self.pipeline.reload(caseset.zoneset)
             self.pipeline.set_keys(keys)
             self.cases = cases
+            self.cases_refused = dict(caseset.refused)
             self.victim_phones.clear()
             self.victim_phones.update(victim_phones(cases))
             self.notify.settings = policy_settings(self.config, cases)
-        log.info("reloaded", cases=len(cases), path=str(path))
+        log_caseset(caseset, path)
+        log.info("reloaded", cases=len(cases), refused=len(caseset.refused), path=str(path))
+        if cases:
+            self._cases_loaded.set()
         return True
+
+
+def _anchor_writer(keep) -> AnchorWriter | None:
+    if keep.anchor_path is None or keep.anchor_key is None:
+        log.warning("anchoring_off", detail="no [record] anchor_path: record verify cannot "
+                    "prove the chains against someone who can write the database")
+        return None
+    return AnchorWriter(keep.anchor_path, keep.anchor_key)
 
 
 def broker_settings(config: Config, url: str | None = None) -> BrokerSettings:
@@ -563,6 +811,7 @@ def broker_settings(config: Config, url: str | None = None) -> BrokerSettings:
             client_id=b.client_id,
             session_expiry_s=b.session_expiry_s,
             keepalive_s=b.keepalive_s,
+            max_packet_bytes=b.max_packet_kb * 1024,
         )
     return BrokerSettings(
         host=b.host,
@@ -576,6 +825,7 @@ def broker_settings(config: Config, url: str | None = None) -> BrokerSettings:
         client_id=b.client_id,
         session_expiry_s=b.session_expiry_s,
         keepalive_s=b.keepalive_s,
+        max_packet_bytes=b.max_packet_kb * 1024,
     )
 
 
@@ -587,7 +837,7 @@ def summarise_notify(config: Config) -> Callable[[], None]:
             log.info(
                 "notify",
                 detail="SMS and calls through Twilio",
-                api_base=config.notify.twilio.api_base,
+                api_base=redact_urls(config.notify.twilio.api_base),
             )
         if config.notify.police is None:
             log.info("notify", detail="no police webhook: [notify.police] webhook_url not set")

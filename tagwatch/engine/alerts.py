@@ -45,6 +45,7 @@ class AlertRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
     closing_mps: float | None = None
     eta_s: float | None = None
     confidence: str | None = None
+    escalation: int = 0  # the escalation level reached; the engine never escalates
     detail: str = ""
 
 

@@ -123,20 +123,28 @@ class Engine:
 
     # -- ordering and duplicates ---------------------------------------------
 
-    def classify(self, fix: Fix) -> str:
-        """Duplicate, late (older than the tag's latest) or live; remembers the fix."""
+    def classify(self, fix: Fix, received: float | None = None) -> str:
+        """Duplicate, late (older than the tag's latest) or live; remembers the fix.
+
+        `received` is the receiving clock (None: unknown). A fix dated ahead of it is live
+        but moves no watermark (DESIGN 3.2 Order): lateness is judged against the latest
+        fix that was not in the future when it arrived, so one suspicious timestamp cannot
+        turn the correct fixes after it into late ones."""
         tag, ts, seq = fix.tag, fix.ts, fix.seq
         st = self.tags.get(tag)
         if st is None:
             st = self.tags[tag] = TagState()
-        last = st.last_ts
+        last, ahead = st.last_ts, st.ahead_ts
         ranges = st.seqs
         # The common case, without searching the recent fixes: every remembered fix is
-        # no newer than last_ts, and every seq seen is at most the top of the highest
-        # range (ranges are only dropped from the bottom), so a fix strictly newer with
-        # a seq above all of them cannot be a duplicate.
+        # no newer than last_ts or ahead_ts, and every seq seen is at most the top of the
+        # highest range (ranges are only dropped from the bottom), so a fix strictly newer
+        # with a seq above all of them cannot be a duplicate.
         fresh = (
-            last is not None and ts > last and (seq is None or not ranges or seq > ranges[-1][1])
+            last is not None
+            and ts > last
+            and (ahead is None or ts > ahead)
+            and (seq is None or not ranges or seq > ranges[-1][1])
         )
         item = recent.fix_item(ts, fix.lat, fix.lon, seq)
         if not fresh and (
@@ -150,7 +158,11 @@ class Engine:
         self.dirty.add(tag)
         if last is not None and ts < last:
             return LATE
-        st.last_ts = ts
+        if received is not None and ts > received:
+            if ahead is None or ts > ahead:
+                st.ahead_ts = ts
+        else:
+            st.last_ts = ts
         return LIVE
 
     @staticmethod

@@ -65,7 +65,9 @@ class Visit(msgspec.Struct, gc=False):
 
 
 class TagState(msgspec.Struct, gc=False):
-    last_ts: float | None = None  # latest live fix (the ordering watermark)
+    last_ts: float | None = None  # latest live fix not dated ahead of its arrival: the
+    # ordering watermark (DESIGN 3.2 Order)
+    ahead_ts: float | None = None  # latest live fix dated ahead of its arrival (no watermark)
     last_msg_ts: float | None = None
     last_pos_ts: float | None = None
     lon: float | None = None  # last plausible position (jump reference)

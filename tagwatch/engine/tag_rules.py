@@ -77,8 +77,10 @@ def jump(st: TagState, fix: Fix, xyz: tuple, rules: Rules) -> tuple[float, float
     if acc > JUMP_MAX_ACC_M or last_acc > JUMP_MAX_ACC_M:
         return None
     distance = chord(last, xyz)
-    dt = fix.ts - since
-    if distance - acc - last_acc <= rules.max_speed_mps * (dt if dt > 0.0 else 0.0):
+    # abs: after a fix dated ahead of its arrival (DESIGN 3.2 Order) a live fix can be
+    # older than the last position; the speed between them is the same either way
+    dt = abs(fix.ts - since)
+    if distance - acc - last_acc <= rules.max_speed_mps * dt:
         return None
     return distance, dt
 

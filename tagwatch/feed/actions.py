@@ -11,10 +11,11 @@ The callbacks raise `UnknownAlert` (answered 404) or `AlertResolved` (409).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from tagwatch.feed.events import EventHub
-from tagwatch.notify.ack import acknowledge
+from tagwatch.notify.ack import acknowledge, fix_time
+from tagwatch.notify.records import escalation_level
 from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.wire import rfc3339
 
@@ -44,15 +45,24 @@ def _check_open(record: Record, alert_id: str) -> dict:
     return latest
 
 
-def resolve(record: Record, alert_id: str, by: str, note: str, now: float) -> dict:
+def resolve(
+    record: Record,
+    alert_id: str,
+    by: str,
+    note: str,
+    now: float,
+    *,
+    checkpoints: Mapping[str, bytes] | None = None,
+) -> dict:
     latest = _check_open(record, alert_id)
     chain, tag = f"case:{latest['case']}", latest.get("tag")
     action = {"action": "resolve", "alert": alert_id, "by": by, "note": note, "at": rfc3339(now)}
     resolved = {
         **latest,
         "state": "resolved",
-        "ts": rfc3339(now),
+        "ts": fix_time(record, alert_id, latest),
         "raised": rfc3339(now),
+        "escalation": escalation_level(latest),  # the level reached is kept
         "detail": f"resolved by {by}" + (f": {note}" if note else ""),
     }
     record.commit(
@@ -60,7 +70,8 @@ def resolve(record: Record, alert_id: str, by: str, note: str, now: float) -> di
             entries=[
                 Entry(chain, "action", action, tag=tag, event_ts=now, alert_id=alert_id),
                 Entry(chain, "alert", resolved, tag=tag, event_ts=now, alert_id=alert_id),
-            ]
+            ],
+            checkpoints=dict(checkpoints or {}),
         ),
         recorded_at=now,
     )

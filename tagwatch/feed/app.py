@@ -10,27 +10,32 @@ from __future__ import annotations
 import html
 import inspect
 import json
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from tagwatch.delivery_terms import redact_urls
 from tagwatch.feed.actions import AlertResolved, UnknownAlert, latest_record
 from tagwatch.feed.auth import OPERATOR, User, Users, bearer_token
 from tagwatch.feed.events import EventHub
 from tagwatch.feed.geo import track_geojson, zones_geojson
+from tagwatch.feed.limits import MAX_BODY_BYTES, BodyLimit, SecurityHeaders
 from tagwatch.feed.stream import event_stream
 from tagwatch.notify.ack import AckError
 from tagwatch.notify.records import parse_ts
 from tagwatch.record import Record
 from tagwatch.shipped import static
+from tagwatch.wire import rfc3339
 from zones import ZoneSet
 
 STATIC = static()  # package data (tagwatch.shipped)
@@ -38,6 +43,12 @@ STATES = ("open", "updated", "acknowledged", "escalated", "resolved")
 TRACK_DEFAULT_S = 3600.0
 FALLBACK_LIMIT = 10_000
 CLOCK_SLACK_S = 1.0  # a record's `raised` and its event id come from two clock readings
+SSE_MAX_CLIENTS = 200  # event streams at once, all users ([feed] sse_max_clients)
+SSE_MAX_PER_USER = 10  # per user ([feed] sse_max_per_user)
+ALERTS_MAX = 10_000  # /api/alerts?limit= at most; more: page with ?before=
+TRACK_PAGE = 10_000  # fixes per /api/tags/{tag}/track page by default
+TRACK_MAX = 50_000  # ?limit= at most; more: page with ?after=
+MAX_NOTE_CHARS = 2_000  # an operator's note; the record it goes into must fit one MQTT packet
 
 
 def create_app(
@@ -52,9 +63,15 @@ def create_app(
     metrics: Callable[[], bytes],
     tile_url: str | None = None,
     default_warn_m: float = 250.0,
+    device_position: Callable[[str], tuple[float, float, float] | None] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    sse_max_clients: int = SSE_MAX_CLIENTS,
+    sse_max_per_user: int = SSE_MAX_PER_USER,
 ) -> Starlette:
     """The feed app. on_ack/on_resolve(alert_id, user name, note) -> the new alert record
-    (sync or async); they write it to the record and publish it to the hub."""
+    (sync or async); they write it to the record and publish it to the hub.
+    device_position(victim device id) -> (ts, lon, lat) of its last fix, or None: the
+    engine's memory (victim positions are not in the record); without it, none shown."""
     feed = _Feed(
         record,
         zones_provider,
@@ -66,7 +83,9 @@ def create_app(
         metrics,
         tile_url,
         default_warn_m,
+        _Streams(sse_max_clients, sse_max_per_user),
     )
+    feed.device_position = device_position
     routes = [
         Route("/", feed.page),
         Route("/healthz", feed.healthz),
@@ -76,12 +95,19 @@ def create_app(
         Route("/api/alerts/{id}/ack", feed.ack, methods=["POST"]),
         Route("/api/alerts/{id}/resolve", feed.resolve, methods=["POST"]),
         Route("/api/alerts/{id}/deliveries", feed.deliveries),
+        Route("/api/alerts/{id}/victim", feed.victim),
         Route("/api/events", feed.events),
         Route("/api/tags/{tag}/track", feed.track),
         Route("/api/cases/{case}/zones", feed.zones),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _error})
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(BodyLimit, max_bytes=max_body_bytes),
+    ]
+    return Starlette(
+        routes=routes, middleware=middleware, exception_handlers={HTTPException: _error}
+    )
 
 
 async def _error(request: Request, exc: HTTPException) -> Response:
@@ -102,6 +128,7 @@ class _Feed:
         metrics,
         tile_url,
         default_warn_m,
+        streams,
     ) -> None:
         self.record: Record = record
         self.zones_provider = zones_provider
@@ -112,6 +139,7 @@ class _Feed:
         self.tile_url = tile_url
         self.default_warn_m = default_warn_m
         self.page_html = _page_html(tile_url)
+        self.streams: _Streams = streams
 
     # --- auth ----------------------------------------------------------------------
 
@@ -151,12 +179,18 @@ class _Feed:
         state = request.query_params.get("state")
         if state is not None and state not in STATES:
             raise HTTPException(400, f"state={state!r}: must be one of {', '.join(STATES)}")
-        limit = _int_param(request, "limit", 1000, 1, 100_000)
+        limit = _int_param(request, "limit", 1000, 1, ALERTS_MAX)
+        before = _int_param(request, "before", 0, 1, 2**63 - 1) or None
         # Every event up to the watermark was recorded before this read, so the page
         # can open the stream at the watermark and miss nothing in between.
         watermark = self.hub.last_id
-        alerts = await run_in_threadpool(self.record.latest_alerts, state, limit)
-        return JSONResponse(alerts, headers={"X-Last-Event-ID": str(watermark)})
+        alerts, cursor = await run_in_threadpool(
+            self.record.latest_alerts_page, state, limit, before
+        )
+        headers = {"X-Last-Event-ID": str(watermark)}
+        if cursor is not None:  # a full page: the next one is ?before=<cursor>
+            headers["X-Next-Before"] = str(cursor)
+        return JSONResponse(alerts, headers=headers)
 
     async def ack(self, request: Request) -> Response:
         return await self._act(request, self.on_ack)
@@ -182,11 +216,18 @@ class _Feed:
                 result = await action(alert_id, user.name, note)
             else:
                 result = await run_in_threadpool(action, alert_id, user.name, note)
-        except UnknownAlert as exc:
-            raise HTTPException(404, str(exc)) from None
+        except UnknownAlert:
+            raise HTTPException(404, f"{request.url.path}: no such alert") from None
         except (AlertResolved, AckError) as exc:
-            raise HTTPException(409, str(exc)) from None
+            raise HTTPException(409, f"{request.url.path}: {self._public(exc)}") from None
         return JSONResponse(result)
+
+    def _public(self, exc: Exception) -> str:
+        """An error's text without the record's URL or path (it names the database)."""
+        text = str(exc)
+        for label in {self.record.label, redact_urls(self.record.label)}:
+            text = text.replace(f"{label}: ", "").replace(label, "the record")
+        return text
 
     async def deliveries(self, request: Request) -> Response:
         """How the alert's SMS, calls and police webhook went (Record.deliveries)."""
@@ -194,26 +235,69 @@ class _Feed:
         alert_id = request.path_params["id"]
         try:
             found = await run_in_threadpool(self._deliveries, alert_id)
-        except UnknownAlert as exc:
-            raise HTTPException(404, f"{request.url.path}: {exc}") from None
+        except UnknownAlert:
+            raise HTTPException(404, f"{request.url.path}: no such alert") from None
         return JSONResponse(found)
 
     def _deliveries(self, alert_id: str) -> list[dict]:
         latest_record(self.record, alert_id)  # raises UnknownAlert
         return self.record.deliveries(alert_id)
 
+    async def victim(self, request: Request) -> Response:
+        """The last position of the victim's device, for an alert about the victim in person
+        (zone null: proximity, following); lat/lon null when unknown or for a zone's alert.
+        Only through such an alert: never a victim's position at will."""
+        self.user(request)
+        alert_id = request.path_params["id"]
+        try:
+            found = await run_in_threadpool(self._victim, alert_id)
+        except UnknownAlert as exc:
+            raise HTTPException(404, f"{request.url.path}: {exc}") from None
+        return JSONResponse(found)
+
+    def _victim(self, alert_id: str) -> dict:
+        alert = latest_record(self.record, alert_id)  # raises UnknownAlert
+        victim_id = alert.get("victim")
+        out = {"victim": victim_id, "lat": None, "lon": None, "ts": None, "age_s": None}
+        case = next((c for c in self.zones_provider().cases if c.id == alert.get("case")), None)
+        victim = next((v for v in case.victims if v.id == victim_id), None) if case else None
+        if alert.get("zone") is not None:  # a zone's alert: the zone is the place, not the victim
+            return out
+        if victim is None or victim.device is None or self.device_position is None:
+            return out
+        found = self.device_position(victim.device)
+        if found is not None:
+            ts, lon, lat = found
+            out.update(lat=lat, lon=lon, ts=rfc3339(ts), age_s=round(max(0.0, time.time() - ts)))
+        return out
+
     # --- event stream --------------------------------------------------------------
 
     async def events(self, request: Request) -> Response:
-        self.user(request, query_token=True)
+        user = self.user(request, query_token=True)
         last_id = _last_event_id(request)
-        resume = self.hub.subscribe(last_id)
+        refused = self.streams.take(user.name)
+        if refused is not None:
+            status, why = refused
+            raise HTTPException(status, f"{request.url.path}: {why}", headers={"Retry-After": "10"})
+        try:
+            resume = self.hub.subscribe(last_id)
+        except BaseException:
+            self.streams.release(user.name)
+            raise
 
         async def fallback(since_id: int) -> list[tuple[dict, str]]:
             return await run_in_threadpool(self._changed_since, since_id, resume.watermark)
 
+        async def counted() -> AsyncIterator[str]:
+            try:
+                async for chunk in event_stream(resume, last_id, fallback):
+                    yield chunk
+            finally:
+                self.streams.release(user.name)
+
         return StreamingResponse(
-            event_stream(resume, last_id, fallback),
+            counted(),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -240,8 +324,14 @@ class _Feed:
             since = parse_ts(text, "since") if text else time.time() - TRACK_DEFAULT_S
         except ValueError as exc:
             raise HTTPException(400, f"{request.url.path}: {exc}") from None
-        fixes = await run_in_threadpool(self.record.track, tag, since)
-        return JSONResponse(track_geojson(tag, fixes))
+        limit = _int_param(request, "limit", TRACK_PAGE, 1, TRACK_MAX)
+        after = _cursor(request.query_params.get("after"))
+        fixes, cursor = await run_in_threadpool(self.record.track_page, tag, since, limit, after)
+        body = track_geojson(tag, fixes)
+        headers = {}
+        if cursor is not None:  # more fixes: the next page is ?after=<next>, same since
+            body["next"] = headers["X-Next-After"] = f"{cursor[0]!r}:{cursor[1]}"
+        return JSONResponse(body, headers=headers)
 
     async def zones(self, request: Request) -> Response:
         self.user(request)
@@ -252,17 +342,60 @@ class _Feed:
         return JSONResponse(zones_geojson(case, self.default_warn_m))
 
 
+class _Streams:
+    """How many event streams are open, per user and in all, against the caps."""
+
+    def __init__(self, max_clients: int, max_per_user: int) -> None:
+        self.max_clients, self.max_per_user = max_clients, max_per_user
+        self._open: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, user: str) -> tuple[int, str] | None:
+        """None if user may open one more; else (status, why): 429 for this user's
+        cap, 503 for the total."""
+        with self._lock:
+            mine = self._open.get(user, 0)
+            if mine >= self.max_per_user:
+                return 429, f"user {user!r} has {mine} event streams open, the most allowed"
+            if sum(self._open.values()) >= self.max_clients:
+                return 503, f"{self.max_clients} event streams open, the most allowed"
+            self._open[user] = mine + 1
+            return None
+
+    def release(self, user: str) -> None:
+        with self._lock:
+            left = self._open.get(user, 0) - 1
+            if left > 0:
+                self._open[user] = left
+            else:
+                self._open.pop(user, None)
+
+
+def _cursor(text: str | None) -> tuple[float, int] | None:
+    if not text:
+        return None
+    ts, _sep, entry = text.partition(":")
+    try:
+        return float(ts), int(entry)
+    except ValueError:
+        raise HTTPException(400, f"after={text!r}: not a cursor of this API") from None
+
+
 async def _note(request: Request) -> str:
     raw = await request.body()
     if not raw.strip():
         return ""
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise HTTPException(400, f"{request.url.path}: body is not JSON") from None
     note = body.get("note", "") if isinstance(body, dict) else None
     if not isinstance(note, str):
         raise HTTPException(400, f'{request.url.path}: body must be {{"note": string}}')
+    if len(note) > MAX_NOTE_CHARS:
+        raise HTTPException(
+            400, f"{request.url.path}: note of {len(note)} characters; at most {MAX_NOTE_CHARS}"
+        )
     return note
 
 

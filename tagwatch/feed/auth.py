@@ -19,6 +19,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 OPERATOR, VIEWER = "operator", "viewer"
+# SHA-256 of tokens that are public: config/tagwatch.example.toml's "example-operator-token".
+# The daemon refuses to start with a user holding one of these.
+PUBLIC_TOKEN_HASHES = frozenset({hashlib.sha256(b"example-operator-token").hexdigest()})
 
 
 @dataclass(frozen=True)

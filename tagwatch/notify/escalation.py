@@ -9,9 +9,15 @@ Policy as built:
 - An SMS accepted by Twilio but not `delivered` within `sms_delivery_timeout_s`, or
   reported `failed`/`undelivered`, escalates to level 1 at once (if the alert is below).
 - An acknowledgement (operator or victim), or an `acknowledged` or `resolved` record
-  seen through `observe`, stops the clock for good.
+  seen through `observe`, stops the clock for good: the engine's later `updated`
+  records of an alert acknowledged while critical (a proximity whose victim position
+  went stale and fresh again) start none. An alert acknowledged below critical gets a
+  clock when it becomes critical (a probable breach confirmed).
 - Escalated records carry `ts` = the deadline that fired (watchdogs fire at their
-  deadline) and `raised` = the `now` given to `tick`.
+  deadline), `raised` = the `now` given to `tick` and `escalation` = the new level.
+- The level reached is remembered past the acknowledgement until a `resolved` record:
+  `stamp` gives every later record of the alert (the engine's `updated` and `resolved`,
+  which know nothing of escalation) that level (DESIGN 3.3).
 
 `tick(now)` is driven by wall-clock time in the daemon and by event time in replay.
 Thread-safe: the inbound webhooks (feed threads) and the daemon share one instance.
@@ -26,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from tagwatch.notify.records import escalated_record, escalation_level, record_time
 
 MAX_LEVEL = 2
+# checkpoint keys (alert ids are hex, never these)
+_CLOCKS, _REACHED, _STOPPED = "clocks", "reached", "acknowledged"
 _DELIVERY_FAILED = {"failed", "undelivered"}
 
 
@@ -48,6 +56,8 @@ class _Clock:
 class Escalation:
     settings: EscalationSettings = field(default_factory=EscalationSettings)
     _clocks: dict[str, _Clock] = field(default_factory=dict)
+    _reached: dict[str, int] = field(default_factory=dict)  # alert id -> level > 0
+    _stopped: dict[str, str] = field(default_factory=dict)  # acked, unresolved -> severity
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def observe(self, record: dict) -> None:
@@ -55,19 +65,41 @@ class Escalation:
         with self._lock:
             alert_id, state = record["id"], record.get("state")
             clock = self._clocks.get(alert_id)
+            level = escalation_level(record)
+            if state == "resolved":
+                self._reached.pop(alert_id, None)
+                self._stopped.pop(alert_id, None)
+            elif level > self._reached.get(alert_id, 0):
+                self._reached[alert_id] = level
+            if state == "acknowledged":
+                self._stopped[alert_id] = record.get("severity") or ""
             if state in ("acknowledged", "resolved"):
                 self._clocks.pop(alert_id, None)
+            elif self._stopped.get(alert_id) == "critical":
+                pass  # acknowledged while critical: later records start no clock again
             elif clock is not None:
                 clock.record = record
-                clock.level = max(clock.level, escalation_level(record))
+                clock.level = max(clock.level, level)
             elif state in ("open", "updated") and record.get("severity") == "critical":
                 deadline = record_time(record) + self.settings.ack_timeout_s
                 self._clocks[alert_id] = _Clock(record, 0, deadline)
+                self._stopped.pop(alert_id, None)
+
+    def stamp(self, record: dict) -> dict:
+        """The record with the escalation level its alert reached (itself if no higher)."""
+        with self._lock:
+            reached = self._reached.get(record["id"], 0)
+        if reached <= escalation_level(record):
+            return record
+        return {**record, "escalation": reached}
 
     def acknowledge(self, alert_id: str, by: str, note: str, at: float) -> bool:
         """Stop the clock of alert_id; False if it had none (unknown, or already stopped)."""
         with self._lock:
-            return self._clocks.pop(alert_id, None) is not None
+            clock = self._clocks.pop(alert_id, None)
+            if clock is not None:
+                self._stopped[alert_id] = clock.record.get("severity") or ""
+            return clock is not None
 
     def sms_accepted(self, alert_id: str, at: float) -> None:
         """Twilio took an SMS for alert_id at `at`: it must be delivered in time."""
@@ -116,6 +148,7 @@ class Escalation:
 
     def _raise(self, clock: _Clock, level: int, reason: str, ts: float, now: float) -> dict:
         clock.level = level
+        self._reached[clock.record["id"]] = level
         if level >= MAX_LEVEL:
             clock.deadline = None
         clock.record = escalated_record(clock.record, level, reason, ts, now)
@@ -126,14 +159,35 @@ class Escalation:
         with self._lock:
             return {k: c.level for k, c in self._clocks.items()}
 
-    def to_bytes(self) -> bytes:
+    def take_state(self, other: Escalation) -> None:
+        """Take other's clocks and levels, in place (others hold this object)."""
         with self._lock:
-            return json.dumps({k: asdict(c) for k, c in self._clocks.items()}).encode()
+            self._clocks, self._reached, self._stopped = (
+                other._clocks, other._reached, other._stopped
+            )
+
+    def to_bytes(self, without: str | None = None) -> bytes:
+        """The running clocks; `without`: all but that alert's (an acknowledgement's
+        checkpoint, committed with it before the clock is stopped here)."""
+        with self._lock:
+            clocks = {k: asdict(c) for k, c in self._clocks.items() if k != without}
+            stopped = dict(self._stopped)
+            if without in self._clocks:
+                stopped[without] = self._clocks[without].record.get("severity") or ""
+            doc = {_CLOCKS: clocks, _REACHED: self._reached, _STOPPED: stopped}
+            return json.dumps(doc).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, settings: EscalationSettings) -> Escalation:
+        """Also reads the older checkpoint, a bare {alert id: clock} without the levels."""
         try:
-            clocks = {k: _Clock(**v) for k, v in json.loads(data).items()}
-        except (ValueError, TypeError, AttributeError) as exc:
+            state = json.loads(data)
+            if _CLOCKS not in state:
+                state = {_CLOCKS: state, _REACHED: {}}
+            clocks = {k: _Clock(**v) for k, v in state[_CLOCKS].items()}
+            reached = {str(k): int(v) for k, v in state[_REACHED].items()}
+            reached.update({k: c.level for k, c in clocks.items() if c.level > reached.get(k, 0)})
+            stopped = {str(k): str(v) for k, v in state.get(_STOPPED, {}).items()}
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise ValueError(f"escalation checkpoint: unreadable: {exc}") from None
-        return cls(settings, clocks)
+        return cls(settings, clocks, reached, stopped)

@@ -13,7 +13,8 @@ Decisions:
   Beyond it, one `summary` SMS is queued for when the window frees up; alerts that
   arrive while a summary is pending are covered by it and send nothing more.
 - An `escalated` record of level 2 or more: a voice call to each victim concerned.
-  Level 1 is for police control only.
+  Level 1 is for police control only. Later records keep the level reached (3.3) but
+  call no one again.
 - Every record (any type and state): one police webhook item when a webhook is set.
 - Outbox bodies hold no coordinates, position or address: victim items carry the
   rendered text, police items only a reference to the alert record, which the
@@ -104,7 +105,8 @@ def deliveries_for(
     items: list[OutboxItem] = []
     if settings.sms_enabled and sms_worthy(record):
         items += _sms_items(record, case, settings, ledger, now)
-    if settings.sms_enabled and escalation_level(record) >= 2:
+    escalated = record["state"] == "escalated"
+    if settings.sms_enabled and escalated and escalation_level(record) >= 2:
         items += _call_items(record, case, settings, now)
     if settings.police_enabled:
         items.append(_police_item(record, now))

@@ -1,18 +1,16 @@
 """Small helpers over alert records (DESIGN 3.3 dicts) shared by the notify modules.
 
-The escalation level travels in the `escalated` record's `detail`, which starts with
-"escalation level N:" (3.3 has no field for it and its key set is a fixed contract).
+The escalation level reached travels in the record's `escalation` field (DESIGN 3.3): an
+`escalated` record carries its new level, every later record of the alert keeps it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 
 from tagwatch.wire import parse_rfc3339, rfc3339
 
 DELIVERY_FAILED = "delivery.failed"
-_LEVEL = re.compile(r"escalation level (\d+):")
 
 
 def parse_ts(text: str, what: str) -> float:
@@ -28,11 +26,10 @@ def record_time(record: dict, key: str = "ts") -> float:
 
 
 def escalation_level(record: dict) -> int:
-    """The level an `escalated` record carries; 0 for any other record."""
-    if record.get("state") != "escalated":
-        return 0
-    found = _LEVEL.match(record.get("detail") or "")
-    return int(found.group(1)) if found else 1
+    """The escalation level the record says was reached; 0 for none (or a record written
+    before the field existed)."""
+    level = record.get("escalation")
+    return level if isinstance(level, int) and not isinstance(level, bool) else 0
 
 
 def escalated_record(record: dict, level: int, reason: str, ts: float, raised: float) -> dict:
@@ -41,6 +38,7 @@ def escalated_record(record: dict, level: int, reason: str, ts: float, raised: f
         "state": "escalated",
         "ts": rfc3339(ts),
         "raised": rfc3339(raised),
+        "escalation": level,
         "detail": f"escalation level {level}: {reason}",
     }
 
@@ -75,5 +73,6 @@ def failure_alert(
         "closing_mps": None,
         "eta_s": None,
         "confidence": None,
+        "escalation": 0,
         "detail": f"{channel} delivery of alert {alert_id} failed for good: {error}",
     }

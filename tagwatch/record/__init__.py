@@ -9,6 +9,7 @@ from tagwatch.record.model import (
     Problem,
     PurgeReport,
     RecordError,
+    RecordMissing,
     RecordUnavailable,
     VerifyReport,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "PurgeReport",
     "Record",
     "RecordError",
+    "RecordMissing",
     "RecordUnavailable",
     "VerifyReport",
 ]

@@ -6,6 +6,7 @@ translated here, in one place, into RecordUnavailable (retry later) or RecordErr
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from tagwatch.record.model import RecordError, RecordUnavailable
+from tagwatch.record.model import RecordError, RecordMissing, RecordUnavailable
 
 Row = tuple[Any, ...]
 
@@ -25,8 +26,22 @@ _SQLITE_TRANSIENT = ("locked", "busy", "disk i/o", "unable to open", "full")
 
 def redact_url(url: str) -> str:
     """The URL without its password, for error messages."""
-    url = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+    # Up to the last @ before the path: a password may itself hold an @.
+    url = re.sub(r"(://[^:/@?#]*):[^/?#]*@", r"\1:***@", url)
     return re.sub(r"(password=)[^&\s]*", r"\1***", url)
+
+
+def _secrets(url: str) -> list[str]:
+    """The password parts of a URL as written, to scrub from drivers' error texts."""
+    found = re.findall(r"://[^:/@?#]*:([^/?#]*)@", url) + re.findall(r"password=([^&\s]*)", url)
+    return [s for s in found if s]
+
+
+def scrub(text: str, url: str) -> str:
+    """text with every secret of url replaced by ***."""
+    for secret in _secrets(url):
+        text = text.replace(secret, "***")
+    return text
 
 
 class Db:
@@ -37,6 +52,10 @@ class Db:
     def __init__(self, url: str) -> None:
         self.url = url
         self.label = redact_url(url)
+
+    def has_schema(self) -> bool:
+        """Whether the database holds a tagwatch record (its schema_version table)."""
+        raise NotImplementedError
 
     def close(self) -> None:
         raise NotImplementedError
@@ -96,14 +115,25 @@ class Db:
 class SqliteDb(Db):
     dialect = "sqlite"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, create: bool = True) -> None:
         super().__init__(url)
         path = url.removeprefix("sqlite://")
         if not path.startswith("/"):
-            raise RecordError(f"record url {url!r}: expected sqlite:///absolute/path.db")
+            raise RecordError(f"record url {self.label!r}: expected sqlite:///absolute/path.db")
         self.path = ":memory:" if path == "/:memory:" else path
+        target = self.path
+        if self.path != ":memory:":
+            if create:
+                _create_private(self.path, self.label)
+            elif not os.path.exists(self.path):
+                raise RecordMissing(f"{self.label}: no case record there (no such file)")
+            else:
+                # mode=rw: never create the file, even if it vanishes meanwhile
+                target = "file:" + _quote_path(self.path) + "?mode=rw"
         try:
-            self.conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self.conn = sqlite3.connect(
+                target, check_same_thread=False, isolation_level=None, uri=target != self.path
+            )
             # WAL with synchronous=FULL: every commit is fsynced, so a batch whose fixes
             # the daemon then acknowledges to the broker survives a power cut, not only
             # a process crash (NORMAL would be crash-safe but could lose the last
@@ -116,6 +146,15 @@ class SqliteDb(Db):
 
     def close(self) -> None:
         self.conn.close()
+
+    def has_schema(self) -> bool:
+        try:
+            rows = self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise self._translate(exc, "open") from exc
+        return bool(rows)
 
     def _translate(self, exc: sqlite3.Error, what: str) -> RecordError:
         text = f"{self.label}: {what}: {exc}"
@@ -189,8 +228,17 @@ class PostgresDb(Db):
             try:
                 self.conn = psycopg.connect(self.url, autocommit=True, **extra)
             except psycopg.Error as exc:
-                raise RecordUnavailable(f"{self.label}: connect: {exc}") from exc
+                text = scrub(str(exc), self.url)
+                raise RecordUnavailable(f"{self.label}: connect: {text}") from None
         return self.conn
+
+    def has_schema(self) -> bool:
+        conn = self._connect()
+        try:
+            row = conn.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone()
+        except psycopg.Error as exc:
+            raise self._translate(exc, "open") from None
+        return bool(row and row[0])
 
     def close(self) -> None:
         if self.conn is not None:
@@ -204,7 +252,7 @@ class PostgresDb(Db):
         return converted
 
     def _translate(self, exc: psycopg.Error, what: str) -> RecordError:
-        text = f"{self.label}: {what}: {exc}"
+        text = f"{self.label}: {what}: {scrub(str(exc), self.url)}"
         if self.conn is not None and (self.conn.broken or self.conn.closed):
             self.close()  # the next call reconnects
             return RecordUnavailable(text)
@@ -291,9 +339,28 @@ class PostgresDb(Db):
         return {chain: (seq, digest) for chain, seq, digest in rows}
 
 
-def connect(url: str) -> Db:
+def _create_private(path: str, label: str) -> None:
+    """Create a new SQLite file readable by its owner only (SQLite gives its -wal and -shm
+    files the database file's mode); an existing file is left as it is."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise RecordError(f"{label}: cannot create: {exc.strerror}") from None
+    os.close(fd)
+
+
+def _quote_path(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(path)
+
+
+def connect(url: str, create: bool = True) -> Db:
+    """create False: opening for reading never makes a SQLite file (RecordMissing)."""
     if url.startswith("sqlite:"):
-        return SqliteDb(url)
+        return SqliteDb(url, create)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDb(url)
     raise RecordError(f"record url {redact_url(url)!r}: expected sqlite:/// or postgresql://")

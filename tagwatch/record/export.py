@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tagwatch.record.canon import GENESIS
 from tagwatch.record.chain import ENTRY_COLUMNS, StoredEntry, verify_report
 from tagwatch.record.db import Db
+from tagwatch.record.model import RecordError
+
+
+class ExportRefused(RecordError):
+    """Bad input for an export: an unknown case, a reversed time range, an output folder
+    that exists and is not empty (without force) or is a symbolic link."""
 
 _IN_RANGE = "chain = ? AND COALESCE(event_ts, recorded_at) BETWEEN ? AND ?"
 
@@ -110,22 +118,100 @@ def _chain(db: Db, chain: str, since: float, until: float) -> tuple[str, dict]:
     return "".join(lines), head
 
 
-def write_bundle(db: Db, case_id: str, since: float, until: float, out_dir: Path) -> Path:
-    """Write the bundle from the caller's snapshot transaction; returns out_dir."""
+def write_bundle(
+    db: Db, case_id: str, since: float, until: float, out_dir: Path, force: bool = False
+) -> Path:
+    """Write the bundle from the caller's snapshot transaction; returns out_dir.
+
+    Refused (ExportRefused): since after until, a case the record has no chain for, an
+    out_dir that is a symbolic link, or an existing non-empty out_dir unless force. Files
+    are written 0600 in a folder created 0700, never through a symbolic link.
+    """
     chain = f"case:{case_id}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    chain_text, head = _chain(db, chain, since, until)
-    fixes_text, purged = _fixes(db, chain, since, until)
-    files = {
-        "fixes.geojson": fixes_text,
-        "alerts.jsonl": _alerts(db, chain, since, until),
-        "chain.jsonl": chain_text,
-    }
-    sums = {}
-    for name, text in files.items():
-        data = text.encode("utf-8")
-        (out_dir / name).write_bytes(data)
-        sums[name] = hashlib.sha256(data).hexdigest()
+    if since > until:
+        raise ExportRefused(f"since {_rfc3339(since)} is after until {_rfc3339(until)}")
+    if not db.query("SELECT 1 FROM chain_heads WHERE chain = ?", (chain,)):
+        raise ExportRefused(f"{db.label}: case {case_id!r}: not in the record")
+    dir_fd = _open_out_dir(out_dir, force)
+    try:
+        chain_text, head = _chain(db, chain, since, until)
+        fixes_text, purged = _fixes(db, chain, since, until)
+        files = {
+            "fixes.geojson": fixes_text,
+            "alerts.jsonl": _alerts(db, chain, since, until),
+            "chain.jsonl": chain_text,
+        }
+        sums = {}
+        for name, text in files.items():
+            data = text.encode("utf-8")
+            _write(dir_fd, name, data, out_dir)
+            sums[name] = hashlib.sha256(data).hexdigest()
+        manifest = _manifest(db, case_id, chain, since, until, head, sums, purged)
+        _write(dir_fd, "manifest.json", manifest.encode("utf-8"), out_dir)
+    finally:
+        os.close(dir_fd)
+    return out_dir
+
+
+def _open_out_dir(out_dir: Path, force: bool) -> int:
+    """The output folder, opened without following a symbolic link (created 0700)."""
+    try:
+        info = os.lstat(out_dir)
+    except FileNotFoundError:
+        _make_dirs(out_dir)
+    else:
+        if stat.S_ISLNK(info.st_mode):
+            raise ExportRefused(f"{out_dir}: is a symbolic link; give the real folder")
+        if not stat.S_ISDIR(info.st_mode):
+            raise ExportRefused(f"{out_dir}: exists and is not a folder")
+        if any(os.scandir(out_dir)) and not force:
+            raise ExportRefused(
+                f"{out_dir}: exists and is not empty; give a new folder, or --force to "
+                "replace the bundle files in it"
+            )
+    try:
+        return os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ExportRefused(f"{out_dir}: cannot open: {exc.strerror}") from None
+
+
+def _make_dirs(path: Path) -> None:
+    missing = []
+    while not path.exists() and not path.is_symlink():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except OSError as exc:
+            raise ExportRefused(f"{folder}: cannot create: {exc.strerror}") from None
+
+
+def _write(dir_fd: int, name: str, data: bytes, out_dir: Path) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    try:
+        fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        raise ExportRefused(f"{out_dir / name}: cannot write: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)  # a file replaced under --force keeps no wider mode
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _manifest(
+    db: Db,
+    case_id: str,
+    chain: str,
+    since: float,
+    until: float,
+    head: dict,
+    sums: dict,
+    purged: int,
+) -> str:
     report = verify_report(db, chain)
     manifest = {
         "case": case_id,
@@ -148,7 +234,4 @@ def write_bundle(db: Db, case_id: str, since: float, until: float, out_dir: Path
             "canonical_json": "sorted keys, no spaces, UTF-8",
         },
     }
-    (out_dir / "manifest.json").write_text(
-        json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
-    )
-    return out_dir
+    return json.dumps(manifest, ensure_ascii=False, indent=1) + "\n"

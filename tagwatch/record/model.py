@@ -11,6 +11,11 @@ class RecordError(Exception):
     """Anything wrong with the case record: bad input, bad schema, refused statement."""
 
 
+class RecordMissing(RecordError):
+    """Opened for reading, the record is not there: no SQLite file, or a database without
+    the record's schema (a mistyped URL). Nothing was created."""
+
+
 class RecordUnavailable(RecordError):
     """The database cannot be reached or is busy right now; retry the same call later.
 

@@ -152,7 +152,14 @@ def current_version(db: Db) -> int:
 
 
 def migrate(db: Db) -> list[int]:
-    """Bring the schema up to date; returns the versions applied (empty if none)."""
+    """Bring the schema up to date; returns the versions applied (empty if none).
+
+    An up-to-date schema is only read: a role without DDL rights (deploy/postgres) opens it.
+    """
+    if db.has_schema():
+        with db.transaction(write=False):
+            if current_version(db) == len(MIGRATIONS):
+                return []
     with db.transaction(write=True):
         db.script([_VERSION_TABLE])
     applied = []

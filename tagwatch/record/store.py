@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from tagwatch.delivery_terms import STATUS_RANK, redact
 from tagwatch.record import chain as chains
@@ -24,10 +27,12 @@ from tagwatch.record.model import (
     Problem,
     PurgeReport,
     RecordError,
+    RecordMissing,
     VerifyReport,
 )
 from tagwatch.record.schema import migrate
 
+T = TypeVar("T")
 _HEAD_COLUMNS = (("chain", "text"), ("seq", "bigint"), ("hash", "text"))
 _CHECKPOINT_COLUMNS = (("key", "text"), ("state", "bytea"), ("recorded_at", "float8"))
 _UPSERT_ALERT = (
@@ -50,12 +55,26 @@ class Record:
         self._db = db
         self._lock = threading.Lock()
         self.migrations_applied = migrations_applied
+        # Reads go through a connection of their own (opened at the first read), so a
+        # long read (a dashboard's track) never holds up the ingest commit: SQLite in
+        # WAL mode and PostgreSQL both let a reader and the writer run at once. An
+        # in-memory SQLite database is one connection's own: it reads through the writer.
+        self._reader: Db | None = None
+        self._read_lock = threading.Lock()
 
     @classmethod
-    def open(cls, url: str) -> Record:
-        """Open (creating or migrating the schema) the record at url."""
-        db = connect(url)
+    def open(cls, url: str, create: bool = True) -> Record:
+        """Open (creating or migrating the schema) the record at url.
+
+        create False (commands that read the record): a missing SQLite file or a database
+        without the record's schema is RecordMissing, and nothing is created.
+        """
+        db = connect(url, create)
         try:
+            if not create and not db.has_schema():
+                raise RecordMissing(
+                    f"{db.label}: no case record there (the database has no tagwatch schema)"
+                )
             applied = migrate(db)
         except BaseException:
             db.close()
@@ -70,6 +89,10 @@ class Record:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     # --- writing -------------------------------------------------------------------
 
@@ -101,8 +124,26 @@ class Record:
     # --- reading -------------------------------------------------------------------
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
-        with self._lock, self._db.transaction(write=False) as db:
+        with self.reading() as db:
             return db.query(sql, params)
+
+    @contextmanager
+    def reading(self) -> Iterator[Db]:
+        """A read transaction on the reading connection (not the writer's lock)."""
+        if getattr(self._db, "path", None) == ":memory:":
+            with self._lock, self._db.transaction(write=False) as db:
+                yield db
+            return
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = connect(self._db.url)
+            with self._reader.transaction(write=False) as db:
+                yield db
+
+    def read(self, fn: Callable[[Db], T]) -> T:
+        """fn(db) in one read transaction (one snapshot), e.g. anchor.py's checks."""
+        with self.reading() as db:
+            return fn(db)
 
     def checkpoints(self) -> dict[str, bytes]:
         return {
@@ -148,6 +189,46 @@ class Record:
             (tag, float(since)),
         )
         return [json.loads(body) for (body,) in rows]
+
+    def track_page(
+        self, tag: str, since: float, limit: int, after: tuple[float, int] | None = None
+    ) -> tuple[list[dict], tuple[float, int] | None]:
+        """At most `limit` of `track`'s fixes, after the cursor `after` (event_ts, entry
+        id); returns them and the cursor of the next page (None: this was the last)."""
+        ts, last = after if after is not None else (float(since), -1)
+        rows = self._read(
+            "SELECT event_ts, id, body FROM entries WHERE tag = ? AND kind = 'fix' "
+            "AND event_ts >= ? AND (event_ts > ? OR (event_ts = ? AND id > ?)) "
+            "AND body IS NOT NULL ORDER BY event_ts, id LIMIT ?",
+            (tag, float(since), ts, ts, last, limit + 1),
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = (float(rows[-1][0]), int(rows[-1][1])) if more else None
+        return [json.loads(body) for _ts, _id, body in rows], cursor
+
+    def latest_alerts_page(
+        self, state: str | None, limit: int, before: int | None = None
+    ) -> tuple[list[dict], int | None]:
+        """`latest_alerts` one page at a time: those changed before the cursor `before`
+        (an entry id); returns them and the next page's cursor (None: the last page)."""
+        where, params = ["1 = 1"], []
+        if state == "open":
+            where.append("(state IS NULL OR state <> 'resolved')")
+        elif state is not None:
+            where.append("state = ?")
+            params.append(state)
+        if before is not None:
+            where.append("entry_id < ?")
+            params.append(before)
+        rows = self._read(
+            f"SELECT entry_id, body FROM alert_latest WHERE {' AND '.join(where)} "
+            "ORDER BY entry_id DESC LIMIT ?",
+            (*params, limit + 1),
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [json.loads(body) for _id, body in rows], (int(rows[-1][0]) if more else None)
 
     def deliveries(self, alert_id: str) -> list[dict]:
         """How the notifications of one alert went: one dict per outbox row but "mqtt",
@@ -259,12 +340,15 @@ class Record:
                 )
         return report
 
-    def export(self, case_id: str, since: float, until: float, out_dir: Path) -> Path:
-        """Write the evidence bundle of a case and time range into out_dir."""
+    def export(
+        self, case_id: str, since: float, until: float, out_dir: Path, force: bool = False
+    ) -> Path:
+        """Write the evidence bundle of a case and time range into out_dir (see export.py:
+        an unknown case, since after until, a non-empty out_dir without force are refused)."""
         from tagwatch.record.export import write_bundle
 
         with self._lock, self._db.transaction(write=False) as db:
-            return write_bundle(db, case_id, float(since), float(until), Path(out_dir))
+            return write_bundle(db, case_id, float(since), float(until), Path(out_dir), force)
 
 
 def _outbox_row(item: OutboxItem, recorded_at: float) -> tuple:

@@ -6,7 +6,9 @@
 import { drawMap } from "./map.js";
 
 const SEVERITY = { critical: 2, warning: 1, info: 0 };
-const NEEDS_ACTION = new Set(["open", "updated", "escalated"]);
+const UNACKNOWLEDGED = new Set(["open", "updated", "escalated"]);
+// An info record (zone.exit, protection.restored) tells, it asks nothing of anyone.
+const needsAction = (rec) => UNACKNOWLEDGED.has(rec.state) && rec.severity !== "info";
 const ALARM_EVERY_MS = 4000;
 const TRACK_WINDOW_MS = 30 * 60 * 1000;
 const DELIVERY_POLL_MS = 10_000; // status callbacks are recorded but not streamed
@@ -18,7 +20,10 @@ const S = {
   token: sessionStorage.getItem("tagwatch.token"),
   muted: sessionStorage.getItem("tagwatch.muted") === "1",
   alerts: new Map(), // id -> latest record
-  firstSeen: new Map(), // id -> ms, for age and order
+  firstSeen: new Map(), // id -> ms, for the age when the fix time is unreadable
+  fixTs: new Map(), // id -> the `ts` of its latest open/updated record (the fix time)
+  levels: new Map(), // id -> the highest escalation level seen
+  victims: new Map(), // id -> /victim answer (the victim's device), for victim alerts
   rows: new Map(), // id -> row element
   dirty: new Set(),
   orderDirty: false,
@@ -61,10 +66,21 @@ const fmt = {
   text: (v) => (v == null || v === "" ? "—" : String(v)),
 };
 
+// The level reached: the record's `escalation` field (DESIGN 3.3), never less than seen.
 function escalationLevel(rec) {
-  if (rec.escalation_level != null) return rec.escalation_level;
-  const m = /^escalation level (\d+):/.exec(rec.detail || "");
-  return m ? Number(m[1]) : rec.state === "escalated" ? 1 : null;
+  return Math.max(Number.isInteger(rec.escalation) ? rec.escalation : 0, S.levels.get(rec.id) || 0);
+}
+
+// The fix an alert is about: an escalated record's `ts` is its deadline, not a fix.
+const fixTime = (rec) => S.fixTs.get(rec.id) || rec.ts;
+
+// Who or where, for the queue row: zone and victim ids, never a phone number.
+function whereText(rec) {
+  const parts = [];
+  if (rec.zone) parts.push(rec.zone);
+  if (rec.victim) parts.push(rec.zone ? rec.victim : `victim ${rec.victim}`);
+  if (rec.case) parts.push(rec.case);
+  return parts.join(" · ") || "—";
 }
 
 // --- deliveries (SMS, calls, police webhook) -------------------------------------------
@@ -142,7 +158,12 @@ function deliveriesBlock(id) {
 
 function showDeliveries(id) {
   const old = $("deliveries");
-  if (old && S.selected === id && $("details").dataset.id === id) old.replaceWith(deliveriesBlock(id));
+  if (!old || S.selected !== id || $("details").dataset.id !== id) return;
+  old.replaceWith(deliveriesBlock(id));
+  const rec = S.alerts.get(id);
+  const summary = rec && escalationSummary(rec);
+  $("escalation").hidden = !summary;
+  $("escalation").textContent = summary || "";
 }
 
 // Fetch the alert's deliveries; a call while one is in flight fetches once more after it.
@@ -173,48 +194,68 @@ function upsert(rec) {
   if (!rec || !rec.id) return;
   const known = S.alerts.get(rec.id);
   if (!S.firstSeen.has(rec.id)) S.firstSeen.set(rec.id, Date.parse(rec.raised || rec.ts) || Date.now());
-  if (!known || known.severity !== rec.severity || known.state !== rec.state) S.orderDirty = true;
-  if (rec.severity === "critical" && NEEDS_ACTION.has(rec.state)
+  const before = known ? fixTime(known) : null;
+  if (rec.state === "open" || rec.state === "updated" || !S.fixTs.has(rec.id)) S.fixTs.set(rec.id, rec.ts);
+  S.levels.set(rec.id, escalationLevel(rec));
+  if (!known || known.severity !== rec.severity || known.state !== rec.state
+      || before !== fixTime(rec)) S.orderDirty = true;
+  if (rec.severity === "critical" && needsAction(rec)
       && (!known || known.state !== rec.state)) S.lastAlarm = 0; // sound at once
   S.alerts.set(rec.id, rec);
   S.dirty.add(rec.id);
   if (!S.frame) S.frame = requestAnimationFrame(flush);
 }
 
+// Age since the fix the alert is about, so an ack or a reload does not reset it.
+const ageMs = (rec, now) => Math.max(0, now - (Date.parse(fixTime(rec)) || S.firstSeen.get(rec.id)));
+
+// Severity first, then what needs action, then newest first: a fresh breach comes above
+// an older tamper of the same severity.
+const when = (rec) => Date.parse(fixTime(rec)) || 0;
+
 function compare(a, b) {
   const ra = S.alerts.get(a), rb = S.alerts.get(b);
   return (SEVERITY[rb.severity] ?? 0) - (SEVERITY[ra.severity] ?? 0)
-    || NEEDS_ACTION.has(rb.state) - NEEDS_ACTION.has(ra.state)
-    || S.firstSeen.get(a) - S.firstSeen.get(b)
+    || needsAction(rb) - needsAction(ra)
+    || when(rb) - when(ra)
     || (a < b ? -1 : 1);
 }
 
+// A row is two lines, so nothing is cut at any width: severity | type, state / tag,
+// who or where, distance, ETA, age.
 function makeRow(id) {
   const row = document.createElement("div");
-  row.className = "row row-grid";
+  row.className = "row";
   row.dataset.id = id;
   row.tabIndex = 0;
   row.setAttribute("role", "listitem");
-  for (const cls of ["sev", "type", "tag", "where", "num dist", "num eta", "state", "num age"]) {
-    const span = document.createElement("span");
-    span.className = cls;
-    row.appendChild(span);
-  }
+  const part = (parent, cls, tag = "span") => {
+    const node = document.createElement(tag);
+    node.className = cls;
+    parent.appendChild(node);
+    return node;
+  };
+  const cells = { sev: part(row, "sev") };
+  const main = part(row, "r-main", "div");
+  const sub = part(row, "r-sub", "div");
+  for (const cls of ["type", "state", "num age"]) cells[cls.split(" ").at(-1)] = part(main, cls);
+  for (const cls of ["tag", "where", "num dist", "num eta"]) cells[cls.split(" ").at(-1)] = part(sub, cls);
+  row.cells = cells;
   return row;
 }
 
 function fillRow(row, rec, now) {
-  const c = row.children;
-  row.className = `row row-grid sev-${rec.severity} st-${rec.state}`
-    + (S.selected === rec.id ? " selected" : "");
-  c[0].textContent = rec.severity;
-  c[1].textContent = rec.type;
-  c[2].textContent = rec.tag ?? "—";
-  c[3].textContent = rec.zone ? `${rec.zone} · ${rec.case}` : rec.case;
-  c[4].textContent = fmt.metres(rec.distance_m);
-  c[5].textContent = rec.eta_s == null ? "—" : fmt.duration(rec.eta_s);
-  c[6].textContent = rec.state + (rec.state === "escalated" ? ` L${escalationLevel(rec)}` : "");
-  c[7].textContent = fmt.duration((now - S.firstSeen.get(rec.id)) / 1000);
+  const c = row.cells;
+  row.className = `row sev-${rec.severity} st-${rec.state}` + (S.selected === rec.id ? " selected" : "");
+  c.sev.textContent = rec.severity;
+  c.type.textContent = rec.type;
+  const level = escalationLevel(rec);
+  c.state.textContent = rec.state + (level ? ` · L${level}` : "");
+  c.tag.textContent = rec.tag ?? "—";
+  c.where.textContent = whereText(rec);
+  c.dist.textContent = rec.distance_m == null ? "" : fmt.metres(rec.distance_m);
+  c.eta.textContent = rec.eta_s == null ? "" : `ETA ${fmt.duration(rec.eta_s)}`;
+  c.age.textContent = fmt.duration(ageMs(rec, now) / 1000);
 }
 
 function flush() {
@@ -229,6 +270,9 @@ function flush() {
       if (row) { row.remove(); S.rows.delete(id); }
       S.alerts.delete(id);
       S.deliveries.delete(id);
+      S.fixTs.delete(id);
+      S.levels.delete(id);
+      S.victims.delete(id);
       continue;
     }
     if (!row) { row = makeRow(id); S.rows.set(id, row); S.orderDirty = true; }
@@ -260,8 +304,8 @@ function reorder(container) {
 function updateCounts() {
   let critical = 0, pending = 0;
   for (const rec of S.alerts.values()) {
-    if (rec.severity === "critical" && NEEDS_ACTION.has(rec.state)) critical++;
-    if (NEEDS_ACTION.has(rec.state)) pending++;
+    if (rec.severity === "critical" && needsAction(rec)) critical++;
+    if (needsAction(rec)) pending++;
   }
   $("counts").innerHTML = `<b>${S.rows.size}</b> open · <b>${pending}</b> need action`;
   $("empty").hidden = S.rows.size > 0;
@@ -275,7 +319,7 @@ function updateCounts() {
 function tickAges() {
   const now = Date.now();
   for (const [id, row] of S.rows) {
-    row.lastChild.textContent = fmt.duration((now - S.firstSeen.get(id)) / 1000);
+    row.cells.age.textContent = fmt.duration(ageMs(S.alerts.get(id), now) / 1000);
   }
   alarm();
 }
@@ -321,6 +365,36 @@ function field(dl, name, value) {
   dl.append(dt, dd);
 }
 
+// What the escalation really did, from the deliveries (the outbox), not from the
+// record's wording: without Twilio no call is queued, without a webhook nothing goes to
+// police, and the operator must then do it.
+function escalationSummary(rec) {
+  const level = escalationLevel(rec);
+  if (!level) return null;
+  const found = S.deliveries.get(rec.id);
+  if (found === undefined) return `Escalation level ${level}: checking what was sent…`;
+  if (found.error) return `Escalation level ${level}: could not load the deliveries (${found.error}).`;
+  const said = (channel, what, none) => {
+    const rows = found.filter((d) => d.channel === channel);
+    return rows.length ? `${what}: ${rows.map((d) => deliveryStatus(d)[1]).join(", ")}` : none;
+  };
+  const parts = [said("police", "police webhook",
+                      "nothing was sent to police (no police webhook configured): call police control")];
+  if (level >= 2) {
+    parts.push(said("call", "call to the victim",
+                    "no call to the victim was queued (no Twilio configured, or no phone on file): call the victim yourself"));
+  }
+  return `Escalation level ${level}: ${parts.join("; ")}.`;
+}
+
+function victimDevice(rec) {
+  const v = S.victims.get(rec.id);
+  if (v === undefined) return "…";
+  if (v.error) return `unknown (${v.error})`;
+  if (v.lat == null) return "no recent position";
+  return `last fix ${fmt.duration(v.age_s)} ago (on the map)`;
+}
+
 function showDetails(id) {
   const rec = S.alerts.get(id);
   const box = $("details");
@@ -330,20 +404,9 @@ function showDetails(id) {
   h.textContent = `${rec.severity.toUpperCase()} · ${rec.type}`;
   const sub = document.createElement("p");
   sub.className = "sub";
-  sub.textContent = rec.detail || "";
-  const dl = document.createElement("dl");
-  field(dl, "State", rec.state);
-  field(dl, "Tag", fmt.text(rec.tag));
-  field(dl, "Case", fmt.text(rec.case));
-  field(dl, "Zone", fmt.text(rec.zone ?? rec.victim));
-  field(dl, "Distance", fmt.metres(rec.distance_m));
-  field(dl, "Closing speed", fmt.speed(rec.closing_mps));
-  field(dl, "Time to arrival", rec.eta_s == null ? "—" : fmt.duration(rec.eta_s));
-  field(dl, "Confidence", fmt.text(rec.confidence));
-  const level = escalationLevel(rec);
-  if (level != null) field(dl, "Escalation level", String(level));
-  field(dl, "Fix time", fmt.text(rec.ts));
-  field(dl, "Alert id", rec.id);
+  // "calling the victim" / "police control again" say what was due, not what happened:
+  // the escalation line below says that, from the deliveries.
+  sub.textContent = (rec.detail || "").replace(/; (calling the victim|police control again)$/, "");
   const note = document.createElement("textarea");
   note.id = "note";
   note.placeholder = "Note for the case record (what you did, who you called)";
@@ -353,8 +416,28 @@ function showDetails(id) {
   actions.className = "actions";
   actions.innerHTML = '<button id="ack" class="btn btn-primary" type="button">Acknowledge</button>'
     + '<button id="resolve" class="btn btn-danger" type="button">Resolve</button><span id="msg" class="msg"></span>';
+  const esc = document.createElement("p");
+  esc.id = "escalation";
+  esc.className = "escalation";
+  const summary = escalationSummary(rec);
+  esc.hidden = !summary;
+  esc.textContent = summary || "";
+  const dl = document.createElement("dl");
+  field(dl, "State", rec.state);
+  field(dl, "Fix time", fmt.text(fixTime(rec)));
+  field(dl, "Tag", fmt.text(rec.tag));
+  field(dl, "Case", fmt.text(rec.case));
+  if (rec.zone) field(dl, "Zone", rec.zone);
+  if (rec.victim) field(dl, "Victim", rec.victim);
+  if (!rec.zone && rec.victim) field(dl, "Victim's device", victimDevice(rec));
+  field(dl, "Distance", fmt.metres(rec.distance_m));
+  field(dl, "Closing speed", fmt.speed(rec.closing_mps));
+  field(dl, "Time to arrival", rec.eta_s == null ? "—" : fmt.duration(rec.eta_s));
+  field(dl, "Confidence", fmt.text(rec.confidence));
+  field(dl, "Escalation level", String(escalationLevel(rec)));
+  field(dl, "Alert id", rec.id);
   box.dataset.id = id;
-  box.replaceChildren(h, sub, dl, deliveriesBlock(id), note, actions);
+  box.replaceChildren(h, sub, note, actions, esc, dl, deliveriesBlock(id));
   $("ack").disabled = rec.state === "acknowledged";
   $("ack").onclick = () => act(id, "ack");
   $("resolve").onclick = () => act(id, "resolve");
@@ -399,8 +482,16 @@ async function loadMap(id) {
     const r = await api(`/api/tags/${encodeURIComponent(rec.tag)}/track?since=${encodeURIComponent(since)}`);
     track = r.ok ? await r.json() : null;
   }
+  let victim = null;
+  if (!rec.zone && rec.victim) { // an alert about the victim in person: where is her device?
+    const r = await api(`/api/alerts/${encodeURIComponent(id)}/victim`);
+    victim = r.ok ? await r.json() : { error: `HTTP ${r.status}` };
+    S.victims.set(id, victim);
+    if (S.selected === id) showDetails(id);
+  }
   if (S.mapFor !== id) return; // another alert was selected meanwhile
-  $("map-note").textContent = drawMap($("map"), { alert: S.alerts.get(id) || rec, zones, track, tileUrl });
+  $("map-note").textContent = drawMap($("map"), { alert: S.alerts.get(id) || rec, zones, track, tileUrl,
+                                                  victim: victim && !victim.error ? victim : null });
 }
 
 // --- live stream -----------------------------------------------------------------------

@@ -20,10 +20,9 @@ class BadInput(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)  # argparse itself exits 2 on bad usage
-    if not hasattr(args, "handler"):
-        parser.print_help(sys.stderr)
-        return EXIT_BAD_INPUT
+    args, unknown = parser.parse_known_args(argv)  # argparse itself exits 2 on bad usage
+    if unknown:  # said by the sub-command they were given to, with its usage
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
     except BadInput as exc:
@@ -32,12 +31,48 @@ def main(argv: list[str] | None = None) -> int:
     except _Failure as exc:
         print(f"tagwatch: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except OSError as exc:  # a file or socket the command needed: a message, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tagwatch: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tagwatch")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _own_help(parser: argparse.ArgumentParser) -> None:
+    """Every parser knows itself (errors name their sub-command); a command or group
+    without its action prints its own help, exit 2."""
+
+    def usage(_args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+
+    parser.set_defaults(command_parser=parser)
+    if parser.get_default("handler") is None:
+        parser.set_defaults(handler=usage)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                _own_help(sub)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tagwatch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="tagwatch",
+        description="tagwatch: GPS tag fixes against victims' exclusion zones and approach "
+        "rules, alerts to operators, victims and police, a hash-chained case record.",
+        epilog="Exit status: 0 done, 1 runtime failure, 2 bad usage or bad input.",
+    )
+    parser.add_argument("--version", action="version", version=f"tagwatch {_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     zones = commands.add_parser("zones", help="geometry only: fixes against their tags' zones")
@@ -55,11 +90,22 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     replay = commands.add_parser(
-        "replay", help="the full rule pipeline offline, in event time: alert records as JSON lines"
+        "replay",
+        help="the full rule pipeline offline, in event time: alert records as JSON lines",
+        description="The alert records the daemon would publish for INPUT, one JSON object per "
+        "line on stdout (nothing else). Each bad row or line (a missing or unparseable field, "
+        "a naive time, a value out of range, a line that is not JSON) is reported on stderr "
+        "with its line number and field, and the exit status is then 2: a row left out can "
+        "hide a breach. --lenient exits 0 all the same. A tag in no case is said once.",
     )
     replay.add_argument("cases", type=Path, help="a case file or a folder of them")
     replay.add_argument("input", type=Path, help="CSV of fixes, or a JSON-lines MQTT capture")
     replay.add_argument("--config", type=Path, help="take the [rules] of this configuration")
+    replay.add_argument(
+        "--lenient",
+        action="store_true",
+        help="exit 0 even when rows were bad (they are still reported on stderr)",
+    )
     replay.set_defaults(handler=_replay)
 
     cases = commands.add_parser("cases", help="case files").add_subparsers(metavar="ACTION")
@@ -81,7 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     pipe.set_defaults(handler=_bench_pipeline)
     e2e = which.add_parser("e2e", help="tagwatch run through a broker beside a bare receiver")
     e2e.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
-    e2e.add_argument("--fixes", type=int, default=100_000, help="fixes for the throughput run")
+    e2e.add_argument(
+        "--fixes", type=_count(1, 10_000_000), default=100_000, help="fixes for the throughput run"
+    )
     e2e.add_argument("--json", action="store_true", help="print one JSON object")
     e2e.add_argument(
         "--flood",
@@ -92,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     e2e.set_defaults(handler=_bench_e2e)
     notify = which.add_parser("notify", help="breach fix published to SMS request received")
     notify.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
-    notify.add_argument("--breaches", type=int, default=200, help="breaches to time")
+    notify.add_argument(
+        "--breaches", type=_count(1, 10_000), default=200, help="breaches to time (1..10000)"
+    )
     notify.add_argument("--json", action="store_true", help="print one JSON object")
     notify.set_defaults(handler=_bench_notify)
     quality = which.add_parser("quality", help="alert quality on realistic GPS error")
@@ -100,7 +150,23 @@ def _parser() -> argparse.ArgumentParser:
     quality.add_argument("--seed", type=int, default=17, help="seed of the generated set")
     quality.set_defaults(handler=_bench_quality)
     _daemon_commands(commands)
+    _own_help(parser)  # after every parser is made; their own handlers are kept
     return parser
+
+
+def _count(low: int, high: int):
+    """An argparse type: an integer in low..high (argparse names the flag when it is not)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
+        return value
+
+    return parse
 
 
 def _daemon_commands(commands: argparse._SubParsersAction) -> None:
@@ -158,6 +224,20 @@ def _daemon_commands(commands: argparse._SubParsersAction) -> None:
     )
     report.set_defaults(handler=_record_report)
 
+    config = commands.add_parser("config", help="the configuration").add_subparsers(
+        metavar="ACTION"
+    )
+    config_check = config.add_parser(
+        "check",
+        help="load and validate the configuration, print it with secrets redacted",
+        description="Load and validate the configuration as `tagwatch run` would (file, then "
+        "TAGWATCH_<SECTION>_<KEY> variables), check that the cases path and the SQLite "
+        "record's folder exist, and print the effective configuration as JSON, secrets "
+        "redacted. Exit 2 with a message naming the key when anything is wrong.",
+    )
+    config_check.add_argument("--config", type=Path, help=conf)
+    config_check.set_defaults(handler=_config_check)
+
     alerts = commands.add_parser("alerts", help="alerts in the case record").add_subparsers(
         metavar="ACTION"
     )
@@ -207,8 +287,10 @@ def _zones(args: argparse.Namespace) -> int:
             _, unknown = write_zone_rows(zoneset, stream, str(args.fixes), sys.stdout)
     except OSError as exc:
         raise BadInput(f"{args.fixes}: cannot read: {exc.strerror}") from None
-    except (InputError, UnicodeDecodeError) as exc:
+    except InputError as exc:
         raise BadInput(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{args.fixes}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     for tag in sorted(unknown):
         print(f"tagwatch: tag {tag!r} belongs to no case: no rows for its fixes", file=sys.stderr)
     return EXIT_OK
@@ -241,13 +323,22 @@ def _owntracks_prefix(config_path: Path | None) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from simulators.scenario import ScenarioError, load_scenario
     from tagwatch import demo
 
     if args.speed <= 0:
         raise BadInput("--speed must be above 0")
+    if args.port is not None and not 0 < args.port < 65536:
+        raise BadInput(f"--port {args.port}: must be 1..65535")
+    if args.broker is not None:
+        _check_broker_url(args.broker)
     scenario = args.scenario or demo.SCENARIO
     if not scenario.is_file():
         raise BadInput(f"{scenario}: no such scenario file")
+    try:
+        load_scenario(scenario)
+    except ScenarioError as exc:
+        raise BadInput(str(exc)) from None
     try:
         return demo.run(args.broker, args.speed, scenario, args.port)
     except demo.DemoError as exc:
@@ -255,14 +346,27 @@ def _demo(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def _check_broker_url(url: str) -> None:
+    from tagwatch.config import ConfigError, load_config
+
+    try:
+        embedded = load_config(None, {"TAGWATCH_BROKER_URL": url}).broker.embedded
+    except ConfigError as exc:
+        problem = str(exc).removeprefix("TAGWATCH_BROKER_URL: ")
+        raise BadInput(f"--broker {url}: {problem}") from None
+    if embedded:
+        raise BadInput("--broker embedded: leave --broker out for the in-process broker")
+
+
 def _replay(args: argparse.Namespace) -> int:
     from tagwatch.config import ConfigError
-    from tagwatch.replay import ReplayInputError, replay
+    from tagwatch.replay import ReplayInputError, Report, replay
 
     rules = _rules(args.config)
     zoneset, result = _load_zoneset(args.cases)
     if result.errors:
         raise BadInput(f"{len(result.errors)} case file(s) refused; fix them first")
+    report = Report(str(args.input), sys.stderr)
     try:
         count = replay(
             zoneset,
@@ -270,6 +374,7 @@ def _replay(args: argparse.Namespace) -> int:
             args.input,
             sys.stdout.buffer,
             _rate_limit(args.config),
+            report,
             _owntracks_prefix(args.config),
         )
     except OSError as exc:
@@ -279,6 +384,13 @@ def _replay(args: argparse.Namespace) -> int:
             f"{args.input}: {exc}" if isinstance(exc, UnicodeDecodeError) else str(exc)
         ) from None
     print(f"tagwatch: replay wrote {count} alert record(s)", file=sys.stderr)
+    if report.bad:
+        print(
+            f"tagwatch: {args.input}: {report.bad} bad row(s) or line(s), reported above, "
+            "were left out" + ("" if args.lenient else "; exit 2 (--lenient: exit 0)"),
+            file=sys.stderr,
+        )
+        return EXIT_OK if args.lenient else EXIT_BAD_INPUT
     return EXIT_OK
 
 
@@ -324,6 +436,30 @@ def _loaded_config(args: argparse.Namespace):
         return load_config(_config_path(args), os.environ)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    import json
+
+    from tagwatch.config import missing_paths
+    from tagwatch.feed.auth import PUBLIC_TOKEN_HASHES
+
+    config = _loaded_config(args)
+    problems = missing_paths(config)
+    problems += [  # as tagwatch run refuses them
+        f"[[feed.users]] {u.name!r}: token_sha256 is the example's, whose token is public: "
+        "make a new token and put its SHA-256 here"
+        for u in config.feed.users
+        if u.token_sha256 in PUBLIC_TOKEN_HASHES
+    ]
+    print(json.dumps(config.redacted(), indent=2, sort_keys=True))
+    source = config.path or "defaults and the environment (no file)"
+    if problems:
+        for problem in problems:
+            print(f"tagwatch: {source}: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"tagwatch: {source}: configuration valid", file=sys.stderr)
+    return EXIT_OK
 
 
 def _open_record(args: argparse.Namespace):
@@ -457,6 +593,8 @@ def _record_export(args: argparse.Namespace) -> int:
     except RecordError as exc:
         print(f"tagwatch: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except OSError as exc:
+        raise BadInput(f"--out {args.out}: cannot write the bundle: {exc.strerror}") from None
     finally:
         record.close()
     print(out)

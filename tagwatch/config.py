@@ -950,3 +950,27 @@ def _log(sec: _Section) -> LogConfig:
     if level not in ("debug", "info", "warning", "error"):
         sec.fail("level", f'"{level}" is not debug, info, warning or error')
     return LogConfig(level=level, json=sec.get("json"))
+
+
+def missing_paths(config: Config, cases: bool = True) -> list[str]:
+    """What the configuration names that is not there, one message per key saying what to
+    create or set: the cases path (unless `cases` is false) and the folder of a SQLite
+    record. A relative path is taken from the working directory, which the message names."""
+    problems = []
+    path = config.cases.path
+    if cases and not path.exists():
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        problems.append(
+            f"[cases] path: {path}{where} does not exist: create it and put the case files "
+            "in it, or set [cases] path (TAGWATCH_CASES_PATH)"
+        )
+    url = config.record.url
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        folder = Path(url.removeprefix("sqlite://")).parent
+        if not folder.is_dir():
+            problems.append(
+                f"[record] url: the folder {folder} of the SQLite record does not exist: "
+                f"create it (install -d -m 0750 {folder}) or set [record] url "
+                "(TAGWATCH_RECORD_URL)"
+            )
+    return problems

@@ -29,9 +29,9 @@ from hashlib import sha256
 from pathlib import Path
 
 from tagwatch.embedded_broker import EmbeddedBroker, free_port
+from tagwatch.shipped import example
 
-ROOT = Path(__file__).resolve().parent.parent
-SCENARIO = ROOT / "config" / "scenarios" / "day_in_the_life.toml"
+SCENARIO = example("scenarios", "day_in_the_life.toml")  # package data (tagwatch.shipped)
 PREFIX = "tagwatch/v1"
 QUIET = 20.0  # quiet stretches play this many times faster than --speed
 

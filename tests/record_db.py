@@ -1,5 +1,7 @@
-"""A case record's database for one test: SQLite in tmp_path, or PostgreSQL (when
-TAGWATCH_TEST_POSTGRES names one) in a schema of its own, dropped afterwards.
+"""A case record's database for one test: SQLite in tmp_path, or PostgreSQL in a schema
+of its own, dropped afterwards. PostgreSQL is TAGWATCH_TEST_POSTGRES when set (set empty
+to turn the PostgreSQL tests off), else postgresql://postgres@127.0.0.1:5432/test when
+that port answers (the README's test command then runs them).
 
 `raw` reaches the database behind the record's back, as an attacker or an operator
 could: the tamper tests use it.
@@ -8,9 +10,10 @@ could: the tamper tests use it.
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,23 @@ from urllib.parse import quote
 import psycopg
 import pytest
 
-PG_URL = os.environ.get("TAGWATCH_TEST_POSTGRES", "")
+LOCAL_PG = ("127.0.0.1", 5432)
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def postgres_url(environ: Mapping[str, str], address: tuple[str, int] = LOCAL_PG) -> str:
+    """TAGWATCH_TEST_POSTGRES when it is set (set empty: no PostgreSQL tests); else the
+    `test` database of the server at `address` when it answers; else none."""
+    if "TAGWATCH_TEST_POSTGRES" in environ:
+        return environ["TAGWATCH_TEST_POSTGRES"]
+    with socket.socket() as probe:
+        probe.settimeout(1.0)
+        if probe.connect_ex(address) != 0:
+            return ""
+    return f"postgresql://postgres@{address[0]}:{address[1]}/test"
+
+
+PG_URL = postgres_url(os.environ)
 
 
 @dataclass
@@ -55,8 +74,12 @@ def record_database(kind: str, tmp_path: Path) -> Iterator[RecordDb]:
         yield RecordDb("sqlite", f"sqlite://{tmp_path}/record.db")
         return
     if not PG_URL:
-        pytest.skip("PostgreSQL tests need TAGWATCH_TEST_POSTGRES (e.g. "
-                    "postgresql://postgres@127.0.0.1:5432/test); it is not set")
+        pytest.skip(
+            "PostgreSQL tests need a server: TAGWATCH_TEST_POSTGRES names one, else "
+            f"{DEFAULT_PG_URL} is used when 127.0.0.1:5432 answers; "
+            + ("TAGWATCH_TEST_POSTGRES is set empty" if "TAGWATCH_TEST_POSTGRES" in os.environ
+               else "nothing answers there")
+        )
     schema = f"t_{uuid.uuid4().hex[:12]}"
     app = f"tagwatch-test-{schema}"
     with psycopg.connect(PG_URL, autocommit=True) as admin:

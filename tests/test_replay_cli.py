@@ -15,9 +15,9 @@ from tests.tracks import at_distance, home_case, times, track, utc
 T0 = utc("2026-07-06T10:00:00Z")
 
 
-def replay(cases: Path, data: Path) -> subprocess.CompletedProcess:
+def replay(cases: Path, data: Path, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tagwatch.cli", "replay", str(cases), str(data)],
+        [sys.executable, "-m", "tagwatch.cli", "replay", *flags, str(cases), str(data)],
         capture_output=True,
         timeout=60,
         check=False,
@@ -104,3 +104,119 @@ def test_bad_input_exits_2_naming_file_and_line(cases, tmp_path, name, content, 
     assert done.stdout == b""
     message = done.stderr.decode()
     assert name in message and line in message, message
+
+
+def breach_rows(bad: dict[int, str]) -> str:
+    """A CSV of four fixes inside the zone (a confirmed breach), rows replaced by `bad`."""
+    rows = ["tag,ts,lat,lon,acc"]
+    for i in range(4):
+        lon, lat = at_distance(100, -20)
+        rows.append(bad.get(i, f"T-1,2026-07-06T10:0{i}:00Z,{lat},{lon},10"))
+    return "\n".join(rows) + "\n"
+
+
+BAD_ROWS = {  # row index -> (row, what stderr must say about its line)
+    0: ("T-1,2026-07-06T10:00:00Z,51.5073,,10", "line 2: lon: missing_field"),
+    1: ("T-1,2026-07-06T10:01:00,51.5073,-0.1275,10", "line 3: ts: naive_timestamp"),
+    2: ("T-1,2026-07-06T10:02:00Z,51.5073,-0.1275,-5", "line 4: acc: out_of_range"),
+    3: ("T-1,2026-07-06T10:03:00Z,51.5073x,-0.1275,10", "line 5: lat: wrong_type"),
+}
+
+
+@pytest.mark.parametrize("index", sorted(BAD_ROWS))
+def test_a_bad_csv_row_is_reported_with_line_and_field_and_exits_2(cases, tmp_path, index):
+    row, said = BAD_ROWS[index]
+    data = tmp_path / "fixes.csv"
+    data.write_text(breach_rows({index: row}))
+    done = replay(cases, data)
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert f"{data}: {said}" in err, err
+    assert "1 bad row(s)" in err
+    # stdout keeps only the alert records of the good rows
+    out = [json.loads(x) for x in done.stdout.decode().splitlines()]
+    assert out and {r["type"] for r in out} == {"zone.breach"}
+
+
+def test_lenient_exits_0_with_the_same_alerts_and_the_same_report(cases, tmp_path):
+    data = tmp_path / "fixes.csv"
+    data.write_text(breach_rows({i: row for i, (row, _) in BAD_ROWS.items() if i >= 2}))
+    strict, lenient = replay(cases, data), replay(cases, data, "--lenient")
+    assert (strict.returncode, lenient.returncode) == (2, 0)
+    assert strict.stdout == lenient.stdout
+    assert [json.loads(x)["confidence"] for x in lenient.stdout.decode().splitlines()] == [
+        "probable", "confirmed"
+    ]
+    for _, said in list(BAD_ROWS.values())[2:]:
+        assert said in lenient.stderr.decode()
+
+
+def test_bad_capture_lines_are_reported_and_the_good_ones_still_replayed(cases, tmp_path):
+    good = capture_lines()
+    lines = [good[0], b"{not json", b'{"payload": {}}', *good[1:5],
+             b'{"topic": "tagwatch/v1/tags/T-1/fix", "payload": {"ts": 1783332000, "lat": 51.5}}',
+             b'{"topic": "tagwatch/v1/tags/T-1/fix", "payload": {}, "received": "noon"}']
+    data = tmp_path / "capture.jsonl"
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    done = replay(cases, data)
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "line 2: (line): not JSON" in err
+    assert "line 3: (line): expected" in err
+    assert "line 8: lon: missing_field" in err
+    assert "line 9: received:" in err
+    assert "4 bad row(s)" in err
+    records = [json.loads(x) for x in done.stdout.decode().splitlines()]
+    assert ("zone.breach", "confirmed") in {(r["type"], r["confidence"]) for r in records}
+
+
+def test_a_tag_in_no_case_is_said_once_and_is_not_an_error(cases, tmp_path):
+    data = tmp_path / "fixes.csv"
+    data.write_text(breach_rows({}) + "T-9,2026-07-06T10:00:00Z,51.5,-0.12,10\n" * 3)
+    done = replay(cases, data)
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert err.count("T-9") == 1 and "belongs to no case" in err
+
+
+def test_a_victim_devices_bad_values_are_not_repeated_on_stderr(cases, tmp_path):
+    line = {"topic": "tagwatch/v1/victims/VD-1/fix",
+            "payload": {"ts": "2026-07-06T10:00:00Z", "lat": 95.123456, "lon": -0.1275}}
+    data = tmp_path / "capture.jsonl"
+    data.write_bytes(orjson.dumps(line) + b"\n")
+    done = replay(cases, data)
+    err = done.stderr.decode()
+    assert done.returncode == 2
+    assert "line 1: lat: out_of_range" in err and "95.12" not in err, err
+
+
+def test_a_line_that_is_not_utf8_is_reported_and_the_others_replayed(cases, tmp_path):
+    data = tmp_path / "fixes.csv"
+    text = breach_rows({}).encode()
+    lines = text.splitlines(keepends=True)
+    lines.insert(2, b"T-1,2026-07-06T10:00:30Z,51.5\xff,-0.1275,10\n")
+    data.write_bytes(b"\xef\xbb\xbf" + b"".join(lines))  # and a byte order mark, as Excel writes
+    done = replay(cases, data)
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "line 3: (line): not UTF-8 (byte 0xff at column 30)" in err
+    out = [json.loads(x) for x in done.stdout.decode().splitlines()]
+    assert [(r["type"], r["confidence"]) for r in out][:2] == [
+        ("zone.breach", "probable"), ("zone.breach", "confirmed")
+    ]
+
+
+def test_a_redelivered_upload_does_not_hide_a_later_bad_line(cases, tmp_path):
+    good = track([at_distance(100, 400)] * 2, times(T0, 30, 2))
+    upload = [*good, {"ts": "2026-07-06T10:05:00", "lat": 51.5, "lon": -0.12}]  # naive ts
+    later = {"ts": "2026-07-06T10:09:00Z", "lat": 51.5, "lon": -0.12, "acc": -5}
+    topic = "tagwatch/v1/tags/T-1/fix"
+    lines = [{"topic": topic, "payload": upload}, {"topic": topic, "payload": upload},
+             {"topic": topic, "payload": later}]
+    data = tmp_path / "capture.jsonl"
+    data.write_bytes(b"\n".join(orjson.dumps(x) for x in lines) + b"\n")
+    done = replay(cases, data)
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "line 1: ts: naive_timestamp" in err
+    assert "line 3: acc: out_of_range" in err

@@ -74,6 +74,15 @@ class _Server(uvicorn.Server):
         # The daemon owns SIGTERM/SIGINT/SIGHUP: uvicorn must not take them over.
         yield
 
+    async def startup(self, sockets=None) -> None:
+        # uvicorn exits the process (status 3) when it cannot listen; an OSError instead
+        # lets the daemon stop cleanly with status 1 and a message (DESIGN 3.5).
+        try:
+            await super().startup(sockets=sockets)
+        except SystemExit:
+            where = f"{self.config.host}:{self.config.port}"
+            raise OSError(f"[feed] listen {where}: cannot listen there (see the log)") from None
+
 
 class AcceptErrors:
     """A loop exception handler: accept() failing for want of descriptors is counted

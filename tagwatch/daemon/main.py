@@ -11,7 +11,7 @@ from pathlib import Path
 import structlog
 
 from tagwatch import signing
-from tagwatch.config import ConfigError, load_config
+from tagwatch.config import ConfigError, load_config, missing_paths
 from tagwatch.daemon import logs
 from tagwatch.daemon.service import (
     CaseSet,
@@ -39,6 +39,11 @@ def run(config_path: Path | None, environ: Mapping[str, str]) -> int:
         config = load_config(config_path, environ)
     except ConfigError as exc:
         return _fail(EXIT_BAD_INPUT, str(exc))
+    # The record's folder, before anything starts (a missing cases path is only "not
+    # ready" to the daemon: it starts and waits for a reload to find it).
+    missing = missing_paths(config, cases=False)
+    if missing:
+        return _fail(EXIT_BAD_INPUT, f"{config.path or 'configuration'}: " + "; ".join(missing))
     public = [u.name for u in config.feed.users if u.token_sha256 in PUBLIC_TOKEN_HASHES]
     if public:
         return _fail(

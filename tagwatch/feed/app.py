@@ -13,7 +13,6 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -35,11 +34,12 @@ from tagwatch.feed.stream import event_stream
 from tagwatch.notify.ack import AckError
 from tagwatch.notify.records import parse_ts
 from tagwatch.record import Record
+from tagwatch.shipped import static
 from tagwatch.traccar import TraccarError, traccar_fix
 from tagwatch.wire import rfc3339
 from zones import ZoneSet
 
-STATIC = Path(__file__).parent / "static"
+STATIC = static()  # package data (tagwatch.shipped)
 STATES = ("open", "updated", "acknowledged", "escalated", "resolved")
 TRACK_DEFAULT_S = 3600.0
 FALLBACK_LIMIT = 10_000

@@ -72,9 +72,9 @@ class Counter:
         transaction = db.transaction
 
         @contextlib.contextmanager
-        def tx(write, _t=transaction):
+        def tx(write, _t=transaction, **kw):
             start = time.perf_counter()
-            with _t(write) as inner:
+            with _t(write, **kw) as inner:
                 self.seconds["begin"] += time.perf_counter() - start
                 yield inner
                 self._mark = time.perf_counter()
@@ -142,6 +142,11 @@ def pg_schema(extra: str = ""):
             admin.execute(f"DROP SCHEMA {schema} CASCADE".encode())
 
 
+def _state_kib(shape_batches) -> float:
+    total = sum(len(s) for b in shape_batches for s in b.checkpoints.values())
+    return total / len(shape_batches) / 1024
+
+
 def measure(urls: dict[str, str], shape_batches, profile: str | None) -> None:
     records = {name: Record.open(url) for name, url in urls.items()}
     counters = {name: Counter() for name in urls}
@@ -168,7 +173,7 @@ def measure(urls: dict[str, str], shape_batches, profile: str | None) -> None:
     points = statistics.mean(len(b.checkpoints) for b in shape_batches[1:])
     outbox = statistics.mean(len(b.outbox) for b in shape_batches[1:])
     print(f"  {n} batches, mean {entries:.0f} entries, {outbox:.1f} outbox rows, "
-          f"{points:.0f} checkpoints, {sum(len(s) for b in shape_batches[1:] for s in b.checkpoints.values()) / n / 1024:.0f} KiB of checkpoint state")
+          f"{points:.0f} checkpoints, {_state_kib(shape_batches[1:]):.0f} KiB of checkpoint state")
     base = statistics.median(wall["sqlite"])
     for name in urls:
         med, p90 = statistics.median(wall[name]), statistics.quantiles(wall[name], n=10)[-1]

@@ -102,7 +102,7 @@ class Record:
         points = [
             _checkpoint_row(key, state, recorded_at) for key, state in batch.checkpoints.items()
         ]
-        with self._lock, self._db.transaction(write=True) as db:
+        with self._lock, self._db.transaction(write=True, batch=True) as db:
             if batch.entries:
                 heads = db.lock_heads(sorted({e.chain for e in batch.entries}), GENESIS)
                 rows = chains.append_rows(batch.entries, heads, recorded_at)

@@ -27,15 +27,18 @@ def pg(tmp_path: Path) -> Iterator[tuple[Record, object]]:
 
 
 def _round_trips(record: Record, tmp_path: Path, batch: Batch, at: float) -> int:
+    return _traced(record._db.conn, tmp_path, lambda: record.commit(batch, at))
+
+
+def _traced(conn, tmp_path: Path, fn) -> int:
     from psycopg.pq import Trace
 
-    trace = tmp_path / f"trace-{at}.txt"
-    conn = record._db.conn  # the writer's connection
+    trace = tmp_path / "trace.txt"
     with open(trace, "w") as out:
         conn.pgconn.trace(out.fileno())
         conn.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
         try:
-            record.commit(batch, at)
+            fn()
         finally:
             conn.pgconn.untrace()
     sent = [line for line in trace.read_text().splitlines() if line.startswith("F")]
@@ -86,3 +89,17 @@ def test_a_statement_failing_late_in_the_pipeline_undoes_the_whole_batch(pg) -> 
     record.commit(Batch([fix(2)], [], {"T-1001": b"two"}), T0 + 12)  # the connection is fine
     assert [f["seq"] for f in record.track("T-1001", 0)] == [1, 2]
     assert record.verify() == []
+
+
+def test_a_one_query_read_is_two_round_trips_and_marking_rows_done_one(
+        pg, tmp_path: Path) -> None:
+    record, _db = pg
+    record.commit(_everything(1), T0 + 10)
+    record.outbox_depth()  # opens the reading connection
+    assert _traced(record._reader.conn, tmp_path, record.outbox_depth) == 2
+    due = record.outbox_due(T0 + 1)
+    assert [r.alert_id for r in due] == ["a1"]
+    assert _traced(record._db.conn, tmp_path,
+                   lambda: record.outbox_done_many([r.id for r in due], {"sid": "x"})) == 1
+    assert record.outbox_depth() == 0
+    assert record.verify() == []  # a read transaction streaming rows

@@ -274,38 +274,39 @@ class PostgresDb(Db):
 
     @contextmanager
     def transaction(self, write: bool, batch: bool = False) -> Iterator[Db]:
-        if write and batch:
-            with self._batch() as db:
+        if batch or not write:
+            # verify and export read heads and entries from one snapshot
+            begin = b"BEGIN" if write else b"BEGIN ISOLATION LEVEL REPEATABLE READ"
+            with self._queued(begin) as db:
                 yield db
             return
         conn = self._connect()
         try:
             with conn.transaction():
-                if not write:
-                    # verify and export read heads and entries from one snapshot
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 yield self
         except psycopg.Error as exc:
             raise self._translate(exc, "transaction") from exc
 
     @contextmanager
-    def _batch(self) -> Iterator[Db]:
-        """A write transaction in as few round trips as its statements allow: BEGIN and
-        every statement that returns nothing wait in a queue, and go in one pipeline with
-        the next statement whose answer is needed (lock_heads) or with COMMIT. So a batch
-        commit is two round trips (BEGIN + lock, the rest + COMMIT), plus a COPY for a big
-        batch. The transaction and its order are the same as unqueued; a failing statement
-        aborts the rest, and the error is raised before this returns (so before any ack)."""
+    def _queued(self, begin: bytes) -> Iterator[Db]:
+        """A transaction in as few round trips as its statements allow: BEGIN and every
+        statement that returns nothing wait in a queue, and go in one pipeline with the
+        next statement whose answer is needed or with COMMIT. So a batch commit is two
+        round trips (BEGIN + the head lock, then the rest + COMMIT), plus a COPY for a big
+        batch, and a one-query read is two (BEGIN + query, COMMIT). The transaction and
+        its order are the same as unqueued; a failing statement aborts the rest, and the
+        error is raised before this returns (so before any ack)."""
         conn = self._connect()
-        self._queue = [(b"BEGIN", None, False)]
+        self._queue = [(begin, None, False)]
         try:
             try:
                 yield self
-                self._queue.append((b"COMMIT", None, False))
-                self._flush()
+                if self._queue != [(begin, None, False)]:  # else nothing was sent or queued
+                    self._queue.append((b"COMMIT", None, False))
+                    self._flush()
             except BaseException:
                 self._queue = None
-                if not conn.closed and conn.info.transaction_status in (
+                if not (conn.closed or conn.broken) and conn.info.transaction_status in (
                     TransactionStatus.INTRANS,
                     TransactionStatus.INERROR,
                 ):
@@ -392,6 +393,8 @@ class PostgresDb(Db):
 
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Row]:
         assert self.conn is not None
+        if self._queue:
+            self._flush()  # the named cursor needs the transaction begun
         with self.conn.cursor(name="tagwatch_stream") as cur:
             cur.itersize = 2000
             cur.execute(self._pg(sql), params)
@@ -399,6 +402,8 @@ class PostgresDb(Db):
 
     def script(self, statements: Iterable[str]) -> None:
         assert self.conn is not None
+        if self._queue:
+            self._flush()
         for statement in statements:
             self.conn.execute(statement.encode())  # bytes: no placeholder parsing
 

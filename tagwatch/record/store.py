@@ -282,14 +282,15 @@ class Record:
             return
         text = canonical(result, "outbox rows: result")
         now = time.time()
-        with self._lock, self._db.transaction(write=True) as db:
+        with self._lock, self._db.transaction(write=True, batch=True) as db:
             for start in range(0, len(row_ids), 500):
                 chunk = row_ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                db.execute(
+                # executemany of one: PostgreSQL sends it with BEGIN and COMMIT at once
+                db.executemany(
                     f"UPDATE outbox SET status = 'done', result = ?, updated_at = ? "
                     f"WHERE id IN ({marks})",
-                    (text, now, *chunk),
+                    [(text, now, *chunk)],
                 )
 
     def outbox_retry(self, row_id: int, not_before: float, error: str) -> None:

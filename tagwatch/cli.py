@@ -137,6 +137,19 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: other tags' fix -> alert latency, unloaded and while one tag floods",
     )
     e2e.add_argument("--flood-rate", type=int, default=16_000, help="the flooding tag's messages/s")
+    e2e.add_argument(
+        "--record",
+        help="postgresql://... : record there (a schema of its own per run, dropped after)",
+    )
+    e2e.add_argument(
+        "--compare-sqlite",
+        action="store_true",
+        help="with --record: the SQLite record too, in the same run, and the ratios",
+    )
+    e2e.add_argument("--latency-s", type=float, default=10.0, help="seconds of the latency run")
+    e2e.add_argument(
+        "--memory-tags", type=int, default=100_000, help="tags held in the memory run"
+    )
     e2e.set_defaults(handler=_bench_e2e)
     notify = which.add_parser("notify", help="breach fix published to SMS request received")
     notify.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
@@ -729,7 +742,16 @@ def _bench_e2e(args: argparse.Namespace) -> int:
         if args.flood:
             emit(e2e.run_flood(args.broker, rate=args.flood_rate), e2e.FLOOD_LINES, args.json)
         else:
-            emit(e2e.run(args.broker, fixes=args.fixes), e2e.RESULT_LINES, args.json)
+            result = e2e.run(
+                args.broker,
+                fixes=args.fixes,
+                latency_s=args.latency_s,
+                memory_tags=args.memory_tags,
+                record=args.record,
+                compare_sqlite=args.compare_sqlite,
+            )
+            lines = e2e.COMPARE_LINES if args.compare_sqlite else e2e.RESULT_LINES
+            emit(result, lines, args.json)
     except e2e.BenchError as exc:
         print(f"tagwatch bench e2e: {exc}", file=sys.stderr)
         return EXIT_FAILURE

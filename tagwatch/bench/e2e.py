@@ -25,6 +25,14 @@ publisher in one run:
    polygons, a school circle, a victim with a device), in steady state: 20
    fixes processed per tag, so every per-tag window is full.
 
+With --record URL (a PostgreSQL URL) the daemon's runs of 1. and 2. write their record
+there instead of a fresh SQLite file: each daemon gets a schema of its own, created
+before it starts and dropped after it stops. With --compare-sqlite as well, both
+records run in the same benchmark, interleaved (throughput SQLite, PostgreSQL, then
+latency SQLite, PostgreSQL) beside the one bare receiver, and the figures of each are
+printed with the ratios PostgreSQL / SQLite: on a shared machine only such ratios of
+one run mean anything.
+
 With --flood (instead of the three above): fairness under a single-tag flood. The
 latency measurement of 2. runs twice in one run, each with a fresh daemon: unloaded,
 then while one more tag (a known one, with a case) publishes valid fixes at
@@ -48,6 +56,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import msgspec
 import numpy as np
@@ -59,6 +68,7 @@ from tagwatch.bench.rawpub import RawPublisher, packets
 from tagwatch.bench.report import Progress
 from tagwatch.bench.workload import london_cases
 from tagwatch.mqtt import BrokerSettings
+from tagwatch.record.db import redact_url
 
 TAGS = 1_000
 WINDOW_EXTERNAL = 800  # below Mosquitto's default max_queued_messages (1000)
@@ -82,7 +92,13 @@ def run(
     latency_s: float = 10.0,
     memory_tags: int = 100_000,
     window: int | None = None,
+    record: str | None = None,
+    compare_sqlite: bool = False,
 ) -> dict:
+    if record is not None and not record.startswith(("postgresql://", "postgres://")):
+        raise BenchError(f"--record: expected a postgresql:// URL, not {redact_url(record)!r}")
+    if compare_sqlite and record is None:
+        raise BenchError("--compare-sqlite needs --record postgresql://...")
     progress = Progress("bench e2e")
     with contextlib.ExitStack() as stack:
         private = broker is None
@@ -91,7 +107,7 @@ def run(
         window = window or (WINDOW_PRIVATE if private else WINDOW_EXTERNAL)
         used = f"{broker} ({'private mosquitto started by the benchmark' if private else 'given'})"
         progress.step(f"broker: {used}; window {window:,} fixes")
-        result = _measure(broker, fixes, latency_s, window, progress)
+        result = _measure(broker, fixes, latency_s, window, progress, record, compare_sqlite)
     progress.step(f"memory with {memory_tags:,} tags' state")
     result["rss_mb_100k_tags"] = _memory(memory_tags)
     result["broker"] = used
@@ -99,8 +115,18 @@ def run(
     return result
 
 
-def _measure(broker: str, fixes: int, latency_s: float, window: int, progress) -> dict:
+def _measure(
+    broker: str,
+    fixes: int,
+    latency_s: float,
+    window: int,
+    progress,
+    record: str | None = None,
+    compare_sqlite: bool = False,
+) -> dict:
     settings = BrokerSettings.from_url(broker)
+    # the record under test last; with --compare-sqlite, SQLite runs first in each pair
+    records: list[str | None] = [None, record] if compare_sqlite else [record]
     with tempfile.TemporaryDirectory(prefix="tagwatch-bench-") as tmp:
         workdir = Path(tmp)
         cases = london_cases(TAGS, seed=11)
@@ -108,23 +134,70 @@ def _measure(broker: str, fixes: int, latency_s: float, window: int, progress) -
         payloads = _payloads(cases, fixes)
         progress.step(f"bare receiver: {fixes:,} fixes")
         bare_s = _bare_receiver(settings, payloads, window, broker)
-        progress.step(f"tagwatch run: {fixes:,} fixes, every one recorded")
-        tagwatch_s, alerts = _through_daemon(broker, settings, workdir, payloads, window)
-        progress.step(f"latency at 2,000 fixes/s for {latency_s:.0f} s")
-        latency = _latency(broker, settings, workdir, cases, latency_s)
-    tagwatch_rate, bare_rate = fixes / tagwatch_s, fixes / bare_s
-    return {
+        runs: list[tuple[float, int]] = []
+        for url in records:
+            progress.step(f"tagwatch run: {fixes:,} fixes, every one recorded in {_kind(url)}")
+            runs.append(_through_daemon(broker, settings, workdir, payloads, window, url))
+        latencies = []
+        for url in records:
+            progress.step(f"latency at 2,000 fixes/s for {latency_s:.0f} s, {_kind(url)} record")
+            latencies.append(_latency(broker, settings, workdir, cases, latency_s, record=url))
+    bare_rate = fixes / bare_s
+    figures = [_figures(fixes, s, alerts, bare_rate, lat) for (s, alerts), lat in zip(
+        runs, latencies, strict=True)]
+    result = {
         "benchmark": "e2e",
         "fixes": fixes,
         "window": window,
-        "tagwatch_fixes_per_s": round(tagwatch_rate),
+        "record": _kind(record) if record is None else redact_url(record),
         "bare_receiver_fixes_per_s": round(bare_rate),
-        "ratio": round(tagwatch_rate / bare_rate, 2),
+        **figures[-1],
+    }
+    if compare_sqlite:
+        sqlite, pg = figures
+        result.update({f"sqlite_{key}": value for key, value in sqlite.items()})
+        result["throughput_ratio_vs_sqlite"] = round(
+            pg["tagwatch_fixes_per_s"] / sqlite["tagwatch_fixes_per_s"], 2
+        )
+        result["p50_ratio_vs_sqlite"] = round(pg["p50_latency_ms"] / sqlite["p50_latency_ms"], 2)
+        result["p99_ratio_vs_sqlite"] = round(pg["p99_latency_ms"] / sqlite["p99_latency_ms"], 2)
+    return result
+
+
+def _figures(fixes: int, seconds: float, alerts: int, bare_rate: float, latency) -> dict:
+    rate = fixes / seconds
+    return {
+        "tagwatch_fixes_per_s": round(rate),
+        "ratio": round(rate / bare_rate, 2),
         "throughput_alerts": alerts,
         "p50_latency_ms": latency[0],
         "p99_latency_ms": latency[1],
         "latency_samples": latency[2],
     }
+
+
+def _kind(record: str | None) -> str:
+    return "sqlite" if record is None else "postgresql"
+
+
+@contextlib.contextmanager
+def _pg_schema(url: str):
+    """A schema of its own in the PostgreSQL database at url, for one daemon; yields the
+    URL that makes it the daemon's search_path, and drops the schema (CASCADE) at the end."""
+    import psycopg
+
+    schema = f"tagwatch_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as admin:
+            admin.execute(f"CREATE SCHEMA {schema}".encode())
+    except psycopg.Error as exc:
+        raise BenchError(f"--record {redact_url(url)}: cannot create a schema: {exc}") from None
+    sep = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as admin:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE".encode())
 
 
 def _write_cases(cases, folder: Path) -> None:
@@ -300,8 +373,10 @@ def _bare_receiver(settings: BrokerSettings, payloads, window: int, broker: str)
             proc.wait()
 
 
-def _config(workdir: Path, broker: str, prefix: str, port: int, extra: str = "") -> Path:
-    db = workdir / f"record-{uuid.uuid4().hex[:6]}.db"
+def _config(
+    workdir: Path, broker: str, prefix: str, port: int, extra: str = "", record: str | None = None
+) -> Path:
+    record = record or f"sqlite:///{workdir / f'record-{uuid.uuid4().hex[:6]}.db'}"
     text = f"""
 [broker]
 url = "{broker}"
@@ -312,7 +387,7 @@ topic_prefix = "{prefix}"
 path = "{workdir / "cases"}"
 
 [record]
-url = "sqlite:///{db}"
+url = "{record}"
 
 [ingest]
 batch_max = 2000
@@ -329,7 +404,8 @@ listen = "127.0.0.1:{port}"
 
 class BenchDaemon:
     """`tagwatch run` as a subprocess with a benchmark config (cases in workdir/cases,
-    a fresh SQLite record); `extra` is appended to the config, `env` to the environment."""
+    a fresh SQLite record, or `record`: a URL); `extra` is appended to the config, `env`
+    to the environment."""
 
     NEAR = 2_000  # fixes: about 0.1 s of the daemon's work at full rate
 
@@ -340,11 +416,12 @@ class BenchDaemon:
         prefix: str,
         extra: str = "",
         env: dict[str, str] | None = None,
+        record: str | None = None,
     ) -> None:
         from tagwatch.embedded_broker import free_port
 
         self.port = free_port()
-        config = _config(workdir, broker, prefix, self.port, extra)
+        config = _config(workdir, broker, prefix, self.port, extra, record)
         env = {k: v for k, v in os.environ.items() if not k.startswith("TAGWATCH_")} | (env or {})
         self.log_path = workdir / f"daemon-{self.port}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115
@@ -414,28 +491,49 @@ class BenchDaemon:
         self.log.close()
 
 
+@contextlib.contextmanager
+def _daemon(workdir: Path, broker: str, prefix: str, record: str | None):
+    """A BenchDaemon on a fresh record: SQLite (record None) or a new PostgreSQL schema."""
+    with contextlib.ExitStack() as stack:
+        url = None if record is None else stack.enter_context(_pg_schema(record))
+        daemon = BenchDaemon(workdir, broker, prefix, record=url)
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
+
+
 def _through_daemon(
-    broker: str, settings: BrokerSettings, workdir: Path, payloads, window: int
+    broker: str,
+    settings: BrokerSettings,
+    workdir: Path,
+    payloads,
+    window: int,
+    record: str | None = None,
 ) -> tuple[float, int]:
     prefix = f"bench/{uuid.uuid4().hex[:8]}/tagwatch/v1"
-    daemon = BenchDaemon(workdir, broker, prefix)
-    try:
+    with _daemon(workdir, broker, prefix, record) as daemon:
         start = _publish_windowed(
             settings, prefix, payloads, window, daemon.fixes_taken, "tagwatch run", broker
         )
         elapsed = time.perf_counter() - start
         return elapsed, int(daemon.metric("tagwatch_alerts_total"))
-    finally:
-        daemon.stop()
 
 
 def _latency(
-    broker, settings, workdir: Path, cases, seconds: float, flood: Flood | None = None
+    broker,
+    settings,
+    workdir: Path,
+    cases,
+    seconds: float,
+    flood: Flood | None = None,
+    record: str | None = None,
 ) -> tuple[float, float, int]:
     """Publish at 2,000 fixes/s; every 10th tag breaches; time fix -> alert record.
     With `flood`, its tag floods meanwhile and is left out of the paced fixes."""
     prefix = f"bench/{uuid.uuid4().hex[:8]}/tagwatch/v1"
-    daemon = BenchDaemon(workdir, broker, prefix)
+    running = contextlib.ExitStack()
+    daemon = running.enter_context(_daemon(workdir, broker, prefix, record))
     sent: dict[tuple[str, str], float] = {}
     latencies: list[float] = []
     arrived = threading.Condition()
@@ -465,7 +563,7 @@ def _latency(
             flood.taken = int(daemon.metric("tagwatch_fixes_total"))
             flood.limited = int(daemon.metric('tagwatch_rejected_total{reason="rate_limited"}'))
     finally:
-        daemon.stop()
+        running.close()
     if not latencies:
         raise BenchError(f"no breach alert came back through {broker} on {prefix}/alerts/#")
     p50, p99 = np.percentile(latencies, [50, 99])
@@ -671,4 +769,16 @@ RESULT_LINES: list[tuple[str, str]] = [
     ("tagwatch_fixes_per_s", "tagwatch run, every fix recorded"),
     ("bare_receiver_fixes_per_s", "bare paho-mqtt receiver"),
     ("ratio", "ratio tagwatch / bare receiver"),
+]
+COMPARE_LINES: list[tuple[str, str]] = [
+    ("sqlite_tagwatch_fixes_per_s", "tagwatch run, SQLite record"),
+    ("tagwatch_fixes_per_s", "tagwatch run, PostgreSQL record"),
+    ("bare_receiver_fixes_per_s", "bare paho-mqtt receiver"),
+    ("sqlite_ratio", "ratio tagwatch / bare receiver, SQLite"),
+    ("ratio", "ratio tagwatch / bare receiver, PostgreSQL"),
+    ("sqlite_p50_latency_ms", "fix -> alert p50, SQLite"),
+    ("p50_latency_ms", "fix -> alert p50, PostgreSQL"),
+    ("sqlite_p99_latency_ms", "fix -> alert p99, SQLite"),
+    ("p99_latency_ms", "fix -> alert p99, PostgreSQL"),
+    ("p99_ratio_vs_sqlite", "ratio p99 PostgreSQL / SQLite"),
 ]

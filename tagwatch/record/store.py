@@ -102,7 +102,7 @@ class Record:
         points = [
             _checkpoint_row(key, state, recorded_at) for key, state in batch.checkpoints.items()
         ]
-        with self._lock, self._db.transaction(write=True) as db:
+        with self._lock, self._db.transaction(write=True, batch=True) as db:
             if batch.entries:
                 heads = db.lock_heads(sorted({e.chain for e in batch.entries}), GENESIS)
                 rows = chains.append_rows(batch.entries, heads, recorded_at)
@@ -285,14 +285,15 @@ class Record:
             return
         text = canonical(result, "outbox rows: result")
         now = time.time()
-        with self._lock, self._db.transaction(write=True) as db:
+        with self._lock, self._db.transaction(write=True, batch=True) as db:
             for start in range(0, len(row_ids), 500):
                 chunk = row_ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                db.execute(
+                # executemany of one: PostgreSQL sends it with BEGIN and COMMIT at once
+                db.executemany(
                     f"UPDATE outbox SET status = 'done', result = ?, updated_at = ? "
                     f"WHERE id IN ({marks})",
-                    (text, now, *chunk),
+                    [(text, now, *chunk)],
                 )
 
     def outbox_retry(self, row_id: int, not_before: float, error: str) -> None:

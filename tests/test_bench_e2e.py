@@ -1,0 +1,66 @@
+"""`tagwatch bench e2e --record URL --compare-sqlite`, run as a user runs it, tiny: the flags
+parse, both records run in one benchmark, and the benchmark's schemas are gone afterwards.
+Not a timing test: the figures are whatever this machine gives."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from tests.conftest import ROOT
+from tests.record_db import PG_URL
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tagwatch.cli", "bench", "e2e", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def _bench_schemas() -> set[str]:
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tagwatch_bench_%'"
+        ).fetchall()
+    return {name for (name,) in rows}
+
+
+def test_compare_sqlite_without_a_record_is_refused():
+    result = run("--compare-sqlite", "--fixes", "10")
+    assert result.returncode == 1
+    assert "--compare-sqlite needs --record" in result.stderr
+
+
+def test_a_record_that_is_not_postgresql_is_refused():
+    result = run("--record", "sqlite:///tmp/x.db", "--fixes", "10")
+    assert result.returncode == 1
+    assert "expected a postgresql:// URL" in result.stderr
+
+
+def test_a_tiny_run_against_postgresql_beside_sqlite():
+    if not PG_URL:
+        pytest.skip("needs TAGWATCH_TEST_POSTGRES (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    before = _bench_schemas()
+    result = run(
+        "--fixes", "2000", "--latency-s", "1", "--memory-tags", "200",
+        "--record", PG_URL, "--compare-sqlite", "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["record"] == PG_URL
+    for prefix in ("", "sqlite_"):
+        assert figures[f"{prefix}tagwatch_fixes_per_s"] > 0
+        assert figures[f"{prefix}latency_samples"] > 0
+        assert figures[f"{prefix}p99_latency_ms"] >= figures[f"{prefix}p50_latency_ms"] > 0
+    assert figures["p99_ratio_vs_sqlite"] == pytest.approx(
+        figures["p99_latency_ms"] / figures["sqlite_p99_latency_ms"], abs=0.01
+    )
+    assert _bench_schemas() == before  # each run's schema was dropped

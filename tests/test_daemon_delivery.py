@@ -205,8 +205,9 @@ def test_no_ack_within_ack_timeout_calls_the_victim_and_an_ack_stops_it(
         try:
             _start(d)
             t0 = time.time()
-            _breach(pub, d, "T-1001", t0 - 0.5)
-            _breach(pub, d, "T-3003", t0)
+            # two fixes 30 s apart each: the confirming ones at t0 + 0.5 and t0 + 1
+            _breach(pub, d, "T-1001", t0 - 29.5)
+            _breach(pub, d, "T-3003", t0 - 29)
             col.wait_for(lambda _: _breaches(col, d.prefix, "C-0001", "updated"), 10, "C-0001")
             acked_id = _breaches(col, d.prefix, "C-0001", "updated")[0]["id"]
             done = d.cli("alerts", "ack", acked_id, "--by", "duty-operator")

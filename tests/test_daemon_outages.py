@@ -42,7 +42,7 @@ def test_broker_restart_mid_stream(tmp_path: Path, mosquitto_factory) -> None:
         broker.start()
         pub = Publisher(broker.url)
         for i in range(2):
-            pub.send(f"{d.prefix}/tags/T-2002/fix", {"ts": now - 10 + i, "lat": C2_INSIDE[1],
+            pub.send(f"{d.prefix}/tags/T-2002/fix", {"ts": now - 40 + 30 * i, "lat": C2_INSIDE[1],
                                                    "lon": C2_INSIDE[0], "acc": 5.0})
         col.wait_for(lambda ms: _breaches(ms, "/alerts/C-0002") >= 2, 30,
                      "breach after the broker restart")

@@ -56,6 +56,9 @@ class Rules:
     repeat_gap_s: float = 3600.0
     ack_timeout_s: float = 120.0
     degraded_notify_s: float = 900.0  # protection degraded this long: the victim's notice
+    follow_window_s: float = 900.0  # pattern.following: judged over this window
+    follow_m: float = 1500.0  # ... the tag within this of the victim's device
+    follow_min_travel_m: float = 1000.0  # ... both having moved at least this far
 
 
 _RULE_TYPES: dict[str, type] = {

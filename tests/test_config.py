@@ -75,7 +75,8 @@ def test_rule_defaults_match_design_3_6() -> None:
         "no_comms_s": 900, "no_fix_s": 600, "near_m": 1000, "max_speed_mps": 70,
         "battery_low_pct": 15, "loiter_m": 1000, "loiter_s": 900, "repeat_count": 3,
         "repeat_window_d": 7, "max_future_s": 120, "victim_fresh_s": 180, "repeat_gap_s": 3600,
-        "ack_timeout_s": 120, "degraded_notify_s": 900,
+        "ack_timeout_s": 120, "degraded_notify_s": 900, "follow_window_s": 900, "follow_m": 1500,
+        "follow_min_travel_m": 1000,
     }  # fmt: skip
     assert dataclasses.asdict(Rules()) == expected
     assert expected.keys() == RULE_NAMES

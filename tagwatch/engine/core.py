@@ -22,6 +22,7 @@ import numpy as np
 from tagwatch.config import Rules, rules_with
 from tagwatch.engine import (
     evidence,
+    following,
     patterns,
     protection,
     recent,
@@ -129,6 +130,7 @@ class Engine:
                 r.loiter_m + r.exit_margin_m,
                 r.near_m + r.exit_margin_m,
                 max_warn + r.exit_margin_m,
+                r.follow_m + r.exit_margin_m,
             )
             for r in all_rules
         )
@@ -488,6 +490,7 @@ class Engine:
                     view = FixView(fix.tag, fix, chord(xyz, device.xyz), plausible)
                     victim_rules.stale(track, victim, view, em, age)
                     victim_rules.forget_window(track)
+                    following.stale(track, victim, view, em)
                 continue
             distance = chord(xyz, device.xyz)
             nearest = min(nearest, distance)
@@ -499,6 +502,9 @@ class Engine:
             victim_rules.proximity(track, victim, view, em, fix.ts, device)
             if victim_rules.approach_device(track, victim, view, em) or track.approach:
                 patterns.activity(st, fix.tag, victim.case, fix, victim.rules, em)
+            if plausible and following.worth(track, distance, victim, fix.acc + device.acc):
+                fallback = (device.xyz, device.acc)
+                following.step(track, victim, view, xyz, device.track, fallback, em)
         return nearest
 
     def _rate(self, st: TagState, tag: str, nearest: float, rules: Rules, em: Emitter) -> None:
@@ -545,8 +551,9 @@ class Engine:
         device = self.devices.get(fix.tag)
         if device is not None and fix.ts <= device.ts:
             return  # an older or duplicate victim position moves nothing
+        ring = self._device_ring(fix, xyz, device)
         device = self.devices[fix.tag] = DeviceState(
-            fix.ts, fix.lon, fix.lat, xyz, fix.acc, evidence.coarse(fix)
+            fix.ts, fix.lon, fix.lat, xyz, fix.acc, evidence.coarse(fix), ring
         )
         self.dirty.add(f"device:{fix.tag}")
         self._protect(self.device_protected.get(fix.tag, ()), fix.ts, em)
@@ -566,6 +573,16 @@ class Engine:
             view = FixView(tag, last, distance, True)
             victim_rules.proximity(track, victim, view, em, fix.ts, device)
             self.dirty.add(tag)
+
+    def _device_ring(self, fix: Fix, xyz: tuple, device: DeviceState | None) -> bytes:
+        """The device's recent positions for pattern.following, over the longest
+        follow_window_s of its cases (engine/following.py)."""
+        victims = self.device_victims.get(fix.tag, ())
+        window = max((v.rules.follow_window_s for _t, v in victims), default=0.0)
+        if not window:
+            return b""
+        ring = device.track if device is not None else b""
+        return following.device_add(ring, fix.ts, tuple(xyz), fix.acc, fix.ts - window)
 
     # -- checkpoints ------------------------------------------------------------------
 

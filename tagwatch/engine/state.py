@@ -74,6 +74,11 @@ class VictimTrack(msgspec.Struct, gc=False):
     approach: Episode | None = None
     approach_low_run: int = 0
     window: list[tuple[float, float, float]] = msgspec.field(default_factory=list)
+    # pattern.following (engine/following.py); new fields default: old checkpoints load
+    follow: Episode | None = None
+    follow_held: float | None = None  # the last tag fix at which following held
+    # (ts, tag x, y, z, acc, device x, y, z, acc) while within follow_m, over the window
+    follow_run: list[tuple[float, ...]] = msgspec.field(default_factory=list)
 
 
 class Visit(msgspec.Struct, gc=False):
@@ -123,6 +128,7 @@ class DeviceState(msgspec.Struct, gc=False):
     xyz: tuple[float, float, float]
     acc: float = 15.0
     coarse: bool = False  # fix "lbs" or acc of hundreds of metres: no critical proximity alone
+    track: bytes = b""  # (ts, x, y, z, acc) over follow_window_s (engine/following.py)
 
 
 _encoder = msgspec.msgpack.Encoder()

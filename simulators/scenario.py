@@ -62,7 +62,7 @@ from tagwatch.wire import Topics, parse_rfc3339
 ALERT_TYPES = frozenset({
     "zone.warning", "zone.breach", "zone.exit", "zone.late_breach", "approach", "proximity",
     "curfew.breach", "tag.tamper", "tag.battery_low", "tag.no_fix", "tag.no_comms", "tag.jump",
-    "pattern.loitering", "pattern.repeated_approach",
+    "pattern.loitering", "pattern.repeated_approach", "pattern.following",
 })
 MODELS = frozenset({"stationary", "route", "walk", "cycle", "drive", "approach", "loiter",
                     "follow", "trace"})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -55,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", type=Path)
     broker.add_arguments(run)
     run.add_argument("--prefix", default="tagwatch/v1")
+    run.add_argument("--traccar-url", metavar="URL",
+                     help='tags of protocol = "traccar": POST to this /ingest/traccar, with '
+                          "the bearer token in TAGWATCH_SIM_TRACCAR_TOKEN")
+    run.add_argument("--owntracks-prefix", default="owntracks", metavar="PREFIX",
+                     help='victim phones of protocol = "owntracks" publish on PREFIX/USER/DEVICE')
     pace = run.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, default=60.0,
                       help="scenario seconds per wall second (default 60)")
@@ -106,8 +112,19 @@ def _run(args: argparse.Namespace) -> int:
         on_alert=lambda a: print(alert_line(a, scenario.start), flush=True),
         realtime=args.realtime,
         on_command=lambda tag, what: print(f"{'':>9} command to {tag}: {what}", flush=True),
+        traccar=_traccar(args), owntracks_prefix=args.owntracks_prefix,
     ))
     return _report(result, args.verify)
+
+
+def _traccar(args: argparse.Namespace) -> tuple[str, str] | None:
+    if args.traccar_url is None:
+        return None
+    token = os.environ.get("TAGWATCH_SIM_TRACCAR_TOKEN", "")
+    if not token:
+        raise ValueError("--traccar-url needs TAGWATCH_SIM_TRACCAR_TOKEN: the token of a "
+                         "feed user of role ingest")
+    return args.traccar_url, token
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -21,12 +21,17 @@ import numpy as np
 import orjson
 
 from simulators.movement import LonLat, Movement, distance_m, offset
-from tagwatch.wire import Topics, rfc3339
+from tagwatch.wire import Topics, parse_rfc3339, rfc3339
 
 FAULT_KINDS = frozenset(
     {"no_fix", "no_comms", "duplicates", "skew", "tamper", "jump", "outliers", "battery"}
 )
 UPLOAD_MODES = ("before_live", "after_live", "never")
+# How a device speaks: tagwatch's own fix JSON over MQTT; a victim's phone as the OwnTracks
+# app (`location` JSON on `{owntracks prefix}/USER/DEVICE`); a tag through a Traccar server
+# (its JSON position forwarding, POSTed to /ingest/traccar: Emission.via "traccar").
+PROTOCOLS = {"tag": ("tagwatch", "traccar"), "victim": ("tagwatch", "owntracks")}
+KMH, KNOT_MPS = 3.6, 1852 / 3600
 MAX_BATCH = 1000
 
 
@@ -73,6 +78,7 @@ class Emission:
     payload: bytes
     truths: tuple[Truth, ...]
     duplicate: bool = False
+    via: str = "mqtt"  # "traccar": POST `payload` to the Traccar endpoint (topic: the tag id)
 
 
 @dataclass
@@ -87,6 +93,8 @@ class DeviceSpec:
     seq: bool = True
     faults: list[Fault] = field(default_factory=list)
     start_s: float = 0.0  # first fix
+    protocol: str = "tagwatch"  # see PROTOCOLS
+    owntracks: str | None = None  # protocol "owntracks": the phone's "USER/DEVICE"
 
 
 class Device:
@@ -94,6 +102,8 @@ class Device:
                  rng: np.random.Generator) -> None:
         self.spec, self.movement, self.t0, self.rng = spec, movement, t0, rng
         self.topic = topics.tag_fix(spec.id) if spec.kind == "tag" else topics.victim_fix(spec.id)
+        if spec.protocol == "owntracks":
+            self.topic = f"{topics.owntracks or 'owntracks'}/{spec.owntracks}"
         self.interval = spec.interval_s
         self.next_at = spec.start_s
         self.seq = 0
@@ -145,7 +155,59 @@ class Device:
         if self.next_at <= t:
             out.extend(self._take_fix(t))
             self.next_at = t + self.interval
-        return out
+        return out if self.spec.protocol == "tagwatch" else self._speak(out)
+
+    # -- OwnTracks and Traccar -------------------------------------------------
+
+    def _speak(self, out: list[Emission]) -> list[Emission]:
+        """The same fixes as the phone app or a Traccar server sends them: one message a
+        fix (a buffered upload becomes its fixes in order); OwnTracks sends no fix-less
+        message, so a no-fix heartbeat is left out there."""
+        spoken = []
+        for em in out:
+            doc = orjson.loads(em.payload)
+            for fix, truth in zip(doc if isinstance(doc, list) else [doc], em.truths,
+                                  strict=True):
+                if self.spec.protocol == "owntracks":
+                    if "lat" in fix:
+                        spoken.append(Emission(em.t, self.topic, self._owntracks(fix, truth),
+                                               (truth,), em.duplicate))
+                else:
+                    spoken.append(Emission(em.t, self.spec.id, self._traccar(fix, truth),
+                                           (truth,), em.duplicate, via="traccar"))
+        return spoken
+
+    def _motion(self, t: float) -> tuple[float, float]:
+        """True speed (m/s) and course (degrees) at scenario time t, over the last second."""
+        a, b = self.movement.position(max(0.0, t - 1.0)), self.movement.position(t)
+        d = distance_m(a, b)
+        east = (b[0] - a[0]) * math.cos(math.radians(b[1]))
+        course = math.degrees(math.atan2(east, b[1] - a[1])) % 360 if d > 0 else 0.0
+        return d / max(1e-9, min(1.0, t)) if t > 0 else 0.0, course
+
+    def _owntracks(self, fix: dict, truth: Truth) -> bytes:
+        speed, course = self._motion(truth.t)
+        msg = {"_type": "location", "tid": self.spec.id[-2:], "lat": fix["lat"],
+               "lon": fix["lon"], "acc": round(fix["acc"]), "vel": round(speed * KMH),
+               "cog": round(course), "tst": int(parse_rfc3339(fix["ts"].replace("Z", "+00:00"))),
+               "conn": "m", "t": "p"}
+        if self.battery is not None:
+            msg["batt"] = round(self.battery)
+        return orjson.dumps(msg)
+
+    def _traccar(self, fix: dict, truth: Truth) -> bytes:
+        speed, course = self._motion(truth.t)
+        valid = "lat" in fix
+        attributes: dict = {}
+        if "bat" in fix:
+            attributes["batteryLevel"] = fix["bat"]
+        if fix.get("strap") == "tamper":
+            attributes["alarm"] = "tampering"
+        position = {"fixTime": fix["ts"], "deviceTime": fix["ts"], "valid": valid,
+                    "latitude": fix.get("lat", 0.0), "longitude": fix.get("lon", 0.0),
+                    "accuracy": fix.get("acc", 0.0), "speed": speed / KNOT_MPS,
+                    "course": course, "attributes": attributes}
+        return orjson.dumps({"position": position, "device": {"uniqueId": self.spec.id}})
 
     def _take_fix(self, t: float) -> list[Emission]:
         fix, truth = self._fix(t)

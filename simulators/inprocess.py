@@ -15,6 +15,7 @@ from simulators.verify import Verifier, VerifyResult
 from tagwatch.config import Rules
 from tagwatch.engine.alerts import to_dict
 from tagwatch.pipeline import Inbound, Pipeline
+from tagwatch.traccar import traccar_fix
 from tagwatch.wire import Topics
 from zones import ZoneSet, load_cases
 
@@ -32,14 +33,18 @@ def run_inprocess(
     on_alert: Callable[[dict], None] | None = None,
     capture: list[Inbound] | None = None,
 ) -> VerifyResult:
-    topics = Topics()
+    topics = Topics(owntracks="owntracks")  # the phones of `protocol = "owntracks"`
     pipeline = Pipeline(load_zoneset(scenario), rules or Rules(), topics, event_clock=True)
     sim = scenario.simulation(topics)
     verifier = Verifier(scenario)
     published = 0
     while sim.next_time() <= scenario.duration_s:
         for em in sim.step():
-            msg = Inbound(em.topic, em.payload, scenario.start + em.t)
+            if em.via == "traccar":  # what /ingest/traccar makes of it
+                tag, fix = traccar_fix(em.payload)
+                msg = Inbound(topics.tag_fix(tag), fix, scenario.start + em.t)
+            else:
+                msg = Inbound(em.topic, em.payload, scenario.start + em.t)
             if capture is not None:
                 capture.append(msg)
             published += 1

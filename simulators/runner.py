@@ -24,6 +24,8 @@ import asyncio
 import contextlib
 import socket
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -125,18 +127,26 @@ async def run_scenario(
     realtime: bool = False,
     on_command: Callable[[str, str], None] | None = None,
     pacing: Pacing | None = None,
+    traccar: tuple[str, str] | None = None,
+    owntracks_prefix: str = "owntracks",
 ) -> VerifyResult:
     """Publish a scenario to the broker and verify the alerts that come back.
 
     `speed` divides the wall pacing (ignored when `realtime`); `on_alert` gets every
     alert record as a dict as it arrives. Raises ScenarioError for a bad file.
+    `traccar`: (URL of tagwatch's /ingest/traccar, bearer token of an `ingest` user) for
+    the tags of `protocol = "traccar"`; `owntracks_prefix`: the topic prefix of the
+    victim phones of `protocol = "owntracks"` (the daemon's `[ingest] owntracks_prefix`).
     """
     scenario = path if isinstance(path, Scenario) else load_scenario(path)
     if realtime:
         speed = 1.0
         scenario = replace(scenario, start=float(int(time.time())))
-    topics = Topics(prefix)
+    topics = Topics(prefix, owntracks=owntracks_prefix)
     sim = scenario.simulation(topics)
+    if traccar is None and any(d.spec.protocol == "traccar" for d in sim.devices.values()):
+        raise ValueError("a tag of the scenario speaks Traccar: give the /ingest/traccar "
+                         "URL and an ingest user's token")
     pace = pacing if pacing is not None and not realtime else Pacing(scenario, speed)
     pace.wall0 = wall0 = time.time() + 0.5
     verifier = Verifier(scenario, wall_at=lambda t: wall0 + pace.wall_s(t))
@@ -147,7 +157,8 @@ async def run_scenario(
         listener = asyncio.create_task(
             _listen(mqtt, prefix, sim, verifier, on_alert, on_command))
         try:
-            verifier.result.published = await _publish(mqtt, sim, scenario, wall0, pace)
+            verifier.result.published = await _publish(mqtt, sim, scenario, wall0, pace,
+                                                       traccar)
             await _wait_for_expectations(verifier, listener)
         finally:
             listener.cancel()
@@ -157,16 +168,32 @@ async def run_scenario(
 
 
 async def _publish(mqtt: aiomqtt.Client, sim, scenario: Scenario, wall0: float,
-                   pace: Pacing) -> int:
+                   pace: Pacing, traccar: tuple[str, str] | None = None) -> int:
     count = 0
     while (t := sim.next_time()) <= scenario.duration_s:
         delay = wall0 + pace.wall_s(t) - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
         for em in sim.step():
-            await mqtt.publish(em.topic, em.payload, qos=1)
+            if em.via == "traccar":
+                await asyncio.to_thread(post_traccar, *traccar, em.payload)
+            else:
+                await mqtt.publish(em.topic, em.payload, qos=1)
             count += 1
     return count
+
+
+def post_traccar(url: str, token: str, body: bytes, timeout: float = 10.0) -> None:
+    """POST one position as Traccar's JSON forwarding does; tagwatch answers 200 once it
+    is committed. Anything else is an error naming the status and tagwatch's reason."""
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            answer.read()
+    except urllib.error.HTTPError as exc:
+        reason = exc.read()[:200].decode("utf-8", "replace")
+        raise OSError(f"{url}: HTTP {exc.code}: {reason}") from None
 
 
 async def _listen(mqtt, prefix, sim, verifier: Verifier, on_alert, on_command):

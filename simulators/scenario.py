@@ -14,6 +14,9 @@
     at = 0
     model = "stationary"
     point = [-0.1200, 51.5073]
+    protocol = "traccar"                # optional: "tagwatch" (default); a tag "traccar"
+                                        # (POSTed to /ingest/traccar), a victim device
+                                        # "owntracks" with owntracks = "USER/DEVICE"
     [[tags.faults]]                     # device faults over time windows
     kind = "tamper"
     at = 600
@@ -44,7 +47,15 @@ from typing import Any
 
 import numpy as np
 
-from simulators.device import FAULT_KINDS, UPLOAD_MODES, Device, DeviceSpec, Emission, Fault
+from simulators.device import (
+    FAULT_KINDS,
+    PROTOCOLS,
+    UPLOAD_MODES,
+    Device,
+    DeviceSpec,
+    Emission,
+    Fault,
+)
 from simulators.movement import (
     SPEEDS_MPS,
     Approach,
@@ -296,7 +307,12 @@ def _device(table: _Table, kind: str, base: Path) -> DeviceScript:
         seq=table.get("seq", bool, True),
         start_s=table.get("start_s", float, 0.0, check=lambda v: v >= 0),
         faults=[_fault(t) for t in table.tables("faults")],
+        protocol=table.get("protocol", str, "tagwatch", check=lambda v: v in PROTOCOLS[kind]),
     )
+    if spec.protocol == "owntracks":
+        spec.owntracks = table.get(
+            "owntracks", str, check=lambda v: v.count("/") == 1 and all(v.split("/"))
+            and not any(c in v for c in "+#"))
     moves = [_move(t, base) for t in table.tables("moves")]
     if not moves:
         raise table.fail("moves", "needs at least one [[...moves]] segment")

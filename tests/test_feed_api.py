@@ -24,6 +24,7 @@ import uvicorn
 from tagwatch.config import FeedUser, Rules
 from tagwatch.engine.alerts import to_dict
 from tagwatch.feed import EventHub, create_app, record_actions
+from tagwatch.feed.cases import cases_view
 from tagwatch.feed.stream import RETRY_MS, event_stream
 from tagwatch.notify.records import escalated_record
 from tagwatch.pipeline import Inbound, Pipeline
@@ -111,14 +112,14 @@ class Feed:
 
 
 def make_app(record: Record, hub: EventHub, zoneset: ZoneSet, tile_url: str | None = None,
-             device_position=None):
+             device_position=None, cases=None):
     on_ack, on_resolve = record_actions(record, hub)
     return create_app(
         record=record, zones_provider=lambda: zoneset, users=USERS, hub=hub,
         on_ack=on_ack, on_resolve=on_resolve,
         health=lambda: {"ready": True, "broker": "connected", "record": "writing"},
         metrics=lambda: b"# TYPE tagwatch_up gauge\ntagwatch_up 1\n", tile_url=tile_url,
-        device_position=device_position)
+        device_position=device_position, cases_view=cases)
 
 
 @contextmanager
@@ -134,7 +135,10 @@ def running_feed(tmp_path: Path, hub: EventHub | None = None,
         return None if state is None else (state.ts, state.lon, state.lat)
 
     try:
-        with serve(make_app(record, hub, zoneset, tile_url, device_position)) as url:
+        def cases() -> list[dict]:  # as the daemon gives it
+            return cases_view(pipeline.engine, zoneset.cases, time.time())
+
+        with serve(make_app(record, hub, zoneset, tile_url, device_position, cases)) as url:
             yield Feed(url, record, hub, pipeline)
     finally:
         record.close()

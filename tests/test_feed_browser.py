@@ -466,3 +466,43 @@ def test_map_is_leaflet_with_legend_scale_and_breach_view(tmp_path: Path, browse
     finally:
         tiles.server.shutdown()
     assert errors == [], errors
+
+
+def test_cases_view_shows_a_degraded_case_with_its_reason(tmp_path: Path, browser) -> None:
+    """Issue 19 item 3: the cases view (GET /api/cases) lists each case with each victim's
+    protection status and reasons, the tag's fix age, quality and battery and the victim
+    device's age; a degraded case first and marked in words, not colour alone; no phone
+    number, no coordinate."""
+    errors: list[str] = []
+    with running_feed(tmp_path) as feed:
+        feed.fix(-0.2000, 51.4500, time.time() - 300)  # C-0001: V-01's device never heard
+        feed.fix(-0.2000, 51.4500, time.time() - 40, tag="VD-02", source="victims")
+        feed.fix(-0.2100, 51.4400, time.time() - 30, tag="T-2002")  # C-0002: all well
+        for size in SIZES:
+            page = open_page(browser, feed, size, errors)
+            page.wait_for_selector("#tab-cases .tab-bad", timeout=5_000)
+            assert page.text_content("#tab-cases .tab-bad") == "1 degraded"
+            assert page.is_hidden("#cases-view")
+            page.click("#tab-cases")
+            page.wait_for_selector('#cases .case[data-case="C-0002"]', timeout=5_000)
+            assert page.is_hidden("#queue-view") and page.is_visible("#cases-view")
+            cards = page.eval_on_selector_all("#cases .case", "cs => cs.map(c => c.dataset.case)")
+            assert cards == ["C-0001", "C-0002"]  # degraded first
+            bad = page.locator('#cases .case[data-case="C-0001"]')
+            assert "case-degraded" in bad.get_attribute("class")
+            text = bad.text_content()
+            assert "⚠ degraded" in text
+            assert "victim's device has no recent position" in text
+            assert "Tag T-1001" in text and "last fix 5 min ago" in text
+            assert "fix good (±5 m)" in text and "battery —" in text
+            assert "device: no position yet" in text
+            good = page.text_content('#cases .case[data-case="C-0002"]')
+            assert "✓ protected" in good and "device: last fix" in good
+            content = page.content()
+            for secret in ("+44", "7700900", "51.45", "-0.2"):
+                assert secret not in content, secret
+            page.screenshot(path=str(ARTIFACTS / f"cases-{size[0]}x{size[1]}.png"))
+            page.click("#tab-queue")
+            assert page.is_visible("#queue-view") and page.is_hidden("#cases-view")
+            page.close()
+    assert errors == [], errors

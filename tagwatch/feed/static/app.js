@@ -494,6 +494,125 @@ async function loadMap(id) {
                                                   victim: victim && !victim.error ? victim : null });
 }
 
+// --- cases view (protection status, GET /api/cases) ------------------------------------
+
+const CASES_POLL_MS = 10_000;
+// The reasons in words (the engine's REASONS); never a position or a phone number.
+const REASON_WORDS = {
+  no_comms: "tag silent",
+  no_fix: "tag has no position",
+  low_battery: "tag battery low",
+  tampered: "strap tamper",
+  device_stale: "victim's device has no recent position",
+  device_coarse: "victim's device position is coarse",
+};
+const STATUS_TEXT = { protected: "✓ protected", degraded: "⚠ degraded", unknown: "? unknown" };
+
+function line(parent, parts) {
+  const div = document.createElement("div");
+  div.className = "case-line";
+  for (const [cls, text] of parts) {
+    if (!text) continue;
+    const span = document.createElement("span");
+    span.className = cls;
+    span.textContent = text;
+    div.appendChild(span);
+  }
+  parent.appendChild(div);
+  return div;
+}
+
+function statusBadge(status) {
+  const b = document.createElement("span");
+  b.className = `pstat pstat-${status}`;
+  b.textContent = STATUS_TEXT[status] || status;
+  return b;
+}
+
+function tagLine(box, t) {
+  const quality = t.fix_quality == null ? "never heard"
+    : t.fix_quality === "none" ? "no position"
+      : `fix ${t.fix_quality}${t.acc_m == null ? "" : ` (±${Math.round(t.acc_m)} m)`}`;
+  const fix = t.last_fix_age_s == null ? "no fix yet" : `last fix ${fmt.duration(t.last_fix_age_s)} ago`;
+  const battery = t.battery_pct == null ? "battery —" : `battery ${t.battery_pct} %`;
+  const flags = [t.no_comms && "SILENT", t.tampered && "TAMPER", t.battery_low && "BATTERY LOW"]
+    .filter(Boolean).join(" · ");
+  line(box, [["who", `Tag ${t.tag}`], ["", fix], [t.fix_quality === "good" ? "" : "bad", quality],
+             [t.battery_low ? "bad" : "", battery], ["bad", flags]]);
+}
+
+function victimLine(box, v) {
+  const row = line(box, [["who", `Victim ${v.victim}`]]);
+  row.appendChild(statusBadge(v.status));
+  const reasons = v.reasons.map((r) => REASON_WORDS[r] || r).join("; ");
+  const kind = v.device === "owntracks" ? "phone (OwnTracks)" : v.device ? "device" : null;
+  const device = !kind ? "no device on file"
+    : v.device_age_s == null ? `${kind}: no position yet`
+      : `${kind}: last fix ${fmt.duration(v.device_age_s)} ago${v.device_coarse ? " (coarse)" : ""}`;
+  for (const [cls, text] of [["reasons", reasons], ["dim", device]]) {
+    if (!text) continue;
+    const span = document.createElement("span");
+    span.className = cls;
+    span.textContent = text;
+    row.appendChild(span);
+  }
+}
+
+function renderCases(list) {
+  const box = $("cases");
+  const cards = list.map((c) => {
+    const card = document.createElement("article");
+    card.className = `case case-${c.status}`;
+    card.dataset.case = c.case;
+    card.setAttribute("role", "listitem");
+    const head = document.createElement("div");
+    head.className = "case-head";
+    const name = document.createElement("span");
+    name.textContent = c.case;
+    head.append(name, statusBadge(c.status));
+    card.appendChild(head);
+    for (const v of c.victims) victimLine(card, v);
+    for (const t of c.tags) tagLine(card, t);
+    return card;
+  });
+  if (!cards.length) {
+    const p = document.createElement("p");
+    p.className = "empty";
+    p.textContent = "No case in force.";
+    cards.push(p);
+  }
+  box.replaceChildren(...cards);
+  const bad = list.filter((c) => c.status === "degraded").length;
+  const tab = $("tab-cases");
+  tab.textContent = "Cases";
+  if (bad) {
+    const n = document.createElement("span");
+    n.className = "tab-bad";
+    n.textContent = `${bad} degraded`;
+    tab.appendChild(n);
+  }
+  $("cases-age").textContent = new Date().toLocaleTimeString();
+}
+
+async function refreshCases() {
+  try {
+    const r = await api("/api/cases");
+    if (r.ok) renderCases(await r.json());
+    else $("cases").textContent = `Could not load the cases: HTTP ${r.status}`;
+  } catch (e) {
+    if (e.message !== "401") $("cases").textContent = "Could not load the cases: network error";
+  }
+}
+
+function showView(name) {
+  for (const [tab, view] of [["tab-queue", "queue-view"], ["tab-cases", "cases-view"]]) {
+    const on = view.startsWith(name);
+    $(tab).setAttribute("aria-selected", String(on));
+    $(view).hidden = !on;
+  }
+  if (name === "cases") refreshCases();
+}
+
 // --- live stream -----------------------------------------------------------------------
 
 function setConn(live, text) {
@@ -533,6 +652,7 @@ async function start() {
   for (const rec of (await resp.json()).reverse()) upsert(rec);
   S.lastEventId = watermark;
   openStream(watermark);
+  refreshCases(); // the tab shows how many cases are degraded even while the queue is shown
 }
 
 // --- sign in ---------------------------------------------------------------------------
@@ -571,6 +691,9 @@ function init() {
     const row = e.target.closest(".row");
     if (row && e.key === "Enter") select(row.dataset.id);
   });
+  $("tab-queue").onclick = () => showView("queue");
+  $("tab-cases").onclick = () => showView("cases");
+  setInterval(() => { if (S.token) refreshCases(); }, CASES_POLL_MS);
   setInterval(tickAges, 1000);
   setInterval(() => { if (S.selected && deliveriesUnsettled(S.selected)) refreshDeliveries(S.selected); },
               DELIVERY_POLL_MS);

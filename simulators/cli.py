@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--rate", type=float, required=True, help="fixes per second in total")
     load.add_argument("--duration", type=float, required=True, help="seconds")
     load.add_argument("--breach-every", type=int, default=4, metavar="N",
-                      help="one fix in N is inside the zone (default 4: an alert storm)")
+                      help="two fixes in N are inside the zone (default 4: an alert storm)")
     load.add_argument("--write-cases", type=Path, metavar="DIR",
                       help="write the load case file the daemon must load into DIR, and exit")
     load.set_defaults(handler=_load)
@@ -147,8 +147,9 @@ def _load(args: argparse.Namespace) -> int:
     if not args.broker:
         raise ValueError("load: --broker is required (unless --write-cases)")
     check_bounds(args.tags, args.rate, args.duration)
-    if args.breach_every < 3:
-        raise ValueError("--breach-every must be at least 3 (inside, then two fixes outside)")
+    if args.breach_every < 4:
+        raise ValueError("--breach-every must be at least 4 (two fixes inside, then two "
+                         "outside)")
     report = asyncio.run(run_load(broker.from_args(args), args.tags, args.rate, args.duration,
                                   args.prefix, breach_every=args.breach_every))
     print("\n".join(report.lines()))

@@ -1,13 +1,20 @@
 """`tagwatch-sim load`: sustained fix load, end-to-end latency (publish to alert), throughput.
 
 N stationary tags around a small exclusion zone send fixes in turn at R fixes/s
-in total. Every tag cycles one fix inside, then `breach_every - 1` outside (the
-point outside is 400 m away, beyond the warning ring), so one fix in
-`breach_every` opens a probable breach and the next two outside end it: alerts
-keep coming back. The default 4 is an alert storm (half of all fixes change an
-alert); 50 is closer to a real caseload. A breach
+in total. Every tag cycles two fixes inside, then `breach_every - 2` outside (the
+point outside is 400 m away, beyond the warning ring), so the first fix inside
+opens a probable breach, the second confirms it and the next two outside end it:
+alerts keep coming back. The default 4 is an alert storm (three fixes in four
+change an alert); 50 is closer to a real caseload. A breach
 record (`zone.breach`, `open`) is matched to its fix by tag and `ts`;
-latency is its arrival minus the fix's publish time. The daemon must load
+latency is its arrival minus the fix's publish time.
+
+The fixes are sent now but dated in event time, which runs faster than the wall
+clock and ends before now (a fix dated ahead of its arrival is no evidence): the
+two fixes inside are APART_S apart (independent evidence, DESIGN 3.6), and the
+tag's first fix inside and first fix outside come GAP_S after its previous fix,
+longer than the engine's motion model remembers (STALE_S), so neither the jump
+in nor the jump out is judged a displacement (multipath) rather than the tag. The daemon must load
 the case file `write_cases` writes (the load tags and the zone).
 
 Bounded: at most MAX_TAGS tags, MAX_RATE fixes/s, MAX_DURATION_S seconds. Any
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +40,7 @@ import orjson
 
 from simulators.broker import BrokerOptions
 from simulators.runner import client, no_delay
+from tagwatch.engine.evidence import STALE_S
 from tagwatch.wire import Topics, parse_rfc3339
 
 MAX_TAGS, MAX_RATE, MAX_DURATION_S = 100_000, 100_000, 3600
@@ -40,6 +49,9 @@ ZONE_CENTER = (-0.1000, 51.5000)
 INSIDE = (-0.1000, 51.5000)
 OUTSIDE = (-0.1000, 51.5036)  # 400 m north
 IN_FLIGHT = 1000
+APART_S = 30.0  # event time between the two fixes inside: independent evidence
+GAP_S = STALE_S + 60.0  # event time before the jump in and the jump out: a fresh start
+EARLIEST_TS = 1e9  # the event clock of a run may not start before 2001
 
 
 def tag_id(i: int) -> str:
@@ -99,6 +111,10 @@ async def run_load(broker_url: str | BrokerOptions, tags: int, rate: float, dura
                    prefix: str = "tagwatch/v1", drain_s: float = 5.0,
                    progress=sys.stderr, breach_every: int = 4) -> LoadReport:
     check_bounds(tags, rate, duration_s)
+    if breach_every < 4:
+        raise ValueError(f"--breach-every {breach_every}: must be at least 4 "
+                         "(two fixes inside, then two outside)")
+    event_start(tags, rate, duration_s)
     topics = Topics(prefix)
     report = LoadReport()
     sent_at: dict[tuple[str, int], float] = {}
@@ -119,21 +135,32 @@ async def run_load(broker_url: str | BrokerOptions, tags: int, rate: float, dura
     return report
 
 
+def event_start(tags: int, rate: float, duration_s: float) -> float:
+    """Where the tags' event clock starts: early enough that no tag's fix of the run
+    is dated after now (each fix moves its tag's clock by at most GAP_S)."""
+    per_tag = math.ceil((rate * duration_s + 1) / tags) + 1
+    start = math.floor(time.time() - per_tag * GAP_S - 60)
+    if start < EARLIEST_TS:
+        raise ValueError(f"--rate {rate} --duration {duration_s} --tags {tags}: {per_tag} "
+                         f"fixes per tag need more event time than there is; use more tags")
+    return start
+
+
 async def _send(mqtt, topics, tags, rate, duration_s, sent_at, report, progress,
                 breach_every: int = 4) -> None:
     gate = asyncio.Semaphore(IN_FLIGHT)
     pending: set[asyncio.Task] = set()
     start = time.monotonic()
-    last_ts = [0.0] * tags
+    clock = [event_start(tags, rate, duration_s)] * tags
     shown = start
     while (elapsed := time.monotonic() - start) < duration_s:
         due = int(rate * elapsed) + 1 - report.sent
         for _ in range(max(0, due)):
             n = report.sent
             i, phase = n % tags, (n // tags) % breach_every
-            ts = max(round(time.time(), 3), last_ts[i] + 0.001)
-            last_ts[i] = ts
-            lon, lat = INSIDE if phase == 0 else OUTSIDE
+            clock[i] += APART_S if phase not in (0, 2) else GAP_S
+            ts = clock[i]
+            lon, lat = INSIDE if phase < 2 else OUTSIDE
             if phase == 0:
                 sent_at[(tag_id(i), round(ts * 1000))] = time.time()
                 report.expected_alerts += 1

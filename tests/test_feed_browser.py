@@ -278,6 +278,9 @@ def test_newest_critical_first_and_info_needs_no_action(tmp_path: Path, browser)
         page.wait_for_selector(_row(tamper), timeout=5_000)
         exit_ = {**synthetic(2, "info", "zone.exit"), "detail": "left zone work"}
         feed.hub.publish(exit_)
+        # the victim's phone reports (far from home): her protection is not degraded,
+        # so the criticals are the tamper and the breach
+        feed.fix(-0.1100, 51.4985, time.time() - 60, tag="VD-01", source="victims")
         breach = feed.breach(time.time() - 20)
         page.wait_for_selector(f"{_row(breach)}.sev-critical", timeout=5_000)
         order = page.evaluate("[...document.querySelectorAll('.row')].map((r) => r.dataset.id)")

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.tracks import at_distance, home_case, times, track, utc
+from tests.tracks import VICTIM, at_distance, case_doc, circle, home_case, times, track, utc
 
 T0 = utc("2026-07-06T10:00:00Z")
 
@@ -28,6 +28,16 @@ def replay(cases: Path, data: Path, *flags: str) -> subprocess.CompletedProcess:
 def cases(tmp_path: Path) -> Path:
     path = tmp_path / "C-1.geojson"
     path.write_bytes(orjson.dumps(home_case()))
+    return path
+
+
+@pytest.fixture
+def cases_no_phone(tmp_path: Path) -> Path:
+    """The home case whose victim has no device of her own: a CSV of tag fixes gives
+    only the tag's alerts (with a device that never reports, her protection is degraded)."""
+    path = tmp_path / "C-1.geojson"
+    path.write_bytes(orjson.dumps(case_doc([circle("home", warn_m=250, victim=VICTIM)],
+                                           device=None)))
     return path
 
 
@@ -124,11 +134,12 @@ BAD_ROWS = {  # row index -> (row, what stderr must say about its line)
 
 
 @pytest.mark.parametrize("index", sorted(BAD_ROWS))
-def test_a_bad_csv_row_is_reported_with_line_and_field_and_exits_2(cases, tmp_path, index):
+def test_a_bad_csv_row_is_reported_with_line_and_field_and_exits_2(cases_no_phone, tmp_path,
+                                                                  index):
     row, said = BAD_ROWS[index]
     data = tmp_path / "fixes.csv"
     data.write_text(breach_rows({index: row}))
-    done = replay(cases, data)
+    done = replay(cases_no_phone, data)
     err = done.stderr.decode()
     assert done.returncode == 2, err
     assert f"{data}: {said}" in err, err
@@ -138,10 +149,11 @@ def test_a_bad_csv_row_is_reported_with_line_and_field_and_exits_2(cases, tmp_pa
     assert out and {r["type"] for r in out} == {"zone.breach"}
 
 
-def test_lenient_exits_0_with_the_same_alerts_and_the_same_report(cases, tmp_path):
+def test_lenient_exits_0_with_the_same_alerts_and_the_same_report(cases_no_phone, tmp_path):
     data = tmp_path / "fixes.csv"
     data.write_text(breach_rows({i: row for i, (row, _) in BAD_ROWS.items() if i >= 2}))
-    strict, lenient = replay(cases, data), replay(cases, data, "--lenient")
+    strict = replay(cases_no_phone, data)
+    lenient = replay(cases_no_phone, data, "--lenient")
     assert (strict.returncode, lenient.returncode) == (2, 0)
     assert strict.stdout == lenient.stdout
     assert [json.loads(x)["confidence"] for x in lenient.stdout.decode().splitlines()] == [
@@ -190,13 +202,13 @@ def test_a_victim_devices_bad_values_are_not_repeated_on_stderr(cases, tmp_path)
     assert "line 1: lat: out_of_range" in err and "95.12" not in err, err
 
 
-def test_a_line_that_is_not_utf8_is_reported_and_the_others_replayed(cases, tmp_path):
+def test_a_line_that_is_not_utf8_is_reported_and_the_others_replayed(cases_no_phone, tmp_path):
     data = tmp_path / "fixes.csv"
     text = breach_rows({}).encode()
     lines = text.splitlines(keepends=True)
     lines.insert(2, b"T-1,2026-07-06T10:00:30Z,51.5\xff,-0.1275,10\n")
     data.write_bytes(b"\xef\xbb\xbf" + b"".join(lines))  # and a byte order mark, as Excel writes
-    done = replay(cases, data)
+    done = replay(cases_no_phone, data)
     err = done.stderr.decode()
     assert done.returncode == 2, err
     assert "line 3: (line): not UTF-8 (byte 0xff at column 30)" in err

@@ -29,13 +29,16 @@ NO_ESCALATION = "[rules]\nack_timeout_s = 1000000\n"
 
 
 def stream(now: float, cycles: int = 12) -> list[dict]:
-    """T-1001 goes in and out of home: each cycle a breach (open, confirmed), an exit."""
-    fixes, ts = [], now - 8 * 9 * cycles - 30
+    """T-1001 walks in and out of home (2 m/s, a fix every 10 s): each cycle a breach
+    (open, confirmed by the walk deep inside), an exit. It walks, not jumps: a fix
+    hundreds of metres from the one seconds before is multipath, no evidence."""
+    walk = (160, 140, 120, 100, 80, 60, 40, 20, 0, 0, 0, 20, 40, 60, 80, 100, 120, 140)
+    fixes, ts = [], now - 10 * len(walk) * cycles - 30
     for _ in range(cycles):
-        for north in (400, 300, 0, 0, 0, 300, 400, 500):
+        for north in walk:
             fixes.append({"ts": ts, "lat": HOME[1] + north * M_LAT, "lon": HOME[0],
                           "acc": 5.0, "seq": len(fixes)})
-            ts += 9.0
+            ts += 10.0
     return fixes
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from tests.daemon_harness import (
     EXAMPLE_CASES,
+    HOME,
     Collector,
     Daemon,
     Publisher,
@@ -205,6 +206,12 @@ def test_no_ack_within_ack_timeout_calls_the_victim_and_an_ack_stops_it(
         try:
             _start(d)
             t0 = time.time()
+            # the victims' phones report, 3 km away: their protection is whole (a stale
+            # device with the tag near home is a critical protection.degraded, which
+            # would escalate and call the victims too)
+            for device in ("VD-01", "VD-03"):
+                pub.send(f"{d.prefix}/victims/{device}/fix",
+                         {"ts": t0 - 31, "lat": HOME[1] + 0.027, "lon": HOME[0], "acc": 10.0})
             # two fixes 30 s apart each: the confirming ones at t0 + 0.5 and t0 + 1
             _breach(pub, d, "T-1001", t0 - 29.5)
             _breach(pub, d, "T-3003", t0 - 29)

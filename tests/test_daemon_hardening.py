@@ -155,6 +155,11 @@ def test_an_acknowledged_alert_does_not_escalate_after_a_restart(
         d.start()
         try:
             d.wait_ready()
+            # V-01's phone reports, 3 km away: its protection is whole (a stale device with
+            # the tag near home is a critical protection.degraded, which would call V-01).
+            pub.send(f"{d.prefix}/victims/VD-01/fix",
+                     {"ts": time.time() - 32, "lat": VICTIM_1[1] + 0.027, "lon": VICTIM_1[0],
+                      "acc": 10.0})
             # Fixes of now: the 3 s to acknowledge start now, not in the past.
             for fix in breach_fixes(t0=time.time() - 31):
                 pub.send(f"{d.prefix}/tags/T-1001/fix", fix)

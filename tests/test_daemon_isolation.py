@@ -58,11 +58,12 @@ def test_an_effect_that_raises_is_set_aside_and_the_rest_of_the_batch_commits(
     now = time.time()
 
     def msg(mid: int, tag: str, centre: tuple[float, float], t: float) -> Message:
-        payload = orjson.dumps(fix(now - 10 + t, at_distance(100, -30, centre=centre)))
+        payload = orjson.dumps(fix(now - 40 + t, at_distance(100, -30, centre=centre)))
         return Message(f"tagwatch/v1/tags/{tag}/fix", payload, 1, mid, now)
 
+    # each tag's two fixes 30 s apart: independent evidence, the second confirms
     batch = [msg(1, "T-2", OTHER, 0), msg(2, "T-1", (-0.1275, 51.5073), 0),
-             msg(3, "T-2", OTHER, 1), msg(4, "T-1", (-0.1275, 51.5073), 1)]
+             msg(3, "T-2", OTHER, 30), msg(4, "T-1", (-0.1275, 51.5073), 30)]
     asyncio.run(daemon._handle(batch))
 
     assert sorted(acks.mids) == [1, 2, 3, 4]

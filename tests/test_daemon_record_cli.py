@@ -11,6 +11,7 @@ from pathlib import Path
 from tagwatch.record.canon import body_digest, entry_hash_v2
 from tagwatch.wire import rfc3339
 from tests.daemon_harness import (
+    EXAMPLE_CASES,
     Collector,
     Publisher,
     RecordDb,
@@ -22,7 +23,7 @@ from tests.daemon_harness import (
 
 def _fill(tmp_path: Path, broker_url: str, record_db: RecordDb,  # noqa: F811
           env: dict | None = None):
-    d = make_daemon(tmp_path, broker_url, record_db.url, env=env)
+    d = make_daemon(tmp_path, broker_url, record_db.url, env=env, cases=_no_phone(tmp_path))
     col = Collector(broker_url, f"{d.prefix}/alerts/#")
     pub = Publisher(broker_url)
     d.start()
@@ -44,6 +45,21 @@ def _fill(tmp_path: Path, broker_url: str, record_db: RecordDb,  # noqa: F811
     return d
 
 
+def _no_phone(tmp_path: Path) -> Path:
+    """The example cases with V-01 having no phone of its own: the chain of C-0001 holds
+    the tag's fixes and the breach only (a phone that never reports would open a
+    protection.degraded at the first fix, whose evidence window keeps the far fixes)."""
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for src in EXAMPLE_CASES.glob("*.geojson"):
+        text = src.read_text()
+        if src.name == "C-0001.geojson":
+            assert '"device": "VD-01", ' in text
+            text = text.replace('"device": "VD-01", ', "")
+        (folder / src.name).write_text(text)
+    return folder
+
+
 def test_verify_names_edited_deleted_and_swapped_rows(
         tmp_path: Path, broker_url: str, record_db: RecordDb) -> None:  # noqa: F811
     d = _fill(tmp_path, broker_url, record_db)
@@ -59,7 +75,8 @@ def test_verify_names_edited_deleted_and_swapped_rows(
     a, b = record_db.raw(f"SELECT id, body FROM entries WHERE chain = '{chain}' "
                          "AND seq IN (6, 7) ORDER BY seq")
     for row_id, body in ((a[0], b[1]), (b[0], a[1])):
-        record_db.raw(f"UPDATE entries SET body = '{body}' WHERE id = {row_id}")
+        quoted = body.replace("'", "''")
+        record_db.raw(f"UPDATE entries SET body = '{quoted}' WHERE id = {row_id}")
 
     bad = d.cli("record", "verify")
     assert bad.returncode == 1, bad.stdout + bad.stderr
@@ -93,7 +110,8 @@ def test_daemon_anchors_its_chain_heads_and_verify_finds_a_rehashed_rewrite(
         body_hash = body_digest(body)
         digest = entry_hash_v2(prev, chain, seq, kind, tag, event_ts, alert_id, recorded_at,
                                body_hash)
-        record_db.raw(f"UPDATE entries SET body = '{body}', body_hash = '{body_hash}', "
+        quoted = body.replace("'", "''")
+        record_db.raw(f"UPDATE entries SET body = '{quoted}', body_hash = '{body_hash}', "
                       f"prev_hash = '{prev}', hash = '{digest}' "
                       f"WHERE chain = '{chain}' AND seq = {seq}")
         prev = digest

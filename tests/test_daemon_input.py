@@ -58,6 +58,8 @@ def bad_payloads(now: float) -> list[tuple[bytes, str]]:
         (js(_fix(now, strap="cut")), "out_of_range"),
         (js(_fix(now, fix="wifi")), "out_of_range"),
         (js(_fix(now, seq=-1)), "out_of_range"),
+        (b"\x00nope\x00", "not_json"),  # NUL bytes: the record's text columns refuse raw NUL
+        (js(_fix(now, lat=423, note="a\x00b")), "out_of_range"),
     ]
 
 
@@ -77,6 +79,7 @@ def test_bad_payloads_are_rejected_and_a_breach_still_alerts(
         pub.send(f"{d.prefix}/victims/VD-NOPE/fix", _fix(now))
         # one bad fix in a batch rejects that fix only
         pub.send(f"{d.prefix}/tags/T-2002/fix", [_fix(now), _fix(now, lat=99), _fix(now + 1)])
+        pub.send(f"{d.prefix}/tags/T-2002/fix", {**_fix(now - 60), "note": "a\x00b"})
         for fix in breach_fixes():
             pub.send(f"{d.prefix}/tags/T-1001/fix", fix)
 
@@ -107,9 +110,9 @@ def test_bad_payloads_are_rejected_and_a_breach_still_alerts(
                              "AND kind = 'rejected'")
         assert rows[0][0] == expected
         assert record_db.raw("SELECT count(*) FROM entries WHERE kind = 'fix' "
-                             "AND tag = 'T-2002'")[0][0] == 2
+                             "AND tag = 'T-2002'")[0][0] == 3  # the NUL-note fix is recorded
         assert d.metric("tagwatch_rejected_total") == expected
-        assert d.metric("tagwatch_rejected_total", reason="out_of_range") == 8
+        assert d.metric("tagwatch_rejected_total", reason="out_of_range") == 9
         assert d.metric("tagwatch_rejected_total", reason="payload_too_large") == 2
         assert d.metric("tagwatch_alerts_total", type="zone.breach") == 2
         assert d.stop() == 0

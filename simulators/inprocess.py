@@ -15,7 +15,7 @@ from simulators.verify import Verifier, VerifyResult
 from tagwatch.config import Rules
 from tagwatch.engine.alerts import to_dict
 from tagwatch.pipeline import Inbound, Pipeline
-from tagwatch.traccar import traccar_fix
+from tagwatch.ingest.traccar import traccar_fix
 from tagwatch.wire import Topics
 from zones import ZoneSet, load_cases
 

@@ -717,7 +717,7 @@ def _publish_ack(config, acked: dict) -> int:
     import os
 
     from tagwatch.daemon.service import broker_settings
-    from tagwatch.mqtt import publish_once
+    from tagwatch.ingest.mqtt import publish_once
     from tagwatch.wire import Topics
 
     if config.broker.embedded:

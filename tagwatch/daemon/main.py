@@ -98,7 +98,7 @@ async def _main(daemon: Daemon) -> int:
     async with contextlib.AsyncExitStack() as stack:
         url = None
         if config.broker.embedded:
-            from tagwatch.embedded_broker import EmbeddedBroker
+            from tagwatch.ingest.embedded_broker import EmbeddedBroker
 
             url = (await stack.enter_async_context(EmbeddedBroker())).url
             log.warning("embedded_broker", url=url, detail="demo only: nothing persists")

@@ -1,6 +1,6 @@
 """The Daemon: ingest, pipeline, one commit per batch, acknowledgement after it, publish.
 
-Acknowledgement after commit: paho runs with manual_ack (tagwatch.mqtt). A batch's
+Acknowledgement after commit: paho runs with manual_ack (tagwatch.ingest.mqtt). A batch's
 messages are acknowledged only once `Record.commit` of its Batch has returned; the alert
 records and commands are outbox rows of that same transaction, published afterwards by
 the Publisher. A crash before the commit: nothing acknowledged, the broker redelivers
@@ -40,7 +40,7 @@ from tagwatch.daemon import http
 from tagwatch.daemon.anchoring import anchor_every
 from tagwatch.daemon.anchoring import checkpoint as anchor_checkpoint
 from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY, Effects, EffectsBuilder, Notify
-from tagwatch.daemon.ingest import Batcher, RateGate, isolate
+from tagwatch.ingest.batcher import Batcher, RateGate, isolate
 from tagwatch.daemon.metrics import Metrics
 from tagwatch.daemon.outbox import NotifyView, Publisher
 from tagwatch.daemon.retention import purge_daily
@@ -49,13 +49,13 @@ from tagwatch.feed.actions import resolve
 from tagwatch.feed.app import create_app
 from tagwatch.feed.cases import cases_view
 from tagwatch.feed.events import EventHub
-from tagwatch.mqtt import Backoff, BrokerSettings, Message, MqttConnection
+from tagwatch.ingest.mqtt import Backoff, BrokerSettings, Message, MqttConnection
 from tagwatch.notify.ack import acknowledge
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.inbound import TwilioInbound
 from tagwatch.notify.policy import PolicySettings, SmsLedger, degraded_notices
 from tagwatch.pipeline import FAULT_ENV, Inbound, Pipeline, Result
-from tagwatch.ratelimit import TokenBuckets
+from tagwatch.ingest.ratelimit import TokenBuckets
 from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.record.anchor import AnchorWriter
 from tagwatch.wire import Topics, status_message

@@ -716,7 +716,7 @@ def _publish_ack(config, acked: dict) -> int:
     import json
     import os
 
-    from tagwatch.daemon.service import broker_settings
+    from tagwatch.daemon.settings import broker_settings
     from tagwatch.ingest.mqtt import publish_once
     from tagwatch.wire import Topics
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import orjson
 
 from tagwatch.config import Rules
-from tagwatch.pipeline import Inbound, Pipeline
 from tagwatch.ingest.ratelimit import REPORT_S, TokenBuckets
+from tagwatch.pipeline import Inbound, Pipeline
 
 from .tracks import TOPICS, at_distance, case_doc, circle, fix, tag_msg, utc, zoneset
 

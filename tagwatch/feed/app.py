@@ -31,11 +31,11 @@ from tagwatch.feed.events import EventHub
 from tagwatch.feed.geo import track_geojson, zones_geojson
 from tagwatch.feed.limits import MAX_BODY_BYTES, BodyLimit, SecurityHeaders
 from tagwatch.feed.stream import event_stream
+from tagwatch.ingest.traccar import TraccarError, traccar_fix
 from tagwatch.notify.ack import AckError
 from tagwatch.notify.records import parse_ts
 from tagwatch.record import Record
 from tagwatch.shipped import static
-from tagwatch.ingest.traccar import TraccarError, traccar_fix
 from tagwatch.wire import rfc3339
 from zones import ZoneSet
 

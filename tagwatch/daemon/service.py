@@ -494,4 +494,3 @@ class Daemon(Wiring, CaseReload):
             if last is None or last < limit:
                 silent += 1
         return silent
-

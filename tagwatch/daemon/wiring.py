@@ -34,10 +34,8 @@ def _status_url(twilio) -> str | None:
     return f"{twilio.public_url}/twilio/status" if twilio and twilio.public_url else None
 
 
-
 def json_bytes(record: dict) -> bytes:
     return msgspec.json.encode(record)
-
 
 
 # /readyz stays 503 this long after the broker session was lost or taken over.
@@ -221,4 +219,3 @@ class Wiring:
             except Exception:
                 log.exception("dispatcher_failed")
             await asyncio.sleep(backoff.next())
-

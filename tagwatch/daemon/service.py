@@ -505,8 +505,13 @@ class Daemon:
             batch = await self.batcher.next_batch(self.stopping)
             if self.gate is not None and self.gate.waiting:
                 await self._rate_limited(*self.gate.take())
-            if batch:
+            if len(batch) >= self.batcher.batch_max:
+                # a backlog: its next batch is waiting already, evaluated while this flushes
                 await self._handle_overlapped(batch)
+            elif batch:
+                # keeping up: one at a time (an overlapped commit thread would compete for
+                # the GIL with the event loop, and a small batch's commit is short)
+                await self._handle(batch)
         async with self._unit():  # the last batch committed (or handled again) before drain
             pass
 

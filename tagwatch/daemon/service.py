@@ -10,11 +10,7 @@ rows are published at the next start.
 
 Units of work (a batch, a tick, a delivery failure) hold `self._work` from the pipeline
 call to the end of the commit, so checkpoints and entries are committed in the order the
-pipeline made them. One exception, the ingest's batches: a batch's commit flushes (in its
-thread, then its acknowledgement) while the next batch runs its pipeline work, and that
-next batch's commit starts only once the one before has committed. A commit that fails
-undoes its batch and the evaluation after it; both are then handled again, in order
-(`_settle`).
+pipeline made them.
 """
 
 from __future__ import annotations
@@ -86,16 +82,6 @@ def victim_phones(cases: dict[str, Case]) -> dict[str, tuple[str, str]]:
 
 def json_bytes(record: dict) -> bytes:
     return msgspec.json.encode(record)
-
-
-@dataclass(frozen=True)
-class Flushing:
-    """An ingest batch whose commit (and then acknowledgement) runs while the next batch
-    is evaluated; `notify` is the notification state from before it (see `_undo`)."""
-
-    messages: Sequence[Message]
-    notify: tuple[bytes, bytes] | None
-    task: asyncio.Task
 
 
 @dataclass(frozen=True)
@@ -228,8 +214,6 @@ class Daemon:
         self.conn: MqttConnection | None = None
         self.publisher: Publisher | None = None
         self._work = asyncio.Lock()
-        self._flushing: Flushing | None = None  # the ingest batch whose commit is in flight
-        self._recoveries: set[asyncio.Task] = set()
         self._acked_seen: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self._reloading: asyncio.Task | None = None
@@ -351,7 +335,7 @@ class Daemon:
         the dashboards and to MQTT, and an acknowledgement stops the escalation clock.
         An operator's resolve closes the alert record; if the engine's episode goes on
         and changes, its next record reopens the alert with the same id."""
-        async with self._unit():
+        async with self._work:
             # The escalation state without this alert is committed with the action: after
             # a restart an acknowledged alert does not escalate again.
             state = {ESCALATION_KEY: self.notify.escalation.to_bytes(without=alert_id)}
@@ -505,15 +489,8 @@ class Daemon:
             batch = await self.batcher.next_batch(self.stopping)
             if self.gate is not None and self.gate.waiting:
                 await self._rate_limited(*self.gate.take())
-            if len(batch) >= self.batcher.batch_max:
-                # a backlog: its next batch is waiting already, evaluated while this flushes
-                await self._handle_overlapped(batch)
-            elif batch:
-                # keeping up: one at a time (an overlapped commit thread would compete for
-                # the GIL with the event loop, and a small batch's commit is short)
+            if batch:
                 await self._handle(batch)
-        async with self._unit():  # the last batch committed (or handled again) before drain
-            pass
 
     async def _rate_limited(self, excess: list[Message], reported: list[Message]) -> None:
         """Messages over their tag's rate (DESIGN 3.2 rate_limited), kept out of the batches
@@ -524,7 +501,7 @@ class Daemon:
             self.metrics.rejected.labels(reason="rate_limited").inc(len(excess))
         if reported:
             buckets = self.gate.buckets  # type: ignore[union-attr]
-            async with self._unit():
+            async with self._work:
                 now = time.time()
                 result = Result(rejected=[self.pipeline.rate_limited(m, buckets) for m in reported])
                 fx = self.effects.from_result(result, {}, now)
@@ -533,124 +510,35 @@ class Daemon:
 
     # ---- units of work -------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _unit(self):
-        """The work lock, once the ingest batch whose commit was in flight has committed
-        (or, its commit failing, been undone and handled again): every unit of work is
-        evaluated and committed after it."""
-        async with self._work:
-            await self._settle()
-            yield
-
-    async def _handle(self, messages: Sequence[Message]) -> None:
-        """A batch as one unit of work, committed and acknowledged when this returns."""
+    async def _handle(self, messages: list[Message]) -> None:
         started = time.perf_counter()
-        async with self._unit():
-            await self._isolated(messages)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-
-    async def _isolated(self, messages: Sequence[Message]) -> None:
-        """`isolate` with the work lock held: split on failure, set the culprit aside."""
-        failures = await isolate(messages, self._piece, self._set_aside_held)
+        failures = await isolate(messages, self._handle_piece, self._set_aside)
         if failures:
             self.metrics.batch_failures.inc(failures)
             self._failed_batches.append(time.monotonic())
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    async def _handle_overlapped(self, messages: Sequence[Message]) -> None:
-        """An ingest batch: its pipeline work runs while the previous batch's commit
-        flushes; then (that commit done) its own commit starts, and this returns with it
-        in flight (`self._flushing`): its messages are acknowledged once it commits.
-
-        The order of everything that counts is the sequential one: the rule state is
-        evaluated batch after batch, commits go in that order, and each batch's acks
-        follow its own commit. Only the previous commit's wait on the database and this
-        batch's evaluation overlap (on PostgreSQL the server's work and the round trips
-        are a large share of a commit: docs/POSTGRESQL.md)."""
-        started = time.perf_counter()
+    async def _handle_piece(self, messages: Sequence[Message]) -> None:
+        """One unit of work: pipeline, effects, commit, then acknowledge and publish. When
+        anything before the commit returns raises, it is undone and the error re-raised:
+        `isolate` then splits the batch to set the failing message aside (DESIGN 3.2)."""
         async with self._work:
             now = time.time()
-            notify, fx = None, None
-            with contextlib.suppress(Exception):  # handled again below, and logged there
+            notify = None
+            try:
+                # A Message has the fields of an Inbound (topic, payload, received).
                 result = self.pipeline.process(messages, raised=now)
                 notify = self._notify_state() if result.records else None
                 fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
-            if await self._settle(later_notify=notify) and fx is not None:
-                task = asyncio.create_task(self._commit_and_ack(messages, fx))
-                self._flushing = Flushing(messages, notify, task)
-                task.add_done_callback(self._flush_done)
-            else:
-                # This batch's evaluation failed, or the previous commit failed (then
-                # `_settle` undid this evaluation with it): handle it again, sequentially.
-                if fx is None:
-                    await self._undo(notify)
-                await self._isolated(messages)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-
-    async def _commit_and_ack(self, messages: Sequence[Message], fx: Effects) -> None:
-        await self._commit(fx.batch)
-        await self._acknowledged(messages, fx)
-
-    def _flush_done(self, task: asyncio.Task) -> None:
-        """A failed in-flight commit is recovered at once, not at the next unit of work."""
-        if task.cancelled() or task.exception() is None:
-            return
-        recovery = asyncio.create_task(self._recover(task))
-        self._recoveries.add(recovery)
-        recovery.add_done_callback(self._recoveries.discard)
-
-    async def _recover(self, task: asyncio.Task) -> None:
-        async with self._work:
-            if self._flushing is not None and self._flushing.task is task:
-                await self._settle()
-
-    async def _settle(self, later_notify: tuple[bytes, bytes] | None = None) -> bool:
-        """With the work lock held: wait for the in-flight ingest commit. False when it
-        failed: then the rule state is back to the last commit (undoing the failed batch
-        and any evaluation made after it; `later_notify` is the notification state from
-        before such an evaluation) and the failed batch has been handled again, as
-        `_handle` does (split, its failing message set aside)."""
-        flushing, self._flushing = self._flushing, None
-        if flushing is None:
-            return True
-        try:
-            await flushing.task
-            return True
-        except Exception:
-            log.exception(
-                "batch_failed",
-                messages=len(flushing.messages),
-                detail="its commit failed: undone with what came after; handled again",
-            )
-            self.metrics.batch_failures.inc()
-            await self._undo(flushing.notify or later_notify)
-            await self._isolated(flushing.messages)
-            return False
-
-    async def _handle_piece(self, messages: Sequence[Message]) -> None:
-        async with self._unit():
-            await self._piece(messages)
-
-    async def _piece(self, messages: Sequence[Message]) -> None:
-        """One unit of work, with the work lock held: pipeline, effects, commit, then
-        acknowledge and publish. When anything before the commit returns raises, it is
-        undone and the error re-raised: `isolate` then splits the batch to set the failing
-        message aside (DESIGN 3.2)."""
-        now = time.time()
-        notify = None
-        try:
-            # A Message has the fields of an Inbound (topic, payload, received).
-            result = self.pipeline.process(messages, raised=now)
-            notify = self._notify_state() if result.records else None
-            fx = self.effects.from_result(result, self.pipeline.checkpoints(), now)
-            await self._commit(fx.batch)
-        except Exception:
-            log.exception(
-                "batch_failed",
-                messages=len(messages),
-                detail="undone; split to set the failing message aside",
-            )
-            await self._undo(notify)
-            raise
+                await self._commit(fx.batch)
+            except Exception:
+                log.exception(
+                    "batch_failed",
+                    messages=len(messages),
+                    detail="undone; split to set the failing message aside",
+                )
+                await self._undo(notify)
+                raise
         await self._acknowledged(messages, fx)
 
     async def ingest_traccar(self, tag: str, payload: bytes) -> tuple[int, dict]:
@@ -661,7 +549,7 @@ class Daemon:
         if not self._serving:
             return 503, {"error": "not ready: the daemon is not serving yet"}
         inbound = Inbound(self.topics.tag_fix(tag), payload, time.time())
-        async with self._unit():
+        async with self._work:
             now = time.time()
             notify = None
             try:
@@ -681,24 +569,21 @@ class Daemon:
 
     async def _set_aside(self, msg: Message, error: Exception) -> None:
         """Reject a message whose handling fails on its own (internal_error), and ack it."""
-        async with self._unit():
-            await self._set_aside_held(msg, error)
-
-    async def _set_aside_held(self, msg: Message, error: Exception) -> None:
-        now = time.time()
-        result = self.pipeline.set_aside(msg, error)
-        log.error(
-            "message_set_aside",
-            source=result.rejected[0].source,
-            error=type(error).__name__,
-            detail=result.rejected[0].rejection.detail,
-        )
-        try:
-            fx = self.effects.from_result(result, {}, now)
-            await self._commit(fx.batch)
-        except Exception:  # even its rejection cannot be recorded: logged, never a wedge
-            log.exception("set_aside_unrecorded", detail=result.rejected[0].rejection.detail)
-            fx = Effects()
+        async with self._work:
+            now = time.time()
+            result = self.pipeline.set_aside(msg, error)
+            log.error(
+                "message_set_aside",
+                source=result.rejected[0].source,
+                error=type(error).__name__,
+                detail=result.rejected[0].rejection.detail,
+            )
+            try:
+                fx = self.effects.from_result(result, {}, now)
+                await self._commit(fx.batch)
+            except Exception:  # even its rejection cannot be recorded: logged, never a wedge
+                log.exception("set_aside_unrecorded", detail=result.rejected[0].rejection.detail)
+                fx = Effects()
         await self._acknowledged([msg], fx)
 
     async def _acknowledged(self, messages: Sequence[Message], fx: Effects) -> None:
@@ -747,7 +632,7 @@ class Daemon:
                 log.exception("tick_failed")
 
     async def _tick(self) -> None:
-        async with self._unit():
+        async with self._work:
             now = time.time()
             # On the event clock the fixes themselves move the watchdogs (as in replay).
             result = Result() if self.event_clock else self.pipeline.tick(now, raised=now)
@@ -771,7 +656,7 @@ class Daemon:
     async def record_alerts(self, records: list[dict]) -> None:
         """Record, publish and run the policy on alert records made outside the pipeline
         (the dispatcher's delivery.failed alerts)."""
-        async with self._unit():
+        async with self._work:
             fx = self.effects.from_records(records, time.time())
             await self._commit(fx.batch)
         self._after_commit(fx)
@@ -939,7 +824,7 @@ class Daemon:
             log.error("reload_refused", error=str(exc), detail="keeping the cases and keys")
             return False
         cases = caseset.cases
-        async with self._unit():
+        async with self._work:
             self.pipeline.reload(caseset.zoneset)
             self.pipeline.set_keys(keys)
             self.cases = cases

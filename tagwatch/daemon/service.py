@@ -54,7 +54,7 @@ from tagwatch.notify.ack import acknowledge
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.inbound import TwilioInbound
 from tagwatch.notify.policy import PolicySettings, SmsLedger, degraded_notices
-from tagwatch.pipeline import FAULT_ENV, Inbound, Pipeline, Result
+from tagwatch.pipeline import Inbound, Pipeline, Result, fault_marker
 from tagwatch.ratelimit import TokenBuckets
 from tagwatch.record import Batch, Entry, Record, RecordError
 from tagwatch.record.anchor import AnchorWriter
@@ -185,8 +185,7 @@ class Daemon:
             self.event_clock,
             keys=signing.keys_from_env(os.environ),
         )
-        if os.environ.get(FAULT_ENV):  # tests of failing batches only (Pipeline.fault)
-            self.pipeline.fault = os.environ[FAULT_ENV].encode()
+        self.pipeline.fault = fault_marker(os.environ)  # tests only; else FaultRefused
         self.metrics = Metrics()
         self.hub = EventHub()  # alert records to the dashboards' event streams
         self.instance = f"{config.broker.client_id}@{socket.gethostname()}:{os.getpid()}"

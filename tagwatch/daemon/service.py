@@ -56,7 +56,7 @@ from tagwatch.notify.inbound import TwilioInbound
 from tagwatch.notify.policy import PolicySettings, SmsLedger, degraded_notices
 from tagwatch.pipeline import Inbound, Pipeline, Result, fault_marker
 from tagwatch.ratelimit import TokenBuckets
-from tagwatch.record import Batch, Entry, Record, RecordError
+from tagwatch.record import Batch, Entry, Record, RecordError, RecordUnavailable
 from tagwatch.record.anchor import AnchorWriter
 from tagwatch.wire import Topics, status_message
 from zones import Case, ZoneSet
@@ -65,6 +65,7 @@ log = structlog.get_logger("tagwatch.daemon")
 _ACK_POLL_LIMIT = 1000
 FAILED_WINDOW_S = 300.0  # /readyz says 503 while this many s hold FAILED_LIMIT failed batches
 FAILED_LIMIT = 3
+DATA_ATTEMPTS = 3  # a commit refused this often, not as an outage, fails on its data
 
 
 class CasesRefused(Exception):
@@ -661,14 +662,24 @@ class Daemon:
         self._after_commit(fx)
 
     async def _commit(self, batch: Batch) -> None:
-        """Commit, retrying with backoff until it succeeds: the batch is kept meanwhile."""
+        """Commit, retrying with backoff: through an outage (RecordUnavailable) until it
+        succeeds, the batch kept meanwhile. Any other RecordError DATA_ATTEMPTS times is
+        the batch's own data failing, which no wait cures: raised, so that `isolate` sets
+        the failing message aside instead of holding ingest for ever."""
         backoff = Backoff(0.2, 5.0)
+        refused = 0
         while True:
             started = time.perf_counter()
             try:
                 await asyncio.to_thread(self.record.commit, batch, time.time())
             except RecordError as exc:
                 self.metrics.write_errors.inc()
+                if not isinstance(exc, RecordUnavailable):
+                    refused += 1
+                    if refused >= DATA_ATTEMPTS:
+                        log.error("commit_refused", record=self.record.label, error=str(exc),
+                                  attempts=refused, detail="raised to set the batch aside")
+                        raise
                 if self.record_down is None:
                     self.record_down = str(exc)
                     self.metrics.record_available.set(0)

@@ -549,6 +549,8 @@ class Daemon:
         if not self._serving:
             return 503, {"error": "not ready: the daemon is not serving yet"}
         inbound = Inbound(self.topics.tag_fix(tag), payload, time.time())
+        if self.gate is not None and not self.gate.buckets.admit(inbound.topic, inbound.received):
+            return await self._traccar_limited(inbound)
         async with self._work:
             now = time.time()
             notify = None
@@ -566,6 +568,21 @@ class Daemon:
             r = result.rejected[0].rejection
             return 422, {"error": f"{r.reason}: {r.detail}"}
         return 200, {"accepted": len(result.accepted), "duplicates": result.duplicates}
+
+    async def _traccar_limited(self, inbound: Inbound) -> tuple[int, dict]:
+        """A Traccar fix over its tag's rate: the MQTT gate's bucket of the same fix topic
+        decides, and the excess is handled as there (counted; one per REPORT_S recorded
+        and published); 429, so that Traccar retries it later."""
+        buckets = self.gate.buckets  # type: ignore[union-attr]
+        rejected = self.pipeline.rate_limited(inbound, buckets)
+        if buckets.report_due(inbound.topic, inbound.received):
+            async with self._work:
+                fx = self.effects.from_result(Result(rejected=[rejected]), {}, time.time())
+                await self._commit(fx.batch)
+            self._after_commit(fx)  # counts it in tagwatch_rejected_total too
+        else:
+            self.metrics.rejected.labels(reason=rejected.rejection.reason).inc()
+        return 429, {"error": f"{rejected.rejection.reason}: {rejected.rejection.detail}"}
 
     async def _set_aside(self, msg: Message, error: Exception) -> None:
         """Reject a message whose handling fails on its own (internal_error), and ack it."""

@@ -86,9 +86,9 @@ MARK_ACC = 77.7  # the accuracy of the fix whose entry the record refuses
 
 
 class DataFaultRecord(Record):
-    """A real SQLite record, but a commit holding the fix entry of accuracy MARK_ACC fails
-    as a commit fails on its data (RecordError, not the outage class); `outages` commits first fail as an
-    outage does (RecordUnavailable), whatever they hold."""
+    """A real SQLite record, but a commit holding the fix entry of accuracy MARK_ACC
+    fails as a commit fails on its data (RecordError, not the outage class); the first
+    `outages` commits fail as an outage does (RecordUnavailable), whatever they hold."""
 
     outages = 0
 

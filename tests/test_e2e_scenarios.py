@@ -37,8 +37,9 @@ OWNTRACKS = "owntracks-e2e"  # the daemon's [ingest] owntracks_prefix
 
 
 # A Traccar tag's POSTs are answered after commit and sent in line (an event clock must
-# not see the tag fall behind the MQTT devices): a fix a minute is 40 POSTs/s at this speed.
-TRACCAR_SPEED = 2400.0
+# not see the tag fall behind the MQTT devices): a fix a minute is 20 POSTs/s at this speed,
+# which a loaded 2-core machine keeps up with (at 2400x day_in_the_life's alerts came late).
+TRACCAR_SPEED = 1200.0
 
 
 def speed_for(scenario) -> float:
@@ -70,7 +71,7 @@ def test_scenario_verifies_against_the_daemon(path: Path, tmp_path: Path, broker
             run_scenario(scenario, broker_url, daemon.prefix, speed_for(scenario),
                          traccar=(f"{daemon.base}/ingest/traccar", token),
                          owntracks_prefix=OWNTRACKS),
-            timeout=60))
+            timeout=120))
     finally:
         code = daemon.stop()
     assert result.ok, f"{result.summary()}\n--- daemon log tail ---\n{daemon.logs()[-2000:]}"

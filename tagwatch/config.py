@@ -520,8 +520,8 @@ def _from_env(raw: _Raw, environ: Mapping[str, str]) -> None:
         text = environ[name]
         if not name.startswith("TAGWATCH_") or name in _ENV_EXEMPT:
             continue
-        if name.startswith("TAGWATCH_TEST_"):
-            continue
+        if name.startswith("TAGWATCH_TEST_") or name == "TAGWATCH_TESTING":
+            continue  # test seams (tagwatch.pipeline.fault_marker), not configuration
         if name == USERS_ENV:
             raw.users = _users_from_json(text)
             raw.users_where = USERS_ENV

@@ -7,6 +7,11 @@ are printed as they happen, all in scenario time (an operator's acknowledgement
 too). Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops everything and removes
 the folder.
 
+The scenario's fixes come in all three ways tagwatch takes them: tags and victim devices
+over MQTT as tagwatch's own fix JSON, a victim's phone as the OwnTracks app (on
+`owntracks/USER/DEVICE`), and a tag through a Traccar server (POSTed to
+/ingest/traccar with the token of an `ingest` user made for this run only).
+
 The daemon runs with the event clock (`[ingest] clock = "event"`): the
 scenario's fixes carry scenario time, which runs faster than the wall clock.
 Where the scenario expects nothing, time runs QUIET times faster still, so the
@@ -33,6 +38,7 @@ from tagwatch.shipped import example
 
 SCENARIO = example("scenarios", "day_in_the_life.toml")  # package data (tagwatch.shipped)
 PREFIX = "tagwatch/v1"
+OWNTRACKS = "owntracks"  # [ingest] owntracks_prefix: the victim phones of the OwnTracks app
 QUIET = 20.0  # quiet stretches play this many times faster than --speed
 
 
@@ -63,8 +69,10 @@ async def _demo(
         else:
             await _check_broker(broker)
         token = secrets.token_urlsafe(16)
+        # the simulated Traccar server's: a fresh one each run, never a published hash
+        ingest_token = secrets.token_urlsafe(16)
         port = port or free_port()
-        config = _config(workdir, broker, port, token, scenario)
+        config = _config(workdir, broker, port, token, scenario, ingest_token)
         daemon = _start_daemon(config, workdir / "daemon.log")
         stack.callback(_stop_daemon, daemon)
         await _wait_ready(daemon, port, workdir / "daemon.log")
@@ -74,7 +82,8 @@ async def _demo(
             f"playing {scenario.name} at {speed:g}x, quiet stretches at {speed * QUIET:g}x; "
             "times are scenario times; Ctrl-C stops everything\n"
         )
-        result = await _play(scenario, broker, speed, stop)
+        traccar = (f"http://127.0.0.1:{port}/ingest/traccar", ingest_token)
+        result = await _play(scenario, broker, speed, stop, traccar)
         if result is not None:
             say(f"\n{result.summary()}")
             say("the dashboard stays up; Ctrl-C stops everything")
@@ -103,7 +112,9 @@ def say(text: str) -> None:
         print(text, flush=True)
 
 
-def _config(workdir: Path, broker: str, port: int, token: str, scenario: Path) -> Path:
+def _config(
+    workdir: Path, broker: str, port: int, token: str, scenario: Path, ingest_token: str
+) -> Path:
     from simulators.scenario import load_scenario
 
     cases = load_scenario(scenario).cases
@@ -121,6 +132,7 @@ url = "sqlite:///{workdir / "record.db"}"
 
 [ingest]
 clock = "event"
+owntracks_prefix = "{OWNTRACKS}"
 
 [feed]
 listen = "127.0.0.1:{port}"
@@ -129,6 +141,11 @@ listen = "127.0.0.1:{port}"
 name = "demo-operator"
 role = "operator"
 token_sha256 = "{sha256(token.encode()).hexdigest()}"
+
+[[feed.users]]
+name = "demo-traccar"
+role = "ingest"
+token_sha256 = "{sha256(ingest_token.encode()).hexdigest()}"
 
 [log]
 level = "info"
@@ -169,7 +186,9 @@ async def _wait_ready(daemon: subprocess.Popen, port: int, log: Path) -> None:
     raise DemoError(f"the daemon did not become ready within 60 s; see {log}")
 
 
-async def _play(scenario: Path, broker: str, speed: float, stop: asyncio.Event):
+async def _play(
+    scenario: Path, broker: str, speed: float, stop: asyncio.Event, traccar: tuple[str, str]
+):
     from simulators.runner import Pacing, run_scenario
     from simulators.scenario import load_scenario
     from simulators.verify import alert_line
@@ -180,7 +199,18 @@ async def _play(scenario: Path, broker: str, speed: float, stop: asyncio.Event):
     def on_alert(alert: dict) -> None:
         say(alert_line(in_scenario_time(alert, plan.start, pacing), plan.start))
 
-    play = asyncio.create_task(run_scenario(plan, broker, PREFIX, speed, on_alert, pacing=pacing))
+    play = asyncio.create_task(
+        run_scenario(
+            plan,
+            broker,
+            PREFIX,
+            speed,
+            on_alert,
+            pacing=pacing,
+            traccar=traccar,
+            owntracks_prefix=OWNTRACKS,
+        )
+    )
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({play, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()

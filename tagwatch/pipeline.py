@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from typing import Protocol
@@ -100,10 +100,29 @@ REASONS = frozenset(
     {"unknown_tag", "unknown_device", "unknown_topic", INTERNAL_ERROR, RATE_LIMITED}
 )
 FAULT_ENV = "TAGWATCH_TEST_FAULT"  # tests only: see Pipeline.fault
+TESTING_ENV = "TAGWATCH_TESTING"  # "1": a test run, where FAULT_ENV is honoured
 
 
 class InjectedFault(RuntimeError):
     """The failure a test asks for with `Pipeline.fault` (FAULT_ENV in the daemon)."""
+
+
+class FaultRefused(ValueError):
+    """FAULT_ENV set outside a test run: a daemon must not start with it."""
+
+
+def fault_marker(environ: Mapping[str, str]) -> bytes | None:
+    """The fault marker a test asks for (FAULT_ENV), honoured only with TESTING_ENV=1:
+    left set in production it would fail every batch holding those bytes."""
+    marker = environ.get(FAULT_ENV)
+    if not marker:
+        return None
+    if environ.get(TESTING_ENV) != "1":
+        raise FaultRefused(
+            f"{FAULT_ENV} is set but {TESTING_ENV} is not 1: it injects failures for tests "
+            f"only; unset {FAULT_ENV} (or set {TESTING_ENV}=1 in a test run)"
+        )
+    return marker.encode()
 
 
 class Pipeline:

@@ -6,6 +6,10 @@ loader now refuses, but which an old loader let through) makes `Topics.alerts` r
 ValueError when its first alert is built. That case's messages are set aside as
 internal_error and acknowledged; the other case's breach in the same batch is committed.
 The MQTT connection is a stand-in that only collects acknowledgements.
+
+A commit that fails on its data (issue: retried for ever, holding ingest) is injected
+in a real SQLite record (DataFaultRecord: a batch holding one particular fix is
+refused with RecordError); an outage (RecordUnavailable) is injected the same way.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from pathlib import Path
 import orjson
 
 from tagwatch.config import load_config
-from tagwatch.daemon.service import Daemon
+from tagwatch.daemon.service import DATA_ATTEMPTS, Daemon
 from tagwatch.ingest.mqtt import Message
-from tagwatch.record import Record
+from tagwatch.record import Record, RecordError, RecordUnavailable
 from tests.tracks import at_distance, case_doc, circle, fix
 from zones import ZoneSet
 from zones.casefile import parse_case
@@ -75,3 +79,92 @@ def test_an_effect_that_raises_is_set_aside_and_the_rest_of_the_batch_commits(
     assert [(b["source"], b["reason"]) for b in bodies] == [("T-2", "internal_error")] * 2
     assert all("ValueError" in b["detail"] and "SHA-256" in b["detail"] for b in bodies)
     assert daemon.metrics.batch_failures._value.get() > 0
+
+
+
+MARK_ACC = 77.7  # the accuracy of the fix whose entry the record refuses
+
+
+class DataFaultRecord(Record):
+    """A real SQLite record, but a commit holding the fix entry of accuracy MARK_ACC
+    fails as a commit fails on its data (RecordError, not the outage class); the first
+    `outages` commits fail as an outage does (RecordUnavailable), whatever they hold."""
+
+    outages = 0
+
+    def commit(self, batch, recorded_at):  # type: ignore[no-untyped-def]
+        if self.outages > 0:
+            self.outages -= 1
+            raise RecordUnavailable("record: database is locked (injected outage)")
+        if any(e.kind == "fix" and e.body.get("acc") == MARK_ACC for e in batch.entries):
+            raise RecordError("record: the entry's data is refused (injected)")
+        return super().commit(batch, recorded_at)
+
+
+def _one_case_daemon(tmp_path: Path) -> tuple[Daemon, Acks, Path]:
+    case = parse_case(case_doc([circle("home")], case_id="C-1", tags=("T-1",)), "C-1.geojson")
+    db = tmp_path / "record.db"
+    (tmp_path / "t.toml").write_text(f'[record]\nurl = "sqlite:///{db}"\n'
+                                     f'[cases]\npath = "{tmp_path}"\n')
+    config = load_config(tmp_path / "t.toml", {k: v for k, v in os.environ.items()
+                                               if not k.startswith("TAGWATCH_")})
+    record = DataFaultRecord.open(config.record.url)
+    daemon = Daemon(config, record, ZoneSet([case]), {"C-1": case})
+    daemon.conn = acks = Acks()  # type: ignore[assignment]
+    return daemon, acks, db
+
+
+def _breach_with_a_marked_fix(now: float) -> list[Message]:
+    """A confirmed breach of home (fixes 1 and 3, 30 s apart) and, between them, a fix
+    far outside of accuracy MARK_ACC, whose fix entry the record refuses."""
+    inside = fix(now - 40, at_distance(100, -30, centre=(-0.1275, 51.5073)))
+    marked = fix(now - 35, at_distance(100, 2000, centre=(-0.1275, 51.5073)), MARK_ACC)
+    topic = "tagwatch/v1/tags/T-1/fix"
+    return [Message(topic, orjson.dumps(inside), 1, 1, now),
+            Message(topic, orjson.dumps(marked), 1, 2, now),
+            Message(topic, orjson.dumps({**inside, "ts": now - 10}), 1, 3, now)]
+
+
+def _rejected(db: Path) -> list[dict]:
+    with sqlite3.connect(db) as con:
+        return [json.loads(b) for (b,) in con.execute(
+            "SELECT body FROM entries WHERE kind = 'rejected'")]
+
+
+def test_a_commit_that_fails_on_its_data_sets_its_message_aside(tmp_path: Path) -> None:
+    """A commit that fails on its data (an error other than RecordUnavailable) used to be
+    retried for ever, holding ingest; after DATA_ATTEMPTS failures it is raised, so the
+    batch is split and the failing message set aside as internal_error, and the breach
+    of the same batch is committed."""
+    daemon, acks, db = _one_case_daemon(tmp_path)
+    batch = _breach_with_a_marked_fix(time.time())
+    asyncio.run(asyncio.wait_for(daemon._handle(batch), 60))
+
+    assert sorted(acks.mids) == [1, 2, 3]
+    breaches = [a for a in daemon.record.latest_alerts() if a["type"] == "zone.breach"]
+    assert [a["confidence"] for a in breaches] == ["confirmed"]
+    bodies = _rejected(db)
+    assert [(b["source"], b["reason"]) for b in bodies] == [("T-1", "internal_error")]
+    assert "RecordError" in bodies[0]["detail"]
+    assert daemon.record_down is None  # the set-aside commit went through: ready again
+    assert DATA_ATTEMPTS == 3
+
+
+def test_an_outage_is_still_waited_out_however_long(tmp_path: Path) -> None:
+    """RecordUnavailable (the outage class) is retried until the record is back, more
+    often than DATA_ATTEMPTS: no message of the batch is set aside."""
+    daemon, acks, db = _one_case_daemon(tmp_path)
+    daemon.record.outages = DATA_ATTEMPTS + 2  # type: ignore[attr-defined]
+    now = time.time()
+    inside = fix(now - 40, at_distance(100, -30, centre=(-0.1275, 51.5073)))
+    batch = [Message("tagwatch/v1/tags/T-1/fix", orjson.dumps(inside), 1, 1, now),
+             Message("tagwatch/v1/tags/T-1/fix",
+                     orjson.dumps({**inside, "ts": now - 10}), 1, 2, now)]
+    asyncio.run(asyncio.wait_for(daemon._handle(batch), 60))
+
+    assert sorted(acks.mids) == [1, 2]
+    assert daemon.record.outages == 0  # type: ignore[attr-defined]
+    assert _rejected(db) == []
+    breaches = [a for a in daemon.record.latest_alerts() if a["type"] == "zone.breach"]
+    assert [a["confidence"] for a in breaches] == ["confirmed"]
+    assert daemon.record_down is None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from tagwatch.pipeline import FAULT_ENV
+from tagwatch.pipeline import FAULT_ENV, TESTING_ENV
 from tagwatch.signing import sign
 from tests.daemon_harness import (
     Collector,
@@ -33,6 +33,7 @@ from tests.daemon_harness import (
 from tests.record_db import record_database
 
 MARK = "FAULT-7f3a"  # a payload holding this fails its batch (the daemon's FAULT_ENV)
+FAULT = {FAULT_ENV: MARK, TESTING_ENV: "1"}  # the seam is honoured only in a test run
 KEY = bytes(range(32))
 TAGS = {"T-1": (-0.1275, 51.5073), "T-3": (-0.0300, 51.5300), "T-4": (0.0500, 51.5600)}
 FLOOD = 3000
@@ -165,7 +166,7 @@ def _run_poison_scenario(d: Daemon, broker_url: str, db: RecordDb, tags: Tags) -
 def test_poison_messages_cost_only_themselves(
         tmp_path: Path, broker_url: str, record_db: RecordDb) -> None:  # noqa: F811
     d = make_daemon(tmp_path, broker_url, record_db.url, cases=_cases(tmp_path / "cases"),
-                    env={FAULT_ENV: MARK, **NO_LIMIT})
+                    env={**FAULT, **NO_LIMIT})
     _run_poison_scenario(d, broker_url, record_db, Tags(signed=False))
 
 
@@ -175,5 +176,18 @@ def test_poison_messages_cost_only_themselves_with_signing(
     keys.write_text("".join(f"{tag} {KEY.hex()}\n" for tag in TAGS))
     with record_database("sqlite", tmp_path) as db:
         d = make_daemon(tmp_path, broker_url, db.url, cases=_cases(tmp_path / "cases"),
-                        env={FAULT_ENV: MARK, "TAGWATCH_TAG_KEYS": str(keys), **NO_LIMIT})
+                        env={**FAULT, "TAGWATCH_TAG_KEYS": str(keys), **NO_LIMIT})
         _run_poison_scenario(d, broker_url, db, Tags(signed=True))
+
+
+def test_the_fault_seam_is_refused_outside_a_test_run(tmp_path: Path, broker_url: str) -> None:
+    """TAGWATCH_TEST_FAULT left set in production would fail every batch holding its
+    bytes: without TAGWATCH_TESTING=1 the daemon refuses to start, naming the variable."""
+    d = make_daemon(tmp_path, broker_url, f"sqlite://{tmp_path}/record.db",
+                    cases=_cases(tmp_path / "cases"), env={FAULT_ENV: MARK, TESTING_ENV: ""})
+    d.start()
+    try:
+        assert d.proc is not None and d.proc.wait(30) == 2, d.logs()[-2000:]
+        assert f"tagwatch: {FAULT_ENV} is set but {TESTING_ENV} is not 1" in d.logs()
+    finally:
+        d.kill()

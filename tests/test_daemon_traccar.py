@@ -128,3 +128,44 @@ def test_a_traccar_position_gives_the_alerts_of_the_same_fix_over_mqtt(
 
     assert shape(traccar) == shape(mqtt)
     assert {"zone.warning", "zone.breach", "tag.battery_low"} <= {a["type"] for a in mqtt}
+
+
+def test_traccar_positions_share_the_tags_rate_limit_with_mqtt(
+        tmp_path: Path, broker_url: str) -> None:
+    """The per-tag limit (DESIGN 3.2 rate_limited) is one bucket a tag whichever way its
+    fixes come: MQTT fixes spend it, then Traccar's POSTs over it are answered 429 with
+    the reason, counted in the same metric, and one of them is recorded as a rejection.
+    (POST /ingest/traccar used to bypass the limit: every POST was 200.)"""
+    limit = {"TAGWATCH_FEED_USERS": USERS, "TAGWATCH_INGEST_TAG_RATE_PER_S": "0.01",
+             "TAGWATCH_INGEST_TAG_BURST": "3"}
+    with record_database("sqlite", tmp_path) as db:
+        d = make_daemon(tmp_path, broker_url, db.url, env=limit)
+        pub = Publisher(broker_url)
+        d.start()
+        try:
+            d.wait_ready()
+            t0 = time.time() - 60
+            for k in range(3):  # the whole burst, over MQTT
+                pub.send(f"{d.prefix}/tags/T-1001/fix",
+                         {"ts": t0 + 10 * k, "lat": 51.6, "lon": -0.2, "acc": 5.0})
+            deadline = time.monotonic() + 15
+            while d.metric("tagwatch_fixes_total") < 3:
+                assert time.monotonic() < deadline, "the 3 MQTT fixes were not committed"
+                time.sleep(0.05)
+            answers = [httpx.post(f"{d.base}/ingest/traccar", timeout=10,
+                                  headers={"Authorization": f"Bearer {INGEST}"},
+                                  json=traccar_body({"ts": t0 + 40 + k, "lat": 51.6,
+                                                     "lon": -0.2, "acc": 5.0, "spd": 0.0,
+                                                     "hdg": 0.0, "bat": 80.0}))
+                       for k in range(3)]
+            assert [a.status_code for a in answers] == [429] * 3, [a.text for a in answers]
+            assert all("rate_limited" in a.text for a in answers)
+            assert d.metric("tagwatch_rejected_total", reason="rate_limited") == 3
+            assert d.metric("tagwatch_fixes_total") == 3
+            bodies = [json.loads(b) for (b,) in db.raw(
+                "SELECT body FROM entries WHERE kind = 'rejected'")]
+            assert [(b["source"], b["reason"]) for b in bodies] == [("T-1001", "rate_limited")]
+            assert d.stop() == 0
+        finally:
+            d.kill()
+            pub.close()

@@ -1,5 +1,6 @@
 """`tagwatch demo` as a new user runs it: alerts are printed, Ctrl-C stops it cleanly, a
-closed terminal (SIGHUP) too; the story starts at once; acks print in scenario time."""
+closed terminal (SIGHUP) too; the story starts at once; acks print in scenario time; fixes
+come in over MQTT, from an OwnTracks phone and through Traccar's forwarding."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import selectors
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -163,3 +165,45 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_demo_takes_a_victims_owntracks_phone_and_a_tag_through_traccar() -> None:
+    """Case C-0002 of the demo: the victim's phone is the OwnTracks app and the tag T-2002
+    a tracker whose positions the simulated Traccar server POSTs to /ingest/traccar (no
+    other way carries either). So a proximity of T-2002 to V-02 needs fixes from both
+    paths, and its confirmed breach of her home the Traccar ones; the cases view shows
+    her phone as an OwnTracks device with a position, and the record holds T-2002's
+    fixes. C-0001's breach (over MQTT) is still printed after them."""
+    proc = _start_demo()
+    lines: list[str] = []
+    try:
+        def c0001_breach(line: str) -> bool:
+            return " OPEN " in line and "zone.breach" in line and "C-0001/T-1001 work" in line
+
+        found = _read_until(proc, lines, c0001_breach, timeout=180)
+        assert found is not None, "no C-0001 breach printed:\n" + "".join(lines)
+        story = "".join(lines)
+        assert re.search(r" OPEN +critical +proximity +C-0002/T-2002 victim V-02 ", story), story
+        assert re.search(r" UPDATED +critical +zone\.breach +C-0002/T-2002 home .*\(confirmed\)",
+                         story), story
+
+        line = next(x for x in lines if "dashboard: http://" in x)
+        base, token = line.split("dashboard: ", 1)[1].split("  token: ")
+        auth = {"Authorization": f"Bearer {token.strip()}"}
+        cases = httpx.get(f"{base.rstrip('/')}/api/cases", headers=auth, timeout=10).json()
+        c2 = next(c for c in cases if c["case"] == "C-0002")
+        [victim] = c2["victims"]
+        assert victim["device"] == "owntracks" and victim["device_age_s"] is not None, c2
+        [tag] = c2["tags"]
+        assert tag["tag"] == "T-2002" and tag["last_fix_age_s"] is not None, c2
+
+        where = next(x for x in lines if "removed at exit" in x)
+        workdir = where.split(" log in ", 1)[1].split(" (removed", 1)[0]
+        with sqlite3.connect(f"file:{workdir}/record.db?mode=ro", uri=True) as con:
+            [(fixes,)] = con.execute("SELECT count(*) FROM entries WHERE kind = 'fix' "
+                                     "AND tag = 'T-2002'").fetchall()
+        assert fixes > 0
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        _stop(proc)

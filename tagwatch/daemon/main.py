@@ -17,6 +17,7 @@ from tagwatch.daemon.caseset import CaseSet, CasesRefused, load_caseset, log_cas
 from tagwatch.daemon.service import Daemon
 from tagwatch.daemon.settings import broker_settings, summarise_notify
 from tagwatch.feed.auth import PUBLIC_TOKEN_HASHES
+from tagwatch.pipeline import FaultRefused
 from tagwatch.record import Record, RecordError
 
 log = structlog.get_logger("tagwatch.daemon")
@@ -70,6 +71,10 @@ def run(config_path: Path | None, environ: Mapping[str, str]) -> int:
     except signing.KeyFileError as exc:
         record.close()
         log.error("tag_keys_refused", error=str(exc))
+        return _fail(EXIT_BAD_INPUT, str(exc))
+    except FaultRefused as exc:
+        record.close()
+        log.error("test_fault_refused", error=str(exc))
         return _fail(EXIT_BAD_INPUT, str(exc))
     if daemon.pipeline.keys is not None:
         log.info(

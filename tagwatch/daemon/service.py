@@ -48,13 +48,14 @@ from tagwatch.ingest.mqtt import Backoff, BrokerSettings, Message, MqttConnectio
 from tagwatch.ingest.ratelimit import TokenBuckets
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.policy import SmsLedger, degraded_notices
-from tagwatch.pipeline import FAULT_ENV, Inbound, Pipeline, Result
-from tagwatch.record import Batch, Record, RecordError
+from tagwatch.pipeline import Inbound, Pipeline, Result, fault_marker
+from tagwatch.record import Batch, Record, RecordError, RecordUnavailable
 from tagwatch.wire import Topics, status_message
 from zones import Case, ZoneSet
 
 log = structlog.get_logger("tagwatch.daemon")
 _ACK_POLL_LIMIT = 1000
+DATA_ATTEMPTS = 3  # a commit refused this often, not as an outage, fails on its data
 
 
 class Daemon(Wiring, CaseReload):
@@ -80,8 +81,7 @@ class Daemon(Wiring, CaseReload):
             self.event_clock,
             keys=signing.keys_from_env(os.environ),
         )
-        if os.environ.get(FAULT_ENV):  # tests of failing batches only (Pipeline.fault)
-            self.pipeline.fault = os.environ[FAULT_ENV].encode()
+        self.pipeline.fault = fault_marker(os.environ)  # tests only; else FaultRefused
         self.metrics = Metrics()
         self.hub = EventHub()  # alert records to the dashboards' event streams
         self.instance = f"{config.broker.client_id}@{socket.gethostname()}:{os.getpid()}"
@@ -291,6 +291,8 @@ class Daemon(Wiring, CaseReload):
         if not self._serving:
             return 503, {"error": "not ready: the daemon is not serving yet"}
         inbound = Inbound(self.topics.tag_fix(tag), payload, time.time())
+        if self.gate is not None and not self.gate.buckets.admit(inbound.topic, inbound.received):
+            return await self._traccar_limited(inbound)
         async with self._work:
             now = time.time()
             notify = None
@@ -308,6 +310,21 @@ class Daemon(Wiring, CaseReload):
             r = result.rejected[0].rejection
             return 422, {"error": f"{r.reason}: {r.detail}"}
         return 200, {"accepted": len(result.accepted), "duplicates": result.duplicates}
+
+    async def _traccar_limited(self, inbound: Inbound) -> tuple[int, dict]:
+        """A Traccar fix over its tag's rate: the MQTT gate's bucket of the same fix topic
+        decides, and the excess is handled as there (counted; one per REPORT_S recorded
+        and published); 429, so that Traccar retries it later."""
+        buckets = self.gate.buckets  # type: ignore[union-attr]
+        rejected = self.pipeline.rate_limited(inbound, buckets)
+        if buckets.report_due(inbound.topic, inbound.received):
+            async with self._work:
+                fx = self.effects.from_result(Result(rejected=[rejected]), {}, time.time())
+                await self._commit(fx.batch)
+            self._after_commit(fx)  # counts it in tagwatch_rejected_total too
+        else:
+            self.metrics.rejected.labels(reason=rejected.rejection.reason).inc()
+        return 429, {"error": f"{rejected.rejection.reason}: {rejected.rejection.detail}"}
 
     async def _set_aside(self, msg: Message, error: Exception) -> None:
         """Reject a message whose handling fails on its own (internal_error), and ack it."""
@@ -404,14 +421,24 @@ class Daemon(Wiring, CaseReload):
         self._after_commit(fx)
 
     async def _commit(self, batch: Batch) -> None:
-        """Commit, retrying with backoff until it succeeds: the batch is kept meanwhile."""
+        """Commit, retrying with backoff: through an outage (RecordUnavailable) until it
+        succeeds, the batch kept meanwhile. Any other RecordError DATA_ATTEMPTS times is
+        the batch's own data failing, which no wait cures: raised, so that `isolate` sets
+        the failing message aside instead of holding ingest for ever."""
         backoff = Backoff(0.2, 5.0)
+        refused = 0
         while True:
             started = time.perf_counter()
             try:
                 await asyncio.to_thread(self.record.commit, batch, time.time())
             except RecordError as exc:
                 self.metrics.write_errors.inc()
+                if not isinstance(exc, RecordUnavailable):
+                    refused += 1
+                    if refused >= DATA_ATTEMPTS:
+                        log.error("commit_refused", record=self.record.label, error=str(exc),
+                                  attempts=refused, detail="raised to set the batch aside")
+                        raise
                 if self.record_down is None:
                     self.record_down = str(exc)
                     self.metrics.record_available.set(0)

@@ -34,6 +34,7 @@ from tagwatch.engine.alerts import OPEN, RESOLVED, WARNING, alert_id
 from tagwatch.engine.context import FixView, VictimInfo
 from tagwatch.engine.emit import Emitter
 from tagwatch.engine.state import Episode, VictimTrack
+from tagwatch.engine.victim_rules import emit
 
 FOLLOWING = "pattern.following"
 _ITEM = struct.Struct("<5d")  # ts, x, y, z (ECEF metres), acc
@@ -132,8 +133,9 @@ def step(
             ep_id = alert_id(victim.case, view.tag, FOLLOWING, victim.victim, ts)
             track.follow = Episode(ep_id, ts, WARNING)
             minutes = rules.follow_window_s / 60
-            _emit(
+            emit(
                 em,
+                FOLLOWING,
                 victim,
                 view,
                 track.follow,
@@ -162,7 +164,8 @@ def lapse(
         return
     last = track.follow_held if track.follow_held is not None else episode.opened
     if view.fix.ts - last >= victim.rules.follow_window_s:
-        _emit(em, victim, view, episode, RESOLVED, distance, f"no longer following: {where}")
+        detail = f"no longer following: {where}"
+        emit(em, FOLLOWING, victim, view, episode, RESOLVED, distance, detail)
         track.follow = None
         track.follow_held = None
 
@@ -173,29 +176,3 @@ def stale(track: VictimTrack, victim: VictimInfo, view: FixView, em: Emitter) ->
     track.follow_run.clear()
     where = f"victim {victim.victim}'s device position is stale"
     lapse(track, victim, view, em, None, where)
-
-
-def _emit(
-    em: Emitter,
-    victim: VictimInfo,
-    view: FixView,
-    ep: Episode,
-    state: str,
-    distance: float | None,
-    detail: str,
-    ts: float | None = None,
-) -> None:
-    em.record(
-        id=ep.id,
-        type=FOLLOWING,
-        severity=ep.severity,
-        state=state,
-        case=victim.case,
-        tag=view.tag,
-        ts=view.fix.ts if ts is None else ts,
-        fix=view.fix,
-        zone=None,
-        victim=victim.victim,
-        distance=distance,
-        detail=detail,
-    )

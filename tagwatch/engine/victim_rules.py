@@ -21,19 +21,22 @@ PROXIMITY = "proximity"
 STALE, PROBABLE, CONFIRMED = "stale", "probable", "confirmed"
 
 
-def _emit(
+def emit(
     em: Emitter,
+    alert_type: str,
     victim: VictimInfo,
     view: FixView,
     ep: Episode,
     state: str,
+    distance: float | None,
     detail: str,
     ts: float | None = None,
 ) -> None:
-    """A proximity record: zone null, the victim named, distance to their device."""
+    """A record about a tag and a victim's device (proximity, following): zone null,
+    the victim named, the distance to their device."""
     em.record(
         id=ep.id,
-        type=PROXIMITY,
+        type=alert_type,
         severity=ep.severity,
         state=state,
         case=victim.case,
@@ -42,7 +45,7 @@ def _emit(
         fix=view.fix,
         zone=None,
         victim=victim.victim,
-        distance=view.distance,
+        distance=distance,
         confidence=ep.confidence,
         detail=detail,
     )
@@ -77,15 +80,17 @@ def proximity(
             else:
                 track.proximity = Episode(ep_id, ts, CRITICAL, CONFIRMED)
                 detail = where
-            _emit(em, victim, view, track.proximity, OPEN, detail, ts)
+            emit(em, PROXIMITY, victim, view, track.proximity, OPEN, view.distance, detail, ts)
             return True
         if not coarse and episode.confidence != CONFIRMED:
             again = " (position fresh again)" if episode.confidence == STALE else " (confirmed)"
             episode.severity, episode.confidence = CRITICAL, CONFIRMED
-            _emit(em, victim, view, episode, UPDATED, f"{where}{again}", ts)
+            detail = f"{where}{again}"
+            emit(em, PROXIMITY, victim, view, episode, UPDATED, view.distance, detail, ts)
         elif coarse and episode.confidence == STALE:
             episode.confidence = CONFIRMED if episode.severity == CRITICAL else PROBABLE
-            _emit(em, victim, view, episode, UPDATED, f"{where} (position fresh again)", ts)
+            detail = f"{where} (position fresh again)"
+            emit(em, PROXIMITY, victim, view, episode, UPDATED, view.distance, detail, ts)
         return False
     margin = rules.exit_margin_m
     if coarse:
@@ -93,7 +98,7 @@ def proximity(
     if episode is not None and d > victim.radius_m + margin:
         track.clear_run += 1
         if track.clear_run >= 2:
-            _emit(em, victim, view, episode, RESOLVED, where, ts)
+            emit(em, PROXIMITY, victim, view, episode, RESOLVED, view.distance, where, ts)
             track.proximity = None
             track.clear_run = 0
     return False
@@ -106,7 +111,7 @@ def stale(track: VictimTrack, victim: VictimInfo, view: FixView, em: Emitter, ag
         return
     episode.confidence = STALE
     detail = f"victim {victim.victim}'s device position is {age_s:.0f} s old: proximity unknown"
-    _emit(em, victim, view, episode, UPDATED, detail)
+    emit(em, PROXIMITY, victim, view, episode, UPDATED, view.distance, detail)
 
 
 def approach_device(track: VictimTrack, victim: VictimInfo, view: FixView, em: Emitter) -> bool:

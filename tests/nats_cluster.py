@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -126,11 +127,15 @@ class NatsCluster:
                  binary: str | None = None, mqtt_ack_wait: str = "5s",
                  mqtt_max_ack_pending: int = 1024, accounts: str | None = None,
                  env: dict[str, str] | None = None,
-                 probe_auth: tuple[str, str] | None = None) -> None:
+                 probe_auth: tuple[str, str] | None = None,
+                 probe_tls: ssl.SSLContext | None = None,
+                 node_conf: Callable[[NatsNode], str] | None = None) -> None:
         """``accounts``: config text holding the accounts/users/mappings (None: one open
         account with the mapping); ``env``: extra environment for the servers (the
         shipped users.conf reads the service passwords from it); ``probe_auth``: the
-        user and password of the readiness CONNECT when accounts need one."""
+        user and password of the readiness CONNECT when accounts need one, ``probe_tls``
+        its TLS context; ``node_conf``: a node's whole configuration text instead of the
+        harness's own (e.g. the shipped deploy/nats/nats.conf on the node's ports)."""
         chosen = (binary, _version_of(binary)) if binary else nats_server_binary()
         if chosen is None:
             raise RuntimeError("nats-server binary not found (TAGWATCH_TEST_NATS_SERVER, "
@@ -139,14 +144,15 @@ class NatsCluster:
         self.workdir = workdir
         self.partitions = partitions
         self.probe_auth = probe_auth
+        self.probe_tls = probe_tls
         self.env = {**os.environ, **(env or {})}
         self.nodes = [NatsNode(i, workdir) for i in range(nodes)]
         self.cluster_name = f"tw-{uuid.uuid4().hex[:8]}"
         workdir.mkdir(parents=True, exist_ok=True)
         auth = accounts if accounts is not None else self.open_account()
         for node in self.nodes:
-            node.conf.write_text(self._node_conf(node, auth, mqtt_ack_wait,
-                                                 mqtt_max_ack_pending))
+            node.conf.write_text(node_conf(node) if node_conf else self._node_conf(
+                node, auth, mqtt_ack_wait, mqtt_max_ack_pending))
 
     def open_account(self) -> str:
         """No users: every client is in the global account, which has the mapping."""
@@ -268,7 +274,8 @@ class NatsCluster:
         self._poll(lambda: self._meta_leader_agreed(running, len(self.nodes)), deadline,
                    "JetStream meta leader")
         for node in running:
-            self._poll(lambda node=node: mqtt_connack(node.mqtt_port, auth=self.probe_auth),
+            self._poll(lambda node=node: mqtt_connack(node.mqtt_port, auth=self.probe_auth,
+                                                      tls=self.probe_tls),
                        deadline,
                        f"MQTT CONNACK from {node.name}")
 
@@ -318,7 +325,8 @@ class NatsCluster:
 
 
 def mqtt_connack(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0,
-                 auth: tuple[str, str] | None = None) -> bool:
+                 auth: tuple[str, str] | None = None,
+                 tls: ssl.SSLContext | None = None) -> bool:
     """Whether an MQTT 3.1.1 CONNECT (clean session) gets a CONNACK with code 0."""
     client_id = f"probe-{uuid.uuid4().hex[:8]}".encode()
     flags = 0x02
@@ -329,7 +337,8 @@ def mqtt_connack(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0,
     variable = _mqtt_str(b"MQTT") + bytes([4, flags]) + (10).to_bytes(2, "big")
     body = variable + payload
     packet = bytes([0x10]) + _remaining_length(len(body)) + body
-    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+    with socket.create_connection((host, port), timeout=timeout_s) as raw:
+        sock = tls.wrap_socket(raw, server_hostname=host) if tls else raw
         sock.sendall(packet)
         reply = sock.recv(4)
         with contextlib.suppress(OSError):

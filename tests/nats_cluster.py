@@ -340,7 +340,10 @@ def mqtt_connack(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0,
     with socket.create_connection((host, port), timeout=timeout_s) as raw:
         sock = tls.wrap_socket(raw, server_hostname=host) if tls else raw
         sock.sendall(packet)
-        reply = sock.recv(4)
+        try:
+            reply = sock.recv(4)
+        except TimeoutError:
+            return False
         with contextlib.suppress(OSError):
             sock.sendall(b"\xe0\x00")  # DISCONNECT
     return len(reply) == 4 and reply[0] == 0x20 and reply[3] == 0

@@ -426,3 +426,4 @@ def test_the_shipped_accounts_refuse_devices_reading_partitions_and_wrong_passwo
         assert snoop.suback == [0x80]  # SUBACK failure: a tag reads no partition
     finally:
         snoop.drop()
+

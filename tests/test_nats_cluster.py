@@ -327,6 +327,7 @@ def kill_scenario(cluster: NatsCluster, victim: str, fixes: list[tuple[str, byte
         complete=complete)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["subscriber", "publisher"])
 def test_no_pubacked_fix_is_lost_when_a_node_is_killed(
         victim: str, nats_cluster: NatsCluster, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,6 +18,7 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     yield from running_cluster(tmp_path / "nats")
 
 
+@pytest.mark.slow
 def test_the_harness_restarts_a_killed_node_and_resumes_a_paused_one(
         nats_cluster: NatsCluster) -> None:
     cluster = nats_cluster

@@ -14,11 +14,21 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-from psycopg.pq import TransactionStatus
 
 from tagwatch.record.model import RecordError, RecordMissing, RecordUnavailable
+
+# psycopg is imported by the first PostgresDb, not here: it is about a tenth of
+# `tagwatch run`'s start-up, which a SQLite record (and most commands) never needs.
+psycopg: Any = None
+conninfo_to_dict: Any = None
+TransactionStatus: Any = None
+
+
+def _import_psycopg() -> None:
+    global psycopg, conninfo_to_dict, TransactionStatus
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.pq import TransactionStatus
 
 Row = tuple[Any, ...]
 
@@ -225,6 +235,7 @@ class PostgresDb(Db):
     dialect = "postgresql"
 
     def __init__(self, url: str) -> None:
+        _import_psycopg()
         super().__init__(url)
         self.conn: psycopg.Connection | None = None
         self._sql: dict[str, str] = {}

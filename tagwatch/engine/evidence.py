@@ -68,9 +68,9 @@ MOVING, ON_TRACK, TRUSTED, CORROBORATED, DISPLACED, DISPLACED_FIRST, COARSE, FRE
 )
 
 OFF_TRACK = frozenset({DISPLACED, DISPLACED_FIRST})
-# corroborated, but its fixes do not lie on one straight move from its first to its last
-# (a multipath run that ended as the tag walked on): its last fix is the tag's position,
-# but the fixes it held back are not shown true
+# corroborated, but its fixes lie neither on one straight move from its first to its last
+# nor on a walk from the anchor (a multipath run that ended as the tag moved on): its last
+# fix is the tag's position, but the fixes it held back are not shown true
 BENT = "corroborated_bent"
 
 
@@ -157,7 +157,7 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple) -> tuple[Motion | None, str]:
     if _explained(m):
         last = m.run[-1]
         first = m.run[0]
-        verdict = CORROBORATED if _straight(m.run) else BENT
+        verdict = CORROBORATED if _straight(m.run) or _walked(m) else BENT
         span = last[0] - first[0]
         if span > 0:
             m.vx, m.vy, m.vz = ((last[k] - first[k]) / span for k in (1, 2, 3))
@@ -188,6 +188,19 @@ def _straight(run: list) -> bool:
         ends = max(first[4], last[4], ACC_FLOOR)
         if math.dist(at, xyz) > GATE_K * math.hypot(max(acc, ACC_FLOOR), ends):
             return False
+    return True
+
+
+def _walked(m: Motion) -> bool:
+    """A walk from the anchor could have made every step of the run (it walked in,
+    stood, walked on): multipath that jumps faster than a walk did not."""
+    prev = (m.ts, m.x, m.y, m.z, m.acc)
+    for step in m.run:
+        dt = step[0] - prev[0]
+        err = GATE_K * math.hypot(max(step[4], ACC_FLOOR), max(prev[4], ACC_FLOOR))
+        if dt <= 0 or math.dist(prev[1:4], step[1:4]) > V_WALK * dt + err:
+            return False
+        prev = step
     return True
 
 

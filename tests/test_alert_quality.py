@@ -225,9 +225,7 @@ def slow_stand_then(distances, every=120.0, acc=8.0, stand=120.0, bearing=90.0):
     """A 120 s tag standing `stand` m outside home (east) for 5 fixes, then `distances`:
     (signed metres from the boundary, bearing of the point from home's centre)."""
     ds = [(stand + (2.0 if i % 2 else -2.0), bearing) for i in range(5)] + distances
-    return [
-        fix(T0 + every * i, at_distance(100, d, b), acc, seq=i) for i, (d, b) in enumerate(ds)
-    ]
+    return [fix(T0 + every * i, at_distance(100, d, b), acc, seq=i) for i, (d, b) in enumerate(ds)]
 
 
 def test_a_slow_tag_walking_in_from_standing_is_confirmed_by_the_fix_showing_the_walk():
@@ -282,6 +280,21 @@ def test_a_run_that_bends_is_the_tags_position_but_shows_no_held_fix_true():
     assert evidence.worth(evidence.BENT, 60.0).weight == 2.0
     assert evidence.worth(evidence.DISPLACED_FIRST, 120.0) == evidence.Worth(1.0, True, 1.0)
     assert Motion(0.0, 0.0, 0.0, 0.0, 8.0).run == []
+
+
+def test_the_first_fix_after_a_gap_deep_inside_is_confirmed_by_itself():
+    # a 120 s tag standing 300 m out, then dark for 12 minutes (its anchor is too old to
+    # judge by); the first fix after the gap is 60 m inside: fresh, nothing says it is
+    # displaced, and a slow tag's deep plausible fix is enough (the tag's very first fix
+    # ever stays probable: test_rules)
+    ds = [(300.0 + (2.0 if i % 2 else -2.0), T0 + 120 * i) for i in range(5)]
+    ds += [(-60.0, T0 + 480 + 720), (-62.0, T0 + 480 + 840)]
+    fixes = [fix(ts, at_distance(100, d), 8.0, seq=i) for i, (d, ts) in enumerate(ds)]
+    r = run(one_by_one(fixes))
+    assert [(b.state, b.confidence, b.ts[11:]) for b in r.of("zone.breach")] == [
+        ("open", "probable", "10:20:00Z"),
+        ("updated", "confirmed", "10:20:00Z"),
+    ]
 
 
 # -- 6. the benchmark: open loop beside the naive rules, closed loop with rate ----------------

@@ -420,9 +420,7 @@ class Engine:
             info, track, new = found
             if new and exclusion:
                 self._seed_window(track, z, fix.tag, st)
-            view = FixView(
-                fix.tag, fix, distance, plausible, distance <= self.quiet_m, *worth
-            )
+            view = FixView(fix.tag, fix, distance, plausible, distance <= self.quiet_m, *worth)
             opened = zone_rules.apply(track, info, view, active, em)
             if zone_rules.ZONE_WARNING in opened or (
                 zone_rules.BREACH in opened and track.warning is None

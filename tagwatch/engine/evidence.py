@@ -22,8 +22,12 @@ fixes since the anchor. A new fix is judged against it:
 
 `weight` turns a verdict into pieces of evidence for a fix deep inside (by more
 than one sigma of its error): 1; 2 for a slow tag's fix on its track or within
-its reach (SLOW_S apart: one deep, plausible fix is enough there), a walk on
-its track, or a corroborated run; 0 for a displaced fix. Errors are correlated
+its reach, or fresh (SLOW_S or more after the tag's previous fix: one deep,
+plausible fix is enough there), a walk on its track, or a corroborated run; 0
+for a displaced fix. A displaced fix holds back what it would be worth if
+trusted; when its run proves to be the tag's true motion (a straight move from
+its first fix to its last, or a walk from the anchor at every step) the fixes it
+held inside a zone count after all (zone_rules._credit). Errors are correlated
 over tens of seconds: fixes closer than INDEPENDENT_S to the previous one are
 worth that share of a piece. Pure: state in, state and verdict out.
 """
@@ -111,7 +115,10 @@ def weight(verdict: str, apart: float) -> float:
     closer together than INDEPENDENT_S are worth that much less each."""
     if verdict == DISPLACED:
         return 0.0
-    if verdict in (MOVING, ON_TRACK, TRUSTED):
+    if verdict in (MOVING, ON_TRACK, TRUSTED) or (verdict == FRESH and apart < math.inf):
+        # a fresh fix after a minute or more (a slow tag, or the first fix after a gap):
+        # nothing to judge it by, so as plausible as a slow tag's fix within its reach.
+        # The first fix a tag ever sends (no previous one) stays one piece.
         pieces = 2.0 if apart >= SLOW_S else 1.0
     else:
         pieces = 2.0 if verdict in (CORROBORATED, BENT) else 1.0

@@ -121,13 +121,13 @@ def _credit(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter, kind: 
     """A displaced run proved true (corroborated by the tag's motion): the fixes it held
     back inside the zone count after all, wherever this fix is. Any other fix that is
     not displaced ends the run unexplained: what it held is dropped."""
-    if view.corroborated and track.held and track.breach is not None:
-        if track.breach.confidence == PROBABLE:
-            track.evidence += track.held
-            if track.evidence >= 2:
-                where = "inside exclusion zone" if zone.exclusion else "outside curfew zone"
-                detail = f"the tag's motion shows its earlier fixes {where} {zone.zone} true"
-                _confirm(em, zone, view, kind, track.breach, f"{detail} (confirmed)")
+    breach = track.breach
+    if view.corroborated and track.held and breach is not None and breach.confidence == PROBABLE:
+        track.evidence += track.held
+        if track.evidence >= 2:
+            where = "inside exclusion zone" if zone.exclusion else "outside curfew zone"
+            detail = f"the tag's motion shows its earlier fixes {where} {zone.zone} true"
+            _confirm(em, zone, view, kind, breach, f"{detail} (confirmed)")
     if not view.displaced and not evidence.coarse(view.fix):
         track.held = 0.0
 

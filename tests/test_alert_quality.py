@@ -244,6 +244,20 @@ def test_a_slow_tag_walking_in_from_standing_is_confirmed_by_the_fix_showing_the
     assert [e.state for e in r.of("zone.exit")] == ["open"]
 
 
+def test_a_slow_tag_that_walks_in_stands_and_walks_out_is_confirmed_when_it_leaves():
+    # standing 120 m east of home; 40 m inside; standing there (2 m on); then 25 m out on
+    # the west side. Not one straight move, but a walk from where it stood could have
+    # made every step: the two fixes inside were the tag's, and the visit is confirmed
+    walk = [(-40, 90.0), (-42, 90.0), (25, 270.0), (165, 270.0), (305, 270.0)]
+    r = run(one_by_one(slow_stand_then(walk)))
+    breach = r.of("zone.breach")
+    assert [(b.state, b.confidence, b.ts[11:]) for b in breach] == [
+        ("open", "probable", "10:10:00Z"),
+        ("updated", "confirmed", "10:14:00Z"),
+        ("resolved", "confirmed", "10:16:00Z"),
+    ]
+
+
 def test_a_slow_tag_back_where_it_stood_after_one_fix_inside_stays_probable():
     # the same fix 40 m inside, then back where it stood: multipath, not a walk
     r = run(one_by_one(slow_stand_then([(-40, 90.0), (120, 90.0), (118, 90.0), (121, 90.0)])))

@@ -218,6 +218,99 @@ def test_a_checkpoint_from_before_the_motion_model_still_restores():
     assert st.motion is None and st.zones["C-1/home"].evidence == 0
 
 
+# -- a slow tag's walk from standing, a move the model did not see (issue 17 follow-up) -----
+
+
+def slow_stand_then(distances, every=120.0, acc=8.0, stand=120.0, bearing=90.0):
+    """A 120 s tag standing `stand` m outside home (east) for 5 fixes, then `distances`:
+    (signed metres from the boundary, bearing of the point from home's centre)."""
+    ds = [(stand + (2.0 if i % 2 else -2.0), bearing) for i in range(5)] + distances
+    return [fix(T0 + every * i, at_distance(100, d, b), acc, seq=i) for i, (d, b) in enumerate(ds)]
+
+
+def test_a_slow_tag_walking_in_from_standing_is_confirmed_by_the_fix_showing_the_walk():
+    # standing 120 m east of home, then 40 m inside (160 m in 120 s: a walk from standing,
+    # beyond a standing tag's reach), then 60 m outside on the west side: one straight
+    # walk through the zone. The fix inside was held back (multipath or a walk?); the fix
+    # after it shows the walk, so the visit is confirmed, not lost as "never confirmed"
+    r = run(one_by_one(slow_stand_then([(-40, 90.0), (60, 270.0), (200, 270.0), (340, 270.0)])))
+    breach = r.of("zone.breach")
+    assert [(b.state, b.confidence, b.ts[11:]) for b in breach] == [
+        ("open", "probable", "10:10:00Z"),
+        ("updated", "confirmed", "10:12:00Z"),
+        ("resolved", "confirmed", "10:14:00Z"),
+    ]
+    assert "motion shows" in breach[1].detail
+    assert [e.state for e in r.of("zone.exit")] == ["open"]
+
+
+def test_a_slow_tag_that_walks_in_stands_and_walks_out_is_confirmed_when_it_leaves():
+    # standing 120 m east of home; 40 m inside; standing there (2 m on); then 25 m out on
+    # the west side. Not one straight move, but a walk from where it stood could have
+    # made every step: the two fixes inside were the tag's, and the visit is confirmed
+    walk = [(-40, 90.0), (-42, 90.0), (25, 270.0), (165, 270.0), (305, 270.0)]
+    r = run(one_by_one(slow_stand_then(walk)))
+    breach = r.of("zone.breach")
+    assert [(b.state, b.confidence, b.ts[11:]) for b in breach] == [
+        ("open", "probable", "10:10:00Z"),
+        ("updated", "confirmed", "10:14:00Z"),
+        ("resolved", "confirmed", "10:16:00Z"),
+    ]
+
+
+def test_a_slow_tag_back_where_it_stood_after_one_fix_inside_stays_probable():
+    # the same fix 40 m inside, then back where it stood: multipath, not a walk
+    r = run(one_by_one(slow_stand_then([(-40, 90.0), (120, 90.0), (118, 90.0), (121, 90.0)])))
+    assert [(b.state, b.confidence) for b in r.of("zone.breach")] == [
+        ("open", "probable"),
+        ("resolved", "probable"),
+    ]
+
+
+def test_a_drive_that_slows_into_the_zone_is_not_taken_for_multipath():
+    # a 120 s tag standing 1,500 m out drives 900 m (7.5 m/s), then walks in: 40 m inside.
+    # Far beyond anything multipath does, the first move resets the model (fresh), so
+    # the fix inside is a slow tag's plausible fix and confirms at once
+    r = run(one_by_one(slow_stand_then([(600, 90.0), (-40, 90.0), (-60, 90.0)], stand=1500)))
+    breach = r.of("zone.breach")
+    assert [(b.state, b.confidence, b.ts[11:]) for b in breach] == [
+        ("open", "probable", "10:12:00Z"),
+        ("updated", "confirmed", "10:12:00Z"),
+    ]
+
+
+def test_a_run_that_bends_is_the_tags_position_but_shows_no_held_fix_true():
+    from tagwatch.engine import evidence
+    from tagwatch.engine.state import Motion
+
+    # anchor standing at the origin; a displaced run: 100 m east, then 10 m east, then
+    # 200 m east (fixes every 60 s): its ends trace back to the anchor, its middle does not
+    straight = [(0.0, 0.0, 0.0, 8.0), (60.0, 100.0, 0.0, 8.0), (120.0, 200.0, 0.0, 8.0)]
+    bent = [(0.0, 0.0, 0.0, 8.0), (60.0, 10.0, 0.0, 8.0), (120.0, 200.0, 0.0, 8.0)]
+    assert evidence._straight([(t, x, y, 0.0, a) for t, x, y, a in straight])
+    assert not evidence._straight([(t, x, y, 0.0, a) for t, x, y, a in bent])
+    assert evidence.worth(evidence.CORROBORATED, 60.0).corroborated
+    assert not evidence.worth(evidence.BENT, 60.0).corroborated
+    assert evidence.worth(evidence.BENT, 60.0).weight == 2.0
+    assert evidence.worth(evidence.DISPLACED_FIRST, 120.0) == evidence.Worth(1.0, True, 1.0)
+    assert Motion(0.0, 0.0, 0.0, 0.0, 8.0).run == []
+
+
+def test_the_first_fix_after_a_gap_deep_inside_is_confirmed_by_itself():
+    # a 120 s tag standing 300 m out, then dark for 12 minutes (its anchor is too old to
+    # judge by); the first fix after the gap is 60 m inside: fresh, nothing says it is
+    # displaced, and a slow tag's deep plausible fix is enough (the tag's very first fix
+    # ever stays probable: test_rules)
+    ds = [(300.0 + (2.0 if i % 2 else -2.0), T0 + 120 * i) for i in range(5)]
+    ds += [(-60.0, T0 + 480 + 720), (-62.0, T0 + 480 + 840)]
+    fixes = [fix(ts, at_distance(100, d), 8.0, seq=i) for i, (d, ts) in enumerate(ds)]
+    r = run(one_by_one(fixes))
+    assert [(b.state, b.confidence, b.ts[11:]) for b in r.of("zone.breach")] == [
+        ("open", "probable", "10:20:00Z"),
+        ("updated", "confirmed", "10:20:00Z"),
+    ]
+
+
 # -- 6. the benchmark: open loop beside the naive rules, closed loop with rate ----------------
 
 

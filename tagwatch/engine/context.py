@@ -41,7 +41,17 @@ class FixView:
     hot path, and this is several times cheaper to create.
     """
 
-    __slots__ = ("displaced", "distance", "exact", "fix", "plausible", "tag", "weight")
+    __slots__ = (
+        "corroborated",
+        "displaced",
+        "distance",
+        "exact",
+        "fix",
+        "held",
+        "plausible",
+        "tag",
+        "weight",
+    )
 
     def __init__(
         self,
@@ -52,6 +62,8 @@ class FixView:
         exact: bool = True,
         weight: int = 1,
         displaced: bool = False,
+        held: float = 0.0,
+        corroborated: bool = False,
     ) -> None:
         self.tag = tag
         self.fix = fix
@@ -60,3 +72,6 @@ class FixView:
         self.exact = exact  # False beyond the geometry horizon: a lower bound, no speeds
         self.weight = weight  # pieces of evidence of a breach when deep inside (evidence.py)
         self.displaced = displaced  # off the tag's motion (multipath?): it ends no breach
+        # what a displaced fix is held back from being worth, should its run prove true
+        self.held = held
+        self.corroborated = corroborated  # ends a displaced run that proved true (motion)

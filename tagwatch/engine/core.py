@@ -312,8 +312,8 @@ class Engine:
             watchdog.end(st, tag, watchdog.NO_FIX, fix.ts, cases, em)
         previous, st.last_pos_ts = st.last_pos_ts, fix.ts
         rows = list(rows)
-        weight, displaced = self._weight(st, fix, xyz, rows, plausible, previous)
-        nearest = self._zones(st, fix, rows, plausible, em, weight, displaced)
+        worth = self._weight(st, fix, xyz, rows, plausible, previous)
+        nearest = self._zones(st, fix, rows, plausible, em, worth)
         if plausible:
             st.lon, st.lat, st.acc, st.pos_ts, st.xyz = fix.lon, fix.lat, fix.acc, fix.ts, xyz
             _remember_position(st, fix, cases[0][1])
@@ -374,7 +374,7 @@ class Engine:
 
     def _weight(
         self, st: TagState, fix: Fix, xyz: tuple, rows: list, plausible: bool, previous
-    ) -> tuple[float, bool]:
+    ) -> evidence.Worth:
         """The fix's worth as evidence of a breach (engine/evidence.py). The motion model
         runs only within MOTION_M of an exclusion zone, or near a curfew zone, or while
         a breach is open; elsewhere it is dropped."""
@@ -382,21 +382,21 @@ class Engine:
         breach = any(t.breach is not None for t in st.zones.values())
         if not breach and not any(d <= MOTION_M or not exclusion[z] for z, _i, d, _a in rows):
             st.motion = None
-            return 1, False
+            return evidence.PLAIN
         if not plausible:
-            return 0, True  # a jump: tested against the zones, never evidence
+            return evidence.NOTHING  # a jump: tested against the zones, never evidence
         if fix.ts == st.ahead_ts and (st.last_ts is None or fix.ts > st.last_ts):
             # dated ahead of its arrival (DESIGN 3.2 Order): tested against the zones, but
             # neither evidence nor a position for the motion model, whose clock it would
             # move past the correct fixes that follow it
             if st.motion is not None:
                 st.motion.seen = max(st.motion.seen, fix.ts)  # set aside, not "moved on"
-            return 0, True
+            return evidence.NOTHING
         if st.motion is None or (st.pos_ts is not None and st.motion.seen < st.pos_ts):
             st.motion = _seed_motion(st)  # none yet, or the quiet path has moved on since
         st.motion, verdict = evidence.judge(st.motion, fix, xyz)
         apart = math.inf if previous is None else fix.ts - previous
-        return evidence.weight(verdict, apart), verdict in evidence.OFF_TRACK
+        return evidence.worth(verdict, apart)
 
     def _zones(
         self,
@@ -405,8 +405,7 @@ class Engine:
         rows: list,
         plausible: bool,
         em: Emitter,
-        weight: int = 1,
-        displaced: bool = False,
+        worth: evidence.Worth = evidence.PLAIN,
     ) -> float:
         """Zone rules for one fix; returns the distance to the nearest exclusion zone."""
         nearest = math.inf
@@ -421,9 +420,7 @@ class Engine:
             info, track, new = found
             if new and exclusion:
                 self._seed_window(track, z, fix.tag, st)
-            view = FixView(
-                fix.tag, fix, distance, plausible, distance <= self.quiet_m, weight, displaced
-            )
+            view = FixView(fix.tag, fix, distance, plausible, distance <= self.quiet_m, *worth)
             opened = zone_rules.apply(track, info, view, active, em)
             if zone_rules.ZONE_WARNING in opened or (
                 zone_rules.BREACH in opened and track.warning is None

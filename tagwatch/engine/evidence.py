@@ -17,12 +17,17 @@ fixes since the anchor. A new fix is judged against it:
   than multipath does (PERSIST_S). Its last fix becomes the anchor.
 - coarse: `lbs` or `acc` over COARSE_M. Honest, so it counts when deep enough
   for its accuracy; it never moves the anchor.
-- fresh: no anchor to judge by (first fix, or after a gap of STALE_S).
+- fresh: no anchor to judge by (first fix, or after a gap of STALE_S), or the fix
+  is farther beyond the anchor's reach than multipath moves fixes (FAR_M).
 
 `weight` turns a verdict into pieces of evidence for a fix deep inside (by more
 than one sigma of its error): 1; 2 for a slow tag's fix on its track or within
-its reach (SLOW_S apart: one deep, plausible fix is enough there), a walk on
-its track, or a corroborated run; 0 for a displaced fix. Errors are correlated
+its reach, or fresh (SLOW_S or more after the tag's previous fix: one deep,
+plausible fix is enough there), a walk on its track, or a corroborated run; 0
+for a displaced fix. A displaced fix holds back what it would be worth if
+trusted; when its run proves to be the tag's true motion (a straight move from
+its first fix to its last, or a walk from the anchor at every step) the fixes it
+held inside a zone count after all (zone_rules._credit). Errors are correlated
 over tens of seconds: fixes closer than INDEPENDENT_S to the previous one are
 worth that share of a piece. Pure: state in, state and verdict out.
 """
@@ -30,6 +35,7 @@ worth that share of a piece. Pure: state in, state and verdict out.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from tagwatch.engine.state import Motion
 from tagwatch.wire import Fix
@@ -49,6 +55,10 @@ RUN_SPAN_S = 20.0  # a run explained by motion spans at least this
 ACC_FLOOR = 8.0  # m: a reported acc below this is taken as this when tracing runs back
 GATE_K = 1.65  # acc is a ~68% radius: 1.65 acc is ~2.5 sigma per axis
 RUN_MAX = 64
+# multipath moves fixes tens of metres, 150 m in the worst canyons (issue 17): a fix this far
+# beyond the anchor's reach is the tag's true position after a move the model did not see
+# (a drive that slowed, a turn), not a displaced one: the model starts afresh from it
+FAR_M = 400.0
 
 MOVING, ON_TRACK, TRUSTED, CORROBORATED, DISPLACED, DISPLACED_FIRST, COARSE, FRESH = (
     "moving",
@@ -62,10 +72,41 @@ MOVING, ON_TRACK, TRUSTED, CORROBORATED, DISPLACED, DISPLACED_FIRST, COARSE, FRE
 )
 
 OFF_TRACK = frozenset({DISPLACED, DISPLACED_FIRST})
+# corroborated, but its fixes lie neither on one straight move from its first to its last
+# nor on a walk from the anchor (a multipath run that ended as the tag moved on): its last
+# fix is the tag's position, but the fixes it held back are not shown true
+BENT = "corroborated_bent"
 
 
 def coarse(fix: Fix) -> bool:
     return fix.fix == "lbs" or fix.acc > COARSE_M
+
+
+class Worth(NamedTuple):
+    """What a fix is worth as evidence of a breach, in the order FixView takes it."""
+
+    weight: float  # pieces of evidence when deep inside
+    displaced: bool  # off the tag's motion: it ends no breach
+    held: float = 0.0  # what a displaced fix would be worth, should its run prove true
+    corroborated: bool = False  # it proved its displaced run true: the run's fixes count
+
+
+PLAIN = Worth(1.0, False)  # no motion model runs: every fix at face value
+NOTHING = Worth(0.0, True)  # a jump, or a fix dated ahead of its arrival
+
+
+def worth(verdict: str, apart: float) -> Worth:
+    """The Worth of a fix judged `verdict`, `apart` seconds after the tag's previous one.
+
+    A displaced fix is held back from what it would be worth were it trusted: if its
+    run later proves to be the tag's true motion (corroborated), the fixes it held
+    inside a zone count after all. A tag standing outside that walks in between two
+    fixes is displaced at first (a walk from standing is out of its reach), but the
+    fix that follows shows the move: that visit is not lost."""
+    w = weight(verdict, apart)
+    if verdict in OFF_TRACK:
+        return Worth(w, True, max(0.0, weight(TRUSTED, apart) - w))
+    return Worth(w, False, 0.0, verdict == CORROBORATED)
 
 
 def weight(verdict: str, apart: float) -> float:
@@ -74,10 +115,13 @@ def weight(verdict: str, apart: float) -> float:
     closer together than INDEPENDENT_S are worth that much less each."""
     if verdict == DISPLACED:
         return 0.0
-    if verdict in (MOVING, ON_TRACK, TRUSTED):
+    if verdict in (MOVING, ON_TRACK, TRUSTED) or (verdict == FRESH and apart < math.inf):
+        # a fresh fix after a minute or more (a slow tag, or the first fix after a gap):
+        # nothing to judge it by, so as plausible as a slow tag's fix within its reach.
+        # The first fix a tag ever sends (no previous one) stays one piece.
         pieces = 2.0 if apart >= SLOW_S else 1.0
     else:
-        pieces = 2.0 if verdict == CORROBORATED else 1.0
+        pieces = 2.0 if verdict in (CORROBORATED, BENT) else 1.0
     if verdict == MOVING:
         return 2.0
     # apart < 0: the previous fix was dated ahead of its arrival (DESIGN 3.2): no credit
@@ -103,6 +147,8 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple) -> tuple[Motion | None, str]:
     reach = V_UNKNOWN * dt if m.known < 2 else (V_START + 0.5 * speed) * dt
     ahead = (m.x + m.vx * dt, m.y + m.vy * dt, m.z + m.vz * dt)
     off = _to_segment(xyz, (m.x, m.y, m.z), ahead)
+    if off > reach + err + FAR_M:
+        return Motion(ts, *xyz, acc, seen=ts), FRESH  # too far for multipath: a move unseen
     if off <= reach + err and not (m.run and off > err and _goes_on(m.run[-1], xyz, acc)):
         # on its track: where its motion leads, without the allowance for starting off
         on_track = m.known >= 2 and off <= err + 0.5 * speed * dt
@@ -118,6 +164,7 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple) -> tuple[Motion | None, str]:
     if _explained(m):
         last = m.run[-1]
         first = m.run[0]
+        verdict = CORROBORATED if _straight(m.run) or _walked(m) else BENT
         span = last[0] - first[0]
         if span > 0:
             m.vx, m.vy, m.vz = ((last[k] - first[k]) / span for k in (1, 2, 3))
@@ -126,13 +173,42 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple) -> tuple[Motion | None, str]:
         m.ts, m.x, m.y, m.z, m.acc = last
         m.known = 2
         m.run = []
-        return m, CORROBORATED
+        return m, verdict
     return m, DISPLACED_FIRST if first else DISPLACED
 
 
 def _goes_on(last: tuple, xyz: tuple, acc: float) -> bool:
     """The fix is where the run of displaced fixes was: it goes on (the multipath too)."""
     return math.dist((last[1], last[2], last[3]), xyz) <= GATE_K * math.hypot(acc, last[4])
+
+
+def _straight(run: list) -> bool:
+    """Every fix of the run lies where one straight move from its first fix to its last
+    puts it at its time, within both fixes' accuracy."""
+    first, last = run[0], run[-1]
+    span = last[0] - first[0]
+    if span <= 0:
+        return True
+    for ts, *xyz, acc in run[1:-1]:
+        f = (ts - first[0]) / span
+        at = tuple(first[k] + f * (last[k] - first[k]) for k in (1, 2, 3))
+        ends = max(first[4], last[4], ACC_FLOOR)
+        if math.dist(at, xyz) > GATE_K * math.hypot(max(acc, ACC_FLOOR), ends):
+            return False
+    return True
+
+
+def _walked(m: Motion) -> bool:
+    """A walk from the anchor could have made every step of the run (it walked in,
+    stood, walked on): multipath that jumps faster than a walk did not."""
+    prev = (m.ts, m.x, m.y, m.z, m.acc)
+    for step in m.run:
+        dt = step[0] - prev[0]
+        err = GATE_K * math.hypot(max(step[4], ACC_FLOOR), max(prev[4], ACC_FLOOR))
+        if dt <= 0 or math.dist(prev[1:4], step[1:4]) > V_WALK * dt + err:
+            return False
+        prev = step
+    return True
 
 
 def _explained(m: Motion) -> bool:

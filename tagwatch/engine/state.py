@@ -44,6 +44,7 @@ class ZoneTrack(msgspec.Struct, gc=False):
     breach: Episode | None = None
     inside_run: int = 0  # consecutive fixes inside (confirms a breach)
     evidence: float = 0.0  # pieces of evidence of the open breach (engine/evidence.py)
+    held: float = 0.0  # pieces withheld from displaced fixes inside, until their run is judged
     exit_run: int = 0  # consecutive fixes clearly outside (ends a breach)
     warning: Episode | None = None
     warn_clear_run: int = 0

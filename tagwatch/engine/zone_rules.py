@@ -117,7 +117,23 @@ def _resolve(
     )
 
 
+def _credit(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter, kind: str) -> None:
+    """A displaced run proved true (corroborated by the tag's motion): the fixes it held
+    back inside the zone count after all, wherever this fix is. Any other fix that is
+    not displaced ends the run unexplained: what it held is dropped."""
+    breach = track.breach
+    if view.corroborated and track.held and breach is not None and breach.confidence == PROBABLE:
+        track.evidence += track.held
+        if track.evidence >= 2:
+            where = "inside exclusion zone" if zone.exclusion else "outside curfew zone"
+            detail = f"the tag's motion shows its earlier fixes {where} {zone.zone} true"
+            _confirm(em, zone, view, kind, breach, f"{detail} (confirmed)")
+    if not view.displaced and not evidence.coarse(view.fix):
+        track.held = 0.0
+
+
 def _breach(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> bool:
+    _credit(track, zone, view, em, BREACH)
     d = view.distance
     if d <= 0:
         track.exit_run = 0
@@ -154,7 +170,8 @@ def _inside(
     by more than one sigma of its error (acc / 1.515), in proportion when shallower;
     2 pieces confirm. So does staying: a plausible fix inside
     after PERSIST_S of fixes inside (no multipath lasts that long)."""
-    gained = view.weight if depth * evidence.SIGMA_PER_ACC > view.fix.acc else 0.0
+    deep = depth * evidence.SIGMA_PER_ACC > view.fix.acc
+    gained = view.weight if deep else 0.0
     episode = track.breach
     opened = episode is None
     if episode is None:
@@ -174,6 +191,8 @@ def _inside(
         )
     else:
         track.evidence += gained
+    if view.displaced and deep:
+        track.held += view.held
     if episode.confidence == PROBABLE and (
         track.evidence >= 2
         or (
@@ -212,6 +231,7 @@ def _end_breach(
         _emit(em, zone, view, EXIT, exit_id, INFO, OPEN, detail)
     track.breach = None
     track.exit_run = track.inside_run = track.evidence = 0
+    track.held = 0.0
 
 
 def _schedule_ended(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter) -> None:
@@ -228,7 +248,7 @@ def _schedule_ended(track: ZoneTrack, zone: ZoneInfo, view: FixView, em: Emitter
             _resolve(em, zone, view, kind, episode, f"schedule of zone {zone.zone} ended")
             setattr(track, attr, None)
     track.inside_run = track.exit_run = track.warn_clear_run = track.approach_low_run = 0
-    track.evidence = 0
+    track.evidence = track.held = 0
     track.window.clear()
     track.loiter_start = track.loiter_last = None
 
@@ -238,6 +258,7 @@ def _curfew(track: ZoneTrack, zone: ZoneInfo, view: FixView, active: bool, em: E
         if track.breach is not None:
             _schedule_ended(track, zone, view, em)
         return
+    _credit(track, zone, view, em, CURFEW)
     d = view.distance
     if d > 0:
         track.exit_run = 0

@@ -203,9 +203,13 @@ class Daemon:
             self._tag_cases,
         )
         limit = config.ingest.rate_limit  # at the door, so the excess never enters a batch
-        self.gate = RateGate(TokenBuckets(*limit)) if limit else None
+        limited = self.metrics.rejected.labels(reason="rate_limited")
+        self.gate = RateGate(TokenBuckets(*limit), limited.inc) if limit else None
         self.batcher: Batcher[Message] = Batcher(
-            config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0, self.gate
+            config.ingest.batch_max,
+            config.ingest.batch_wait_ms / 1000.0,
+            self.gate,
+            key=_topic,  # fair batching: a tag's backlog never fills a batch others wait for
         )
         self.stopping = asyncio.Event()
         self._cases_loaded = asyncio.Event()  # set by a reload that loaded cases
@@ -416,6 +420,7 @@ class Daemon:
             [(topic, 1) for topic in self.topics.fix_filters],
             will=(status, status_message("offline", self.instance, self.since)),
             online=(status, lambda: status_message("online", self.instance, time.time())),
+            door=self.gate,
         )
         connect = asyncio.create_task(self.conn.__aenter__())
         stop = asyncio.create_task(self.stopping.wait())
@@ -488,25 +493,22 @@ class Daemon:
         while not self.stopping.is_set():
             batch = await self.batcher.next_batch(self.stopping)
             if self.gate is not None and self.gate.waiting:
-                await self._rate_limited(*self.gate.take())
+                await self._rate_limited(self.gate.take())
             if batch:
                 await self._handle(batch)
 
-    async def _rate_limited(self, excess: list[Message], reported: list[Message]) -> None:
-        """Messages over their tag's rate (DESIGN 3.2 rate_limited), kept out of the batches
-        by the gate: acknowledged and counted at once; one per topic per REPORT_S is also
-        recorded and published as a rejection."""
-        if excess:
-            await self._acknowledged(excess, Effects())
-            self.metrics.rejected.labels(reason="rate_limited").inc(len(excess))
-        if reported:
-            buckets = self.gate.buckets  # type: ignore[union-attr]
-            async with self._work:
-                now = time.time()
-                result = Result(rejected=[self.pipeline.rate_limited(m, buckets) for m in reported])
-                fx = self.effects.from_result(result, {}, now)
-                await self._commit(fx.batch)
-            await self._acknowledged(reported, fx)
+    async def _rate_limited(self, reported: list[Message]) -> None:
+        """Messages over their tag's rate (DESIGN 3.2 rate_limited) are kept out of the
+        batches by the gate: the connection acknowledges and counts them as they arrive,
+        except one per topic per REPORT_S, recorded and published here as a rejection
+        (and counted with it)."""
+        buckets = self.gate.buckets  # type: ignore[union-attr]
+        async with self._work:
+            now = time.time()
+            result = Result(rejected=[self.pipeline.rate_limited(m, buckets) for m in reported])
+            fx = self.effects.from_result(result, {}, now)
+            await self._commit(fx.batch)
+        await self._acknowledged(reported, fx)
 
     # ---- units of work -------------------------------------------------------------
 
@@ -837,6 +839,10 @@ class Daemon:
         if cases:
             self._cases_loaded.set()
         return True
+
+
+def _topic(msg: Message) -> str:
+    return msg.topic
 
 
 def _anchor_writer(keep) -> AnchorWriter | None:

@@ -291,6 +291,7 @@ class MqttConnection:
         # packet ids of the door's DROPs since the last read, acknowledged after it in one
         # write (paho's thread only)
         self._dropped: list[int] = []
+        self._bulk_acks = paho_fast.supported()
         self.subscriptions = list(subscriptions)
         self.will = will
         self.online = online
@@ -585,7 +586,7 @@ class MqttConnection:
             # queue, no event-loop work (issue 16.8). Acknowledged after the read.
             if qos == 1:
                 self._dropped.append(mid)
-                if not paho_fast.supported():  # no after-read hook on another paho
+                if not self._bulk_acks:  # no after-read hook on another paho
                     self._ack_dropped(self._client)
             elif self.door is not None:
                 self.door.dropped(1)

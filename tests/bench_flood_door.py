@@ -23,10 +23,10 @@ import socket
 import threading
 import time
 
-from tagwatch import paho_fast
-from tagwatch.daemon.ingest import RateGate
-from tagwatch.mqtt import BrokerSettings, MqttConnection
-from tagwatch.ratelimit import TokenBuckets
+from tagwatch.ingest import paho_fast
+from tagwatch.ingest.batcher import RateGate
+from tagwatch.ingest.mqtt import BrokerSettings, MqttConnection
+from tagwatch.ingest.ratelimit import TokenBuckets
 from tests.bench_paho_read import _packet
 
 

@@ -7,8 +7,8 @@ import collections
 import hashlib
 from collections.abc import AsyncIterator
 
-from tagwatch.daemon.ingest import Batcher, fair_shares, isolate
-from tagwatch.mqtt import Message
+from tagwatch.ingest.batcher import Batcher, fair_shares, isolate
+from tagwatch.ingest.mqtt import Message
 from tests.tracks import (
     TAG,
     at_distance,
@@ -175,9 +175,9 @@ def test_the_gates_limited_messages_are_handed_back_even_when_they_came_alone() 
     sets a limited one (the one of its REPORT_S to record) aside for the daemon, also
     when it came alone while nobody waited: its acknowledgement must not wait for
     another tag's message."""
-    from tagwatch.daemon.ingest import RateGate
-    from tagwatch.mqtt import DROP, ENTER, LIMITED
-    from tagwatch.ratelimit import TokenBuckets
+    from tagwatch.ingest.batcher import RateGate
+    from tagwatch.ingest.mqtt import DROP, ENTER, LIMITED
+    from tagwatch.ingest.ratelimit import TokenBuckets
 
     gate = RateGate(TokenBuckets(1.0, 1))
     far = at_distance(100, 5000)

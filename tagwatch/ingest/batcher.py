@@ -24,8 +24,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from typing import Generic, Protocol, TypeVar
 
-from tagwatch.mqtt import DROP, ENTER, LIMITED
-from tagwatch.ratelimit import TokenBuckets
+from tagwatch.ingest.mqtt import DROP, ENTER, LIMITED
+from tagwatch.ingest.ratelimit import TokenBuckets
 
 T = TypeVar("T")
 
@@ -171,7 +171,7 @@ M = TypeVar("M", bound=_Arrived)
 
 class RateGate(Generic[M]):
     """The per-tag rate limit at the door (DESIGN 3.2 rate_limited). The MQTT connection
-    asks it (`verdict`, tagwatch.mqtt's Door) on paho's thread, from a message's topic
+    asks it (`verdict`, tagwatch.ingest.mqtt's Door) on paho's thread, from a message's topic
     and arrival time, before anything decodes the payload: a message over its fix
     topic's token bucket is dropped there (acknowledged in bulk, counted through
     `on_dropped`, never queued), except one per topic per REPORT_S, which comes through
@@ -179,8 +179,8 @@ class RateGate(Generic[M]):
     record and publish as a rejection (`take`).
     So a flooding tag's excess never enters a batch nor the event loop.
 
-    The decisions are the pipeline's (tagwatch.ratelimit on each message's `received`, in
-    arrival order): `tagwatch replay` makes them again in Pipeline.process."""
+    The decisions are the pipeline's (tagwatch.ingest.ratelimit on each message's
+    `received`, in arrival order): `tagwatch replay` makes them again in Pipeline.process."""
 
     def __init__(
         self, buckets: TokenBuckets, on_dropped: Callable[[int], None] | None = None

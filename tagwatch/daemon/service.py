@@ -104,7 +104,10 @@ class Daemon(Wiring, CaseReload):
             config.ingest.batch_max,
             config.ingest.batch_wait_ms / 1000.0,
             self.gate,
-            key=_topic,  # fair batching: a tag's backlog never fills a batch others wait for
+            # Fair batching (a tag's backlog never fills a batch others wait for) on the
+            # receiving clock only: on the event clock the order across tags is the clock
+            # (a tag held back would look silent), so arrival order is kept there.
+            key=_topic if self.gate is not None else None,
         )
         self.stopping = asyncio.Event()
         self._cases_loaded = asyncio.Event()  # set by a reload that loaded cases

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 from collections.abc import AsyncIterator
 
-from tagwatch.ingest.batcher import Batcher, isolate
+from tagwatch.ingest.batcher import Batcher, fair_shares, isolate
+from tagwatch.ingest.mqtt import Message
 from tests.tracks import (
     TAG,
     at_distance,
@@ -168,34 +170,103 @@ def test_a_failed_batch_is_undone_and_its_good_fixes_still_raise_the_breach() ->
     assert "InjectedFault" in rej.rejection.detail
 
 
-def test_the_gates_excess_is_handed_back_even_when_it_came_while_nobody_waited() -> None:
-    """The excess of a flood must be acknowledged although no other message follows it:
-    the broker sends nothing more while its window of unacknowledged messages is full."""
+def test_the_gates_limited_messages_are_handed_back_even_when_they_came_alone() -> None:
+    """The door (on paho's thread) enters, marks limited or drops each message; the batcher
+    sets a limited one (the one of its REPORT_S to record) aside for the daemon, also
+    when it came alone while nobody waited: its acknowledgement must not wait for
+    another tag's message."""
     from tagwatch.ingest.batcher import RateGate
+    from tagwatch.ingest.mqtt import DROP, ENTER, LIMITED
     from tagwatch.ingest.ratelimit import TokenBuckets
 
-    def msg(i: int):
-        return tag_msg(fix(T0 + i, at_distance(100, 5000)), received=T0)
+    gate = RateGate(TokenBuckets(1.0, 1))
+    far = at_distance(100, 5000)
+    arrivals = [T0, T0, T0, T0 + 10.5, T0 + 10.5]
+    msgs, verdicts = [], []
+    for i, at in enumerate(arrivals):
+        m = tag_msg(fix(T0 + i, far), received=at)
+        verdicts.append(gate.verdict(m.topic, at))
+        msgs.append(Message(m.topic, m.payload, 1, i, at, limited=verdicts[-1] == LIMITED))
+    assert verdicts == [ENTER, LIMITED, DROP, ENTER, LIMITED]
 
     async def scenario() -> None:
-        gate = RateGate(TokenBuckets(1.0, 1))
-        batcher = Batcher(batch_max=10, batch_wait_s=0.0, gate=gate)
         queue: asyncio.Queue = asyncio.Queue()
+        batcher = Batcher(batch_max=10, batch_wait_s=0.0, gate=gate)
         pump = asyncio.create_task(batcher.pump(_bursts(queue)))
         stop = asyncio.Event()
-        queue.put_nowait([msg(0), msg(1)])  # kept, then reported
-        assert [m.payload for m in await batcher.next_batch(stop)] == [msg(0).payload]
-        queue.put_nowait([msg(2), msg(3)])  # excess only, while nobody waits
+        queue.put_nowait(msgs[:2])
+        assert [m.mid for m in await batcher.next_batch(stop)] == [0]
+        assert [m.mid for m in gate.take()] == [1]
+        queue.put_nowait([msgs[4]])  # a limited one alone, while nobody waits
         while queue.qsize():
             await asyncio.sleep(0)  # let the pump take the burst (a yield, not a wait)
-        await asyncio.sleep(0)
         assert await asyncio.wait_for(batcher.next_batch(stop), 5) == []
-        excess, reported = gate.take()
-        assert (len(excess), len(reported)) == (2, 1)
-        queue.put_nowait([msg(4)])  # a burst the gate keeps nothing of ends a wait at once
-        assert await asyncio.wait_for(batcher.next_batch(stop), 5) == []
-        assert len(gate.take()[0]) == 1
+        assert [m.mid for m in gate.take()] == [4]
         queue.put_nowait(None)
         await pump
 
     _run(scenario)
+
+
+def _fair(batch_max: int) -> Batcher[tuple[str, int]]:
+    return Batcher(batch_max=batch_max, batch_wait_s=0.0, key=lambda m: m[0])
+
+
+def _batches(batcher: Batcher, items: list) -> list[list]:
+    """Every batch of `items` queued at once (as a burst the pump delivered)."""
+    async def scenario() -> list[list]:
+        batcher.items.extend(items)
+        stop, out = asyncio.Event(), []
+        while batcher.items:
+            out.append(await batcher.next_batch(stop))
+        return out
+
+    return asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_a_flooding_tags_backlog_leaves_room_for_every_other_tags_waiting_message() -> None:
+    """Fair batching (issue 16.8): 1,000 of one tag queued ahead of 30 of three others;
+    the first batch holds all 30 and fills up with the flood's first 170, in arrival
+    order; the flood's remainder follows in its own order."""
+    flood = [("T-flood", i) for i in range(1000)]
+    others = [(f"T-{i % 3}", i) for i in range(30)]
+    batches = _batches(_fair(batch_max=200), flood + others)
+    assert batches[0] == flood[:170] + others
+    assert [len(b) for b in batches] == [200, 200, 200, 200, 200, 30]
+    assert [m for b in batches for m in b if m[0] == "T-flood"] == flood  # its order kept
+
+
+def test_fair_batches_are_max_min_fair_keep_each_tags_order_and_lose_nothing() -> None:
+    """Interleaved tags, one heavy: in every batch, a tag with messages still waiting got
+    at least as many as any other tag but one (max-min fairness); per tag, arrival order;
+    every batch full while anything waits; nothing lost or repeated."""
+    items = [("heavy" if i % 4 else f"T-{i % 7}", i) for i in range(3000)]
+    batches = _batches(_fair(batch_max=100), items)
+    assert sorted(m for b in batches for m in b) == sorted(items)
+    for tag in {t for t, _ in items}:
+        assert [i for b in batches for t, i in b if t == tag] == [
+            i for t, i in items if t == tag]
+    assert all(len(b) == 100 for b in batches[:-1])
+    left = collections.Counter(t for t, _ in items)
+    for batch in batches:
+        got = collections.Counter(t for t, _ in batch)
+        left.subtract(got)
+        most = max(got.values())
+        assert all(got[t] >= most - 1 for t in left if left[t] > 0), (got, left)
+    assert batches[0].count(("heavy", 1)) == 1 and sum(
+        1 for t, _ in batches[0] if t == "heavy") <= 13  # not 75 of 100, as in order
+
+
+def test_fair_shares_fill_the_room_without_giving_a_key_more_than_it_has() -> None:
+    assert fair_shares({"a": 1000, "b": 10, "c": 10, "d": 10}, 200) == {
+        "a": 170, "b": 10, "c": 10, "d": 10}
+    assert fair_shares({"a": 50, "b": 50, "c": 1}, 10) == {"c": 1, "a": 5, "b": 4}
+    assert fair_shares({"a": 3, "b": 4}, 100) == {"a": 3, "b": 4}
+    assert fair_shares({"a": 7, "b": 7, "c": 7}, 20) == {"a": 7, "b": 7, "c": 6}
+
+
+def test_without_a_key_or_when_all_fits_batches_are_plain_arrival_order() -> None:
+    items = [(f"T-{i % 2}", i) for i in range(25)]
+    assert _batches(Batcher(batch_max=10, batch_wait_s=0.0), items) == [
+        items[:10], items[10:20], items[20:]]
+    assert _batches(_fair(batch_max=25), items) == [items]

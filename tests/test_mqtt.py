@@ -380,3 +380,53 @@ def test_embedded_broker_round_trip_and_offline_queue() -> None:
 
 if __name__ == "__main__":
     asyncio.run(_receiver_main(*sys.argv[1:6]))
+
+
+class _Door:
+    """Drops every message on `drop_topic` but the first, which comes through limited."""
+
+    def __init__(self, drop_topic: str) -> None:
+        self.drop_topic, self.seen, self.counted = drop_topic, 0, 0
+
+    def verdict(self, topic: str, received: float) -> int:
+        from tagwatch.ingest.mqtt import DROP, ENTER, LIMITED
+
+        if topic != self.drop_topic:
+            return ENTER
+        self.seen += 1
+        return LIMITED if self.seen == 1 else DROP
+
+    def dropped(self, count: int) -> None:
+        self.counted += count  # paho's thread
+
+
+def test_a_doors_drops_are_acknowledged_counted_and_never_delivered(broker_url: str) -> None:
+    """The rate limit's door (issue 16.8): on paho's thread, before a Message is made, a
+    dropped message is acknowledged (it never comes back to the session) and counted;
+    the other topic's messages and the one marked limited come through in order."""
+    prefix, sub_id = unique_prefix(), unique_client_id("sub")
+    flood, other = f"{prefix}/tags/t1/fix", f"{prefix}/tags/t2/fix"
+    sent = [(other if i % 50 == 0 else flood, f"m-{i}") for i in range(500)]
+
+    async def scenario() -> None:
+        door = _Door(flood)
+        async with connection(broker_url, unique_client_id("pub")) as pub:
+            async with connection(broker_url, sub_id, [f"{prefix}/tags/+/fix"],
+                                  door=door) as sub:
+                it = aiter(sub.messages())
+                for topic, payload in sent:
+                    await pub.publish(topic, payload.encode())
+                wanted = [(t, p) for t, p in sent if t == other]
+                wanted.insert(1, sent[1])  # the flood's first: limited, to be recorded
+                got = [await next_message(sub, it) for _ in wanted]
+                assert [(m.topic, m.payload.decode()) for m in got] == wanted
+                assert [m.limited for m in got] == [m.topic == flood for m in got]
+                await sub.ack_many(got)
+                await sub.publish(f"{prefix}/barrier", b"")  # every ack is in (see above)
+                assert door.counted == len(sent) - len(wanted) == 489
+            async with connection(broker_url, sub_id, [f"{prefix}/tags/+/fix"]) as sub:
+                it = aiter(sub.messages())
+                await pub.publish(other, b"marker")  # nothing dropped comes back first
+                assert (await next_message(sub, it)).payload == b"marker"
+
+    run(scenario)

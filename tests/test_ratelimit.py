@@ -63,9 +63,10 @@ def test_no_receiving_clock_no_limit_and_a_victim_devices_limit_quotes_nothing()
 
 
 def test_the_daemons_gate_decides_as_the_pipeline_does_in_replay() -> None:
-    """The daemon limits at the door (RateGate, before batching), replay in the pipeline:
+    """The daemon limits at the door (RateGate, on paho's thread), replay in the pipeline:
     the same messages in the same order with the same `received` give the same decisions."""
     from tagwatch.ingest.batcher import RateGate
+    from tagwatch.ingest.mqtt import DROP, ENTER, LIMITED
 
     far = at_distance(100, 5000)
     messages = [tag_msg(fix(T0 + i * 0.01, far, seq=i), f"T-{i % 3}", received=T0 + i * 0.002)
@@ -74,8 +75,10 @@ def test_the_daemons_gate_decides_as_the_pipeline_does_in_replay() -> None:
     pipe = Pipeline(zoneset(doc), Rules(), TOPICS, event_clock=True, rate_limit=(10.0, 100))
     result = pipe.process(messages)
     gate = RateGate(TokenBuckets(10.0, 100))
-    kept = gate(messages[:1234]) + gate(messages[1234:])  # bursts split anywhere
-    excess, reported = gate.take()
+    verdicts = [gate.verdict(m.topic, m.received) for m in messages]  # paho's thread's
+    kept = [m for m, v in zip(messages, verdicts, strict=True) if v == ENTER]
+    reported = [m for m, v in zip(messages, verdicts, strict=True) if v == LIMITED]
+    excess = [m for m, v in zip(messages, verdicts, strict=True) if v == DROP]
     assert [(f.tag, f.seq) for f, _ in result.accepted] == [
         (m.topic.split("/")[3], orjson.loads(m.payload)["seq"]) for m in kept]
     assert [r.rejection.payload for r in result.rejected] == [

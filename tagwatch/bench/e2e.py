@@ -38,7 +38,9 @@ latency measurement of 2. runs twice in one run, each with a fresh daemon: unloa
 then while one more tag (a known one, with a case) publishes valid fixes at
 16,000 messages/s from a raw socket publisher. The other tags' fix -> alert p50/p99
 are printed side by side with the ratio flooded / unloaded; the daemon's own counts
-say how much of the flood it took in and how much it rejected as rate_limited.
+say how much of the flood it took in and how much it rejected as rate_limited. The CPU
+seconds of the daemon, the private broker, this process and the flooding thread while
+publishing (from /proc) say whose CPU the flood took.
 """
 
 from __future__ import annotations
@@ -520,6 +522,32 @@ def _through_daemon(
         return elapsed, int(daemon.metric("tagwatch_alerts_total"))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/<pid>/stat), 0 if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuUse:
+    """CPU seconds each process used between `start` and `stop` (Linux /proc)."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid is not None}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._wall = time.perf_counter()
+
+    def stop(self) -> None:
+        self.wall_s = time.perf_counter() - self._wall
+        self.used = {n: cpu_seconds(p) - self._before[n] for n, p in self.pids.items()}
+
+
 def _latency(
     broker,
     settings,
@@ -528,9 +556,13 @@ def _latency(
     seconds: float,
     flood: Flood | None = None,
     record: str | None = None,
+    broker_pid: int | None = None,
+    cpu: dict | None = None,
 ) -> tuple[float, float, int]:
     """Publish at 2,000 fixes/s; every 10th tag breaches; time fix -> alert record.
-    With `flood`, its tag floods meanwhile and is left out of the paced fixes."""
+    With `flood`, its tag floods meanwhile and is left out of the paced fixes. With `cpu`
+    (a dict), the CPU seconds of the daemon, the broker (its pid given) and this process
+    (publishers and listener; the flood's thread apart) while publishing go into it."""
     prefix = f"bench/{uuid.uuid4().hex[:8]}/tagwatch/v1"
     running = contextlib.ExitStack()
     daemon = running.enter_context(_daemon(workdir, broker, prefix, record))
@@ -552,10 +584,16 @@ def _latency(
         _subscribed(listener, f"{prefix}/alerts/#")
         publisher = _client(settings, f"bench-pub-{uuid.uuid4().hex[:6]}")
         paced = [c for c in cases if flood is None or c.tags[0] != flood.tag]
+        use = CpuUse({"daemon": daemon.proc.pid, "broker": broker_pid, "bench": os.getpid()})
         with contextlib.ExitStack() as stack:
             if flood is not None:
                 stack.enter_context(flood.running(settings, prefix))
+            use.start()
             _paced(publisher, prefix, paced, seconds, sent, arrived)
+            use.stop()
+        if cpu is not None:
+            cpu.update({f"cpu_{name}_s": round(v, 2) for name, v in use.used.items()})
+            cpu["cpu_wall_s"] = round(use.wall_s, 2)
         _settle(arrived, latencies)
         listener.disconnect()
         publisher.disconnect()
@@ -579,6 +617,7 @@ class Flood:
         self.lat, self.lon = zone_lat + 0.1, zone_lon
         self.sent = 0
         self.seconds = 0.0
+        self.cpu_s = 0.0  # the flooding thread's own CPU time
         self.taken = self.limited = 0  # the daemon's counts, read after the run
 
     @contextlib.contextmanager
@@ -609,7 +648,7 @@ class Flood:
         )
 
         def flood() -> None:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             steps = 0
             while not stop.is_set():
                 first = (steps * per_step) % len(pool)
@@ -620,6 +659,7 @@ class Flood:
                 if lag > 0:
                     stop.wait(lag)
             self.seconds = time.perf_counter() - start
+            self.cpu_s = time.thread_time() - cpu_start
 
         thread = threading.Thread(target=flood, name="flood", daemon=True)
         thread.start()
@@ -636,8 +676,10 @@ def run_flood(broker: str | None, latency_s: float = 10.0, rate: int = 16_000) -
     progress = Progress("bench e2e --flood")
     with contextlib.ExitStack() as stack:
         private = broker is None
+        broker_pid = None
         if broker is None:
-            broker = stack.enter_context(PrivateMosquitto()).url
+            mosquitto = stack.enter_context(PrivateMosquitto())
+            broker, broker_pid = mosquitto.url, mosquitto.proc.pid
         used = f"{broker} ({'private mosquitto started by the benchmark' if private else 'given'})"
         settings = BrokerSettings.from_url(broker)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tagwatch-")))
@@ -647,9 +689,15 @@ def run_flood(broker: str | None, latency_s: float = 10.0, rate: int = 16_000) -
         flood = Flood(cases[-1].tags[0], zone.frame.lat, zone.frame.lon, rate, latency_s)
         others = cases[:-1]
         progress.step(f"broker: {used}; latency at 2,000 fixes/s for {latency_s:.0f} s, unloaded")
-        unloaded = _latency(broker, settings, workdir, others, latency_s)
+        cpu_unloaded: dict = {}
+        unloaded = _latency(
+            broker, settings, workdir, others, latency_s, broker_pid=broker_pid, cpu=cpu_unloaded
+        )
         progress.step(f"the same while one tag floods at {rate:,} messages/s")
-        flooded = _latency(broker, settings, workdir, cases, latency_s, flood)
+        cpu_flooded: dict = {}
+        flooded = _latency(
+            broker, settings, workdir, cases, latency_s, flood, None, broker_pid, cpu_flooded
+        )
     progress.done()
     return {
         "benchmark": "e2e-flood",
@@ -665,7 +713,23 @@ def run_flood(broker: str | None, latency_s: float = 10.0, rate: int = 16_000) -
         "flood_sent_per_s": round(flood.sent / flood.seconds) if flood.seconds else 0,
         "flood_rate_limited": flood.limited,
         "daemon_fixes_taken_in": flood.taken,
+        **_cpu_figures(cpu_unloaded, cpu_flooded, flood),
     }
+
+
+def _cpu_figures(unloaded: dict, flooded: dict, flood: Flood) -> dict:
+    """Whose CPU the flood took (issue 16.8): each process's CPU seconds while publishing,
+    unloaded and flooded, the flooding thread's own, and the daemon's extra CPU per
+    flooded message. On two cores, 2 CPU seconds a wall second is the whole machine."""
+    figures = {f"unloaded_{k}": v for k, v in unloaded.items()}
+    figures |= {f"flooded_{k}": v for k, v in flooded.items()}
+    figures["flood_thread_cpu_s"] = round(flood.cpu_s, 2)
+    figures["flood_thread_seconds"] = round(flood.seconds, 2)
+    extra = flooded.get("cpu_daemon_s", 0.0) - unloaded.get("cpu_daemon_s", 0.0)
+    if flood.sent and flood.seconds:
+        in_window = flood.sent * flooded.get("cpu_wall_s", 0.0) / flood.seconds
+        figures["daemon_extra_cpu_us_per_flood_msg"] = round(extra / max(in_window, 1) * 1e6, 1)
+    return figures
 
 
 FLOOD_LINES: list[tuple[str, str]] = [

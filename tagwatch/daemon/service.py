@@ -44,7 +44,7 @@ from tagwatch.daemon.settings import anchor_writer
 from tagwatch.daemon.wiring import Wiring
 from tagwatch.feed.events import EventHub
 from tagwatch.ingest.batcher import Batcher, RateGate, isolate
-from tagwatch.ingest.mqtt import Backoff, BrokerSettings, Message, MqttConnection
+from tagwatch.ingest.mqtt import ENTER, LIMITED, Backoff, BrokerSettings, Message, MqttConnection
 from tagwatch.ingest.ratelimit import TokenBuckets
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.policy import SmsLedger, degraded_notices
@@ -98,9 +98,16 @@ class Daemon(Wiring, CaseReload):
             self._tag_cases,
         )
         limit = config.ingest.rate_limit  # at the door, so the excess never enters a batch
-        self.gate = RateGate(TokenBuckets(*limit)) if limit else None
+        limited = self.metrics.rejected.labels(reason="rate_limited")
+        self.gate = RateGate(TokenBuckets(*limit), limited.inc) if limit else None
         self.batcher: Batcher[Message] = Batcher(
-            config.ingest.batch_max, config.ingest.batch_wait_ms / 1000.0, self.gate
+            config.ingest.batch_max,
+            config.ingest.batch_wait_ms / 1000.0,
+            self.gate,
+            # Fair batching (a tag's backlog never fills a batch others wait for) on the
+            # receiving clock only: on the event clock the order across tags is the clock
+            # (a tag held back would look silent), so arrival order is kept there.
+            key=_topic if self.gate is not None else None,
         )
         self.stopping = asyncio.Event()
         self._cases_loaded = asyncio.Event()  # set by a reload that loaded cases
@@ -172,6 +179,7 @@ class Daemon(Wiring, CaseReload):
             [(topic, 1) for topic in self.topics.fix_filters],
             will=(status, status_message("offline", self.instance, self.since)),
             online=(status, lambda: status_message("online", self.instance, time.time())),
+            door=self.gate,
         )
         connect = asyncio.create_task(self.conn.__aenter__())
         stop = asyncio.create_task(self.stopping.wait())
@@ -230,25 +238,22 @@ class Daemon(Wiring, CaseReload):
         while not self.stopping.is_set():
             batch = await self.batcher.next_batch(self.stopping)
             if self.gate is not None and self.gate.waiting:
-                await self._rate_limited(*self.gate.take())
+                await self._rate_limited(self.gate.take())
             if batch:
                 await self._handle(batch)
 
-    async def _rate_limited(self, excess: list[Message], reported: list[Message]) -> None:
-        """Messages over their tag's rate (DESIGN 3.2 rate_limited), kept out of the batches
-        by the gate: acknowledged and counted at once; one per topic per REPORT_S is also
-        recorded and published as a rejection."""
-        if excess:
-            await self._acknowledged(excess, Effects())
-            self.metrics.rejected.labels(reason="rate_limited").inc(len(excess))
-        if reported:
-            buckets = self.gate.buckets  # type: ignore[union-attr]
-            async with self._work:
-                now = time.time()
-                result = Result(rejected=[self.pipeline.rate_limited(m, buckets) for m in reported])
-                fx = self.effects.from_result(result, {}, now)
-                await self._commit(fx.batch)
-            await self._acknowledged(reported, fx)
+    async def _rate_limited(self, reported: list[Message]) -> None:
+        """Messages over their tag's rate (DESIGN 3.2 rate_limited) are kept out of the
+        batches by the gate: the connection acknowledges and counts them as they arrive,
+        except one per topic per REPORT_S, recorded and published here as a rejection
+        (and counted with it)."""
+        buckets = self.gate.buckets  # type: ignore[union-attr]
+        async with self._work:
+            now = time.time()
+            result = Result(rejected=[self.pipeline.rate_limited(m, buckets) for m in reported])
+            fx = self.effects.from_result(result, {}, now)
+            await self._commit(fx.batch)
+        await self._acknowledged(reported, fx)
 
     # ---- units of work -------------------------------------------------------------
 
@@ -291,8 +296,9 @@ class Daemon(Wiring, CaseReload):
         if not self._serving:
             return 503, {"error": "not ready: the daemon is not serving yet"}
         inbound = Inbound(self.topics.tag_fix(tag), payload, time.time())
-        if self.gate is not None and not self.gate.buckets.admit(inbound.topic, inbound.received):
-            return await self._traccar_limited(inbound)
+        verdict = ENTER if self.gate is None else self.gate.verdict(inbound.topic, inbound.received)
+        if verdict != ENTER:
+            return await self._traccar_limited(inbound, record=verdict == LIMITED)
         async with self._work:
             now = time.time()
             notify = None
@@ -311,13 +317,12 @@ class Daemon(Wiring, CaseReload):
             return 422, {"error": f"{r.reason}: {r.detail}"}
         return 200, {"accepted": len(result.accepted), "duplicates": result.duplicates}
 
-    async def _traccar_limited(self, inbound: Inbound) -> tuple[int, dict]:
-        """A Traccar fix over its tag's rate: the MQTT gate's bucket of the same fix topic
-        decides, and the excess is handled as there (counted; one per REPORT_S recorded
+    async def _traccar_limited(self, inbound: Inbound, record: bool) -> tuple[int, dict]:
+        """A Traccar fix over its tag's rate: the MQTT gate of the same fix topic decided,
+        and the excess is handled as there (counted; one per REPORT_S, `record`, recorded
         and published); 429, so that Traccar retries it later."""
-        buckets = self.gate.buckets  # type: ignore[union-attr]
-        rejected = self.pipeline.rate_limited(inbound, buckets)
-        if buckets.report_due(inbound.topic, inbound.received):
+        rejected = self.pipeline.rate_limited(inbound, self.gate.buckets)  # type: ignore[union-attr]
+        if record:
             async with self._work:
                 fx = self.effects.from_result(Result(rejected=[rejected]), {}, time.time())
                 await self._commit(fx.batch)
@@ -542,3 +547,8 @@ class Daemon(Wiring, CaseReload):
             if last is None or last < limit:
                 silent += 1
         return silent
+
+
+def _topic(msg: Message) -> str:
+    """A message's key for fair batching: its topic (one tag or victim device)."""
+    return msg.topic

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -162,6 +162,21 @@ def publish_once(
         client.loop_stop()
 
 
+# A door's verdicts on an arriving message (MqttConnection's `door`).
+ENTER, LIMITED, DROP = 0, 1, 2
+
+
+class Door(Protocol):
+    """Decides on paho's thread, from the topic and arrival time alone (before anything
+    reads the payload), what becomes of each message: ENTER, LIMITED (delivered with
+    `limited` set: the caller records it as a rejection) or DROP (acknowledged at once,
+    in bulk, never queued; `dropped(n)` is told how many after each acknowledgement)."""
+
+    def verdict(self, topic: str, received: float) -> int: ...
+
+    def dropped(self, count: int) -> None: ...
+
+
 class Message(msgspec.Struct, frozen=True, gc=False):
     """One received message. A struct, not a dataclass: one is made per message on paho's
     thread, and a frozen dataclass costs ten times as much to build."""
@@ -175,6 +190,7 @@ class Message(msgspec.Struct, frozen=True, gc=False):
     dup: bool = False
     # Which connection delivered it: a packet id is only meaningful on its own connection.
     connection: int = 0
+    limited: bool = False  # the door's LIMITED: over its limit, to be recorded as rejected
 
 
 class Backoff:
@@ -268,8 +284,14 @@ class MqttConnection:
         connect_timeout_s: float | None = None,
         publish_timeout_s: float = 30.0,
         offline_on_close: bool = True,
+        door: Door | None = None,
     ) -> None:
         self.settings = settings
+        self.door = door
+        # packet ids of the door's DROPs since the last read, acknowledged after it in one
+        # write (paho's thread only)
+        self._dropped: list[int] = []
+        self._bulk_acks = paho_fast.supported()
         self.subscriptions = list(subscriptions)
         self.will = will
         self.online = online
@@ -412,7 +434,7 @@ class MqttConnection:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        paho_fast.install_client(client, deliver=self._deliver)
+        paho_fast.install_client(client, deliver=self._deliver, after_read=self._ack_dropped)
         return client
 
     # ---- public API ------------------------------------------------------------------
@@ -527,6 +549,7 @@ class MqttConnection:
         _no_delay(client)
         with self._link_lock:
             self._link += 1
+        self._dropped.clear()  # ids of the last connection: the broker sends them again
         # Resubscribe on every connect: harmless with a kept session, needed without one.
         mid = client.subscribe(self._subscribe_args(client))[1] if self.subscriptions else None
         self._call(self._connect_accepted, bool(flags.session_present), mid)
@@ -540,6 +563,7 @@ class MqttConnection:
     ) -> None:
         with self._link_lock:
             self._link += 1
+        self._dropped.clear()
         self._set_retry_delay(client)
         self._call(self._disconnected, str(rc), rc.value)
 
@@ -555,14 +579,37 @@ class MqttConnection:
         self, topic: str, payload: bytes, qos: int, mid: int, retain: bool, dup: bool
     ) -> None:
         """A received message, from paho's on_message or paho_fast's direct PUBLISH path."""
+        received = time.time()
+        verdict = ENTER if self.door is None else self.door.verdict(topic, received)
+        if verdict == DROP:
+            # A flood's excess costs this and a share of one PUBACK write: no Message, no
+            # queue, no event-loop work (issue 16.8). Acknowledged after the read.
+            if qos == 1:
+                self._dropped.append(mid)
+                if not self._bulk_acks:  # no after-read hook on another paho
+                    self._ack_dropped(self._client)
+            elif self.door is not None:
+                self.door.dropped(1)
+            return
+        limited = verdict == LIMITED
+        msg = Message(topic, payload, qos, mid, received, retain, dup, self._link, limited)
         # One wake-up of the event loop per burst, not per message: at thousands of
         # messages a second the loop's self-pipe writes were a tenth of the CPU.
-        self._inbox.append(Message(topic, payload, qos, mid, time.time(), retain, dup, self._link))
+        self._inbox.append(msg)
         with self._inbox_lock:
             if self._drain_pending:
                 return
             self._drain_pending = True
         self._call(self._drain_inbox)
+
+    def _ack_dropped(self, client: paho.Client | None) -> None:
+        """PUBACK the door's DROPs of the last read, in one write (paho's thread)."""
+        mids = self._dropped
+        if not mids or client is None:
+            return
+        self._dropped = []
+        paho_fast.ack_all(client, mids)
+        self.door.dropped(len(mids))  # type: ignore[union-attr]
 
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
         self._call(self._published, mid, rc.value, str(rc))

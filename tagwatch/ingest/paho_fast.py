@@ -29,7 +29,9 @@ packet per select(): per message a select, three system calls and a pass through
 loop. `install_client` gives the client a reader that takes what one `recv` of 64 KiB
 returns and hands paho the slices it asks for, and a `loop_read` that goes on while
 bytes remain buffered (select() cannot see them). paho's own packet parser runs
-unchanged on those slices; only where its bytes come from changes.
+unchanged on those slices; only where its bytes come from changes. Given `after_read`, that
+`loop_read` calls it once the packets of a read are handled: the MQTT connection
+acknowledges there, in one write, the messages its door dropped (a flood's excess).
 
 Delivering. For every PUBLISH paho builds an `MQTTMessage` (with a `MQTTMessageInfo` and
 its `threading.Condition`), formats its packet trace and looks up the callback and its
@@ -164,8 +166,14 @@ class _BufferedReader:
 
     CHUNK = 1 << 16
 
-    def __init__(self, client: paho.Client, direct: _DirectPublish | None = None) -> None:
+    def __init__(
+        self,
+        client: paho.Client,
+        direct: _DirectPublish | None = None,
+        after_read: Callable[[paho.Client], None] | None = None,
+    ) -> None:
         self.client = client
+        self.after_read = after_read
         self.stock_recv = client._sock_recv  # its error handling (TLS, lost socket) stays
         self.direct = direct
         self.sock: Any = None
@@ -187,6 +195,12 @@ class _BufferedReader:
         return self.buf[start : self.pos]
 
     def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
+        rc = self._read_all()
+        if self.after_read is not None and self.client._sock is not None:
+            self.after_read(self.client)
+        return rc
+
+    def _read_all(self) -> paho.MQTTErrorCode:
         client = self.client
         if client._sock is None:
             return paho.MQTTErrorCode.MQTT_ERR_NO_CONN
@@ -296,9 +310,15 @@ class _DirectPublish:
                 client._last_bytes_received = paho.time_func()
 
 
-def install_client(client: paho.Client, deliver: Deliver | None = None) -> None:
+def install_client(
+    client: paho.Client,
+    deliver: Deliver | None = None,
+    after_read: Callable[[paho.Client], None] | None = None,
+) -> None:
     """The per-client parts: the matcher, the buffered reader and, given `deliver`, the
-    direct PUBLISH path (module docstring)."""
+    direct PUBLISH path (module docstring). `after_read(client)` is called on paho's
+    thread after each read of the socket has been handled, while connected: what
+    `deliver` decided for the packets of one read can be answered in one write."""
     if not supported():
         return
     if deliver is not None and not isinstance(client._handle_publish, _DirectPublish):
@@ -307,6 +327,7 @@ def install_client(client: paho.Client, deliver: Deliver | None = None) -> None:
     if type(client._on_message_filtered) is MQTTMatcher:
         client._on_message_filtered = _Filters()
     if not isinstance(getattr(client._sock_recv, "__self__", None), _BufferedReader):
-        reader = _BufferedReader(client, direct if isinstance(direct, _DirectPublish) else None)
+        direct = direct if isinstance(direct, _DirectPublish) else None
+        reader = _BufferedReader(client, direct, after_read)
         client._sock_recv = reader.recv  # type: ignore[method-assign]
         client.loop_read = reader.loop_read  # type: ignore[method-assign]

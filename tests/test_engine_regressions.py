@@ -67,3 +67,27 @@ def test_a_zone_far_from_its_tag_gets_no_rule_context():
     assert dict(pipe.engine.zone_info) == {}
     pipe.process([tag_msg(fix(T0 + 30, at_distance(100, 500), seq=2))])  # within the horizon
     assert [info.key for info in pipe.engine.zone_info.values()] == ["C-1/home"]
+
+
+def _approach_to_device(device_first: bool, batched: bool):
+    """A tag walking at 5 m/s straight at the victim's (still) device; the device's
+    first fix has the event time of the tag's first fix and arrives just before or
+    just after it, alone or in one batch with it."""
+    device = offset(at_distance(0, 0), 0, 300)
+    tag = [tag_msg(fix(T0 + 30 * i, offset(device, 0, 1500 - 150 * i), seq=i)) for i in range(8)]
+    victim = victim_msg(fix(T0, device))
+    first = [victim, tag[0]] if device_first else [tag[0], victim]
+    batches = [first] if batched else [[m] for m in first]
+    r = run([*batches, *([m] for m in tag[1:])])
+    return [(x.id, x.state, x.ts) for x in r.of("approach") if x.zone is None]
+
+
+def test_a_victim_fix_and_a_tag_fix_of_the_same_event_time_give_the_same_approach_in_any_order():
+    """Found by the shuffle property (seed 158): a tag fix that arrived after the device
+    fix of its own event time put one more distance in the approach window, so the
+    approach to the device opened one fix earlier, under another id."""
+    expected = _approach_to_device(device_first=False, batched=False)
+    assert expected, "the walk must raise an approach to the device"
+    assert _approach_to_device(device_first=True, batched=False) == expected
+    assert _approach_to_device(device_first=True, batched=True) == expected
+    assert _approach_to_device(device_first=False, batched=True) == expected

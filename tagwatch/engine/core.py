@@ -497,12 +497,34 @@ class Engine:
                 track = st.victims[victim.key] = VictimTrack()
             view = FixView(fix.tag, fix, distance, plausible)
             victim_rules.proximity(track, victim, view, em, fix.ts, device)
-            if victim_rules.approach_device(track, victim, view, em) or track.approach:
+            if self._approach_device(track, victim, view, xyz, device, em) or track.approach:
                 patterns.activity(st, fix.tag, victim.case, fix, victim.rules, em)
             if plausible and following.worth(track, distance, victim, fix.acc + device.acc):
                 fallback = (device.xyz, device.acc)
                 following.step(track, victim, view, xyz, device.track, fallback, em)
         return nearest
+
+    def _approach_device(
+        self,
+        track: VictimTrack,
+        victim: VictimInfo,
+        view: FixView,
+        xyz: tuple,
+        device: DeviceState,
+        em: Emitter,
+    ) -> bool:
+        """Approach to a victim device, measured to its last position dated *before* the
+        tag fix. A device fix of the same event time counts from the tag's next fix,
+        whichever of the two arrived first: MQTT orders no two topics, and the approach
+        window (so the episode's id) must not depend on which came first."""
+        earlier = following.device_before(device.track, view.fix.ts)
+        if earlier is None and device.ts < view.fix.ts:  # a ring from an older checkpoint
+            earlier = device.ts, device.xyz
+        if earlier is None or view.fix.ts - earlier[0] > victim.rules.victim_fresh_s:
+            victim_rules.forget_window(track)  # no distance to measure: no closing speed
+            return False
+        measured = FixView(view.tag, view.fix, chord(xyz, earlier[1]), view.plausible)
+        return victim_rules.approach_device(track, victim, measured, em)
 
     def _rate(self, st: TagState, tag: str, nearest: float, rules: Rules, em: Emitter) -> None:
         busy = any(t.breach or t.warning or t.approach for t in st.zones.values()) or any(

@@ -52,6 +52,17 @@ def device_add(
     return track[start:] + _ITEM.pack(ts, *xyz, acc)
 
 
+def device_before(track: bytes, ts: float) -> tuple[float, tuple[float, float, float]] | None:
+    """The device's last position dated before `ts`, as (its ts, xyz); None if the ring
+    holds none (the ring always keeps the position before its newest one)."""
+    size = _ITEM.size
+    for start in range(len(track) - size, -1, -size):
+        at, x, y, z, _acc = _ITEM.unpack_from(track, start)
+        if at < ts:
+            return at, (x, y, z)
+    return None
+
+
 def device_at(track: bytes, ts: float) -> tuple[tuple[float, float, float], float] | None:
     """The device's position and accuracy at `ts`: interpolated between the fixes
     around it, else the nearest end of the ring (None when empty)."""

@@ -22,6 +22,8 @@ from tagwatch.record.canon import GENESIS, canonical
 from tagwatch.record.db import Db, connect
 from tagwatch.record.model import (
     Batch,
+    Fence,
+    Fenced,
     OutboxItem,
     OutboxRow,
     Problem,
@@ -44,6 +46,13 @@ _UPSERT_ALERT = (
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (alert_id, channel, target, body, not_before, created_at, updated_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# Cluster mode (tagwatch/ingest/leases.py creates the table): a batch's fence, checked
+# first in its transaction. FOR SHARE holds the lease row until the commit, so a takeover
+# (which locks it FOR UPDATE) never overlaps this batch; no row means fenced.
+LEASES_TABLE = "cluster_leases"
+_FENCE = (
+    f"SELECT epoch FROM {LEASES_TABLE} WHERE partition = ? AND owner = ? AND epoch = ? FOR SHARE"
 )
 _OUTBOX_COLUMNS = "id, alert_id, channel, target, body, not_before, attempts, last_error"
 # What the page may show of a delivery: never `target` (a phone number).
@@ -96,13 +105,18 @@ class Record:
 
     # --- writing -------------------------------------------------------------------
 
-    def commit(self, batch: Batch, recorded_at: float) -> None:
-        """Everything of one micro-batch, in one transaction."""
+    def commit(self, batch: Batch, recorded_at: float, fence: Fence | None = None) -> None:
+        """Everything of one micro-batch, in one transaction.
+
+        fence (cluster mode): checked first in the same transaction; Fenced, and nothing
+        written, when fence.owner no longer holds the partition at fence.epoch."""
         outbox = [_outbox_row(item, recorded_at) for item in batch.outbox]
         points = [
             _checkpoint_row(key, state, recorded_at) for key, state in batch.checkpoints.items()
         ]
         with self._lock, self._db.transaction(write=True, batch=True) as db:
+            if fence is not None:
+                self._check_fence(db, fence)
             if batch.entries:
                 heads = db.lock_heads(sorted({e.chain for e in batch.entries}), GENESIS)
                 rows = chains.append_rows(batch.entries, heads, recorded_at)
@@ -123,6 +137,15 @@ class Record:
                 db.executemany(_INSERT_OUTBOX, outbox)
             if points:
                 db.upsert_rows("checkpoints", "key", _CHECKPOINT_COLUMNS, points)
+
+    def _check_fence(self, db: Db, fence: Fence) -> None:
+        if db.dialect != "postgresql":
+            raise RecordError(f"{self.label}: a fenced commit (cluster mode) needs PostgreSQL")
+        if not db.query(_FENCE, (fence.partition, fence.owner, fence.epoch)):
+            raise Fenced(
+                f"{self.label}: partition {fence.partition}: worker {fence.owner!r} no longer "
+                f"holds its lease at epoch {fence.epoch}; the batch was not written"
+            )
 
     # --- reading -------------------------------------------------------------------
 

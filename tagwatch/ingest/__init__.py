@@ -1,0 +1,2 @@
+"""The ingest edge: how fixes come in (and, in cluster mode, which partitions this
+worker serves: leases.py)."""

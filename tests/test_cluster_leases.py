@@ -1,0 +1,169 @@
+"""Cluster mode's leases and fence on a real PostgreSQL (DESIGN 7, issue 20 item 1).
+
+Leases (tagwatch/ingest/leases.py) spread partitions over live workers and are taken over
+only after expiry, with a new epoch; the record refuses a batch committed under an old
+epoch (Record.commit's fence) and a takeover never overlaps a commit in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tagwatch.ingest.leases import Leases
+from tagwatch.record import Batch, Fence, Fenced, Record, RecordError
+from tagwatch.record.store import _FENCE
+from tests.record_db import RecordDb, record_database
+from tests.test_record import T0, fix
+from tests.test_record_pg_batch import _traced
+
+TTL = 1.0
+
+
+@pytest.fixture
+def pg(tmp_path: Path) -> Iterator[RecordDb]:
+    with record_database("postgresql", tmp_path) as db:
+        yield db
+
+
+def _workers(db: RecordDb, *names: str, k: int = 4) -> list[Leases]:
+    out = []
+    for name in names:
+        leases = Leases(db.url, name, k, TTL)
+        leases.setup()
+        out.append(leases)
+    return out
+
+
+def _until(check, what: str, timeout_s: float = 10.0):
+    """Poll `check` (a lease round against the database's clock) until it is truthy."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _entries(db: RecordDb) -> int:
+    return db.raw("SELECT count(*) FROM entries")[0][0]
+
+
+def test_one_worker_takes_every_partition_and_renews_them(pg) -> None:
+    (w1,) = _workers(pg, "w1")
+    first = w1.round()
+    assert first.acquired == {0: 1, 1: 1, 2: 1, 3: 1}
+    again = w1.round()
+    assert again.acquired == {} and again.lost == [] and again.renewed == 4
+    assert w1.held == {0: 1, 1: 1, 2: 1, 3: 1}
+
+
+def test_a_newcomer_gets_its_share_and_nobody_takes_a_live_lease(pg) -> None:
+    w1, w2 = _workers(pg, "w1", "w2")
+    w1.round()
+    assert w2.round().acquired == {}  # nothing free yet: w1's leases are live
+
+    def spread() -> bool:
+        w1.round()
+        w2.round()
+        return len(w1.held) == 2 and len(w2.held) == 2
+
+    _until(spread, "two partitions each")
+    assert set(w1.held).isdisjoint(w2.held)
+    assert all(epoch == 2 for epoch in w2.held.values())  # released, then re-acquired
+
+
+def test_an_expired_lease_is_taken_over_with_a_new_epoch_and_the_old_owner_loses_it(
+    pg,
+) -> None:
+    w1, w2 = _workers(pg, "w1", "w2", k=2)
+    w1.round()
+    assert w1.held == {0: 1, 1: 1}
+    # w1 stops renewing (a kill -9, a SIGSTOP): w2 gets both only after expiry
+    _until(lambda: w2.round() and len(w2.held) == 2, "w2 takes both over")
+    assert w2.held == {0: 2, 1: 2}
+    back = w1.round()  # the zombie wakes up
+    assert sorted(back.lost) == [0, 1]
+    assert set(w1.held).isdisjoint(w2.held)
+
+
+def test_a_commit_under_an_old_epoch_is_refused_and_writes_nothing(pg) -> None:
+    w1, w2 = _workers(pg, "w1", "w2", k=1)
+    w1.round()
+    record = Record.open(pg.url)
+    try:
+        record.commit(Batch([fix(1)]), T0, fence=w1.fence(0))
+        old = w1.fence(0)
+        _until(lambda: w2.round().acquired, "w2 takes over")
+        before = _entries(pg)
+        with pytest.raises(Fenced, match="partition 0: worker 'w1' no longer holds"):
+            record.commit(Batch([fix(2)]), T0 + 1, fence=old)
+        assert _entries(pg) == before
+        record.commit(Batch([fix(3)]), T0 + 2, fence=w2.fence(0))  # the new owner's works
+        assert _entries(pg) == before + 1
+        assert record.verify() == []
+    finally:
+        record.close()
+
+
+def test_a_released_partition_fences_its_last_owner(pg) -> None:
+    (w1,) = _workers(pg, "w1", k=1)
+    w1.round()
+    fence = w1.fence(0)
+    w1.release([0])
+    record = Record.open(pg.url)
+    try:
+        with pytest.raises(Fenced):
+            record.commit(Batch([fix(1)]), T0, fence=fence)
+    finally:
+        record.close()
+
+
+def test_a_takeover_waits_for_the_old_owners_commit_in_flight(pg) -> None:
+    w1, w2 = _workers(pg, "w1", "w2", k=1)
+    w1.round()
+    fence = w1.fence(0)
+    with psycopg.connect(pg.url) as conn:  # w1's batch transaction, fence taken, not ended
+        conn.execute(_FENCE.replace("?", "%s"), (0, fence.owner, fence.epoch))
+        time.sleep(TTL + 0.3)  # the lease expires while the commit is in flight
+        assert w2.round().acquired == {}, "taken over while a commit of w1 was in flight"
+        conn.commit()
+    assert _until(lambda: w2.round().acquired, "w2 takes over after the commit") == {0: 2}
+
+
+def test_a_fenced_commit_costs_one_round_trip_more(pg, tmp_path: Path) -> None:
+    (w1,) = _workers(pg, "w1", k=1)
+    w1.round()
+    record = Record.open(pg.url)
+    try:
+        record.commit(Batch([fix(1)]), T0)  # creates the chain head
+        fence = w1.fence(0)
+        plain = _traced(record._db.conn, tmp_path, lambda: record.commit(Batch([fix(2)]), T0))
+        fenced = _traced(
+            record._db.conn, tmp_path, lambda: record.commit(Batch([fix(3)]), T0, fence=fence)
+        )
+        assert fenced == plain + 1
+    finally:
+        record.close()
+
+
+def test_a_fence_on_sqlite_is_an_error(tmp_path: Path) -> None:
+    record = Record.open(f"sqlite://{tmp_path}/r.db")
+    try:
+        with pytest.raises(RecordError, match="needs PostgreSQL"):
+            record.commit(Batch([fix(1)]), T0, fence=Fence(0, "w1", 1))
+    finally:
+        record.close()
+
+
+def test_leases_refuse_a_sqlite_record_and_a_different_partition_count(pg) -> None:
+    with pytest.raises(RecordError, match="cluster mode needs a PostgreSQL record"):
+        Leases("sqlite:///tmp/x.db", "w1", 4, TTL)
+    _workers(pg, "w1", k=4)
+    with pytest.raises(RecordError, match=r"partitions = 8, but .* 4 partitions"):
+        Leases(pg.url, "w2", 8, TTL).setup()

@@ -101,8 +101,9 @@ def test_a_commit_under_an_old_epoch_is_refused_and_writes_nothing(pg) -> None:
         old = w1.fence(0)
         _until(lambda: w2.round().acquired, "w2 takes over")
         before = _entries(pg)
-        with pytest.raises(Fenced, match="partition 0: worker 'w1' no longer holds"):
+        with pytest.raises(Fenced, match="partition 0: worker 'w1' no longer holds") as info:
             record.commit(Batch([fix(2)]), T0 + 1, fence=old)
+        assert info.value.partitions == [0]
         assert _entries(pg) == before
         record.commit(Batch([fix(3)]), T0 + 2, fence=w2.fence(0))  # the new owner's works
         assert _entries(pg) == before + 1
@@ -129,7 +130,7 @@ def test_a_takeover_waits_for_the_old_owners_commit_in_flight(pg) -> None:
     w1.round()
     fence = w1.fence(0)
     with psycopg.connect(pg.url) as conn:  # w1's batch transaction, fence taken, not ended
-        conn.execute(_FENCE.replace("?", "%s"), (0, fence.owner, fence.epoch))
+        conn.execute(_FENCE.replace("?", "%s"), ([0], [fence.owner], [fence.epoch]))
         time.sleep(TTL + 0.3)  # the lease expires while the commit is in flight
         assert w2.round().acquired == {}, "taken over while a commit of w1 was in flight"
         conn.commit()
@@ -167,3 +168,18 @@ def test_leases_refuse_a_sqlite_record_and_a_different_partition_count(pg) -> No
     _workers(pg, "w1", k=4)
     with pytest.raises(RecordError, match=r"partitions = 8, but .* 4 partitions"):
         Leases(pg.url, "w2", 8, TTL).setup()
+
+
+def test_a_commit_under_several_fences_is_refused_when_any_is_lost(pg) -> None:
+    (w1,) = _workers(pg, "w1", k=2)
+    w1.round()
+    both = [w1.fence(0), w1.fence(1)]
+    record = Record.open(pg.url)
+    try:
+        record.commit(Batch([fix(1)]), T0, fence=both)
+        w1.release([1])
+        with pytest.raises(Fenced) as info:
+            record.commit(Batch([fix(2)]), T0 + 1, fence=both)
+        assert info.value.partitions == [1]
+    finally:
+        record.close()

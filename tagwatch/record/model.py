@@ -28,6 +28,10 @@ class Fenced(RecordError):
     at the epoch it committed under (cluster mode, tagwatch/ingest/leases.py). Nothing of
     the batch was written; never retry it: the partition belongs to another worker."""
 
+    def __init__(self, message: str, partitions: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.partitions = partitions or []  # the partitions whose fence failed
+
 
 @dataclass(frozen=True)
 class Fence:

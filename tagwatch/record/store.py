@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -52,7 +52,8 @@ _INSERT_OUTBOX = (
 # (which locks it FOR UPDATE) never overlaps this batch; no row means fenced.
 LEASES_TABLE = "cluster_leases"
 _FENCE = (
-    f"SELECT epoch FROM {LEASES_TABLE} WHERE partition = ? AND owner = ? AND epoch = ? FOR SHARE"
+    f"SELECT partition FROM {LEASES_TABLE} WHERE (partition, owner, epoch) IN "
+    "(SELECT * FROM unnest(?::int[], ?::text[], ?::bigint[])) FOR SHARE"
 )
 _OUTBOX_COLUMNS = "id, alert_id, channel, target, body, not_before, attempts, last_error"
 # What the page may show of a delivery: never `target` (a phone number).
@@ -105,11 +106,13 @@ class Record:
 
     # --- writing -------------------------------------------------------------------
 
-    def commit(self, batch: Batch, recorded_at: float, fence: Fence | None = None) -> None:
+    def commit(
+        self, batch: Batch, recorded_at: float, fence: Fence | Sequence[Fence] | None = None
+    ) -> None:
         """Everything of one micro-batch, in one transaction.
 
-        fence (cluster mode): checked first in the same transaction; Fenced, and nothing
-        written, when fence.owner no longer holds the partition at fence.epoch."""
+        fence (cluster mode): one or more, checked first in the same transaction; Fenced,
+        and nothing written, when its owner no longer holds a partition at its epoch."""
         outbox = [_outbox_row(item, recorded_at) for item in batch.outbox]
         points = [
             _checkpoint_row(key, state, recorded_at) for key, state in batch.checkpoints.items()
@@ -138,13 +141,22 @@ class Record:
             if points:
                 db.upsert_rows("checkpoints", "key", _CHECKPOINT_COLUMNS, points)
 
-    def _check_fence(self, db: Db, fence: Fence) -> None:
+    def _check_fence(self, db: Db, fence: Fence | Sequence[Fence]) -> None:
         if db.dialect != "postgresql":
             raise RecordError(f"{self.label}: a fenced commit (cluster mode) needs PostgreSQL")
-        if not db.query(_FENCE, (fence.partition, fence.owner, fence.epoch)):
+        fences = [fence] if isinstance(fence, Fence) else list(fence)
+        if not fences:
+            return
+        columns = zip(*((f.partition, f.owner, f.epoch) for f in fences), strict=True)
+        params = tuple(list(column) for column in columns)
+        held = {row[0] for row in db.query(_FENCE, params)}
+        lost = [f for f in fences if f.partition not in held]
+        if lost:
+            f = lost[0]
             raise Fenced(
-                f"{self.label}: partition {fence.partition}: worker {fence.owner!r} no longer "
-                f"holds its lease at epoch {fence.epoch}; the batch was not written"
+                f"{self.label}: partition {f.partition}: worker {f.owner!r} no longer "
+                f"holds its lease at epoch {f.epoch}; the batch was not written",
+                [x.partition for x in lost],
             )
 
     # --- reading -------------------------------------------------------------------

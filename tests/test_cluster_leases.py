@@ -69,7 +69,7 @@ def test_a_newcomer_gets_its_share_and_nobody_takes_a_live_lease(pg) -> None:
     assert w2.round().acquired == {}  # nothing free yet: w1's leases are live
 
     def spread() -> bool:
-        w1.round()
+        w1.release(w1.round().surplus)
         w2.round()
         return len(w1.held) == 2 and len(w2.held) == 2
 

@@ -44,7 +44,7 @@ class Round:
 
     acquired: dict[int, int]
     lost: list[int]
-    released: list[int]
+    surplus: list[int]  # held beyond the fair share: stop them, then `release` them
     renewed: int
     live_workers: int
 
@@ -116,7 +116,8 @@ class Leases:
     # ---- one round ----------------------------------------------------------------
 
     def round(self) -> Round:
-        """Heartbeat, renew, then acquire up to the fair share or release one extra.
+        """Heartbeat, renew, then acquire up to the fair share, or name one surplus lease
+        for the caller to stop and `release`.
 
         Call it every ttl_s / 3 or so. Returns what changed; `held` is updated."""
         ttl = f"{self.ttl_s} seconds"
@@ -134,14 +135,13 @@ class Leases:
         )[0]
         share = math.ceil(self.partitions / max(1, live))
         acquired: dict[int, int] = {}
-        released: list[int] = []
+        surplus: list[int] = []
         if len(self.held) < share:
             acquired = self._acquire(share - len(self.held), ttl)
             self.held.update(acquired)
         elif len(self.held) > share and self._someone_short(share, ttl):
-            released = [max(self.held)]
-            self.release(released)
-        return Round(acquired, lost, released, len(renewed), live)
+            surplus = [max(self.held)]  # one a round: the newcomer takes it, then the next
+        return Round(acquired, lost, surplus, len(renewed), live)
 
     def _renew(self, ttl: str) -> dict[int, int]:
         """Extend the unexpired leases still ours at the epoch we hold."""

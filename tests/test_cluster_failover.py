@@ -9,6 +9,7 @@ and it does not take its partition's session back.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -177,3 +178,66 @@ def test_kill_9_of_the_serving_worker_three_times(tmp_path: Path, cluster, pg) -
             w.kill()
         col.close()
         pub.close()
+
+
+def test_a_zombie_commits_and_publishes_nothing_and_leaves_the_session_alone(
+    tmp_path: Path, cluster, pg
+) -> None:
+    p = partition_of(TAG, cluster.partitions)
+    fixes = stream(time.time(), cycles=4)
+    want = _replayed_ids(tmp_path, fixes)
+    workers = {n: _worker(tmp_path, cluster, pg, n) for n in ("w1", "w2")}
+    col = Collector(cluster.mqtt_url(1), f"{PREFIX}/alerts/#")
+    pub = Publisher(cluster.mqtt_url(0))
+    topic = f"{PREFIX}/tags/{TAG}/fix"
+    third = len(fixes) // 3
+    try:
+        for w in workers.values():
+            w.start()
+        for w in workers.values():
+            w.wait_ready()
+        owner = _until(lambda: next((n for n, w in workers.items() if p in _partitions(w)), None),
+                       f"partition {p} served", 20)
+        other = next(n for n in workers if n != owner)
+        for fix in fixes[:third]:
+            pub.send(topic, fix)
+        stopped_at = time.time()
+        workers[owner].signal(signal.SIGSTOP)
+        for fix in fixes[third:2 * third]:
+            pub.send(topic, fix)  # the zombie's socket may take some of these
+        _until(lambda: _first_commit_after(workers[other], p, stopped_at),
+               f"{other} commits partition {p}", TAKEOVER_BOUND_S + 10)
+        workers[owner].signal(signal.SIGCONT)
+        _until(lambda: _dropped(workers[owner], p), "the zombie drops the partition", 10)
+        for fix in fixes[2 * third:]:
+            pub.send(topic, fix)
+
+        def ids(ms: list) -> set[str]:
+            return {json.loads(body)["id"] for _, body, _ in ms}
+
+        col.wait_for(lambda ms: ids(ms) >= want, 30, "every replayed alert id")
+        assert ids(col.messages) == want
+        twice = [b for b, n in Counter(body for _, body, _ in col.messages).items() if n > 1]
+        assert twice == [], "published twice"
+        opened = _opened(pg)
+        assert [i for i, n in opened.items() if n > 1] == []
+        sql = f"SELECT count(*) FROM entries WHERE kind = 'fix' AND tag = '{TAG}'"
+        assert pg.raw(sql)[0][0] == len(fixes)  # each fix committed once
+        assert p in _partitions(workers[other])  # the zombie took nothing back
+        assert p not in _partitions(workers[owner])
+        assert '"session_taken_over"' not in workers[other].logs()
+    finally:
+        for w in workers.values():
+            w.kill()
+        col.close()
+        pub.close()
+
+
+def _dropped(worker: Daemon, partition: int) -> bool:
+    """Whether the worker dropped the partition other than to rebalance (lost, fenced)."""
+    for line in worker.logs().splitlines():
+        if '"partition_dropped"' in line:
+            event = json.loads(line)
+            if event["partition"] == partition and event["why"] != "rebalanced":
+                return True
+    return False

@@ -130,7 +130,7 @@ def test_a_takeover_waits_for_the_old_owners_commit_in_flight(pg) -> None:
     w1.round()
     fence = w1.fence(0)
     with psycopg.connect(pg.url) as conn:  # w1's batch transaction, fence taken, not ended
-        conn.execute(_FENCE.replace("?", "%s"), ([0], [fence.owner], [fence.epoch]))
+        conn.execute(_FENCE.replace("?", "%s"), ("60000", [0], [fence.owner], [fence.epoch]))
         time.sleep(TTL + 0.3)  # the lease expires while the commit is in flight
         assert w2.round().acquired == {}, "taken over while a commit of w1 was in flight"
         conn.commit()
@@ -183,3 +183,19 @@ def test_a_commit_under_several_fences_is_refused_when_any_is_lost(pg) -> None:
         assert info.value.partitions == [1]
     finally:
         record.close()
+
+
+def test_a_commit_stopped_inside_its_transaction_is_ended_and_no_longer_blocks_a_takeover(
+    pg,
+) -> None:
+    """A SIGSTOPped worker halfway through a batch would hold its lease row's lock; the
+    transaction's idle timeout (Record.fence_idle_s) ends it, so the takeover goes on."""
+    w1, w2 = _workers(pg, "w1", "w2", k=1)
+    w1.round()
+    fence = w1.fence(0)
+    with psycopg.connect(pg.url) as conn:
+        conn.execute(_FENCE.replace("?", "%s"), ("300", [0], [fence.owner], [fence.epoch]))
+        # ... and the process stops here
+        assert _until(lambda: w2.round().acquired, "w2 takes over") == {0: 2}
+        with pytest.raises(psycopg.Error, match="idle-in-transaction timeout"):
+            conn.execute("SELECT 1")  # the stopped transaction was ended by the server

@@ -96,6 +96,7 @@ class ClusterDaemon(Daemon):
         self.cluster = config.cluster
         c = self.cluster
         self.leases = Leases(config.record.url, c.worker, c.partitions, c.lease_ttl_s)
+        record.fence_idle_s = c.lease_ttl_s  # a stopped commit must not block a takeover
         self.served: dict[int, Served] = {}
         self.topics.status = f"{self.topics.prefix}/status/{c.worker}"
         self.instance = f"{c.worker}/{self.instance}"

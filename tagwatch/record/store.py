@@ -49,11 +49,15 @@ _INSERT_OUTBOX = (
 )
 # Cluster mode (tagwatch/ingest/leases.py creates the table): a batch's fence, checked
 # first in its transaction. FOR SHARE holds the lease row until the commit, so a takeover
-# (which locks it FOR UPDATE) never overlaps this batch; no row means fenced.
+# (which locks it FOR UPDATE) never overlaps this batch; no row means fenced. A process
+# stopped halfway through the transaction (SIGSTOP, a long pause) would hold that lock and
+# so block the takeover for ever: the transaction's idle timeout (the first parameter, in
+# ms; Record.fence_idle_s) has the server end it, and the stopped commit fails.
 LEASES_TABLE = "cluster_leases"
 _FENCE = (
-    f"SELECT partition FROM {LEASES_TABLE} WHERE (partition, owner, epoch) IN "
-    "(SELECT * FROM unnest(?::int[], ?::text[], ?::bigint[])) FOR SHARE"
+    "WITH idle AS (SELECT set_config('idle_in_transaction_session_timeout', ?, true)) "
+    f"SELECT partition FROM {LEASES_TABLE}, idle WHERE (partition, owner, epoch) IN "
+    f"(SELECT * FROM unnest(?::int[], ?::text[], ?::bigint[])) FOR SHARE OF {LEASES_TABLE}"
 )
 _OUTBOX_COLUMNS = "id, alert_id, channel, target, body, not_before, attempts, last_error"
 # What the page may show of a delivery: never `target` (a phone number).
@@ -71,6 +75,9 @@ class Record:
         # in-memory SQLite database is one connection's own: it reads through the writer.
         self._reader: Db | None = None
         self._read_lock = threading.Lock()
+        # How long a fenced batch transaction may sit idle before the server ends it
+        # (_FENCE); cluster mode sets it to its lease TTL.
+        self.fence_idle_s = 5.0
 
     @classmethod
     def open(cls, url: str, create: bool = True) -> Record:
@@ -148,7 +155,7 @@ class Record:
         if not fences:
             return
         columns = zip(*((f.partition, f.owner, f.epoch) for f in fences), strict=True)
-        params = tuple(list(column) for column in columns)
+        params = (str(int(self.fence_idle_s * 1000)), *(list(column) for column in columns))
         held = {row[0] for row in db.query(_FENCE, params)}
         lost = [f for f in fences if f.partition not in held]
         if lost:

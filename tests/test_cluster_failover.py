@@ -25,6 +25,7 @@ from tests.daemon_harness import ROOT, Collector, Daemon, Publisher, write_confi
 from tests.nats_cluster import NatsCluster, nats_server_binary
 from tests.record_db import RecordDb, record_database
 from tests.test_daemon_crash import NO_ESCALATION, stream
+from tests.twilio_server import TwilioServer
 
 TTL_S = 1.5
 TAKEOVER_BOUND_S = 2 * TTL_S + 2
@@ -49,23 +50,35 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 
 
 @pytest.fixture
+def twilio() -> Iterator[TwilioServer]:
+    with TwilioServer() as server:
+        yield server
+
+
+@pytest.fixture
 def pg(tmp_path: Path) -> Iterator[RecordDb]:
     with record_database("postgresql", tmp_path) as db:
         yield db
 
 
-def _worker(tmp_path: Path, cluster: NatsCluster, pg: RecordDb, name: str) -> Daemon:
+def _worker(tmp_path: Path, cluster: NatsCluster, pg: RecordDb, name: str,
+            twilio: TwilioServer | None = None) -> Daemon:
     extra = (
         NO_ESCALATION
         + f'\n[cluster]\nworker = "{name}"\npartitions = {cluster.partitions}\n'
         f'partition_prefix = "tw/tags"\nlease_ttl_s = {TTL_S}\n'
     )
+    env = {}
+    if twilio is not None:
+        extra += (f'\n[notify.twilio]\naccount_sid = "{twilio.state.sid}"\n'
+                  f'from = "+447700900000"\napi_base = "{twilio.url}"\n')
+        env["TWILIO_AUTH_TOKEN"] = twilio.state.token
     from tagwatch.embedded_broker import free_port
 
     port = free_port()
     config = write_config(tmp_path / f"{name}.toml", f"mqtt://{cluster.mqtt_urls}", pg.url,
                           PREFIX, extra=extra, client_id="twc", port=port)
-    return Daemon(config, PREFIX, port, tmp_path / f"{name}.log")
+    return Daemon(config, PREFIX, port, tmp_path / f"{name}.log", env)
 
 
 def _partitions(worker: Daemon) -> list[int]:
@@ -117,12 +130,12 @@ def _opened(pg: RecordDb) -> Counter:
     return opened
 
 
-def test_kill_9_of_the_serving_worker_three_times(tmp_path: Path, cluster, pg) -> None:
+def test_kill_9_of_the_serving_worker_three_times(tmp_path: Path, cluster, pg, twilio) -> None:
     p = partition_of(TAG, cluster.partitions)
     fixes = stream(time.time(), cycles=6)
     want = _replayed_ids(tmp_path, fixes)
     assert len(want) >= 12
-    workers = {n: _worker(tmp_path, cluster, pg, n) for n in ("w1", "w2")}
+    workers = {n: _worker(tmp_path, cluster, pg, n, twilio) for n in ("w1", "w2")}
     col = Collector(cluster.mqtt_url(1), f"{PREFIX}/alerts/#")
     pub = Publisher(cluster.mqtt_url(0))
     topic = f"{PREFIX}/tags/{TAG}/fix"
@@ -168,6 +181,13 @@ def test_kill_9_of_the_serving_worker_three_times(tmp_path: Path, cluster, pg) -
         opened = _opened(pg)
         assert set(opened) == want
         assert [i for i, n in opened.items() if n > 1] == []
+        # every SMS row due is sent, and each once: as many requests as rows done
+        due = f"SELECT count(*) FROM outbox WHERE channel = 'sms' AND not_before < {time.time()}"
+        sms = pg.raw(due)[0][0]
+        assert sms > 0
+        _until(lambda: pg.raw(due + " AND status = 'done'")[0][0] == sms, "SMS sent", 20)
+        sent = [r for r in twilio.seen if r.path.endswith("/Messages.json")]
+        assert len(sent) == sms, (len(sent), sms)
         for w in workers.values():
             assert w.stop() == 0
         verify = workers["w1"].cli("record", "verify")

@@ -31,6 +31,7 @@ def pg(tmp_path: Path) -> Iterator[RecordDb]:
 
 
 def _workers(db: RecordDb, *names: str, k: int = 4) -> list[Leases]:
+    Record.open(db.url).close()  # the record's schema first (leases add an outbox column)
     out = []
     for name in names:
         leases = Leases(db.url, name, k, TTL)
@@ -199,3 +200,20 @@ def test_a_commit_stopped_inside_its_transaction_is_ended_and_no_longer_blocks_a
         assert _until(lambda: w2.round().acquired, "w2 takes over") == {0: 2}
         with pytest.raises(psycopg.Error, match="idle-in-transaction timeout"):
             conn.execute("SELECT 1")  # the stopped transaction was ended by the server
+
+
+def test_outbox_rows_carry_their_partition_and_each_owner_sees_its_own(pg) -> None:
+    from tagwatch.record import OutboxItem
+
+    _workers(pg, "w1", k=4)  # adds the outbox's partition column
+    record = Record.open(pg.url)
+    try:
+        items = [OutboxItem(f"a{p}", "sms", "+447700900123", {"p": p}, T0, partition=p)
+                 for p in range(4)]
+        record.commit(Batch(outbox=items), T0)
+        due = record.outbox_due(T0 + 1, partitions=[1, 3])
+        assert sorted(r.alert_id for r in due) == ["a1", "a3"]
+        assert record.outbox_due(T0 + 1, partitions=[]) == []
+        assert len(record.outbox_due(T0 + 1)) == 4  # a single process sees every row
+    finally:
+        record.close()

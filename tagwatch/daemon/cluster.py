@@ -31,6 +31,7 @@ import msgspec
 import structlog
 from prometheus_client import Counter, Gauge
 
+from tagwatch.cluster_partition import partition_of
 from tagwatch.config import Config
 from tagwatch.daemon.ingest import Batcher
 from tagwatch.daemon.service import Daemon
@@ -39,7 +40,15 @@ from tagwatch.ingest.leases import Leases
 from tagwatch.mqtt import Backoff, BrokerSettings, Message, MqttConnection
 from tagwatch.notify.escalation import Escalation
 from tagwatch.notify.policy import SmsLedger
-from tagwatch.record import Batch, Fence, Fenced, Record, RecordError, RecordUnavailable
+from tagwatch.record import (
+    Batch,
+    Fence,
+    Fenced,
+    OutboxItem,
+    Record,
+    RecordError,
+    RecordUnavailable,
+)
 from tagwatch.wire import status_message
 from zones import Case, ZoneSet
 
@@ -60,6 +69,20 @@ class Served:
     task: asyncio.Task | None = None
     taken_at: float = field(default_factory=time.time)
     committed: bool = False
+
+
+class OwnOutbox:
+    """The record, but its outbox_due gives only the rows of the partitions served."""
+
+    def __init__(self, record: Record, partitions: Callable[[], list[int]]) -> None:
+        self._record = record
+        self._partitions = partitions
+
+    def __getattr__(self, name: str):
+        return getattr(self._record, name)
+
+    def outbox_due(self, now: float, limit: int = 100) -> list:
+        return self._record.outbox_due(now, limit, partitions=self._partitions())
 
 
 # The partition whose task is running (None: the ticker and other work of the worker).
@@ -97,6 +120,8 @@ class ClusterDaemon(Daemon):
         c = self.cluster
         self.leases = Leases(config.record.url, c.worker, c.partitions, c.lease_ttl_s)
         record.fence_idle_s = c.lease_ttl_s  # a stopped commit must not block a takeover
+        # The publisher and the dispatcher see only the outbox rows of partitions served.
+        self.record = OwnOutbox(record, lambda: sorted(self.served))  # type: ignore[assignment]
         self.served: dict[int, Served] = {}
         self.topics.status = f"{self.topics.prefix}/status/{c.worker}"
         self.instance = f"{c.worker}/{self.instance}"
@@ -163,10 +188,32 @@ class ClusterDaemon(Daemon):
             return [served.fence]
         return [s.fence for s in self.served.values()]
 
+    def _partitioned(self, batch: Batch, fences: list[Fence]) -> Batch:
+        """Each outbox item with the partition of the tag it is about: the alert entry's
+        tag (or its case's first tag) in this batch, the tag of a command; else the
+        batch's own partition."""
+        k = self.cluster.partitions
+        tags = {}
+        for e in batch.entries:
+            if e.alert_id:  # a victim's record has no tag: its case's first tag then
+                case = self.cases.get(e.chain.removeprefix("case:"))
+                tags[e.alert_id] = e.tag or (case.tags[0] if case and case.tags else None)
+        default = fences[0].partition if fences else 0
+
+        def partition(item: OutboxItem) -> int:
+            tag = tags.get(item.alert_id)
+            if tag is None and item.alert_id.startswith("cmd:"):
+                tag = item.alert_id[4:]
+            return partition_of(tag, k) if tag else default
+
+        outbox = [dataclasses.replace(i, partition=partition(i)) for i in batch.outbox]
+        return dataclasses.replace(batch, outbox=outbox)
+
     async def _commit(self, batch: Batch) -> None:
         """As the single process's, under the fence of the partitions the batch is of;
         Fenced is never retried."""
         fences = self._fences()
+        batch = self._partitioned(batch, fences)
         backoff = Backoff(0.2, 5.0)
         while True:
             started = time.perf_counter()

@@ -36,6 +36,11 @@ _DDL = [
         expires_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity')""",
     f"""CREATE TABLE IF NOT EXISTS {WORKERS_TABLE} (
         worker TEXT PRIMARY KEY, heartbeat TIMESTAMPTZ NOT NULL)""",
+    # The outbox rows of cluster mode carry their partition: only its owner publishes or
+    # sends them (the record's single-process schema does without the column).
+    "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS partition INTEGER",
+    "CREATE INDEX IF NOT EXISTS outbox_partition_due ON outbox (partition, not_before) "
+    "WHERE status = 'pending'",
 ]
 
 @dataclass

@@ -62,6 +62,9 @@ class OutboxItem:
     target: str
     body: dict
     not_before: float
+    # Cluster mode: the partition whose owner publishes or sends it (DESIGN 7); None in a
+    # single process (and then the row has no such column written).
+    partition: int | None = None
 
 
 @dataclass

@@ -59,6 +59,11 @@ _FENCE = (
     f"SELECT partition FROM {LEASES_TABLE}, idle WHERE (partition, owner, epoch) IN "
     f"(SELECT * FROM unnest(?::int[], ?::text[], ?::bigint[])) FOR SHARE OF {LEASES_TABLE}"
 )
+# Cluster mode's outbox rows carry their partition (the column is added by leases.py).
+_INSERT_OUTBOX_PARTITION = (
+    "INSERT INTO outbox (alert_id, channel, target, body, not_before, created_at, updated_at, "
+    "partition) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _OUTBOX_COLUMNS = "id, alert_id, channel, target, body, not_before, attempts, last_error"
 # What the page may show of a delivery: never `target` (a phone number).
 _DELIVERY_COLUMNS = "id, channel, body, status, attempts, last_error, result, updated_at"
@@ -121,6 +126,11 @@ class Record:
         fence (cluster mode): one or more, checked first in the same transaction; Fenced,
         and nothing written, when its owner no longer holds a partition at its epoch."""
         outbox = [_outbox_row(item, recorded_at) for item in batch.outbox]
+        partitioned = [item.partition for item in batch.outbox if item.partition is not None]
+        if partitioned:  # cluster mode: every row carries its partition
+            if len(partitioned) != len(outbox):
+                raise RecordError(f"{self.label}: outbox items with and without a partition")
+            outbox = [(*row, p) for row, p in zip(outbox, partitioned, strict=True)]
         points = [
             _checkpoint_row(key, state, recorded_at) for key, state in batch.checkpoints.items()
         ]
@@ -144,7 +154,7 @@ class Record:
                 if alerts:
                     db.executemany(_UPSERT_ALERT, alerts)
             if outbox:
-                db.executemany(_INSERT_OUTBOX, outbox)
+                db.executemany(_INSERT_OUTBOX_PARTITION if partitioned else _INSERT_OUTBOX, outbox)
             if points:
                 db.upsert_rows("checkpoints", "key", _CHECKPOINT_COLUMNS, points)
 
@@ -300,11 +310,19 @@ class Record:
 
     # --- outbox --------------------------------------------------------------------
 
-    def outbox_due(self, now: float, limit: int = 100) -> list[OutboxRow]:
+    def outbox_due(
+        self, now: float, limit: int = 100, partitions: list[int] | None = None
+    ) -> list[OutboxRow]:
+        """Pending rows due by `now`; with `partitions` (cluster mode), only theirs."""
+        mine, params = "", ()
+        if partitions is not None:
+            if not partitions:
+                return []
+            mine, params = f"AND partition IN ({','.join('?' * len(partitions))}) ", partitions
         rows = self._read(
             f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = 'pending' "
-            "AND not_before <= ? ORDER BY not_before, id LIMIT ?",
-            (float(now), limit),
+            f"AND not_before <= ? {mine}ORDER BY not_before, id LIMIT ?",
+            (float(now), *params, limit),
         )
         return [OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in rows]
 

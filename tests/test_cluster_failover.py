@@ -261,3 +261,44 @@ def _dropped(worker: Daemon, partition: int) -> bool:
             if event["partition"] == partition and event["why"] != "rebalanced":
                 return True
     return False
+
+
+def test_a_victims_phone_reaches_the_worker_serving_the_tag_of_its_case(
+    tmp_path: Path, cluster, pg
+) -> None:
+    """DESIGN 7: each worker has its own session on the victims' fixes and keeps those of
+    its cases' devices: every fix of C-0001's phone VD-01 is handled once, by the worker
+    of T-1001's partition, and its protection is assessed there; the other worker drops
+    them unrecorded (no unknown_device rejection)."""
+    from tests.test_daemon_following import capture
+
+    msgs = capture(time.time())
+    workers = {n: _worker(tmp_path, cluster, pg, n) for n in ("w1", "w2")}
+    col = Collector(cluster.mqtt_url(2), f"{PREFIX}/alerts/#")
+    pub = Publisher(cluster.mqtt_url(0))
+    try:
+        for w in workers.values():
+            w.start()
+        for w in workers.values():
+            w.wait_ready()
+        _until(lambda: all(len(_partitions(w)) == cluster.partitions // 2
+                           for w in workers.values()), "the partitions spread", 30)
+        for topic, payload in msgs:
+            pub.send(topic, payload)
+        owner = next(n for n, w in workers.items()
+                     if partition_of(TAG, cluster.partitions) in _partitions(w))
+        other = next(n for n in workers if n != owner)
+        col.wait_for(lambda ms: any(json.loads(b)["type"] == "protection.restored"
+                                    for _, b, _ in ms), 30, "protection.restored")
+        tag_fixes = sum(1 for t, _ in msgs if "/tags/" in t)  # a phone's fix is not counted
+        _until(lambda: workers[owner].metric("tagwatch_fixes_total") == tag_fixes,
+               "every tag fix handled", 10)
+        assert workers[other].metric("tagwatch_fixes_total") == 0
+        assert pg.raw("SELECT count(*) FROM entries WHERE kind = 'rejected'")[0][0] == 0
+        assert '"protection.restored"' in workers[owner].logs()
+        assert '"type": "protection' not in workers[other].logs()
+    finally:
+        for w in workers.values():
+            w.kill()
+        col.close()
+        pub.close()

@@ -51,6 +51,7 @@ from tagwatch.record import (
 )
 from tagwatch.wire import status_message
 from zones import Case, ZoneSet
+from zones.models import OWNTRACKS_DEVICE
 
 log = structlog.get_logger("tagwatch.cluster")
 _LEASE_ROUNDS_PER_TTL = 3
@@ -287,7 +288,9 @@ class ClusterDaemon(Daemon):
         control = dataclasses.replace(settings, client_id=worker_id)
         self.conn = MqttConnection(
             control,
-            [],
+            # this worker's own persistent session on the victims' fixes (and OwnTracks'):
+            # it keeps those of the devices of its cases (_victims)
+            [(topic, 1) for topic in self.topics.fix_filters if topic != self.topics.tag_fixes],
             will=(status, status_message("offline", self.instance, self.since)),
             online=(status, lambda: status_message("online", self.instance, time.time())),
         )
@@ -311,16 +314,47 @@ class ClusterDaemon(Daemon):
     async def _ingest(self) -> None:
         """The lease rounds until stopped; then every partition dropped and released."""
         rounds = asyncio.create_task(self._lease_rounds(), name="leases")
+        victims = asyncio.create_task(self._victims(), name="victims")
         try:
             await self.stopping.wait()
         finally:
-            rounds.cancel()
-            await asyncio.gather(rounds, return_exceptions=True)
+            for task in (rounds, victims):
+                task.cancel()
+            await asyncio.gather(rounds, victims, return_exceptions=True)
             for p in list(self.served):
                 await self._drop(p, "stopping")
             with contextlib.suppress(RecordError):
                 await asyncio.to_thread(self.leases.leave)
             self.leases.close()
+
+    async def _victims(self) -> None:
+        """Victims' fixes, from this worker's own session: those of a device of a case
+        served here are handled as in a single process (fenced by every partition
+        served); the others are acknowledged unrecorded (their owner has its own copy)."""
+        while not self.stopping.is_set():
+            batch = await self.batcher.next_batch(self.stopping)
+            engine = self.pipeline.engine
+            mine, others = [], []
+            for m in batch:
+                parsed = self.topics.parse(m.topic)
+                device = self._device_id(parsed)
+                known = device is not None and (
+                    device in engine.device_protected or device in engine.device_victims
+                )
+                (mine if known or device is None else others).append(m)
+            if others:
+                await self.conn.ack_many(others)  # type: ignore[union-attr]
+            if mine:
+                await self._handle(mine)
+
+    @staticmethod
+    def _device_id(parsed: tuple[str, str] | None) -> str | None:
+        if parsed is None:
+            return None  # not a fix topic: the pipeline rejects it, as everywhere
+        kind, ident = parsed
+        if kind == "owntracks":
+            return f"{OWNTRACKS_DEVICE}{ident}"
+        return ident if kind == "victim" else None
 
     async def _lease_rounds(self) -> None:
         period = self.cluster.lease_ttl_s / _LEASE_ROUNDS_PER_TTL

@@ -70,6 +70,7 @@ class Served:
     task: asyncio.Task | None = None
     taken_at: float = field(default_factory=time.time)
     committed: bool = False
+    drain: bool = False  # a graceful stop: handle what was received before closing
 
 
 class OwnOutbox:
@@ -417,13 +418,17 @@ class ClusterDaemon(Daemon):
         now; the next lease round drops it (a lease fenced in the record is not held)."""
         served = self.served.get(p)
         if served is not None:
+            served.drain = False
             served.stop.set()
         self.leases.held.pop(p, None)
 
     async def _drop(self, p: int, why: str, count_loss: bool = True) -> None:
-        served = self.served.pop(p, None)
+        served = self.served.get(p)
         if served is None:
             return
+        # Released or stopping, the lease is still ours: what arrived is handled first
+        # (fewer redeliveries for the next owner, which would come behind newer fixes).
+        served.drain = why in ("rebalanced", "stopping")
         served.stop.set()
         if count_loss:
             self.cluster_metrics.losses.inc()
@@ -434,6 +439,7 @@ class ClusterDaemon(Daemon):
                 served.task.cancel()
             with contextlib.suppress(BaseException):
                 await served.task
+        self.served.pop(p, None)
         async with self._work:
             gone = parts.cases_in(self.cases, [p], self.cluster.partitions)
             kept = self._owned_cases()
@@ -464,6 +470,13 @@ class ClusterDaemon(Daemon):
                 batch = await served.batcher.next_batch(served.stop)
                 if batch and not served.stop.is_set():
                     await self._handle(batch)
+            while served.drain and served.batcher.items:
+                batch = await served.batcher.next_batch(served.stop)
+                served.stop.clear()  # _handle_piece skips the pieces of a stopped partition
+                try:
+                    await self._handle(batch)
+                finally:
+                    served.stop.set()
         finally:
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)

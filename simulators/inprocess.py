@@ -14,8 +14,8 @@ from simulators.scenario import Scenario, ScenarioError
 from simulators.verify import Verifier, VerifyResult
 from tagwatch.config import Rules
 from tagwatch.engine.alerts import to_dict
+from tagwatch.ingest.traccar import traccar_fix
 from tagwatch.pipeline import Inbound, Pipeline
-from tagwatch.traccar import traccar_fix
 from tagwatch.wire import Topics
 from zones import ZoneSet, load_cases
 

@@ -716,8 +716,8 @@ def _publish_ack(config, acked: dict) -> int:
     import json
     import os
 
-    from tagwatch.daemon.service import broker_settings
-    from tagwatch.mqtt import publish_once
+    from tagwatch.daemon.settings import broker_settings
+    from tagwatch.ingest.mqtt import publish_once
     from tagwatch.wire import Topics
 
     if config.broker.embedded:

@@ -191,7 +191,7 @@ class IngestConfig:
     batch_wait_ms: int = 20
     tick_s: float = 1.0
     # Per-tag (and victim device) message rate limit, a token bucket per fix topic on the
-    # receiving clock (tagwatch/ratelimit.py): the excess is rejected as rate_limited.
+    # receiving clock (tagwatch/ingest/ratelimit.py): the excess is rejected as rate_limited.
     # tag_rate_per_s = 0 turns it off.
     tag_rate_per_s: float = 10.0
     tag_burst: int = 1000

@@ -28,7 +28,7 @@ import urllib.request
 from hashlib import sha256
 from pathlib import Path
 
-from tagwatch.embedded_broker import EmbeddedBroker, free_port
+from tagwatch.ingest.embedded_broker import EmbeddedBroker, free_port
 from tagwatch.shipped import example
 
 SCENARIO = example("scenarios", "day_in_the_life.toml")  # package data (tagwatch.shipped)
@@ -85,7 +85,7 @@ async def _demo(
 
 async def _check_broker(url: str) -> None:
     """Fail at once, naming the broker (without credentials), when it cannot be reached."""
-    from tagwatch.mqtt import BrokerSettings, probe_mqtt5
+    from tagwatch.ingest.mqtt import BrokerSettings, probe_mqtt5
 
     try:
         settings = BrokerSettings.from_url(url)

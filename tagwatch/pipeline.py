@@ -37,7 +37,7 @@ from tagwatch.engine.alerts import AlertRecord
 from tagwatch.engine.core import DUPLICATE, LATE, Engine
 from tagwatch.engine.emit import Emitter, Output
 from tagwatch.engine.state import TagState
-from tagwatch.ratelimit import REPORT_S, TokenBuckets
+from tagwatch.ingest.ratelimit import REPORT_S, TokenBuckets
 from tagwatch.wire import (
     OWNTRACKS,
     Fix,

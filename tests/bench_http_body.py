@@ -17,7 +17,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tagwatch.embedded_broker import free_port  # noqa: E402
+from tagwatch.ingest.embedded_broker import free_port  # noqa: E402
 from tests.daemon_harness import write_config  # noqa: E402
 
 TWILIO = '[notify.twilio]\naccount_sid = "AC{sid}"\nfrom = "+447700900000"\npublic_url = "{url}"\n'

@@ -20,7 +20,7 @@ import time
 import msgspec
 import paho.mqtt.client as paho
 
-from tagwatch import paho_fast
+from tagwatch.ingest import paho_fast
 
 WAYS = ("paho", "buffered reader", "direct delivery", "direct + whole packets")
 

@@ -37,8 +37,9 @@ import psycopg
 from tagwatch.bench import e2e
 from tagwatch.bench.workload import london_cases
 from tagwatch.config import load_config
-from tagwatch.daemon.service import Daemon, load_caseset
-from tagwatch.mqtt import Message
+from tagwatch.daemon.caseset import load_caseset
+from tagwatch.daemon.service import Daemon
+from tagwatch.ingest.mqtt import Message
 from tagwatch.record import Record
 from tagwatch.record import db as dbmod
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tagwatch.embedded_broker import EmbeddedBroker, free_port
-from tagwatch.mqtt import BrokerSettings
+from tagwatch.ingest.embedded_broker import EmbeddedBroker, free_port
+from tagwatch.ingest.mqtt import BrokerSettings
 
 START_TIMEOUT_S = 10.0
 

@@ -24,7 +24,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tagwatch.embedded_broker import free_port
+from tagwatch.ingest.embedded_broker import free_port
 from tests.brokers import unique_client_id, unique_prefix
 from tests.record_db import RecordDb, record_database
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from tagwatch.embedded_broker import free_port
+from tagwatch.ingest.embedded_broker import free_port
 
 READY_TIMEOUT_S = 30.0
 POLL_S = 0.05

@@ -9,7 +9,7 @@ from pathlib import Path
 from tagwatch.cases import load
 from tagwatch.cli import main
 from tagwatch.config import Config
-from tagwatch.daemon.service import policy_settings
+from tagwatch.daemon.caseset import policy_settings
 from tagwatch.notify.policy import SmsLedger, deliveries_for
 from tests.test_notify_policy import alert
 

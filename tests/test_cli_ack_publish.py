@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tagwatch.embedded_broker import free_port
+from tagwatch.ingest.embedded_broker import free_port
 from tests.daemon_harness import Collector, Publisher, alerts_of, breach_fixes, make_daemon
 
 

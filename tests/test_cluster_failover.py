@@ -73,7 +73,7 @@ def _worker(tmp_path: Path, cluster: NatsCluster, pg: RecordDb, name: str,
         extra += (f'\n[notify.twilio]\naccount_sid = "{twilio.state.sid}"\n'
                   f'from = "+447700900000"\napi_base = "{twilio.url}"\n')
         env["TWILIO_AUTH_TOKEN"] = twilio.state.token
-    from tagwatch.embedded_broker import free_port
+    from tagwatch.ingest.embedded_broker import free_port
 
     port = free_port()
     config = write_config(tmp_path / f"{name}.toml", f"mqtt://{cluster.mqtt_urls}", pg.url,

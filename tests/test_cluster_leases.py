@@ -217,3 +217,17 @@ def test_outbox_rows_carry_their_partition_and_each_owner_sees_its_own(pg) -> No
         assert len(record.outbox_due(T0 + 1)) == 4  # a single process sees every row
     finally:
         record.close()
+
+
+def test_workers_starting_together_open_a_new_record_without_a_race(tmp_path: Path) -> None:
+    """Two workers of a new deployment start at once: both create the record's schema.
+    Creating the version table raced (CREATE TABLE IF NOT EXISTS is not safe against a
+    concurrent one: duplicate key in pg_type) and one worker exited."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(5):
+        with record_database("postgresql", tmp_path) as db:
+            with ThreadPoolExecutor(4) as pool:
+                records = list(pool.map(lambda _i: Record.open(db.url), range(4)))
+            for record in records:
+                record.close()

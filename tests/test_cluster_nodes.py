@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from tagwatch.embedded_broker import free_port
-from tagwatch.mqtt import MqttConnection
+from tagwatch.ingest.embedded_broker import free_port
+from tagwatch.ingest.mqtt import MqttConnection
 from tests.brokers import unique_client_id
 from tests.test_mqtt import STEP_S, run
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tagwatch.embedded_broker import free_port
+from tagwatch.ingest.embedded_broker import free_port
 from tests.daemon_harness import ROOT, make_daemon
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from twilio.request_validator import RequestValidator
 
-from tagwatch.embedded_broker import free_port
+from tagwatch.ingest.embedded_broker import free_port
 from tests.daemon_harness import (
     Collector,
     Publisher,

@@ -22,7 +22,7 @@ import orjson
 
 from tagwatch.config import load_config
 from tagwatch.daemon.service import Daemon
-from tagwatch.mqtt import Message
+from tagwatch.ingest.mqtt import Message
 from tagwatch.record import Record
 from tests.tracks import at_distance, case_doc, circle, fix
 from zones import ZoneSet

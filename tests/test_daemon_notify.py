@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tagwatch.embedded_broker import free_port
+from tagwatch.ingest.embedded_broker import free_port
 from tests.daemon_harness import (
     Collector,
     Publisher,

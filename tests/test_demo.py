@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tagwatch.embedded_broker import free_port
+from tagwatch.ingest.embedded_broker import free_port
 
 from .conftest import ROOT
 

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
-from tagwatch.daemon.ingest import Batcher, isolate
+from tagwatch.ingest.batcher import Batcher, isolate
 from tests.tracks import (
     TAG,
     at_distance,
@@ -171,8 +171,8 @@ def test_a_failed_batch_is_undone_and_its_good_fixes_still_raise_the_breach() ->
 def test_the_gates_excess_is_handed_back_even_when_it_came_while_nobody_waited() -> None:
     """The excess of a flood must be acknowledged although no other message follows it:
     the broker sends nothing more while its window of unacknowledged messages is full."""
-    from tagwatch.daemon.ingest import RateGate
-    from tagwatch.ratelimit import TokenBuckets
+    from tagwatch.ingest.batcher import RateGate
+    from tagwatch.ingest.ratelimit import TokenBuckets
 
     def msg(i: int):
         return tag_msg(fix(T0 + i, at_distance(100, 5000)), received=T0)

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import structlog
 
-from tagwatch.embedded_broker import EmbeddedBroker
-from tagwatch.mqtt import BrokerSettings, Message, MqttConnection
+from tagwatch.ingest.embedded_broker import EmbeddedBroker
+from tagwatch.ingest.mqtt import BrokerSettings, Message, MqttConnection
 from tests.brokers import BrokerUnderTest, Mosquitto, unique_client_id, unique_prefix
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tagwatch.config import Config, NotifyConfig, PoliceConfig, RecordConfig
-from tagwatch.embedded_broker import free_port
+from tagwatch.ingest.embedded_broker import free_port
 from tagwatch.notify.outcome import SendFailed
 from tagwatch.notify.webhook import PoliceWebhook, verify
 from tests.daemon_harness import ROOT, write_config

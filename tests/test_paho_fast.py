@@ -13,7 +13,7 @@ from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tagwatch import paho_fast
+from tagwatch.ingest import paho_fast
 
 pytestmark = pytest.mark.skipif(
     not paho_fast.supported(), reason="paho_fast is off on this paho version (paho's own code runs)"

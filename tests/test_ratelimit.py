@@ -7,8 +7,8 @@ from __future__ import annotations
 import orjson
 
 from tagwatch.config import Rules
+from tagwatch.ingest.ratelimit import REPORT_S, TokenBuckets
 from tagwatch.pipeline import Inbound, Pipeline
-from tagwatch.ratelimit import REPORT_S, TokenBuckets
 
 from .tracks import TOPICS, at_distance, case_doc, circle, fix, tag_msg, utc, zoneset
 
@@ -65,7 +65,7 @@ def test_no_receiving_clock_no_limit_and_a_victim_devices_limit_quotes_nothing()
 def test_the_daemons_gate_decides_as_the_pipeline_does_in_replay() -> None:
     """The daemon limits at the door (RateGate, before batching), replay in the pipeline:
     the same messages in the same order with the same `received` give the same decisions."""
-    from tagwatch.daemon.ingest import RateGate
+    from tagwatch.ingest.batcher import RateGate
 
     far = at_distance(100, 5000)
     messages = [tag_msg(fix(T0 + i * 0.01, far, seq=i), f"T-{i % 3}", received=T0 + i * 0.002)

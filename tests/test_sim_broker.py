@@ -17,7 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from simulators.broker import parse
-from tagwatch.embedded_broker import free_port
+from tagwatch.ingest.embedded_broker import free_port
 from tests.brokers import unique_client_id, unique_prefix
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,7 +22,7 @@ from simulators.inprocess import run_inprocess
 from simulators.movement import Stationary
 from simulators.runner import run_scenario
 from simulators.scenario import ScenarioError, load_scenario
-from tagwatch.traccar import traccar_fix
+from tagwatch.ingest.traccar import traccar_fix
 from tagwatch.wire import Topics
 from tests.brokers import unique_prefix
 from tests.daemon_harness import make_daemon

@@ -67,7 +67,7 @@ from tagwatch.bench.mosquitto import PrivateMosquitto
 from tagwatch.bench.rawpub import RawPublisher, packets
 from tagwatch.bench.report import Progress
 from tagwatch.bench.workload import london_cases
-from tagwatch.mqtt import BrokerSettings
+from tagwatch.ingest.mqtt import BrokerSettings
 from tagwatch.record.db import redact_url
 
 TAGS = 1_000
@@ -418,7 +418,7 @@ class BenchDaemon:
         env: dict[str, str] | None = None,
         record: str | None = None,
     ) -> None:
-        from tagwatch.embedded_broker import free_port
+        from tagwatch.ingest.embedded_broker import free_port
 
         self.port = free_port()
         config = _config(workdir, broker, prefix, self.port, extra, record)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tagwatch.embedded_broker import free_port
+from tagwatch.ingest.embedded_broker import free_port
 
 START_TIMEOUT_S = 10.0
 

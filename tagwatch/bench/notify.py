@@ -31,7 +31,7 @@ from tagwatch.bench.e2e import BenchDaemon, BenchError
 from tagwatch.bench.mosquitto import PrivateMosquitto
 from tagwatch.bench.report import Progress
 from tagwatch.bench.twilio_stub import TwilioStub
-from tagwatch.mqtt import BrokerSettings
+from tagwatch.ingest.mqtt import BrokerSettings
 
 SID = "AC" + "b" * 32
 TOKEN = "bench-token"

@@ -33,11 +33,11 @@ from prometheus_client import Counter, Gauge
 
 from tagwatch.cluster_partition import partition_of
 from tagwatch.config import Config
-from tagwatch.daemon.ingest import Batcher
 from tagwatch.daemon.service import Daemon
 from tagwatch.ingest import partitions as parts
+from tagwatch.ingest.batcher import Batcher
 from tagwatch.ingest.leases import Leases
-from tagwatch.mqtt import Backoff, BrokerSettings, Message, MqttConnection
+from tagwatch.ingest.mqtt import Backoff, BrokerSettings, Message, MqttConnection
 from tagwatch.notify.escalation import Escalation
 from tagwatch.notify.policy import SmsLedger
 from tagwatch.record import (
@@ -281,8 +281,6 @@ class ClusterDaemon(Daemon):
             except RecordUnavailable as exc:
                 log.error("leases_unavailable", error=str(exc), detail="retrying")
                 await asyncio.sleep(1.0)
-        nodes = self.config.broker.nodes
-        settings = dataclasses.replace(settings, nodes=nodes if len(nodes) > 1 else ())
         self._settings = settings
         status = self.topics.status
         worker_id = f"{settings.client_id}-{self.cluster.worker}"

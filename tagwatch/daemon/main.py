@@ -13,15 +13,9 @@ import structlog
 from tagwatch import signing
 from tagwatch.config import ConfigError, load_config, missing_paths
 from tagwatch.daemon import logs
-from tagwatch.daemon.service import (
-    CaseSet,
-    CasesRefused,
-    Daemon,
-    broker_settings,
-    load_caseset,
-    log_caseset,
-    summarise_notify,
-)
+from tagwatch.daemon.caseset import CaseSet, CasesRefused, load_caseset, log_caseset
+from tagwatch.daemon.service import Daemon
+from tagwatch.daemon.settings import broker_settings, summarise_notify
 from tagwatch.feed.auth import PUBLIC_TOKEN_HASHES
 from tagwatch.record import Record, RecordError
 
@@ -108,7 +102,7 @@ async def _main(daemon: Daemon) -> int:
     async with contextlib.AsyncExitStack() as stack:
         url = None
         if config.broker.embedded:
-            from tagwatch.embedded_broker import EmbeddedBroker
+            from tagwatch.ingest.embedded_broker import EmbeddedBroker
 
             url = (await stack.enter_async_context(EmbeddedBroker())).url
             log.warning("embedded_broker", url=url, detail="demo only: nothing persists")

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from tagwatch.daemon.effects import MQTT
-from tagwatch.mqtt import Backoff, MqttConnection, PacketTooLarge
+from tagwatch.ingest.mqtt import Backoff, MqttConnection, PacketTooLarge
 from tagwatch.record import OutboxRow, Record, RecordError
 
 log = structlog.get_logger("tagwatch.daemon.outbox")

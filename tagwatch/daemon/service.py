@@ -1,6 +1,11 @@
 """The Daemon: ingest, pipeline, one commit per batch, acknowledgement after it, publish.
 
-Acknowledgement after commit: paho runs with manual_ack (tagwatch.mqtt). A batch's
+The Daemon class is in three modules: this one holds the MQTT serve/ingest/commit loop
+and the ticks; `wiring.py` the feed, its HTTP routes, operator actions, health, metrics
+and the dispatcher; `caseset.py` case-set loading, reload and signals. `settings.py`
+makes the broker settings from the config.
+
+Acknowledgement after commit: paho runs with manual_ack (tagwatch.ingest.mqtt). A batch's
 messages are acknowledged only once `Record.commit` of its Batch has returned; the alert
 records and commands are outbox rows of that same transaction, published afterwards by
 the Publisher. A crash before the commit: nothing acknowledged, the broker redelivers
@@ -17,152 +22,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
-import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
 
-import msgspec
 import structlog
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from tagwatch import signing
-from tagwatch.cases import load as load_cases_checked
 from tagwatch.config import Config
 from tagwatch.daemon import http
 from tagwatch.daemon.anchoring import anchor_every
 from tagwatch.daemon.anchoring import checkpoint as anchor_checkpoint
+from tagwatch.daemon.caseset import CaseReload, policy_settings, victim_phones
 from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY, Effects, EffectsBuilder, Notify
-from tagwatch.daemon.ingest import Batcher, RateGate, isolate
 from tagwatch.daemon.metrics import Metrics
-from tagwatch.daemon.outbox import NotifyView, Publisher
+from tagwatch.daemon.outbox import Publisher
 from tagwatch.daemon.retention import purge_daily
-from tagwatch.delivery_terms import redact_urls
-from tagwatch.feed.actions import resolve
-from tagwatch.feed.app import create_app
-from tagwatch.feed.cases import cases_view
+from tagwatch.daemon.settings import anchor_writer
+from tagwatch.daemon.wiring import Wiring
 from tagwatch.feed.events import EventHub
-from tagwatch.mqtt import Backoff, BrokerSettings, Message, MqttConnection
-from tagwatch.notify.ack import acknowledge
+from tagwatch.ingest.batcher import Batcher, RateGate, isolate
+from tagwatch.ingest.mqtt import Backoff, BrokerSettings, Message, MqttConnection
+from tagwatch.ingest.ratelimit import TokenBuckets
 from tagwatch.notify.escalation import Escalation, EscalationSettings
-from tagwatch.notify.inbound import TwilioInbound
-from tagwatch.notify.policy import PolicySettings, SmsLedger, degraded_notices
+from tagwatch.notify.policy import SmsLedger, degraded_notices
 from tagwatch.pipeline import FAULT_ENV, Inbound, Pipeline, Result
-from tagwatch.ratelimit import TokenBuckets
-from tagwatch.record import Batch, Entry, Record, RecordError
-from tagwatch.record.anchor import AnchorWriter
+from tagwatch.record import Batch, Record, RecordError
 from tagwatch.wire import Topics, status_message
 from zones import Case, ZoneSet
 
 log = structlog.get_logger("tagwatch.daemon")
 _ACK_POLL_LIMIT = 1000
-FAILED_WINDOW_S = 300.0  # /readyz says 503 while this many s hold FAILED_LIMIT failed batches
-FAILED_LIMIT = 3
 
 
-class CasesRefused(Exception):
-    """Case files refused at start; the message names each file and problem."""
-
-
-def _status_url(twilio) -> str | None:
-    return f"{twilio.public_url}/twilio/status" if twilio and twilio.public_url else None
-
-
-def victim_phones(cases: dict[str, Case]) -> dict[str, tuple[str, str]]:
-    """phone -> (case id, victim id), for victims' SMS replies."""
-    return {v.phone: (c.id, v.id) for c in cases.values() for v in c.victims if v.phone}
-
-
-def json_bytes(record: dict) -> bytes:
-    return msgspec.json.encode(record)
-
-
-@dataclass(frozen=True)
-class CaseSet:
-    """The cases in force and the case files refused at the last load.
-
-    The rule (DESIGN 3.4): the good files are loaded and swapped in together; a refused
-    file is named with its error (file and field, never its content) and the others still
-    load. At a reload a refused file keeps the case it held before (`kept`), unless a good
-    file now holds that case id; a deleted file's case goes. A missing cases path, or a
-    reload that would leave no case at all, is refused whole (CasesRefused) and the cases
-    in force stay.
-    """
-
-    cases: dict[str, Case]
-    refused: dict[str, str] = field(default_factory=dict)  # file -> error
-    kept: tuple[str, ...] = ()  # case ids kept from before because their file was refused
-
-    @property
-    def zoneset(self) -> ZoneSet:
-        return ZoneSet(sorted(self.cases.values(), key=lambda c: (c.source, c.id)))
-
-
-def load_caseset(path: Path, previous: dict[str, Case] | None = None) -> CaseSet:
-    """The good case files of `path`; at a reload, `previous` are the cases in force."""
-    try:
-        result = load_cases_checked(path)
-    except OSError as exc:  # FileNotFoundError: no such file or folder
-        raise CasesRefused(str(exc)) from None
-    cases = {c.id: c for c in result.cases}
-    refused = dict(zip(result.files, result.errors, strict=True))
-    kept = []
-    for case in (previous or {}).values():
-        if case.source in refused and case.id not in cases:
-            cases[case.id] = case
-            kept.append(case.id)
-    if previous and not cases:
-        raise CasesRefused(f"{path}: no case would be left; " + "; ".join(refused.values()))
-    return CaseSet(cases, refused, tuple(kept))
-
-
-def log_caseset(caseset: CaseSet, path: Path) -> None:
-    """One error line per refused file, a warning per kept case; loud when none is left."""
-    for file, error in caseset.refused.items():
-        log.error("case_file_refused", file=file, error=error)
-    for case_id in caseset.kept:
-        source = caseset.cases[case_id].source
-        log.warning(
-            "case_kept", case=case_id, file=source, detail="its new file is refused; old version"
-        )
-    if not caseset.cases:
-        log.error(
-            "no_cases",
-            cases=str(path),
-            refused=len(caseset.refused),
-            detail="not ready and not connected to the broker (it keeps the fixes queued) "
-            "until a reload (SIGHUP) loads a case",
-        )
-
-
-def policy_settings(config: Config, cases: dict[str, Case]) -> PolicySettings:
-    """Who gets what: the deployment's channels and each case's language and texts."""
-    return PolicySettings(
-        sms_enabled=config.notify.twilio is not None,
-        police_enabled=config.notify.police is not None,
-        languages={c.id: c.language for c in cases.values()},
-        case_texts={c.id: dict(c.texts) for c in cases.values() if c.texts},
-        degraded_notify_s={
-            c.id: float(c.rules["degraded_notify_s"])
-            for c in cases.values()
-            if "degraded_notify_s" in c.rules
-        },
-        default_degraded_notify_s=config.rules.degraded_notify_s,
-    )
-
-
-# /readyz stays 503 this long after the broker session was lost or taken over.
-SESSION_LOST_READY_S = 300.0
-
-
-class Daemon:
+class Daemon(Wiring, CaseReload):
     def __init__(
         self,
         config: Config,
@@ -252,145 +147,6 @@ class Daemon:
             "restored", checkpoints=len(points), escalations=len(self.notify.escalation.pending())
         )
 
-    def _feed_app(self):
-        """The operator feed (DESIGN 3.8) with health, readiness and metrics."""
-        app = create_app(
-            record=self.record,
-            zones_provider=lambda: self.pipeline.zoneset,
-            users=self.config.feed.users,
-            hub=self.hub,
-            on_ack=self._acknowledge,
-            on_resolve=self._resolve,
-            health=self.health,
-            metrics=self._metrics_text,
-            tile_url=self.config.feed.tile_url,
-            default_warn_m=self.config.rules.warn_m,
-            device_position=self._device_position,
-            sse_max_clients=self.config.feed.sse_max_clients,
-            sse_max_per_user=self.config.feed.sse_max_per_user,
-            on_traccar=self.ingest_traccar,
-            cases_view=lambda: cases_view(
-                self.pipeline.engine, self.pipeline.zoneset.cases, time.time()
-            ),
-        )
-        app.router.routes.extend(self._twilio_routes())
-        return app
-
-    def _twilio_routes(self) -> list[Route]:
-        """Twilio's delivery status callbacks and the victims' SMS replies (signed by
-        Twilio, so no bearer token), when [notify.twilio] public_url is set."""
-        twilio = self.config.notify.twilio
-        if twilio is None or not twilio.public_url:
-            return []
-        self.inbound = TwilioInbound(
-            twilio.auth_token,
-            twilio.public_url,
-            self.record,
-            self.victim_phones,
-            escalation=self.notify.escalation,
-            on_ack=self._sms_ack(asyncio.get_running_loop()),
-        )
-
-        def endpoint(handler):
-            async def route(request: Request) -> Response:
-                path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                body = await request.body()
-                reply = await asyncio.to_thread(
-                    handler, request.method, path, dict(request.headers), body
-                )
-                return Response(reply.body, reply.status, media_type=reply.content_type)
-
-            return route
-
-        return [
-            Route("/twilio/status", endpoint(self.inbound.status_callback), methods=["POST"]),
-            Route("/twilio/sms", endpoint(self.inbound.sms_reply), methods=["POST"]),
-        ]
-
-    def _sms_ack(self, loop: asyncio.AbstractEventLoop):
-        """A victim's SMS reply acknowledges as an operator does (committed with the
-        escalation state and the reply, then published), from the webhook's thread."""
-
-        def ack(alert_id: str, by: str, note: str, now: float, extra: Sequence[Entry]) -> dict:
-            action = self.operator_action("ack", alert_id, by, note, extra)
-            return asyncio.run_coroutine_threadsafe(action, loop).result(60)
-
-        return ack
-
-    def _metrics_text(self) -> bytes:
-        self.refresh_metrics()
-        return self.metrics.render()
-
-    async def _acknowledge(self, alert_id: str, by: str, note: str) -> dict:
-        return await self.operator_action("ack", alert_id, by, note)
-
-    async def _resolve(self, alert_id: str, by: str, note: str) -> dict:
-        return await self.operator_action("resolve", alert_id, by, note)
-
-    async def operator_action(
-        self, action: str, alert_id: str, by: str, note: str, extra: Sequence[Entry] = ()
-    ) -> dict:
-        """Acknowledge or resolve from the dashboard: the operator's action and the new
-        alert record are committed together (who, when, note), then the record goes to
-        the dashboards and to MQTT, and an acknowledgement stops the escalation clock.
-        An operator's resolve closes the alert record; if the engine's episode goes on
-        and changes, its next record reopens the alert with the same id."""
-        async with self._work:
-            # The escalation state without this alert is committed with the action: after
-            # a restart an acknowledged alert does not escalate again.
-            state = {ESCALATION_KEY: self.notify.escalation.to_bytes(without=alert_id)}
-            if action == "ack":
-                write = functools.partial(acknowledge, checkpoints=state, extra=extra)
-            else:
-                write = functools.partial(resolve, checkpoints=state)
-            record = await asyncio.to_thread(write, self.record, alert_id, by, note, time.time())
-            self.notify.escalation.observe(record)
-            self._acked_seen.add(record["id"])
-        log.info("operator_action", action=action, alert=record["id"], by=by)
-        self.metrics.alerts.labels(type=record["type"]).inc()
-        self.hub.publish(record)
-        if self.publisher is not None:
-            # Best effort: the record is already in the case record and on the feed.
-            self.publisher.send([(self.topics.alerts(record["case"]), json_bytes(record))])
-        return record
-
-    def health(self) -> dict:
-        """/readyz: ready or why not, and the refused case files by name (not content)."""
-        reasons = self.not_ready()
-        refused = sorted(self.cases_refused)
-        return {"ready": not reasons, "reasons": reasons, "cases_refused": refused}
-
-    def not_ready(self) -> list[str]:
-        """Why /readyz says 503, as fixed short codes: no error text (the log has it)."""
-        reasons = [] if self._serving else ["starting"]
-        if not self.cases:
-            reasons.append("no_cases")  # cases_refused names the files; the log says why
-        if self.conn is None or not self.conn.ready.is_set():
-            reasons.append("broker_disconnected")
-        lost_at = self.conn.session_lost_at if self.conn is not None else None
-        if lost_at is not None and time.time() - lost_at < SESSION_LOST_READY_S:
-            reasons.append("broker_session_lost")
-        if self.record_down is not None:
-            reasons.append("record_unavailable")
-        if self.stopping.is_set():
-            reasons.append("stopping")
-        failed = self._failed_batches
-        while failed and failed[0] < time.monotonic() - FAILED_WINDOW_S:
-            failed.popleft()
-        if len(failed) >= FAILED_LIMIT:
-            # their failing messages were rejected as internal_error; the log says which
-            reasons.append("ingest_batches_failing")
-        return reasons
-
-    def refresh_metrics(self) -> None:
-        conn = self.conn
-        if conn is not None:
-            self.metrics.broker(conn.ready.is_set(), conn.reconnects, conn.session_lost)
-        else:
-            self.metrics.broker(False, 0, 0)
-        self.metrics.cases(len(self.cases), len(self.cases_refused))
-        self.metrics.victims(self.pipeline.engine.victims_by_status())
-
     # ---- the run -------------------------------------------------------------------
 
     async def run(self, settings: BrokerSettings) -> None:
@@ -433,20 +189,6 @@ class Daemon:
             await self.conn.__aexit__(None, None, None)
             log.info("offline_published", topic=status)
 
-    async def _cases_in_force(self) -> bool:
-        """With no case loaded, stay off the broker (its session keeps the fixes queued)
-        until a reload loads one; False when stopped meanwhile."""
-        while not self.cases:
-            reloaded = asyncio.create_task(self._cases_loaded.wait())
-            stop = asyncio.create_task(self.stopping.wait())
-            await asyncio.wait({reloaded, stop}, return_when=asyncio.FIRST_COMPLETED)
-            reloaded.cancel()
-            stop.cancel()
-            self._cases_loaded.clear()
-            if self.stopping.is_set():
-                return False
-        return True
-
     async def _serve(self, conn: MqttConnection) -> None:
         self.publisher = Publisher(
             self.record, conn, on_too_large=self.metrics.publish_too_large.inc
@@ -461,7 +203,7 @@ class Daemon:
         if dispatcher is not None:
             self._tasks.append(asyncio.create_task(self._supervise(dispatcher), name="notify"))
         keep = self.config.record
-        anchors = _anchor_writer(keep)
+        anchors = anchor_writer(keep)
         if anchors is not None:
             every = anchor_every(self.record, anchors, keep.anchor_interval_s)
             self._tasks.append(asyncio.create_task(every, name="anchor"))
@@ -752,140 +494,3 @@ class Daemon:
             if last is None or last < limit:
                 silent += 1
         return silent
-
-    # ---- notifications -------------------------------------------------------------
-
-    def _dispatcher(self):
-        twilio_cfg, police_cfg = self.config.notify.twilio, self.config.notify.police
-        if twilio_cfg is None and police_cfg is None:
-            return None
-        from tagwatch.notify.dispatcher import Dispatcher, DispatchSettings
-        from tagwatch.notify.twilio_channel import TwilioChannel
-        from tagwatch.notify.webhook import PoliceWebhook
-
-        view = NotifyView(
-            self.record, lambda ch: self.metrics.deliveries_failed.labels(channel=ch).inc()
-        )
-        return Dispatcher(
-            view,  # type: ignore[arg-type]
-            twilio=TwilioChannel(twilio_cfg) if twilio_cfg else None,
-            police=PoliceWebhook(police_cfg) if police_cfg else None,
-            on_failure=lambda alert: self.record_alerts([alert]),
-            escalation=self.notify.escalation,
-            wake=self.dispatch_wake,
-            settings=DispatchSettings(status_callback_url=_status_url(twilio_cfg)),
-        )
-
-    async def _supervise(self, dispatcher) -> None:
-        backoff = Backoff(0.5, 10.0)
-        while True:
-            try:
-                await dispatcher.run()
-                return
-            except RecordError as exc:
-                log.warning("dispatcher_paused", error=str(exc))
-            except Exception:
-                log.exception("dispatcher_failed")
-            await asyncio.sleep(backoff.next())
-
-    # ---- signals -------------------------------------------------------------------
-
-    def _signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop, sig.name)
-        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
-
-    def _stop(self, name: str) -> None:
-        if not self.stopping.is_set():
-            log.info("stopping", signal=name)
-            self.stopping.set()
-
-    def _reload_soon(self) -> None:
-        if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.create_task(self.reload())
-
-    async def reload(self) -> bool:
-        """Reload the cases (CaseSet has the rule) and the tag keys; False when refused."""
-        path = self.config.cases.path
-        try:
-            caseset = await asyncio.to_thread(load_caseset, path, self.cases)
-        except CasesRefused as exc:
-            log.error(
-                "reload_refused",
-                cases=str(path),
-                error=str(exc),
-                detail="keeping the cases loaded before",
-            )
-            return False
-        try:
-            keys = signing.keys_from_env(os.environ)
-        except signing.KeyFileError as exc:
-            log.error("reload_refused", error=str(exc), detail="keeping the cases and keys")
-            return False
-        cases = caseset.cases
-        async with self._work:
-            self.pipeline.reload(caseset.zoneset)
-            self.pipeline.set_keys(keys)
-            self.cases = cases
-            self.cases_refused = dict(caseset.refused)
-            self.victim_phones.clear()
-            self.victim_phones.update(victim_phones(cases))
-            self.notify.settings = policy_settings(self.config, cases)
-        log_caseset(caseset, path)
-        log.info("reloaded", cases=len(cases), refused=len(caseset.refused), path=str(path))
-        if cases:
-            self._cases_loaded.set()
-        return True
-
-
-def _anchor_writer(keep) -> AnchorWriter | None:
-    if keep.anchor_path is None or keep.anchor_key is None:
-        log.warning("anchoring_off", detail="no [record] anchor_path: record verify cannot "
-                    "prove the chains against someone who can write the database")
-        return None
-    return AnchorWriter(keep.anchor_path, keep.anchor_key)
-
-
-def broker_settings(config: Config, url: str | None = None) -> BrokerSettings:
-    b = config.broker
-    if url is not None:
-        return BrokerSettings.from_url(
-            url,
-            client_id=b.client_id,
-            session_expiry_s=b.session_expiry_s,
-            keepalive_s=b.keepalive_s,
-            max_packet_bytes=b.max_packet_kb * 1024,
-        )
-    return BrokerSettings(
-        host=b.host,
-        port=b.port,
-        tls=b.tls,
-        ca_file=str(b.ca_file) if b.ca_file else None,
-        cert_file=str(b.cert_file) if b.cert_file else None,
-        key_file=str(b.key_file) if b.key_file else None,
-        username=b.username,
-        password=b.password,
-        client_id=b.client_id,
-        session_expiry_s=b.session_expiry_s,
-        keepalive_s=b.keepalive_s,
-        max_packet_bytes=b.max_packet_kb * 1024,
-    )
-
-
-def summarise_notify(config: Config) -> Callable[[], None]:
-    def say() -> None:
-        if config.notify.twilio is None:
-            log.warning("notify", detail="no SMS or calls: [notify.twilio] absent")
-        else:
-            log.info(
-                "notify",
-                detail="SMS and calls through Twilio",
-                api_base=redact_urls(config.notify.twilio.api_base),
-            )
-        if config.notify.police is None:
-            log.info("notify", detail="no police webhook: [notify.police] webhook_url not set")
-        else:
-            log.info("notify", detail="police webhook configured")
-
-    return say

@@ -31,11 +31,11 @@ from tagwatch.feed.events import EventHub
 from tagwatch.feed.geo import track_geojson, zones_geojson
 from tagwatch.feed.limits import MAX_BODY_BYTES, BodyLimit, SecurityHeaders
 from tagwatch.feed.stream import event_stream
+from tagwatch.ingest.traccar import TraccarError, traccar_fix
 from tagwatch.notify.ack import AckError
 from tagwatch.notify.records import parse_ts
 from tagwatch.record import Record
 from tagwatch.shipped import static
-from tagwatch.traccar import TraccarError, traccar_fix
 from tagwatch.wire import rfc3339
 from zones import ZoneSet
 
@@ -178,7 +178,7 @@ class _Feed:
 
     async def traccar(self, request: Request) -> Response:
         """Traccar's JSON position forwarding (DESIGN 3.1): 200 once the fix is committed,
-        4xx with the reason for what is not a fix (tagwatch/traccar.py)."""
+        4xx with the reason for what is not a fix (tagwatch/ingest/traccar.py)."""
         self.user(request, ingest=True)
         if self.on_traccar is None:
             raise HTTPException(503, f"{request.url.path}: the daemon takes no fixes here")

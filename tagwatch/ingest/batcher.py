@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
-from tagwatch.ratelimit import TokenBuckets
+from tagwatch.ingest.ratelimit import TokenBuckets
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ class RateGate(Generic[M]):
     topic's token bucket never enters a batch, so a flooding tag's excess costs a dict
     lookup and an acknowledgement, and the other tags' messages do not queue behind it.
 
-    The decisions are the pipeline's (tagwatch.ratelimit on each message's `received`, in
+    The decisions are the pipeline's (tagwatch.ingest.ratelimit on each message's `received`, in
     arrival order): `tagwatch replay` makes them again in Pipeline.process. `take` hands
     the daemon the excess to acknowledge and count, and, one per topic per REPORT_S, the
     messages to record and publish as rejections."""

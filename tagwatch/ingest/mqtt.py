@@ -38,7 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tagwatch import paho_fast
+from tagwatch.ingest import paho_fast
 
 log = structlog.get_logger("tagwatch.mqtt")
 

@@ -246,6 +246,8 @@ def test_a_zombie_commits_and_publishes_nothing_and_leaves_the_session_alone(
         assert p in _partitions(workers[other])  # the zombie took nothing back
         assert p not in _partitions(workers[owner])
         assert '"session_taken_over"' not in workers[other].logs()
+        assert workers[other].metric("tagwatch_takeovers_total") >= 1
+        assert workers[owner].metric("tagwatch_lease_losses_total") >= 1
     finally:
         for w in workers.values():
             w.kill()

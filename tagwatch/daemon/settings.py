@@ -46,6 +46,7 @@ def broker_settings(config: Config, url: str | None = None) -> BrokerSettings:
         session_expiry_s=b.session_expiry_s,
         keepalive_s=b.keepalive_s,
         max_packet_bytes=b.max_packet_kb * 1024,
+        nodes=b.nodes if len(b.nodes) > 1 else (),  # several nodes: tried in turn
     )
 
 

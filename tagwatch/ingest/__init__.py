@@ -7,7 +7,9 @@
 - `batcher`: the batcher of received messages, the rate gate and the isolation of a
   batch that fails to commit;
 - `ratelimit`: per-device token buckets on each message's receiving clock;
-- `traccar`: a Traccar HTTP forwarding body turned into a fix.
+- `traccar`: a Traccar HTTP forwarding body turned into a fix;
+- `partitions` and `leases`: cluster mode (DESIGN 7), which partitions a worker serves
+  (leases with epochs in PostgreSQL) and which tags, cases and checkpoints they hold.
 
 Nothing here decides an alert: the pure core (`zones/`, `tagwatch/engine/`) does, on the
 data this package hands it. The package `__init__` imports nothing, so importing one

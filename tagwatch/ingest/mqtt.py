@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import random
 import socket
@@ -79,6 +80,9 @@ class BrokerSettings:
     # The broker's max_packet_size: a larger PUBLISH makes the broker drop the connection
     # (and paho resends it after every reconnect), so `publish` refuses it before sending.
     max_packet_bytes: int = 1024 * 1024
+    # Every node of a broker cluster, (host, port), tried in turn from host:port on: after
+    # a failed attempt or a lost connection the next one (DESIGN 7). Empty: host:port only.
+    nodes: tuple[tuple[str, int], ...] = ()
 
     @property
     def url(self) -> str:
@@ -299,6 +303,7 @@ class MqttConnection:
         self.publish_timeout_s = publish_timeout_s
         self.offline_on_close = offline_on_close
         self._where = f"{settings.host}:{settings.port}"
+        self._node = 0  # index in settings.nodes of the node tried last
         self.connected = asyncio.Event()  # CONNACK accepted
         self.ready = asyncio.Event()  # ... and SUBACK received: messages can flow
         self.reconnects = 0
@@ -361,10 +366,13 @@ class MqttConnection:
         if wanted != "auto":
             return paho.MQTTv311 if wanted == "3.1.1" else paho.MQTTv5
         while True:
+            host, port = self._address()
             try:
-                speaks_v5 = await probe_mqtt5(self.settings)
+                node = dataclasses.replace(self.settings, host=host, port=port)
+                speaks_v5 = await probe_mqtt5(node)
             except (OSError, TimeoutError) as exc:
                 self._note_error(f"protocol probe: {str(exc) or type(exc).__name__}")
+                self._use_node(self._node + 1)
                 delay = self._backoff.next()  # broker down: back off and retry
                 self._unreachable(self._state.last_error, delay)
                 await asyncio.sleep(delay)
@@ -398,9 +406,10 @@ class MqttConnection:
             props.ReceiveMaximum = s.receive_maximum
             # clean_start=False on every connect, the first included: paho's default
             # (MQTT_CLEAN_START_FIRST_ONLY) would wipe the session of the previous process.
-            client.connect_async(s.host, s.port, s.keepalive_s, clean_start=False, properties=props)
+            host, port = self._address()
+            client.connect_async(host, port, s.keepalive_s, clean_start=False, properties=props)
         else:
-            client.connect_async(s.host, s.port, s.keepalive_s)
+            client.connect_async(*self._address(), s.keepalive_s)
         client.loop_start()
 
     def _make_client(self, protocol: int) -> paho.Client:
@@ -616,9 +625,30 @@ class MqttConnection:
 
     def _set_retry_delay(self, client: paho.Client) -> float:
         # paho waits min_delay before its next attempt; setting it per attempt adds jitter.
+        self._next_node(client)
         delay = self._backoff.next()
         client.reconnect_delay_set(delay, max(delay, _BACKOFF_CAP_S))
         return delay
+
+    def _address(self) -> tuple[str, int]:
+        nodes = self.settings.nodes
+        return nodes[self._node] if nodes else (self.settings.host, self.settings.port)
+
+    def _next_node(self, client: paho.Client) -> None:
+        """With several nodes, paho's next attempt goes to the next one. Set on paho's
+        own fields: its setters refuse while a refused connection's socket is still open,
+        and paho reads them only when it connects again."""
+        if len(self.settings.nodes) < 2:
+            return
+        client._host, client._port = self._use_node(self._node + 1)
+
+    def _use_node(self, index: int) -> tuple[str, int]:
+        nodes = self.settings.nodes
+        if not nodes:
+            return self._address()
+        self._node = index % len(nodes)
+        self._where = "{}:{}".format(*nodes[self._node])
+        return nodes[self._node]
 
     def _subscribe_args(self, client: paho.Client) -> list[tuple[str, Any]]:
         if client.protocol == paho.MQTTv5:

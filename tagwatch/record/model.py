@@ -23,6 +23,26 @@ class RecordUnavailable(RecordError):
     """
 
 
+class Fenced(RecordError):
+    """A batch commit refused because this worker no longer holds the partition's lease
+    at the epoch it committed under (cluster mode, tagwatch/ingest/leases.py). Nothing of
+    the batch was written; never retry it: the partition belongs to another worker."""
+
+    def __init__(self, message: str, partitions: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.partitions = partitions or []  # the partitions whose fence failed
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What a batch commit must prove in its own transaction: `owner` still holds the
+    lease of `partition` at `epoch`."""
+
+    partition: int
+    owner: str
+    epoch: int
+
+
 class Entry(msgspec.Struct, frozen=True):
     """One entry to append to a chain. A struct: the daemon makes one per fix and case,
     and a frozen dataclass costs ten times as much to build."""
@@ -42,6 +62,9 @@ class OutboxItem:
     target: str
     body: dict
     not_before: float
+    # Cluster mode: the partition whose owner publishes or sends it (DESIGN 7); None in a
+    # single process (and then the row has no such column written).
+    partition: int | None = None
 
 
 @dataclass

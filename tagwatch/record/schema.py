@@ -201,13 +201,12 @@ def migrate(db: Db) -> list[int]:
             if current_version(db) == len(MIGRATIONS):
                 return []
     with db.transaction(write=True):
+        _one_migrator(db)  # IF NOT EXISTS alone races with a second daemon starting
         db.script([_VERSION_TABLE])
     applied = []
     for version, statements in enumerate(MIGRATIONS, start=1):
         with db.transaction(write=True):
-            if db.dialect == "postgresql":
-                # two daemons starting together must not both migrate
-                db.query("SELECT pg_advisory_xact_lock(hashtext('tagwatch.record.schema'))")
+            _one_migrator(db)
             found = current_version(db)
             if found > len(MIGRATIONS):
                 raise RecordError(
@@ -223,3 +222,9 @@ def migrate(db: Db) -> list[int]:
             )
             applied.append(version)
     return applied
+
+
+def _one_migrator(db: Db) -> None:
+    """Two daemons starting together (cluster workers) must not both migrate."""
+    if db.dialect == "postgresql":
+        db.query("SELECT pg_advisory_xact_lock(hashtext('tagwatch.record.schema'))")

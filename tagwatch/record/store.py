@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +22,8 @@ from tagwatch.record.canon import GENESIS, canonical
 from tagwatch.record.db import Db, connect
 from tagwatch.record.model import (
     Batch,
+    Fence,
+    Fenced,
     OutboxItem,
     OutboxRow,
     Problem,
@@ -45,6 +47,23 @@ _INSERT_OUTBOX = (
     "INSERT INTO outbox (alert_id, channel, target, body, not_before, created_at, updated_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+# Cluster mode (tagwatch/ingest/leases.py creates the table): a batch's fence, checked
+# first in its transaction. FOR SHARE holds the lease row until the commit, so a takeover
+# (which locks it FOR UPDATE) never overlaps this batch; no row means fenced. A process
+# stopped halfway through the transaction (SIGSTOP, a long pause) would hold that lock and
+# so block the takeover for ever: the transaction's idle timeout (the first parameter, in
+# ms; Record.fence_idle_s) has the server end it, and the stopped commit fails.
+LEASES_TABLE = "cluster_leases"
+_FENCE = (
+    "WITH idle AS (SELECT set_config('idle_in_transaction_session_timeout', ?, true)) "
+    f"SELECT partition FROM {LEASES_TABLE}, idle WHERE (partition, owner, epoch) IN "
+    f"(SELECT * FROM unnest(?::int[], ?::text[], ?::bigint[])) FOR SHARE OF {LEASES_TABLE}"
+)
+# Cluster mode's outbox rows carry their partition (the column is added by leases.py).
+_INSERT_OUTBOX_PARTITION = (
+    "INSERT INTO outbox (alert_id, channel, target, body, not_before, created_at, updated_at, "
+    "partition) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _OUTBOX_COLUMNS = "id, alert_id, channel, target, body, not_before, attempts, last_error"
 # What the page may show of a delivery: never `target` (a phone number).
 _DELIVERY_COLUMNS = "id, channel, body, status, attempts, last_error, result, updated_at"
@@ -61,6 +80,9 @@ class Record:
         # in-memory SQLite database is one connection's own: it reads through the writer.
         self._reader: Db | None = None
         self._read_lock = threading.Lock()
+        # How long a fenced batch transaction may sit idle before the server ends it
+        # (_FENCE); cluster mode sets it to its lease TTL.
+        self.fence_idle_s = 5.0
 
     @classmethod
     def open(cls, url: str, create: bool = True) -> Record:
@@ -96,13 +118,25 @@ class Record:
 
     # --- writing -------------------------------------------------------------------
 
-    def commit(self, batch: Batch, recorded_at: float) -> None:
-        """Everything of one micro-batch, in one transaction."""
+    def commit(
+        self, batch: Batch, recorded_at: float, fence: Fence | Sequence[Fence] | None = None
+    ) -> None:
+        """Everything of one micro-batch, in one transaction.
+
+        fence (cluster mode): one or more, checked first in the same transaction; Fenced,
+        and nothing written, when its owner no longer holds a partition at its epoch."""
         outbox = [_outbox_row(item, recorded_at) for item in batch.outbox]
+        partitioned = [item.partition for item in batch.outbox if item.partition is not None]
+        if partitioned:  # cluster mode: every row carries its partition
+            if len(partitioned) != len(outbox):
+                raise RecordError(f"{self.label}: outbox items with and without a partition")
+            outbox = [(*row, p) for row, p in zip(outbox, partitioned, strict=True)]
         points = [
             _checkpoint_row(key, state, recorded_at) for key, state in batch.checkpoints.items()
         ]
         with self._lock, self._db.transaction(write=True, batch=True) as db:
+            if fence is not None:
+                self._check_fence(db, fence)
             if batch.entries:
                 heads = db.lock_heads(sorted({e.chain for e in batch.entries}), GENESIS)
                 rows = chains.append_rows(batch.entries, heads, recorded_at)
@@ -120,9 +154,27 @@ class Record:
                 if alerts:
                     db.executemany(_UPSERT_ALERT, alerts)
             if outbox:
-                db.executemany(_INSERT_OUTBOX, outbox)
+                db.executemany(_INSERT_OUTBOX_PARTITION if partitioned else _INSERT_OUTBOX, outbox)
             if points:
                 db.upsert_rows("checkpoints", "key", _CHECKPOINT_COLUMNS, points)
+
+    def _check_fence(self, db: Db, fence: Fence | Sequence[Fence]) -> None:
+        if db.dialect != "postgresql":
+            raise RecordError(f"{self.label}: a fenced commit (cluster mode) needs PostgreSQL")
+        fences = [fence] if isinstance(fence, Fence) else list(fence)
+        if not fences:
+            return
+        columns = zip(*((f.partition, f.owner, f.epoch) for f in fences), strict=True)
+        params = (str(int(self.fence_idle_s * 1000)), *(list(column) for column in columns))
+        held = {row[0] for row in db.query(_FENCE, params)}
+        lost = [f for f in fences if f.partition not in held]
+        if lost:
+            f = lost[0]
+            raise Fenced(
+                f"{self.label}: partition {f.partition}: worker {f.owner!r} no longer "
+                f"holds its lease at epoch {f.epoch}; the batch was not written",
+                [x.partition for x in lost],
+            )
 
     # --- reading -------------------------------------------------------------------
 
@@ -258,11 +310,19 @@ class Record:
 
     # --- outbox --------------------------------------------------------------------
 
-    def outbox_due(self, now: float, limit: int = 100) -> list[OutboxRow]:
+    def outbox_due(
+        self, now: float, limit: int = 100, partitions: list[int] | None = None
+    ) -> list[OutboxRow]:
+        """Pending rows due by `now`; with `partitions` (cluster mode), only theirs."""
+        mine, params = "", ()
+        if partitions is not None:
+            if not partitions:
+                return []
+            mine, params = f"AND partition IN ({','.join('?' * len(partitions))}) ", partitions
         rows = self._read(
             f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = 'pending' "
-            "AND not_before <= ? ORDER BY not_before, id LIMIT ?",
-            (float(now), limit),
+            f"AND not_before <= ? {mine}ORDER BY not_before, id LIMIT ?",
+            (float(now), *params, limit),
         )
         return [OutboxRow(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in rows]
 

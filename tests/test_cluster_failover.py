@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tagwatch.cluster_partition import partition_of
+from tagwatch.ingest.partitions import partition_of
 from tests.daemon_harness import ROOT, Collector, Daemon, Publisher, write_config
 from tests.nats_cluster import NatsCluster, nats_server_binary
 from tests.record_db import RecordDb, record_database

@@ -20,7 +20,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from tagwatch.cluster_partition import partition_of
+from tagwatch.ingest.partitions import partition_of
 
 from .nats_cluster import NatsCluster, NatsNode, mqtt_connack, nats_server_binary
 from .test_nats_cluster import device_entry
@@ -175,6 +175,15 @@ def test_the_shipped_mapping_has_the_partition_count_of_the_worker_example() -> 
     assert int(mapping.group(1)) == example["cluster"]["partitions"]
     assert example["cluster"]["partition_prefix"] == "tw/tags"
 
+
+
+def test_the_shipped_ack_wait_is_below_the_worker_examples_lease_ttl() -> None:
+    """docs/CLUSTER.md: with ack_wait above lease_ttl_s a new owner gets a tag's newer
+    fixes before the old owner's unacknowledged ones, and alerts differ from replay."""
+    wait = re.search(r'^\s*ack_wait:\s*"(\d+)s"', (SHIPPED / "nats.conf").read_text(), re.M)
+    assert wait, "nats.conf lost its mqtt ack_wait"
+    example = tomllib.loads((SHIPPED / "tagwatch-cluster.example.toml").read_text())
+    assert int(wait.group(1)) < example["cluster"]["lease_ttl_s"]
 
 try:
     import yaml

@@ -20,7 +20,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from tagwatch.cluster_partition import fnv1a_32, partition_of
+from tagwatch.ingest.partitions import fnv1a_32, partition_of
 
 from .nats_cluster import PARTITIONS, NatsCluster, mqtt_connack, running_cluster
 

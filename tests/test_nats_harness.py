@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tagwatch.cluster_partition import partition_of
+from tagwatch.ingest.partitions import partition_of
 
 from .nats_cluster import PARTITIONS, NatsCluster, mqtt_connack, running_cluster
 from .test_nats_cluster import Publisher, Subscriber

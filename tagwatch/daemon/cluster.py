@@ -31,13 +31,13 @@ import msgspec
 import structlog
 from prometheus_client import Counter, Gauge
 
-from tagwatch.cluster_partition import partition_of
 from tagwatch.config import Config
 from tagwatch.daemon.service import Daemon
 from tagwatch.ingest import partitions as parts
 from tagwatch.ingest.batcher import Batcher
 from tagwatch.ingest.leases import Leases
 from tagwatch.ingest.mqtt import Backoff, BrokerSettings, Message, MqttConnection
+from tagwatch.ingest.partitions import partition_of
 from tagwatch.notify.escalation import Escalation
 from tagwatch.notify.policy import SmsLedger
 from tagwatch.record import (

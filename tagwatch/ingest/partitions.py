@@ -1,7 +1,11 @@
 """Which tags, cases and checkpoints a partition holds, and its MQTT topics (DESIGN 7).
 
-Pure: the broker's mapping puts a tag's fixes in partition `partition_of(tag, K)`
-(tagwatch/cluster_partition.py); a worker serving some partitions knows the cases with a
+Pure: the broker's mapping puts a tag's fixes in partition `partition_of(tag, K)`, the
+same answer as the NATS mapping ``partition(k,1)``: ``FNV-1a-32(<tag token>) mod k``
+(nats-server ``getHashPartition``: ``fnv.New32a`` over the token's bytes, 2.9.10 and 2.15
+alike). The hashed token is the NATS subject token, not the MQTT topic level: nats-server
+2.10+ turns a '.' inside an MQTT level into "//" (2.9 refuses such topics), so "T.1" is
+hashed as "T//1". A worker serving some partitions knows the cases with a
 tag in them, and restores and drops exactly their rule state. A case whose tags fall in
 two partitions is known to both owners (each serves its own tag's fixes).
 """
@@ -10,8 +14,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from tagwatch.cluster_partition import partition_of
 from zones import Case
+
+FNV32_OFFSET = 0x811C9DC5
+FNV32_PRIME = 0x01000193
+
+
+def fnv1a_32(data: bytes) -> int:
+    h = FNV32_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * FNV32_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def partition_of(tag_id: str, k: int) -> int:
+    """The partition (0..k-1) NATS's ``{{partition(k,1)}}`` gives the tag ``tag_id``."""
+    if k < 1:
+        raise ValueError(f"partition count must be >= 1, got {k}")
+    if not tag_id:
+        raise ValueError("tag id is empty")
+    return fnv1a_32(tag_id.replace(".", "//").encode("utf-8")) % k
 
 
 def subscription(prefix: str, partition: int) -> str:

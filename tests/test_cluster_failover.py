@@ -76,7 +76,7 @@ def _worker(tmp_path: Path, cluster: NatsCluster, pg: RecordDb, name: str,
     from tagwatch.ingest.embedded_broker import free_port
 
     port = free_port()
-    config = write_config(tmp_path / f"{name}.toml", f"mqtt://{cluster.mqtt_urls}", pg.url,
+    config = write_config(tmp_path / f"{name}.toml", cluster.mqtt_urls, pg.url,
                           PREFIX, extra=extra, client_id="twc", port=port)
     return Daemon(config, PREFIX, port, tmp_path / f"{name}.log", env)
 

@@ -36,7 +36,7 @@ from tagwatch.daemon.service import Daemon
 from tagwatch.ingest import partitions as parts
 from tagwatch.ingest.batcher import Batcher
 from tagwatch.ingest.leases import Leases
-from tagwatch.ingest.mqtt import Backoff, BrokerSettings, Message, MqttConnection
+from tagwatch.ingest.mqtt import Backoff, BrokerSettings, Message, MqttConnection, connect_unless
 from tagwatch.ingest.partitions import partition_of
 from tagwatch.notify.escalation import Escalation
 from tagwatch.notify.policy import SmsLedger
@@ -313,16 +313,8 @@ class ClusterDaemon(Daemon):
             will=(status, status_message("offline", self.instance, self.since)),
             online=(status, lambda: status_message("online", self.instance, time.time())),
         )
-        connect = asyncio.create_task(self.conn.__aenter__())
-        stop = asyncio.create_task(self.stopping.wait())
-        await asyncio.wait({connect, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not connect.done():
-            connect.cancel()
-            with contextlib.suppress(BaseException):
-                await connect
+        if not await connect_unless(self.conn, self.stopping):
             return
-        connect.result()
         log.info("cluster_worker", worker=self.cluster.worker, partitions=self.cluster.partitions,
                  lease_ttl_s=self.cluster.lease_ttl_s)
         try:
@@ -472,14 +464,7 @@ class ClusterDaemon(Daemon):
         session is closed without acknowledging what was not committed."""
         _SERVED.set(served)
         conn = served.conn
-        connect = asyncio.create_task(conn.__aenter__())
-        stop = asyncio.create_task(served.stop.wait())
-        await asyncio.wait({connect, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not connect.done():
-            connect.cancel()
-            with contextlib.suppress(BaseException):
-                await connect
+        if not await connect_unless(conn, served.stop):
             await conn.__aexit__(None, None, None)
             return
         pump = asyncio.create_task(served.batcher.pump(self._retopic(conn.bursts())))

@@ -44,7 +44,15 @@ from tagwatch.daemon.settings import anchor_writer
 from tagwatch.daemon.wiring import Wiring
 from tagwatch.feed.events import EventHub
 from tagwatch.ingest.batcher import Batcher, RateGate, isolate
-from tagwatch.ingest.mqtt import ENTER, LIMITED, Backoff, BrokerSettings, Message, MqttConnection
+from tagwatch.ingest.mqtt import (
+    ENTER,
+    LIMITED,
+    Backoff,
+    BrokerSettings,
+    Message,
+    MqttConnection,
+    connect_unless,
+)
 from tagwatch.ingest.ratelimit import TokenBuckets
 from tagwatch.notify.escalation import Escalation, EscalationSettings
 from tagwatch.notify.policy import SmsLedger, degraded_notices
@@ -181,16 +189,8 @@ class Daemon(Wiring, CaseReload):
             online=(status, lambda: status_message("online", self.instance, time.time())),
             door=self.gate,
         )
-        connect = asyncio.create_task(self.conn.__aenter__())
-        stop = asyncio.create_task(self.stopping.wait())
-        await asyncio.wait({connect, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not connect.done():
-            connect.cancel()
-            with contextlib.suppress(BaseException):
-                await connect
+        if not await connect_unless(self.conn, self.stopping):
             return
-        connect.result()
         try:
             await self._serve(self.conn)
         finally:

@@ -215,6 +215,22 @@ class Backoff:
 Payload = bytes | Callable[[], bytes]
 
 
+async def connect_unless(conn: MqttConnection, stop: asyncio.Event) -> bool:
+    """Enter `conn` (connect and subscribe, retrying) unless `stop` is set first: True once
+    connected, False if stopped before (the connection attempt cancelled)."""
+    connect = asyncio.create_task(conn.__aenter__())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({connect, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not connect.done():
+        connect.cancel()
+        with contextlib.suppress(BaseException):
+            await connect
+        return False
+    connect.result()
+    return True
+
+
 @dataclass
 class _State:
     """What the paho thread reports; read and written on the asyncio thread only."""

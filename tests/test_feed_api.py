@@ -104,6 +104,14 @@ class Feed:
             self.hub.publish(r)
         return records
 
+    def owntracks_fix(self, device: str, lon: float, lat: float, ts: float) -> None:
+        """A victim phone's OwnTracks location (`device` = "USER/DEVICE"), as the daemon
+        takes it; the daemon records no victim position."""
+        payload = json.dumps({"_type": "location", "tst": int(ts), "lon": lon, "lat": lat,
+                              "acc": 5}).encode()
+        now = time.time()
+        self.pipeline.process([Inbound(f"owntracks/{device}", payload, now)], raised=now)
+
     def breach(self, ts: float) -> dict:
         """Fixes inside home 30 s apart, the last at `ts` (independent evidence, DESIGN
         3.6): a confirmed zone.breach, or confirmed already by a walk in along the tag's
@@ -129,7 +137,7 @@ def running_feed(tmp_path: Path, hub: EventHub | None = None,
     record = Record.open(f"sqlite://{tmp_path}/record.db")
     zoneset = ZoneSet(load_cases(ROOT / "config" / "cases").cases)
     hub = hub or EventHub()
-    pipeline = Pipeline(zoneset, Rules(), Topics(), event_clock=False)
+    pipeline = Pipeline(zoneset, Rules(), Topics(owntracks="owntracks"), event_clock=False)
 
     def device_position(device: str) -> tuple[float, float, float] | None:
         state = pipeline.engine.devices.get(device)  # as the daemon gives it

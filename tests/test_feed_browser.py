@@ -479,7 +479,7 @@ def test_cases_view_shows_a_degraded_case_with_its_reason(tmp_path: Path, browse
     errors: list[str] = []
     with running_feed(tmp_path) as feed:
         feed.fix(-0.2000, 51.4500, time.time() - 300)  # C-0001: V-01's device never heard
-        feed.fix(-0.2000, 51.4500, time.time() - 40, tag="VD-02", source="victims")
+        feed.owntracks_fix("v02/phone", -0.2000, 51.4500, time.time() - 40)  # V-02's app
         feed.fix(-0.2100, 51.4400, time.time() - 30, tag="T-2002")  # C-0002: all well
         for size in SIZES:
             page = open_page(browser, feed, size, errors)
@@ -500,7 +500,7 @@ def test_cases_view_shows_a_degraded_case_with_its_reason(tmp_path: Path, browse
             assert "fix good (±5 m)" in text and "battery —" in text
             assert "device: no position yet" in text
             good = page.text_content('#cases .case[data-case="C-0002"]')
-            assert "✓ protected" in good and "device: last fix" in good
+            assert "✓ protected" in good and "phone (OwnTracks): last fix" in good
             content = page.content()
             for secret in ("+44", "7700900", "51.45", "-0.2"):
                 assert secret not in content, secret

@@ -44,12 +44,13 @@ TRACCAR_SPEED = 1200.0
 
 
 # How late on the wall clock an expected alert may come (tagwatch-sim --verify's live check:
-# at most wall_grace_s, 15 s by default, after its window's end was published). The suite
-# shares a loaded 2-core machine (pytest -n 2, other test runs): at load 12-19 both of two
-# runs saw day_in_the_life's battery alert 19-31 s after its window's end, right on event
-# time. This test shows which alerts the daemon raises and when on event time, not how
-# fast (latency is the benchmarks' to measure, as ratios); a missing alert still fails.
-WALL_GRACE_S = 60.0
+# at most wall_grace_s, 15 s by default, after its window's end was published); the runner
+# waits that long for a missing one. The suite shares a loaded 2-core machine (pytest -n 2,
+# other test runs): day_in_the_life's battery alert came 19-31 s after its window's end at
+# load 12-19 (2 of 2 runs) and 69 s at load 20, right on event time. This test shows which
+# alerts the daemon raises and their event times, not how fast (latency is the benchmarks'
+# to measure, as ratios): a passing run waits no longer, a missing alert still fails.
+WALL_GRACE_S = 300.0
 
 
 def speed_for(scenario) -> float:

@@ -24,7 +24,7 @@ from tagwatch.ingest.partitions import partition_of
 from tests.daemon_harness import ROOT, Collector, Daemon, Publisher, write_config
 from tests.nats_cluster import NatsCluster, nats_server_binary
 from tests.record_db import RecordDb, record_database
-from tests.test_daemon_crash import STREAM_RULES, stream
+from tests.test_daemon_crash import NO_ESCALATION, stream
 from tests.twilio_server import TwilioServer
 
 TTL_S = 1.5
@@ -64,7 +64,7 @@ def pg(tmp_path: Path) -> Iterator[RecordDb]:
 def _worker(tmp_path: Path, cluster: NatsCluster, pg: RecordDb, name: str,
             twilio: TwilioServer | None = None) -> Daemon:
     extra = (
-        STREAM_RULES
+        NO_ESCALATION
         + f'\n[cluster]\nworker = "{name}"\npartitions = {cluster.partitions}\n'
         f'partition_prefix = "tw/tags"\nlease_ttl_s = {TTL_S}\n'
     )
@@ -113,7 +113,7 @@ def _replayed_ids(tmp_path: Path, fixes: list[dict]) -> set[str]:
     cap = tmp_path / "capture.jsonl"
     cap.write_text("".join(json.dumps({"topic": f"{PREFIX}/tags/{TAG}/fix", "payload": f})
                            + "\n" for f in fixes))
-    (tmp_path / "rules.toml").write_text(STREAM_RULES)
+    (tmp_path / "rules.toml").write_text(NO_ESCALATION)
     replayed = subprocess.run(
         [sys.executable, "-m", "tagwatch.cli", "replay", str(ROOT / "config" / "cases"),
          str(cap), "--config", str(tmp_path / "rules.toml")],

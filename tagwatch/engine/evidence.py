@@ -24,7 +24,10 @@ fixes since the anchor. A new fix is judged against it:
 than one sigma of its error): 1; 2 for a slow tag's fix on its track or within
 its reach, or fresh (SLOW_S or more after the tag's previous fix: one deep,
 plausible fix is enough there), a walk on its track, or a corroborated run; 0
-for a displaced fix. A displaced fix holds back what it would be worth if
+for a displaced fix, except the first of a run within a walk of the anchor: 1, and 2
+for a tag reporting every LONE_S or slower, which cannot wait for its next fix.
+A fix whose acc is markedly worse than the tag's usual (`unusual`: another sky, a
+street canyon) is worth one piece at most. A displaced fix holds back what it would be worth if
 trusted; when its run proves to be the tag's true motion (a straight move from
 its first fix to its last, or a walk from the anchor at every step) the fixes it
 held inside a zone count after all (zone_rules._credit). Errors are correlated
@@ -43,6 +46,8 @@ from tagwatch.wire import Fix
 COARSE_M = 100.0  # acc beyond this, or fix "lbs": a coarse fix
 STALE_S = 600.0  # an anchor older than this judges nothing
 SLOW_S = 60.0  # fixes this far apart: a slow tag
+# a tag reporting this slowly cannot wait for its next fix (2 min after entry, or more): its
+# first fix within a walk of where it stood, beyond a standing tag's reach, is 2 pieces
 LONE_S = 90.0
 INDEPENDENT_S = 10.0  # fixes closer together share much of their error
 PERSIST_S = 210.0  # multipath displaces runs of fixes for at most 180 s: a run longer is true

@@ -770,8 +770,8 @@ def run(seed: int = 17, tags: int = TAGS, closed_loop: bool = True) -> dict:
 
 
 ROWS = [
-    ("missed_visits", "missed visits >= 2 min"),
-    ("missed_visits_unseen", "  and with no live fix inside (any rule)"),
+    ("missed_visits", "missed visits >= 2 min (a live fix inside)"),
+    ("missed_visits_unseen", "missed, no live fix inside (no rule sees)"),
     ("false_critical_breaches", "false critical breaches"),
     ("flaps", "flaps (breach ended during a true visit)"),
     ("time_to_alert_median_s", "time to alert median (s)"),

@@ -24,11 +24,11 @@ fixes since the anchor. A new fix is judged against it:
 than one sigma of its error): 1; 2 for a slow tag's fix on its track or within
 its reach, or fresh (SLOW_S or more after the tag's previous fix: one deep,
 plausible fix is enough there), a walk on its track, or a corroborated run; 0
-for a displaced fix, except the first of a run within a walk of the anchor: 1, and 2
-for a tag reporting every LONE_S or slower, which cannot wait for its next fix.
-A fix whose acc is markedly worse than the tag's usual (`unusual`: another sky, a
-street canyon) is worth one piece at most. A displaced fix holds back what it would be worth if
-trusted; when its run proves to be the tag's true motion (a straight move from
+for a displaced fix, except the first of a run within a walk of the anchor: 1,
+and 2 for a tag reporting every LONE_S or slower, which cannot wait for its next
+fix. A fix whose acc is markedly worse than the tag's usual (`unusual`: another
+sky, a street canyon) is worth one piece at most. A displaced fix holds back
+what it would be worth if trusted; when its run proves to be the tag's true motion (a straight move from
 its first fix to its last, or a walk from the anchor at every step) the fixes it
 held inside a zone count after all (zone_rules._credit). Errors are correlated
 over tens of seconds: fixes closer than INDEPENDENT_S to the previous one are

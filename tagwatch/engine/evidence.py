@@ -28,9 +28,10 @@ for a displaced fix, except the first of a run within a walk of the anchor: 1,
 and 2 for a tag reporting every LONE_S or slower, which cannot wait for its next
 fix. A fix whose acc is markedly worse than the tag's usual (`unusual`: another
 sky, a street canyon) is worth one piece at most. A displaced fix holds back
-what it would be worth if trusted; when its run proves to be the tag's true motion (a straight move from
-its first fix to its last, or a walk from the anchor at every step) the fixes it
-held inside a zone count after all (zone_rules._credit). Errors are correlated
+what it would be worth if trusted; when its run proves to be the tag's true
+motion (a straight move from its first fix to its last, or a walk from the
+anchor at every step) the fixes it held inside a zone count after all
+(zone_rules._credit). Errors are correlated
 over tens of seconds: fixes closer than INDEPENDENT_S to the previous one are
 worth that share of a piece. Pure: state in, state and verdict out.
 """

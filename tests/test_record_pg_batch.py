@@ -103,3 +103,31 @@ def test_a_one_query_read_is_two_round_trips_and_marking_rows_done_one(
                    lambda: record.outbox_done_many([r.id for r in due], {"sid": "x"})) == 1
     assert record.outbox_depth() == 0
     assert record.verify() == []  # a read transaction streaming rows
+
+
+def test_checkpoints_sliced_from_one_binary_parameter_come_back_byte_for_byte(pg) -> None:
+    # The states go concatenated in one bytea parameter, each row naming its offset and
+    # length: every byte value, empty states, and states on either side of each other.
+    record, _db = pg
+    states = {
+        "T-1001": bytes(range(256)) * 3,
+        "T-2002": b"",
+        'odd "key"\n\\ é': b"\x00",
+        "T-3003": b"\xff" * 5000,
+        **{f"T-{n}": bytes([n % 256]) * n for n in range(4000, 4040)},
+    }
+    record.commit(Batch([fix(1)], [], states), T0 + 1)
+    assert record.checkpoints() == states
+    changed = {"T-2002": b"now longer", "T-3003": b"", "T-9009": b"new"}
+    record.commit(Batch([fix(2)], [], changed), T0 + 2)
+    assert record.checkpoints() == states | changed
+
+
+def test_the_tables_every_batch_rewrites_leave_room_on_each_page(pg) -> None:
+    # So a new version of a chain head or a checkpoint stays on its page (a HOT update).
+    _record, db = pg
+    rows = db.raw(
+        "SELECT relname, reloptions FROM pg_class "
+        "WHERE oid IN ('chain_heads'::regclass, 'checkpoints'::regclass) ORDER BY relname"
+    )
+    assert rows == [("chain_heads", ["fillfactor=50"]), ("checkpoints", ["fillfactor=50"])]

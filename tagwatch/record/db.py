@@ -119,6 +119,11 @@ class Db:
         """DDL, run without parameters (so a literal % or ? is left alone)."""
         raise NotImplementedError
 
+    def lost_race(self, exc: RecordError) -> bool:
+        """Whether a failed transaction appended an entry at a (chain, seq) that another
+        writer had taken (or deadlocked with one doing so): redo it with the heads locked."""
+        return False
+
     def lock_heads(self, chains: list[str], genesis: str) -> dict[str, tuple[int, str]]:
         """Create missing chain heads and lock them all for this transaction.
 
@@ -416,6 +421,15 @@ class PostgresDb(Db):
             self._flush()
         for statement in statements:
             self.conn.execute(statement.encode())  # bytes: no placeholder parsing
+
+    def lost_race(self, exc: RecordError) -> bool:
+        cause = exc.__cause__
+        if isinstance(cause, psycopg.errors.DeadlockDetected):
+            return True
+        return (
+            isinstance(cause, psycopg.errors.UniqueViolation)
+            and cause.diag.table_name == "entries"
+        )
 
     def lock_heads(self, chains: list[str], genesis: str) -> dict[str, tuple[int, str]]:
         # One statement creates missing heads and row-locks every head in sorted order

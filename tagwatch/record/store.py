@@ -171,21 +171,22 @@ class Record:
         fence: Fence | Sequence[Fence] | None,
         known: dict[str, tuple[int, str]] | None,
     ) -> None:
-        """The batch's transaction. known: the chains' heads as this writer left them, not
-        locked: one round trip fewer (no head lock before the hashes). Entries are
-        append-only and UNIQUE (chain, seq), so if another writer appended to one of those
-        chains since, the seq this batch gives its first entry there is taken: the insert
-        fails, nothing is written, and `lost_race` says so."""
+        """The batch's transaction. known: the chains' heads as this writer left them: the
+        heads are locked in the same pipeline as the rest, not read first, so one round
+        trip fewer. Entries are append-only and UNIQUE (chain, seq), so if another writer
+        appended to one of those chains since, the seq this batch gives its first entry
+        there is taken: the insert fails, nothing is written, and `lost_race` says so."""
         heads: dict[str, tuple[int, str]] = {}
         with self._db.transaction(write=True, batch=True) as db:
             if fence is not None:
                 self._check_fence(db, fence)
             if batch.entries:
-                heads = (
-                    known
-                    if known is not None
-                    else db.lock_heads(sorted({e.chain for e in batch.entries}), GENESIS)
-                )
+                names = sorted({e.chain for e in batch.entries})
+                if known is not None:
+                    db.lock_known_heads(names)
+                    heads = known
+                else:
+                    heads = db.lock_heads(names, GENESIS)
                 rows = chains.append_rows(batch.entries, heads, recorded_at)
                 db.insert_rows("entries", chains.INSERT_COLUMNS, rows)
                 places = near.place_rows(rows, batch.entries)

@@ -487,7 +487,7 @@ def _from_json(table: str, columns: str, rows: Sequence[Sequence[Any]]) -> tuple
 def _upsert_source(
     table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]
 ) -> tuple[bytes, dict]:
-    """INSERT of rows given as one JSON array of arrays, typed by `columns` (name, pg type),
+    """INSERT of rows given as one JSON array of objects, typed by `columns` (name, pg type),
     except bytea columns: their values go concatenated in one binary parameter, and the JSON
     holds each value's offset and length. A checkpoint batch (1,001 states, about 1 MB) as
     hex text inside JSON cost the server twice the bytes to read and a JSON string and a hex

@@ -183,12 +183,12 @@ def _kind(record: str | None) -> str:
 
 
 @contextlib.contextmanager
-def _pg_schema(url: str):
+def _pg_schema(url: str, prefix: str = "tagwatch_bench"):
     """A schema of its own in the PostgreSQL database at url, for one daemon; yields the
     URL that makes it the daemon's search_path, and drops the schema (CASCADE) at the end."""
     import psycopg
 
-    schema = f"tagwatch_bench_{uuid.uuid4().hex[:10]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as admin:
             admin.execute(f"CREATE SCHEMA {schema}".encode())
@@ -424,9 +424,13 @@ class BenchDaemon:
 
         self.port = free_port()
         config = _config(workdir, broker, prefix, self.port, extra, record)
+        self._start(config, workdir / f"daemon-{self.port}.log", env)
+
+    def _start(self, config: Path, log_path: Path, env: dict[str, str] | None) -> None:
+        """Run `tagwatch run --config config` (output appended to log_path), wait until ready."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("TAGWATCH_")} | (env or {})
-        self.log_path = workdir / f"daemon-{self.port}.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115
+        self.log_path = log_path
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tagwatch.cli", "run", "--config", str(config)],
             stdout=self.log,

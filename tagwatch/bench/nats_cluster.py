@@ -322,9 +322,10 @@ class NatsCluster:
 
 def mqtt_connack(port: int, host: str = "127.0.0.1", timeout_s: float = 2.0,
                  auth: tuple[str, str] | None = None,
-                 tls: ssl.SSLContext | None = None) -> bool:
-    """Whether an MQTT 3.1.1 CONNECT (clean session) gets a CONNACK with code 0."""
-    client_id = f"probe-{uuid.uuid4().hex[:8]}".encode()
+                 tls: ssl.SSLContext | None = None, client_id: str | None = None) -> bool:
+    """Whether an MQTT 3.1.1 CONNECT (clean session) gets a CONNACK with code 0. With a
+    client_id, that client's persistent session, if any, is ended: the server deletes it."""
+    client_id = (client_id or f"probe-{uuid.uuid4().hex[:8]}").encode()
     flags = 0x02
     payload = _mqtt_str(client_id)
     if auth is not None:

@@ -1,5 +1,6 @@
 """A worker giving a surplus partition back (a newcomer joined) keeps renewing its other
-leases while that partition's last batches are handled, however long that takes.
+leases while that partition's last batches are handled, however long that takes; and that
+handling ends although fixes keep coming (what arrives after the stop is the next owner's).
 
 Found by `tagwatch bench cluster` at load 19: after a restart, the old worker's lease round
 waited for the give-back (its units of work queued behind the other partitions'), renewed
@@ -7,13 +8,15 @@ nothing for longer than lease_ttl_s, and the newcomer took every lease as expire
 the same happened the other way round, again and again.
 
 In process, on a real PostgreSQL: one ClusterDaemon (its lease rounds as `tagwatch run`
-runs them; no broker answers, so its partitions' sessions only retry) and a newcomer's
-Leases. Its give-back is made slow (3 x lease_ttl_s) by the subclass below.
+runs them) and a newcomer's Leases. In the first test no broker answers (the partitions'
+sessions only retry) and the give-back is made slow (3 x lease_ttl_s) by a subclass; in
+the second a private Mosquitto carries a steady stream to the partition given back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,14 +53,15 @@ def pg(tmp_path: Path) -> Iterator[RecordDb]:
         yield db
 
 
-def _worker(tmp_path: Path, pg: RecordDb) -> tuple[SlowHandover, Record]:
-    broker = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens there
+def _worker(tmp_path: Path, pg: RecordDb, broker: str | None = None,
+            kind: type[ClusterDaemon] = SlowHandover) -> tuple[ClusterDaemon, Record]:
+    broker = broker or f"mqtt://127.0.0.1:{free_port()}"  # by default nothing listens there
     extra = f'[cluster]\nworker = "w1"\npartitions = {K}\nlease_ttl_s = {TTL}\n'
     config = load_config(write_config(tmp_path / "w1.toml", broker, pg.url, "tagwatch/v1",
                                       extra=extra), {})
     caseset = load_caseset(config.cases.path)
     record = Record.open(config.record.url)
-    worker = SlowHandover(config, record, caseset.zoneset, caseset.cases)
+    worker = kind(config, record, caseset.zoneset, caseset.cases)
     worker._settings = BrokerSettings.from_url(broker, client_id="twh")
     return worker, record
 
@@ -94,6 +98,78 @@ def test_a_slow_give_back_keeps_the_workers_other_leases(tmp_path: Path, pg) -> 
             newcomer.release(list(newcomer.held))
             newcomer.close()
         finally:
+            rounds.cancel()
+            await asyncio.gather(rounds, *w1._giving.values(), return_exceptions=True)
+            for p in list(w1.served):
+                await w1._drop(p, "stopping")
+            w1.leases.close()
+            record.close()
+
+    asyncio.run(scenario())
+
+
+class SlowHandling(ClusterDaemon):
+    """Each piece of work takes 50 ms more (a loaded machine); records the partitions whose
+    task had to be cancelled when dropped (their handling did not end by itself)."""
+
+    cut_short: list[int]
+
+    async def _handle_piece(self, messages) -> None:
+        await asyncio.sleep(0.05)
+        await super()._handle_piece(messages)
+
+    async def _drop(self, p: int, why: str, count_loss: bool = True) -> None:
+        served = self.served.get(p)
+        await super()._drop(p, why, count_loss)
+        if served is not None and served.task is not None and served.task.cancelled():
+            self.cut_short.append(p)
+
+
+def test_a_give_back_under_a_steady_stream_ends_without_being_cut_short(
+    tmp_path: Path, pg, mosquitto_factory
+) -> None:
+    from tests.daemon_harness import Publisher
+
+    broker = mosquitto_factory().url
+
+    async def scenario() -> None:
+        w1, record = _worker(tmp_path, pg, broker, SlowHandling)
+        assert isinstance(w1, SlowHandling)
+        w1.cut_short = []
+        await asyncio.to_thread(w1.leases.setup)
+        rounds = asyncio.create_task(w1._lease_rounds())
+        stop = threading.Event()
+        pub = Publisher(broker)
+
+        def stream() -> None:  # T-1001 far from its zones, on partition 3's topic (K-1,
+            # the surplus a round names), every 5 ms until stopped
+            n = 0
+            while not stop.wait(0.005):
+                ts = time.time() - 1
+                pub.send("tw/tags/3/T-1001", {"ts": ts, "lat": 51.6, "lon": -0.3, "acc": 5})
+                n += 1
+
+        streaming = threading.Thread(target=stream, daemon=True)
+        try:
+            await _until(lambda: len(w1.served) == K, "w1 serving every partition", 10 * TTL)
+            streaming.start()
+            fixes = w1.metrics.registry.get_sample_value
+            await _until(lambda: (fixes("tagwatch_fixes_total") or 0) > 20,
+                         "the stream handled", 20)
+            newcomer = Leases(pg.url, "w2", K, TTL)
+            newcomer.setup()
+            deadline = time.monotonic() + 30
+            while 3 not in newcomer.held and time.monotonic() < deadline:
+                await asyncio.to_thread(newcomer.round)
+                await asyncio.sleep(TTL / 3)
+            assert 3 in newcomer.held, "partition 3 was never given back"
+            assert w1.cut_short == []
+            newcomer.release(list(newcomer.held))
+            newcomer.close()
+        finally:
+            stop.set()
+            streaming.join(5) if streaming.is_alive() else None
+            pub.close()
             rounds.cancel()
             await asyncio.gather(rounds, *w1._giving.values(), return_exceptions=True)
             for p in list(w1.served):

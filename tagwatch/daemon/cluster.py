@@ -494,6 +494,11 @@ class ClusterDaemon(Daemon):
                 batch = await served.batcher.next_batch(served.stop)
                 if batch and not served.stop.is_set():
                     await self._handle(batch)
+            # Take no more (what comes now stays unacknowledged for the next owner), then
+            # handle what is in hand: under a steady stream, a drain that went on taking
+            # never ended, and was cut short after _STOP_WAIT_S.
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
             while served.drain and served.batcher.items:
                 batch = await served.batcher.next_batch(served.stop)
                 served.stop.clear()  # _handle_piece skips the pieces of a stopped partition

@@ -178,3 +178,40 @@ def test_a_give_back_under_a_steady_stream_ends_without_being_cut_short(
             record.close()
 
     asyncio.run(scenario())
+
+
+class SlowTake(ClusterDaemon):
+    """Each takeover takes lease_ttl_s / 2 more (a loaded machine: checkpoints read, the
+    engine's cases rebuilt), so taking all K partitions in one round takes 2 x TTL."""
+
+    async def _take(self, p: int, epoch: int) -> None:
+        await asyncio.sleep(TTL / 2)
+        await super()._take(p, epoch)
+
+
+def test_a_round_taking_every_partition_slowly_keeps_them_all(tmp_path: Path, pg) -> None:
+    async def scenario() -> None:
+        w1, record = _worker(tmp_path, pg, kind=SlowTake)
+        await asyncio.to_thread(w1.leases.setup)
+        rounds = asyncio.create_task(w1._lease_rounds())
+        sample = w1.metrics.registry.get_sample_value
+        try:
+            await _until(lambda: len(w1.served) == K, "w1 serving every partition", 10 * TTL)
+            renewed = sample("tagwatch_lease_renewals_total") or 0
+            # three more rounds' worth of renewals of all K (none, before the fix: every
+            # lease had expired during the takes, and the worker dropped them all)
+            await _until(lambda: (sample("tagwatch_lease_renewals_total") or 0) >= renewed + 3 * K,
+                         "three more rounds", 10 * TTL)
+            assert sample("tagwatch_lease_losses_total") == 0
+            assert sorted(w1.served) == list(range(K))
+            epochs = pg.raw("SELECT DISTINCT owner, epoch FROM cluster_leases")
+            assert [tuple(row) for row in epochs] == [("w1", 1)]
+        finally:
+            rounds.cancel()
+            await asyncio.gather(rounds, *w1._giving.values(), return_exceptions=True)
+            for p in list(w1.served):
+                await w1._drop(p, "stopping")
+            w1.leases.close()
+            record.close()
+
+    asyncio.run(scenario())

@@ -397,8 +397,21 @@ class ClusterDaemon(Daemon):
                 await self._drop(p, "lease_lost")
         for p in result.surplus:
             self._give_back(p)
+        confirmed = started
         for p, epoch in sorted(result.acquired.items()):
-            await self._take(p, epoch)
+            if time.monotonic() - confirmed > self.cluster.lease_ttl_s / _LEASE_ROUNDS_PER_TTL:
+                # Taking partitions over (checkpoints read, the engine's cases rebuilt) can
+                # take longer than lease_ttl_s on a loaded machine: renew between the takes,
+                # or every lease, old and new, expires before the round ends (seen in
+                # `tagwatch bench cluster`: one worker taking 16 dropped them all, again).
+                confirmed = time.monotonic()
+                lost = await asyncio.to_thread(self.leases.renew)
+                self._valid_until = confirmed + self.cluster.lease_ttl_s
+                m.renewals.inc(len(self.leases.held))
+                for q in lost:
+                    await self._drop(q, "lease_lost")
+            if p in self.leases.held:
+                await self._take(p, epoch)
         m.owned.set(len(self.served))
 
     def _give_back(self, p: int) -> None:

@@ -186,6 +186,13 @@ class Leases:
         )
         return any(n < share for _w, n in rows)
 
+    def renew(self) -> list[int]:
+        """Renew only (between the takes of a long round); returns the leases lost."""
+        renewed = self._renew(f"{self.ttl_s} seconds")
+        lost = [p for p in self.held if p not in renewed]
+        self.held = renewed
+        return lost
+
     def release(self, partitions: list[int]) -> None:
         """Give these leases up (the caller has stopped their sessions and commits)."""
         if not partitions:

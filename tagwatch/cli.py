@@ -170,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument("--kills", type=_count(0, 50), default=3, help="kill -9 of a worker")
     cluster.add_argument(
-        "--kill-rate", type=_count(1, 20_000), default=500, help="fixes/s while killing"
+        "--kill-rate", type=_count(1, 20_000), default=200, help="fixes/s while killing"
     )
     cluster.add_argument("--lease-ttl-s", type=float, default=3.0, help="the workers' lease_ttl_s")
     cluster.add_argument(

@@ -80,6 +80,11 @@ READY_S = 60.0  # the stream reaching the workers
 SPREAD_S = 300.0  # partitions spread over the workers: a restarted worker gets its share one
 # partition a lease round, each after the giver has handled what it holds (docs/CLUSTER.md)
 DRAIN_S = 30.0  # the record catching up with what was PUBACKed: nothing moved for this long
+STALL_HINT = (
+    "see the workers' logs: partition_dropped with why lease_unconfirmed or lease_lost "
+    "means a worker lost its leases (a machine too loaded for lease_ttl_s?), and fixes "
+    "published to a partition before its session first subscribed reach no one"
+)
 RECORD_HINT = "pass --record postgresql://user@host:port/db (a database it may create schemas in)"
 NATS_HINT = (
     "install Debian's nats-server (apt-get install nats-server, 2.9.10 is tested), pass "
@@ -223,7 +228,7 @@ class _Bench:
                     before = {g: sum(map(cpu_seconds, pids)) for g, pids in groups.items()}
                     start = _publish_windowed(self.settings, TOPIC_PREFIX, payloads, WINDOW,
                                               dep.fixes_taken, f"{workers} worker(s)",
-                                              self.urls)
+                                              self.urls, STALL_HINT)
                     rate = round(len(payloads) / (time.perf_counter() - start))
                     for g, pids in groups.items():
                         cpu[workers][g] += sum(map(cpu_seconds, pids)) - before[g]

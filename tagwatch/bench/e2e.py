@@ -279,9 +279,11 @@ def _publish_windowed(
     wait: Waiter,
     who: str,
     broker: str,
+    hint: str = LOSS_HINT,
 ) -> float:
     """Publish every fix, never more than `window` ahead of `wait`'s count; then wait
-    for all. Returns the start time (perf_counter); encoding is done before it."""
+    for all. Returns the start time (perf_counter); encoding is done before it. `hint`
+    ends the error when the count stops moving."""
     encoded = packets([(f"{prefix}/tags/{tag}/fix", p) for tag, p in payloads])
     publisher = RawPublisher(settings.host, settings.port)
     try:
@@ -289,15 +291,17 @@ def _publish_windowed(
         taken = 0
         for i in range(0, len(encoded), CHUNK):
             if i - taken >= window:
-                taken = _await(wait, i - window // 2, len(encoded), who, broker)
+                taken = _await(wait, i - window // 2, len(encoded), who, broker, hint)
             publisher.send(encoded[i : i + CHUNK])
-        _await(wait, len(encoded), len(encoded), who, broker)
+        _await(wait, len(encoded), len(encoded), who, broker, hint)
         return start
     finally:
         publisher.close()
 
 
-def _await(wait: Waiter, target: int, total: int, who: str, broker: str) -> int:
+def _await(
+    wait: Waiter, target: int, total: int, who: str, broker: str, hint: str = LOSS_HINT
+) -> int:
     """Wait until the count reaches target; fail when it stops moving for STALL_S."""
     seen, moved = wait(0, 0), time.monotonic()
     while seen < target:
@@ -307,7 +311,7 @@ def _await(wait: Waiter, target: int, total: int, who: str, broker: str) -> int:
         elif time.monotonic() - moved > STALL_S:
             raise BenchError(
                 f"{who} took in {seen:,} of {total:,} fixes through {broker} and nothing "
-                f"more for {STALL_S:.0f} s: {LOSS_HINT}"
+                f"more for {STALL_S:.0f} s: {hint}"
             )
     return seen
 

@@ -224,7 +224,9 @@ class _Bench:
                                    f"{workers} worker(s)")
                 with self.deployment(workers) as dep:
                     groups = {"workers": [w.proc.pid for w in dep.workers],
-                              "nats": self.nats_pids, "bench": [os.getpid()]}
+                              "bench": [os.getpid()]}
+                    if self.nats_pids:  # not when the cluster was given (--nats)
+                        groups["nats"] = self.nats_pids
                     before = {g: sum(map(cpu_seconds, pids)) for g, pids in groups.items()}
                     start = _publish_windowed(self.settings, TOPIC_PREFIX, payloads, WINDOW,
                                               dep.fixes_taken, f"{workers} worker(s)",

@@ -131,6 +131,7 @@ class ClusterDaemon(Daemon):
         self.cluster_metrics = ClusterMetrics(self.metrics.registry)
         self._settings: BrokerSettings | None = None
         self._valid_until = 0.0  # monotonic: leases unconfirmed after this
+        self._giving: dict[int, asyncio.Task] = {}  # partitions being given back
         self.pipeline.reload(ZoneSet([]))  # no partition yet, so no case
 
     # ---- state -----------------------------------------------------------------------
@@ -331,7 +332,7 @@ class ClusterDaemon(Daemon):
         finally:
             for task in (rounds, victims):
                 task.cancel()
-            await asyncio.gather(rounds, victims, return_exceptions=True)
+            await asyncio.gather(rounds, victims, *self._giving.values(), return_exceptions=True)
             for p in list(self.served):
                 await self._drop(p, "stopping")
             with contextlib.suppress(RecordError):
@@ -395,11 +396,44 @@ class ClusterDaemon(Daemon):
             if p not in self.leases.held:  # dropped, or fenced meanwhile
                 await self._drop(p, "lease_lost")
         for p in result.surplus:
-            await self._drop(p, "rebalanced", count_loss=False)
-            await asyncio.to_thread(self.leases.release, [p])
+            self._give_back(p)
+        confirmed = started
         for p, epoch in sorted(result.acquired.items()):
-            await self._take(p, epoch)
+            if time.monotonic() - confirmed > self.cluster.lease_ttl_s / _LEASE_ROUNDS_PER_TTL:
+                # Taking partitions over (checkpoints read, the engine's cases rebuilt) can
+                # take longer than lease_ttl_s on a loaded machine: renew between the takes,
+                # or every lease, old and new, expires before the round ends (seen in
+                # `tagwatch bench cluster`: one worker taking 16 dropped them all, again).
+                confirmed = time.monotonic()
+                lost = await asyncio.to_thread(self.leases.renew)
+                self._valid_until = confirmed + self.cluster.lease_ttl_s
+                m.renewals.inc(len(self.leases.held))
+                for q in lost:
+                    await self._drop(q, "lease_lost")
+            if p in self.leases.held:
+                await self._take(p, epoch)
         m.owned.set(len(self.served))
+
+    def _give_back(self, p: int) -> None:
+        """Stop serving p, then release its lease, in a task of its own. Handling what p
+        received first can take longer than lease_ttl_s (its units of work queue behind
+        the other partitions'); meanwhile the lease rounds must go on renewing p and the
+        rest, or every lease of this worker expires and another takes them all (seen in
+        `tagwatch bench cluster`: two workers took all the partitions from each other in
+        turn after a restart)."""
+        if p in self._giving:
+            return  # still handing over: the round names the same surplus again
+
+        async def give() -> None:
+            try:
+                await self._drop(p, "rebalanced", count_loss=False)
+                await asyncio.to_thread(self.leases.release, [p])
+            except RecordError as exc:  # the lease expires by itself
+                log.warning("lease_release_failed", partition=p, error=str(exc))
+            finally:
+                self._giving.pop(p, None)
+
+        self._giving[p] = asyncio.create_task(give(), name=f"give-back-{p}")
 
     async def _take(self, p: int, epoch: int) -> None:
         self.cluster_metrics.takeovers.inc()
@@ -473,6 +507,11 @@ class ClusterDaemon(Daemon):
                 batch = await served.batcher.next_batch(served.stop)
                 if batch and not served.stop.is_set():
                     await self._handle(batch)
+            # Take no more (what comes now stays unacknowledged for the next owner), then
+            # handle what is in hand: under a steady stream, a drain that went on taking
+            # never ended, and was cut short after _STOP_WAIT_S.
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
             while served.drain and served.batcher.items:
                 batch = await served.batcher.next_batch(served.stop)
                 served.stop.clear()  # _handle_piece skips the pieces of a stopped partition

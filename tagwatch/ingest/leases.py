@@ -131,9 +131,8 @@ class Leases:
             "ON CONFLICT (worker) DO UPDATE SET heartbeat = now()",
             (self.worker,),
         )
-        renewed = self._renew(ttl)
-        lost = [p for p in self.held if p not in renewed]
-        self.held = renewed
+        lost = self.renew()
+        renewed = len(self.held)
         (live,) = self._run(
             f"SELECT count(*) FROM {WORKERS_TABLE} WHERE heartbeat > now() - %s::interval",
             (ttl,),
@@ -146,7 +145,7 @@ class Leases:
             self.held.update(acquired)
         elif len(self.held) > share and self._someone_short(share, ttl):
             surplus = [max(self.held)]  # one a round: the newcomer takes it, then the next
-        return Round(acquired, lost, surplus, len(renewed), live)
+        return Round(acquired, lost, surplus, renewed, live)
 
     def _renew(self, ttl: str) -> dict[int, int]:
         """Extend the unexpired leases still ours at the epoch we hold."""
@@ -185,6 +184,13 @@ class Leases:
             (ttl,),
         )
         return any(n < share for _w, n in rows)
+
+    def renew(self) -> list[int]:
+        """Renew only (between the takes of a long round); returns the leases lost."""
+        renewed = self._renew(f"{self.ttl_s} seconds")
+        lost = [p for p in self.held if p not in renewed]
+        self.held = renewed
+        return lost
 
     def release(self, partitions: list[int]) -> None:
         """Give these leases up (the caller has stopped their sessions and commits)."""

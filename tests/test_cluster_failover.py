@@ -21,7 +21,14 @@ import httpx
 import pytest
 
 from tagwatch.ingest.partitions import partition_of
-from tests.daemon_harness import ROOT, Collector, Daemon, Publisher, write_config
+from tests.daemon_harness import (
+    EXAMPLE_CASES,
+    ROOT,
+    Collector,
+    Daemon,
+    Publisher,
+    write_config,
+)
 from tests.nats_cluster import NatsCluster, nats_server_binary
 from tests.record_db import RecordDb, record_database
 from tests.test_daemon_crash import NO_ESCALATION, stream
@@ -62,7 +69,9 @@ def pg(tmp_path: Path) -> Iterator[RecordDb]:
 
 
 def _worker(tmp_path: Path, cluster: NatsCluster, pg: RecordDb, name: str,
-            twilio: TwilioServer | None = None) -> Daemon:
+            twilio: TwilioServer | None = None, *, cases: Path = EXAMPLE_CASES,
+            urls: str | None = None) -> Daemon:
+    """A worker of the cluster; `urls`: its [broker] url (default: every node from n1)."""
     extra = (
         NO_ESCALATION
         + f'\n[cluster]\nworker = "{name}"\npartitions = {cluster.partitions}\n'
@@ -76,8 +85,8 @@ def _worker(tmp_path: Path, cluster: NatsCluster, pg: RecordDb, name: str,
     from tagwatch.ingest.embedded_broker import free_port
 
     port = free_port()
-    config = write_config(tmp_path / f"{name}.toml", cluster.mqtt_urls, pg.url,
-                          PREFIX, extra=extra, client_id="twc", port=port)
+    config = write_config(tmp_path / f"{name}.toml", urls or cluster.mqtt_urls, pg.url,
+                          PREFIX, cases=cases, extra=extra, client_id="twc", port=port)
     return Daemon(config, PREFIX, port, tmp_path / f"{name}.log", env)
 
 
@@ -110,15 +119,20 @@ def _first_commit_after(worker: Daemon, partition: int, after: float) -> float |
 
 
 def _replayed_ids(tmp_path: Path, fixes: list[dict]) -> set[str]:
+    return {a["id"] for a in replayed(tmp_path, [(f"{PREFIX}/tags/{TAG}/fix", f) for f in fixes])}
+
+
+def replayed(tmp_path: Path, messages: list[tuple[str, dict]],
+             cases: Path = EXAMPLE_CASES) -> list[dict]:
+    """The alert records `tagwatch replay` gives for these (topic, fix) messages."""
     cap = tmp_path / "capture.jsonl"
-    cap.write_text("".join(json.dumps({"topic": f"{PREFIX}/tags/{TAG}/fix", "payload": f})
-                           + "\n" for f in fixes))
+    cap.write_text("".join(json.dumps({"topic": t, "payload": f}) + "\n" for t, f in messages))
     (tmp_path / "rules.toml").write_text(NO_ESCALATION)
-    replayed = subprocess.run(
-        [sys.executable, "-m", "tagwatch.cli", "replay", str(ROOT / "config" / "cases"),
+    out = subprocess.run(
+        [sys.executable, "-m", "tagwatch.cli", "replay", str(cases),
          str(cap), "--config", str(tmp_path / "rules.toml")],
         capture_output=True, text=True, timeout=60, cwd=ROOT, check=True)
-    return {json.loads(line)["id"] for line in replayed.stdout.splitlines()}
+    return [json.loads(line) for line in out.stdout.splitlines()]
 
 
 def _opened(pg: RecordDb) -> Counter:

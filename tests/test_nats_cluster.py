@@ -136,8 +136,10 @@ class Publisher:
     through the next node (at least once, as a tag's firmware does)."""
 
     def __init__(self, cluster: NatsCluster, node: int, window: int = 50,
-                 auth: tuple[str, str] | None = None) -> None:
+                 auth: tuple[str, str] | None = None, rate: float | None = None) -> None:
+        """rate: fixes a second at most (a steady stream of tags, not one burst)."""
         self.auth = auth
+        self.rate = rate
         self.cluster = cluster
         self.node = node
         self.window = window
@@ -180,8 +182,10 @@ class Publisher:
 
     def run(self, fixes: list[tuple[str, bytes]]) -> None:
         self._connect()
-        start = 0
+        start, began = 0, time.monotonic()
         while start < len(fixes):
+            if self.rate:  # the pace of the load, not a wait for anything
+                time.sleep(max(0.0, began + start / self.rate - time.monotonic()))
             todo = [i for i in range(start, min(start + self.window, len(fixes)))
                     if i not in self.acked]
             assert self.client is not None

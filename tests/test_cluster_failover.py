@@ -21,7 +21,10 @@ import httpx
 import pytest
 
 from tagwatch.ingest.partitions import partition_of
-from tests.daemon_harness import ROOT, Collector, Daemon, Publisher, write_config
+from tagwatch.notify.records import record_time
+from tagwatch.notify.texts import reference, spoken
+from tagwatch.wire import rfc3339
+from tests.daemon_harness import HOME, ROOT, Collector, Daemon, Publisher, write_config
 from tests.nats_cluster import NatsCluster, nats_server_binary
 from tests.record_db import RecordDb, record_database
 from tests.test_daemon_crash import NO_ESCALATION, stream
@@ -62,9 +65,9 @@ def pg(tmp_path: Path) -> Iterator[RecordDb]:
 
 
 def _worker(tmp_path: Path, cluster: NatsCluster, pg: RecordDb, name: str,
-            twilio: TwilioServer | None = None) -> Daemon:
+            twilio: TwilioServer | None = None, rules: str = NO_ESCALATION) -> Daemon:
     extra = (
-        NO_ESCALATION
+        rules
         + f'\n[cluster]\nworker = "{name}"\npartitions = {cluster.partitions}\n'
         f'partition_prefix = "tw/tags"\nlease_ttl_s = {TTL_S}\n'
     )
@@ -324,6 +327,83 @@ def test_a_victims_phone_reaches_the_worker_serving_the_tag_of_its_case(
         # every fix acknowledged on its own session (a PUBACK on another session's
         # connection left them pending, redelivered every ack_wait)
         _until(lambda: _unacknowledged(cluster) == 0, "no fix left unacknowledged", 10)
+    finally:
+        for w in workers.values():
+            w.kill()
+        col.close()
+        pub.close()
+
+
+VICTIM_PHONE = "+447700900123"  # C-0001's victim V-01, whose phone is VD-01
+
+
+def test_a_takeover_keeps_the_sms_ledger_and_the_pending_call(
+    tmp_path: Path, cluster, pg, twilio
+) -> None:
+    """The SMS ledger and escalation clocks move with the partition (issue 20 item 2):
+    T-1001 comes within 100 m of V-01's phone: a proximity, texted at once; level 1 on
+    the owner; kill -9 of it; the new owner texts nothing when the same alert changes
+    again (the phone's position gone stale: an `updated` record) and places the call at
+    the old owner's level-2 deadline, not at a clock started again."""
+    ack_timeout, fresh = 30.0, 30.0
+    rules = f"[rules]\nack_timeout_s = {ack_timeout}\nvictim_fresh_s = {fresh}\n"
+    p = partition_of(TAG, cluster.partitions)
+    workers = {n: _worker(tmp_path, cluster, pg, n, twilio, rules) for n in ("w1", "w2")}
+    col = Collector(cluster.mqtt_url(1), f"{PREFIX}/alerts/#")
+    pub = Publisher(cluster.mqtt_url(0))
+    phone = (HOME[0], HOME[1] + 0.027)  # 3 km from home: no zone concerned
+    now = time.time()
+    # event times: the proximity's level 1 is due at once, its level 2 (the call) 25 s on
+    device_ts, near_ts = now - 40, now - 35
+    try:
+        for w in workers.values():
+            w.start()
+        for w in workers.values():
+            w.wait_ready()
+        owner = _until(lambda: next((n for n, w in workers.items() if p in _partitions(w)), None),
+                       f"partition {p} served", 20)
+        other = next(n for n in workers if n != owner)
+        pub.send(f"{PREFIX}/victims/VD-01/fix",
+                 {"ts": device_ts, "lat": phone[1], "lon": phone[0], "acc": 5.0})
+        _until(lambda: pg.raw("SELECT count(*) FROM checkpoints WHERE key = 'device:VD-01'")[0][0],
+               "the phone's fix committed", 20)
+        pub.send(f"{PREFIX}/tags/{TAG}/fix",
+                 {"ts": near_ts, "lat": phone[1] + 0.0009, "lon": phone[0], "acc": 5.0})
+
+        def proximity(state: str, level: int | None = None) -> list[dict]:
+            return [a for a in col.json_on(f"{PREFIX}/alerts/C-0001")
+                    if a["type"] == "proximity" and a["state"] == state
+                    and (level is None or a["escalation"] == level)]
+
+        col.wait_for(lambda _: proximity("escalated", 1), 20, "level 1 on the owner")
+        (opened,) = proximity("open")
+        ref = reference(opened["id"])
+        call_due = record_time(opened) + 2 * ack_timeout  # the old owner's level-2 deadline
+
+        def texts() -> list:
+            return [r for r in twilio.seen if r.path.endswith("/Messages.json")
+                    and ref in r.form.get("Body", "")]
+
+        _until(texts, "the proximity's SMS", 20)
+        assert time.time() < call_due - 5, "the premise: the kill comes before the call is due"
+        workers[owner].kill()
+        _until(lambda: p in _partitions(workers[other]), f"{other} takes partition {p} over",
+               TAKEOVER_BOUND_S + 10)
+        # the phone's last fix is now 45 s old: the proximity is `updated` (unknown)
+        pub.send(f"{PREFIX}/tags/{TAG}/fix",
+                 {"ts": device_ts + fresh + 15, "lat": phone[1] + 0.0009, "lon": phone[0],
+                  "acc": 5.0})
+        col.wait_for(lambda _: proximity("updated"), 20, "the proximity updated")
+        col.wait_for(lambda _: proximity("escalated", 2), 3 * ack_timeout, "level 2")
+        (level2,) = proximity("escalated", 2)
+        assert level2["ts"] == rfc3339(call_due)
+        assert len(proximity("escalated", 1)) == 1  # no clock started again
+        calls = _until(lambda: [r for r in twilio.seen if r.path.endswith("/Calls.json")
+                                and spoken(ref) in r.form.get("Twiml", "")],
+                       "the call to the victim", 20)
+        assert len(calls) == 1 and calls[0].form["To"] == VICTIM_PHONE
+        assert len(texts()) == 1, "texted again by the new owner"
+        assert workers[other].metric("tagwatch_takeovers_total") >= 1
     finally:
         for w in workers.values():
             w.kill()

@@ -12,6 +12,10 @@ work are unchanged; what differs:
 - the engine knows only the cases with a tag in a partition served here; on takeover it
   restores their rule state from the checkpoints, read after the lease was taken (so the
   old owner's last commit is in them, and any later one is refused);
+- the SMS ledger and the escalation clocks are checkpointed per partition (an alert's is
+  its tag's, a victim's its case's first tag's) under the fences of the commit, taken over
+  with the partition and forgotten when it is dropped: a new owner neither texts again
+  nor forgets a pending escalation;
 - a lease round every lease_ttl_s / 3: renew, take free or expired partitions up to a
   fair share, give one surplus back; when no round has succeeded for lease_ttl_s (the
   database unreachable, or this process stopped), every partition is dropped at once.
@@ -32,6 +36,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from tagwatch.config import Config
+from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY
 from tagwatch.daemon.service import Daemon
 from tagwatch.ingest import partitions as parts
 from tagwatch.ingest.batcher import Batcher
@@ -74,14 +79,33 @@ class Served:
 
 
 class OwnOutbox:
-    """The record, but its outbox_due gives only the rows of the partitions served."""
+    """The record, but its outbox_due gives only the rows of the partitions served, and
+    a commit made without a fence (an operator's action) is fenced by the partitions
+    whose notification state it writes."""
 
-    def __init__(self, record: Record, partitions: Callable[[], list[int]]) -> None:
+    def __init__(self, record: Record, partitions: Callable[[], list[int]],
+                 fences_of: Callable[[Batch], list[Fence]]) -> None:
         self._record = record
         self._partitions = partitions
+        self._fences_of = fences_of
 
     def __getattr__(self, name: str):
         return getattr(self._record, name)
+
+    def commit(self, batch: Batch, recorded_at: float, fence=None) -> None:
+        fences = self._fences_of(batch) if fence is None else None
+        if not fences:
+            self._record.commit(batch, recorded_at, fence)
+            return
+        try:
+            self._record.commit(batch, recorded_at, fences)
+        except Fenced as exc:
+            # The action is evidence and is kept; the partition's state is its new
+            # owner's now (its poll of acknowledgements stops the clock there).
+            log.warning("action_state_fenced", partitions=exc.partitions)
+            points = {k: v for k, v in batch.checkpoints.items()
+                      if parts.notify_partition(k) is None}
+            self._record.commit(dataclasses.replace(batch, checkpoints=points), recorded_at)
 
     def outbox_due(self, now: float, limit: int = 100) -> list:
         return self._record.outbox_due(now, limit, partitions=self._partitions())
@@ -124,8 +148,10 @@ class ClusterDaemon(Daemon):
         record.fence_idle_s = c.lease_ttl_s  # a stopped commit must not block a takeover
         # The publisher and the dispatcher see only the outbox rows of partitions served,
         # and none once the leases went unconfirmed (a zombie woken up sends nothing).
-        self.record = OwnOutbox(record, self._sending)  # type: ignore[assignment]
+        self.record = OwnOutbox(record, self._sending, self._notify_fences)  # type: ignore[assignment]
         self.served: dict[int, Served] = {}
+        self._alert_parts: dict[str, int] = {}  # alert id -> partition, for the notify state
+        self._notify_written: dict[str, bytes] = {}  # the notify checkpoints as last committed
         self.topics.status = f"{self.topics.prefix}/status/{c.worker}"
         self.instance = f"{c.worker}/{self.instance}"
         self.cluster_metrics = ClusterMetrics(self.metrics.registry)
@@ -136,9 +162,17 @@ class ClusterDaemon(Daemon):
     # ---- state -----------------------------------------------------------------------
 
     def restore(self) -> None:
-        """The notification state only: rule state comes with each partition taken."""
+        """Nothing of the partitions: their rule and notification state comes with each
+        partition taken."""
         super().restore()
         self.pipeline.reset({})
+
+    def _restore_notify(self, points: dict[str, bytes]) -> None:
+        """The single process's whole-deployment keys are not a partition's: ignored."""
+        for key in (LEDGER_KEY, ESCALATION_KEY):
+            if points.pop(key, None) is not None:
+                log.warning("notify_state_ignored", key=key,
+                            detail="a single process's state; cluster mode keeps it by partition")
 
     def _sending(self) -> list[int]:
         if time.monotonic() > self._valid_until:
@@ -153,8 +187,12 @@ class ClusterDaemon(Daemon):
         owned = sorted(self._owned_cases().values(), key=lambda c: (c.source, c.id))
         self.pipeline.reload(ZoneSet(owned))
 
-    async def _checkpoints(self, cases: dict[str, Case]) -> dict[str, bytes]:
+    async def _checkpoints(self, cases: dict[str, Case],
+                           partitions: tuple[int, ...] = ()) -> dict[str, bytes]:
+        """The committed rule state of these cases (and the notification state of these
+        partitions)."""
         keys = parts.checkpoint_keys(cases.values())
+        keys.update(k for p in partitions for k in parts.notify_keys(p))
         backoff = Backoff(0.2, 5.0)
         while True:
             try:
@@ -215,7 +253,90 @@ class ClusterDaemon(Daemon):
             return partition_of(tag, k) if tag else default
 
         outbox = [dataclasses.replace(i, partition=partition(i)) for i in batch.outbox]
+        self._alert_parts.update(
+            (alert, partition_of(tag, k)) for alert, tag in tags.items() if tag
+        )
         return dataclasses.replace(batch, outbox=outbox)
+
+    # ---- notification state by partition -----------------------------------------------
+
+    def _alerts_of(self, p: int) -> Callable[[str], bool]:
+        return lambda alert_id: self._alert_parts.get(alert_id) == p
+
+    def _victims_of(self, p: int) -> Callable[[str], bool]:
+        k = self.cluster.partitions
+        return lambda key: parts.case_partition(self.cases.get(key.split("/")[0]), k) == p
+
+    def _notify_parts(self, batch: Batch, fences: list[Fence]) -> Batch:
+        """The batch's SMS ledger and escalation checkpoints (the whole state, as the
+        effects make them) as one pair per partition fenced, each only if changed since
+        last committed: no commit writes the state of a partition it is not fenced by."""
+        points = dict(batch.checkpoints)
+        ledger = points.pop(LEDGER_KEY, None) is not None
+        escalation = points.pop(ESCALATION_KEY, None) is not None
+        if not (ledger or escalation):
+            return batch
+        for f in fences:
+            ledger_key, escalation_key = parts.notify_keys(f.partition)
+            alerts = self._alerts_of(f.partition)
+            if ledger:
+                state = self.notify.ledger.part(alerts, self._victims_of(f.partition))
+                points[ledger_key] = state.to_bytes()
+            if escalation:
+                points[escalation_key] = self.notify.escalation.part(alerts).to_bytes()
+        for key in [k for k in points if parts.notify_partition(k) is not None]:
+            if self._notify_written.get(key) == points[key]:
+                del points[key]
+        # what no state holds any more needs no partition (an alert's later records
+        # come through _partitioned again)
+        held = self.notify.escalation.alert_ids() | set(self.notify.ledger.texted)
+        self._alert_parts = {a: p for a, p in self._alert_parts.items() if a in held}
+        return dataclasses.replace(batch, checkpoints=points)
+
+    def _notify_fences(self, batch: Batch) -> list[Fence]:
+        """The fences of the partitions whose notification state a batch writes."""
+        wanted = {parts.notify_partition(k) for k in batch.checkpoints} - {None}
+        return [s.fence for p, s in self.served.items() if p in wanted]
+
+    def _action_checkpoints(self, alert_id: str) -> dict[str, bytes]:
+        """An operator's action commits its alert's partition's escalation state, when
+        served here (else its owner's poll of acknowledgements stops the clock)."""
+        p = self._alert_parts.get(alert_id)
+        if p is None or p not in self.served:
+            return {}
+        state = self.notify.escalation.part(self._alerts_of(p))
+        return {parts.notify_keys(p)[1]: state.to_bytes(without=alert_id)}
+
+    def _take_notify(self, p: int, points: dict[str, bytes]) -> list[str]:
+        """Add partition p's committed notification state (taken out of `points`);
+        returns the alert ids whose escalation clocks it brought."""
+        ledger_key, escalation_key = parts.notify_keys(p)
+        ledger, escalation = points.pop(ledger_key, None), points.pop(escalation_key, None)
+        try:
+            taken = SmsLedger.from_bytes(ledger) if ledger is not None else SmsLedger()
+            clocks = Escalation.from_bytes(escalation, self.notify.escalation.settings) \
+                if escalation is not None else Escalation(self.notify.escalation.settings)
+        except ValueError as exc:
+            log.error("notify_state_unreadable", partition=p, error=str(exc),
+                      detail="this partition's SMS ledger and escalation start empty")
+            return []
+        for key, blob in ((ledger_key, ledger), (escalation_key, escalation)):
+            if blob is not None:
+                self._notify_written[key] = blob
+        self._alert_parts.update((a, p) for a in taken.texted)
+        self._alert_parts.update((a, p) for a in clocks.alert_ids())
+        self.notify.ledger.take(taken)
+        self.notify.escalation.take_part(clocks)
+        return list(clocks.pending())
+
+    def _drop_notify(self, p: int) -> None:
+        """Forget partition p's notification state: its new owner has it."""
+        alerts = self._alerts_of(p)
+        self.notify.ledger.drop(alerts, self._victims_of(p))
+        self.notify.escalation.drop(alerts)
+        self._alert_parts = {a: q for a, q in self._alert_parts.items() if q != p}
+        for key in parts.notify_keys(p):
+            self._notify_written.pop(key, None)
 
     async def _commit(self, batch: Batch) -> None:
         """As the single process's, under the fence of the partitions the batch is of;
@@ -225,8 +346,9 @@ class ClusterDaemon(Daemon):
         backoff = Backoff(0.2, 5.0)
         while True:
             started = time.perf_counter()
+            written = self._notify_parts(batch, fences)  # again after a retry: fences change
             try:
-                await asyncio.to_thread(self.record.commit, batch, time.time(), fences)
+                await asyncio.to_thread(self.record.commit, written, time.time(), fences)
             except Fenced as exc:
                 self.cluster_metrics.fenced.inc()
                 log.error("commit_fenced", partitions=exc.partitions, error=str(exc),
@@ -245,6 +367,10 @@ class ClusterDaemon(Daemon):
                 fences = self._fences()
                 continue
             self.metrics.write_seconds.observe(time.perf_counter() - started)
+            self._notify_written.update(
+                (k, v) for k, v in written.checkpoints.items()
+                if parts.notify_partition(k) is not None
+            )
             if self.record_down is not None:
                 log.warning("record_available", record=self.record.label)
                 self.record_down = None
@@ -406,7 +532,12 @@ class ClusterDaemon(Daemon):
         fence = Fence(p, self.cluster.worker, epoch)
         new = parts.cases_in(self.cases, [p], self.cluster.partitions)
         async with self._work:
-            points = await self._checkpoints(new)
+            points = await self._checkpoints(new, (p,))
+            clocks = self._take_notify(p, points)
+            try:  # acknowledged (by another worker, the CLI) after the old owner's commit
+                await asyncio.to_thread(self._stopped_elsewhere, clocks)
+            except RecordError as exc:  # the poll of acknowledgements catches up later
+                log.warning("takeover_acks_unread", partition=p, error=str(exc))
             settings = self._settings
             assert settings is not None
             conn = MqttConnection(
@@ -454,6 +585,7 @@ class ClusterDaemon(Daemon):
             gone = parts.cases_in(self.cases, [p], self.cluster.partitions)
             kept = self._owned_cases()
             self._forget({cid: c for cid, c in gone.items() if cid not in kept})
+            self._drop_notify(p)
             self._configure()
         self.leases.held.pop(p, None)
         self.cluster_metrics.owned.set(len(self.served))
@@ -502,5 +634,6 @@ class ClusterDaemon(Daemon):
     def health(self) -> dict:
         out = super().health()
         out["worker"] = self.cluster.worker
-        out["partitions"] = sorted(self.served)
+        # served and subscribed: what is published for them from now on reaches this worker
+        out["partitions"] = sorted(p for p, s in self.served.items() if s.conn.ready.is_set())
         return out

@@ -142,25 +142,33 @@ class Daemon(Wiring, CaseReload):
 
     def restore(self) -> None:
         points = self.record.checkpoints()
+        self._restore_notify(points)
+        self.pipeline.restore(points)
+        self._acked_seen = {
+            a["id"] for a in self.record.latest_alerts("acknowledged", _ACK_POLL_LIMIT)
+        }
+        self._stopped_elsewhere(list(self.notify.escalation.pending()))
+        log.info(
+            "restored", checkpoints=len(points), escalations=len(self.notify.escalation.pending())
+        )
+
+    def _restore_notify(self, points: dict[str, bytes]) -> None:
+        """The SMS ledger and escalation state, taken out of `points`."""
         if LEDGER_KEY in points:
             self.notify.ledger = SmsLedger.from_bytes(points.pop(LEDGER_KEY))
         if ESCALATION_KEY in points:
             self.notify.escalation = Escalation.from_bytes(
                 points.pop(ESCALATION_KEY), self.notify.escalation.settings
             )
-        self.pipeline.restore(points)
-        self._acked_seen = {
-            a["id"] for a in self.record.latest_alerts("acknowledged", _ACK_POLL_LIMIT)
-        }
-        # Acknowledged or resolved while this daemon was down (the CLI): no clock left.
-        for alert_id in self.notify.escalation.pending():
+
+    def _stopped_elsewhere(self, alert_ids: list[str]) -> None:
+        """Stop the clocks of these alerts if they were acknowledged or resolved while
+        no clock of theirs ran here (the CLI while down, another worker): blocking reads."""
+        for alert_id in alert_ids:
             history = self.record.alert_history(alert_id)
             bodies = [e["body"] for e in history if e["kind"] == "alert"]
             if bodies and bodies[-1].get("state") in ("acknowledged", "resolved"):
                 self.notify.escalation.observe(bodies[-1])
-        log.info(
-            "restored", checkpoints=len(points), escalations=len(self.notify.escalation.pending())
-        )
 
     # ---- the run -------------------------------------------------------------------
 

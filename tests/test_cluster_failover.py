@@ -31,7 +31,9 @@ from tests.test_daemon_crash import NO_ESCALATION, stream
 from tests.twilio_server import TwilioServer
 
 TTL_S = 1.5
-TAKEOVER_BOUND_S = 2 * TTL_S + 2
+# lease expiry and a round (2 x TTL), the takeover's hold of lease_ttl_s (docs/CLUSTER.md),
+# and 2 s for a loaded machine
+TAKEOVER_BOUND_S = 3 * TTL_S + 2
 PREFIX = "tagwatch/v1"  # the shipped mapping's subject: tagwatch.v1.tags.*.fix
 TAG = "T-1001"
 
@@ -65,13 +67,14 @@ def pg(tmp_path: Path) -> Iterator[RecordDb]:
 
 
 def _worker(tmp_path: Path, cluster: NatsCluster, pg: RecordDb, name: str,
-            twilio: TwilioServer | None = None, rules: str = NO_ESCALATION) -> Daemon:
+            twilio: TwilioServer | None = None, rules: str = NO_ESCALATION,
+            env: dict[str, str] | None = None) -> Daemon:
     extra = (
         rules
         + f'\n[cluster]\nworker = "{name}"\npartitions = {cluster.partitions}\n'
         f'partition_prefix = "tw/tags"\nlease_ttl_s = {TTL_S}\n'
     )
-    env = {}
+    env = dict(env or {})
     if twilio is not None:
         extra += (f'\n[notify.twilio]\naccount_sid = "{twilio.state.sid}"\n'
                   f'from = "+447700900000"\napi_base = "{twilio.url}"\n')
@@ -408,4 +411,33 @@ def test_a_takeover_keeps_the_sms_ledger_and_the_pending_call(
         for w in workers.values():
             w.kill()
         col.close()
+        pub.close()
+
+
+def test_the_per_tag_rate_limit_holds_at_a_partitions_door(tmp_path: Path, cluster, pg) -> None:
+    """`[ingest] tag_rate_per_s` on a partition session as on the single process's
+    (issue 20): a tag's burst beyond its bucket is rejected `rate_limited` (counted, and
+    recorded once per report interval), never handled, and every message acknowledged
+    on the partition's own session."""
+    limit = {"TAGWATCH_INGEST_TAG_RATE_PER_S": "0.1", "TAGWATCH_INGEST_TAG_BURST": "5"}
+    p = partition_of(TAG, cluster.partitions)
+    w = _worker(tmp_path, cluster, pg, "w1", env=limit)
+    pub = Publisher(cluster.mqtt_url(0))
+    fixes = stream(time.time(), cycles=1)  # 18 fixes at once
+    try:
+        w.start()
+        w.wait_ready()
+        _until(lambda: p in _partitions(w), f"partition {p} served", 20)
+        for fix in fixes:
+            pub.send(f"{PREFIX}/tags/{TAG}/fix", fix)
+        limited = len(fixes) - 5
+        _until(lambda: w.metric("tagwatch_rejected_total", reason="rate_limited") == limited,
+               "the excess rejected", 20)
+        assert w.metric("tagwatch_fixes_total") == 5
+        recorded = pg.raw("SELECT count(*) FROM entries WHERE kind = 'rejected' "
+                          "AND body LIKE '%rate_limited%'")[0][0]
+        assert recorded >= 1
+        _until(lambda: _unacknowledged(cluster) == 0, "every message acknowledged", 10)
+    finally:
+        w.kill()
         pub.close()

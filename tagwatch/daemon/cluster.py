@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
@@ -39,7 +40,7 @@ from tagwatch.config import Config
 from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY
 from tagwatch.daemon.service import Daemon
 from tagwatch.ingest import partitions as parts
-from tagwatch.ingest.batcher import Batcher
+from tagwatch.ingest.batcher import Batcher, RateGate
 from tagwatch.ingest.leases import Leases
 from tagwatch.ingest.mqtt import Backoff, BrokerSettings, Message, MqttConnection, connect_unless
 from tagwatch.ingest.partitions import partition_of
@@ -54,7 +55,7 @@ from tagwatch.record import (
     RecordError,
     RecordUnavailable,
 )
-from tagwatch.wire import status_message
+from tagwatch.wire import parse_rfc3339, status_message
 from zones import Case, ZoneSet
 from zones.models import OWNTRACKS_DEVICE
 
@@ -71,6 +72,7 @@ class Served:
     fence: Fence
     conn: MqttConnection
     batcher: Batcher[Message]
+    gate: RateGate | None  # the per-tag rate limit at its door (its own token buckets)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
     taken_at: float = field(default_factory=time.time)
@@ -175,9 +177,14 @@ class ClusterDaemon(Daemon):
                             detail="a single process's state; cluster mode keeps it by partition")
 
     def _sending(self) -> list[int]:
-        if time.monotonic() > self._valid_until:
+        if not self._may_send():
             return []
         return sorted(self.served)
+
+    def _may_send(self) -> bool:
+        """Not once the leases went unconfirmed (a zombie woken up sends nothing, not
+        even the rows it read before it was stopped)."""
+        return time.monotonic() <= self._valid_until
 
     def _owned_cases(self) -> dict[str, Case]:
         return parts.cases_in(self.cases, self.served, self.cluster.partitions)
@@ -438,6 +445,7 @@ class ClusterDaemon(Daemon):
             [(topic, 1) for topic in self.topics.fix_filters if topic != self.topics.tag_fixes],
             will=(status, status_message("offline", self.instance, self.since)),
             online=(status, lambda: status_message("online", self.instance, time.time())),
+            door=self.gate,
         )
         if not await connect_unless(self.conn, self.stopping):
             return
@@ -470,6 +478,8 @@ class ClusterDaemon(Daemon):
         served); the others are acknowledged unrecorded (their owner has its own copy)."""
         while not self.stopping.is_set():
             batch = await self.batcher.next_batch(self.stopping)
+            if self.gate is not None and self.gate.waiting:
+                await self._rate_limited(self.gate.take())
             engine = self.pipeline.engine
             mine, others = [], []
             for m in batch:
@@ -540,13 +550,14 @@ class ClusterDaemon(Daemon):
                 log.warning("takeover_acks_unread", partition=p, error=str(exc))
             settings = self._settings
             assert settings is not None
+            gate = self._new_gate()
             conn = MqttConnection(
                 dataclasses.replace(settings, client_id=parts.client_id(settings.client_id, p)),
                 [(parts.subscription(self.cluster.partition_prefix, p), 1)],
                 offline_on_close=False,
+                door=gate,
             )
-            cfg = self.config.ingest
-            served = Served(p, fence, conn, Batcher(cfg.batch_max, cfg.batch_wait_ms / 1000.0))
+            served = Served(p, fence, conn, self._new_batcher(gate), gate)
             self.served[p] = served
             self._configure()
             self.pipeline.restore(points)
@@ -601,8 +612,14 @@ class ClusterDaemon(Daemon):
             return
         pump = asyncio.create_task(served.batcher.pump(self._retopic(conn.bursts())))
         try:
+            if served.fence.epoch > 1:
+                await self._settle(served)
             while not served.stop.is_set():
                 batch = await served.batcher.next_batch(served.stop)
+                gate = served.gate
+                if gate is not None and gate.waiting and not served.stop.is_set():
+                    with contextlib.suppress(Fenced):  # the partition is being dropped
+                        await self._rate_limited(gate.take(), gate)
                 if batch and not served.stop.is_set():
                     await self._handle(batch)
             while served.drain and served.batcher.items:
@@ -616,6 +633,22 @@ class ClusterDaemon(Daemon):
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             await conn.__aexit__(None, None, None)
+
+    async def _settle(self, served: Served) -> None:
+        """After a takeover (the partition was held before): hold what arrives for
+        lease_ttl_s, above the broker's ack_wait (docs/CLUSTER.md), then order it by tag
+        and event time. The connection took the session from the previous holder (the
+        broker closes even a stopped process's connection), so whatever that holder was
+        given and never acknowledged is due again within ack_wait and arrives in the
+        hold, not behind newer fixes as late ones. nats-server 2.15 gives the newer fixes
+        at once and the older ones an ack_wait later; 2.9.10 resends a resumed session's
+        pending ones in no set order."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(served.stop.wait(), self.cluster.lease_ttl_s)
+        items = served.batcher.items
+        held = sorted(items, key=_tag_and_time)  # stable: arrival order at equal times
+        items.clear()
+        items.extend(held)
 
     async def _retopic(self, bursts: AsyncIterator[list[Message]]) -> AsyncIterator[list[Message]]:
         """`{partition_prefix}/{p}/{tag}` is the tag's fix topic of DESIGN 3.1 to the
@@ -637,3 +670,26 @@ class ClusterDaemon(Daemon):
         # served and subscribed: what is published for them from now on reaches this worker
         out["partitions"] = sorted(p for p, s in self.served.items() if s.conn.ready.is_set())
         return out
+
+
+class _Stamp(msgspec.Struct):
+    ts: float | str | None = None
+
+
+_stamps = msgspec.json.Decoder(_Stamp | list[_Stamp])
+_MAX_STAMPED = 65536  # a fix message's limit (DESIGN 3.2); larger ones are rejected anyway
+
+
+def _tag_and_time(msg: Message) -> tuple[str, float]:
+    """A message's topic and the event time of its (first) fix: the order of a partition's
+    messages held at a takeover. Unreadable ones first (the pipeline rejects them)."""
+    try:
+        if len(msg.payload) > _MAX_STAMPED:
+            raise ValueError("too large")
+        stamp = _stamps.decode(msg.payload)
+        if isinstance(stamp, list):
+            stamp = stamp[0]
+        ts = stamp.ts
+        return msg.topic, float(ts) if not isinstance(ts, str) else parse_rfc3339(ts)
+    except (msgspec.DecodeError, ValueError, TypeError, IndexError, RecursionError):
+        return msg.topic, -math.inf

@@ -210,6 +210,7 @@ class Wiring:
             escalation=self.notify.escalation,
             wake=self.dispatch_wake,
             settings=DispatchSettings(status_callback_url=_status_url(twilio_cfg)),
+            may_send=self._may_send,
         )
 
     async def _supervise(self, dispatcher) -> None:

@@ -30,7 +30,9 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tagwatch.ingest.leases import Leases
 from tagwatch.ingest.partitions import partition_of
+from tagwatch.record import Record
 from tests import test_cluster_failover as failover
 from tests.daemon_harness import EXAMPLE_CASES, Daemon
 from tests.daemon_harness import Publisher as DaemonPublisher
@@ -371,11 +373,16 @@ def test_fixes_the_previous_owner_left_unacknowledged_are_handled_before_newer_o
 ) -> None:
     """At a takeover NATS gives the new owner what the previous one was handed and did
     not acknowledge only when the session's ack_wait runs out: behind the newer fixes
-    that flow at once (a breach became a late breach). The previous owner here is a bare
-    MQTT client on the partition's session that takes C-0001's approach and never
-    acknowledges; the worker takes the session over and the rest of the walk is sent the
-    moment it does. The alerts must be replay's, and no fix handled as late."""
+    that flow at once (a breach became a late breach). The previous owner here took the
+    leases and died; a bare MQTT client on the partition's session takes C-0001's
+    approach and never acknowledges; the worker takes lease and session over, and the
+    rest of the walk is sent the moment it does. The alerts must be replay's, and no fix handled as late."""
     p = partition_of(TAG, cluster.partitions)
+    ghost = Leases(pg.url, "ghost", cluster.partitions, failover.TTL_S)  # the previous owner's
+    Record.open(pg.url).close()  # the record's schema first (leases add an outbox column)
+    ghost.setup()  # leases: taken, never renewed (it died), so the worker's are epoch 2
+    assert p in ghost.round().acquired
+    ghost.close()
     fixes = stream(time.time(), cycles=1)  # 160 m north of home to inside, and out again
     topic = f"{PREFIX}/tags/{TAG}/fix"
     want = replayed(tmp_path, [(topic, f) for f in fixes])

@@ -147,6 +147,8 @@ class Publisher:
         self.failovers: list[float] = []  # seconds from losing a node to the next CONNACK
         self.client: mqtt.Client | None = None
         self.lost = threading.Event()
+        self.halt = threading.Event()  # set: no window after the current one
+        self.sent = 0  # fixes[:sent] are sent and PUBACKed (when run returns)
 
     def _connect(self, deadline_s: float = WAIT_S) -> None:
         deadline = time.monotonic() + deadline_s
@@ -183,7 +185,7 @@ class Publisher:
     def run(self, fixes: list[tuple[str, bytes]]) -> None:
         self._connect()
         start, began = 0, time.monotonic()
-        while start < len(fixes):
+        while start < len(fixes) and not self.halt.is_set():
             if self.rate:  # the pace of the load, not a wait for anything
                 time.sleep(max(0.0, began + start / self.rate - time.monotonic()))
             todo = [i for i in range(start, min(start + self.window, len(fixes)))
@@ -203,6 +205,7 @@ class Publisher:
             self.client.loop_stop()
             self._connect()
             self.failovers.append(time.monotonic() - lost_at)
+        self.sent = min(start, len(fixes))
         assert self.client is not None
         self.client.loop_stop()
         self.client.disconnect()

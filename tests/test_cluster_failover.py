@@ -156,7 +156,9 @@ def test_kill_9_of_the_serving_worker_three_times(tmp_path: Path, cluster, pg, t
         _until(lambda: p in _partitions(workers["w1"]) + _partitions(workers["w2"]),
                f"partition {p} served", 20)
         for chunk in chunks[:3]:
-            owner = next(n for n, w in workers.items() if p in _partitions(w))
+            # a rejoined worker's share is being handed over: p may be between owners
+            owner = _until(lambda: next((n for n, w in workers.items() if p in _partitions(w)),
+                                        None), f"partition {p} served", 20)
             other = next(n for n in workers if n != owner)
             half = len(chunk) // 2
             for fix in chunk[:half]:

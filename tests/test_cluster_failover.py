@@ -171,7 +171,9 @@ def test_kill_9_of_the_serving_worker_three_times(tmp_path: Path, cluster, pg, t
         _until(lambda: p in _partitions(workers["w1"]) + _partitions(workers["w2"]),
                f"partition {p} served", 20)
         for chunk in chunks[:3]:
-            owner = next(n for n, w in workers.items() if p in _partitions(w))
+            # a rejoined worker's share is being handed over: p may be between owners
+            owner = _until(lambda: next((n for n, w in workers.items() if p in _partitions(w)),
+                                        None), f"partition {p} served", 20)
             other = next(n for n in workers if n != owner)
             half = len(chunk) // 2
             for fix in chunk[:half]:
@@ -244,11 +246,11 @@ def test_a_zombie_commits_and_publishes_nothing_and_leaves_the_session_alone(
         for fix in fixes[:third]:
             pub.send(topic, fix)
         workers[owner].signal(signal.SIGSTOP)
-        # the other takes over and commits what the zombie left unacknowledged (fixes
-        # published while the zombie's socket still takes them would come back behind
-        # newer ones: docs/CLUSTER.md, not this test's subject)
+        # the other takes over and commits what the zombie left unacknowledged (what the
+        # zombie's socket took comes back within the takeover's hold: docs/CLUSTER.md)
         _until(lambda: p in _partitions(workers[other]), f"{other} takes partition {p} over",
                TAKEOVER_BOUND_S + 10)
+        at_takeover = len(col.messages)
         _until(lambda: _unacknowledged(cluster) == 0, "the zombie's fixes redelivered", 20)
         for fix in fixes[third:2 * third]:
             pub.send(topic, fix)
@@ -262,8 +264,14 @@ def test_a_zombie_commits_and_publishes_nothing_and_leaves_the_session_alone(
 
         col.wait_for(lambda ms: ids(ms) >= want, 30, "every replayed alert id")
         assert ids(col.messages) == want
-        twice = [b for b, n in Counter(body for _, body, _ in col.messages).items() if n > 1]
+        bodies = [body for _, body, _ in col.messages]
+        twice = [b for b, n in Counter(bodies[at_takeover:]).items() if n > 1]
         assert twice == [], "published twice"
+        # Seen twice at all: only a record the zombie had published just before it was
+        # stopped, not yet marked done, which the new owner sent again (at least once at
+        # a handover, docs/CLUSTER.md); never a third time, never twice after it.
+        again = [b for b, n in Counter(bodies).items() if n > 1]
+        assert all(bodies.index(b) < at_takeover and bodies.count(b) == 2 for b in again)
         opened = _opened(pg)
         assert [i for i, n in opened.items() if n > 1] == []
         sql = f"SELECT count(*) FROM entries WHERE kind = 'fix' AND tag = '{TAG}'"
@@ -403,6 +411,11 @@ def test_a_takeover_keeps_the_sms_ledger_and_the_pending_call(
                     and ref in r.form.get("Body", "")]
 
         _until(texts, "the proximity's SMS", 20)
+        # and recorded as sent: a kill between Twilio's answer and that leaves the row to
+        # be sent again by the new owner (at least once, docs/CLUSTER.md), not the subject
+        sent = (f"SELECT count(*) FROM outbox WHERE channel = 'sms' "
+                f"AND alert_id = '{opened['id']}' AND status = 'done'")
+        _until(lambda: pg.raw(sent)[0][0] == 1, "the SMS marked sent", 20)
         assert time.time() < call_due - 5, "the premise: the kill comes before the call is due"
         workers[owner].kill()
         _until(lambda: p in _partitions(workers[other]), f"{other} takes partition {p} over",

@@ -23,6 +23,7 @@ nothing unacknowledged at the end; `tagwatch record verify` is intact.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import uuid
@@ -37,7 +38,7 @@ from tagwatch.ingest.leases import Leases
 from tagwatch.ingest.partitions import partition_of
 from tagwatch.record import Record
 from tests import test_cluster_failover as failover
-from tests.daemon_harness import EXAMPLE_CASES, Daemon
+from tests.daemon_harness import EXAMPLE_CASES, Daemon, breach_fixes
 from tests.daemon_harness import Publisher as DaemonPublisher
 from tests.nats_cluster import NatsCluster
 from tests.record_db import RecordDb
@@ -52,7 +53,7 @@ from tests.test_cluster_failover import (
 )
 from tests.test_daemon_crash import stream
 from tests.test_nats_cluster import Publisher
-from tests.twilio_server import TwilioServer
+from tests.twilio_server import Answer, TwilioServer
 
 # the fixtures of the failover tests: a fresh NATS cluster, PostgreSQL schema, Twilio
 cluster, pg, twilio = failover.cluster, failover.pg, failover.twilio
@@ -436,5 +437,40 @@ def test_fixes_the_previous_owner_left_unacknowledged_are_handled_before_newer_o
     finally:
         worker.kill()
         old.loop_stop()
+        alerts.close()
+        tags.close()
+
+
+def test_a_worker_stopping_with_an_sms_in_flight_keeps_its_lease_until_it_is_sent(
+    tmp_path: Path, cluster: NatsCluster, pg: RecordDb, twilio: TwilioServer,
+) -> None:
+    """A rolling restart's SIGTERM comes while Twilio has not yet answered an SMS: the
+    stopping worker must not release the partition before the row is marked done, or
+    the next owner finds it pending and texts the victim again."""
+    twilio.script(Answer.hang(8.0))  # the breach's SMS is answered 8 s after it is sent
+    w1 = _worker(tmp_path, cluster, pg, "w1", twilio)
+    alerts = Alerts(cluster, 1)
+    tags = DaemonPublisher(cluster.mqtt_url(2))
+    w2 = None
+    try:
+        w1.start().wait_ready()
+        _until(lambda: len(_partitions(w1)) == cluster.partitions, "w1 serves all", 30)
+        for fix in breach_fixes(TAG):
+            tags.send(f"{PREFIX}/tags/{TAG}/fix", fix)
+        twilio.wait_for(1, 30, "/Messages.json")  # the SMS is on its way
+        w1.signal(signal.SIGTERM)
+        w2 = _worker(tmp_path, cluster, pg, "w2", twilio).start()
+        w2.wait_ready()
+        _until(lambda: len(_partitions(w2)) == cluster.partitions, "w2 serves all", 30)
+        assert w1.proc is not None and w1.proc.wait(30) == 0
+        sms = "SELECT count(*) FROM outbox WHERE channel = 'sms'"
+        _until(lambda: pg.raw(sms + " AND status = 'done'")[0][0] == pg.raw(sms)[0][0],
+               "every SMS row done", 30)
+        sent = [r.form.get("Body") for r in twilio.seen if r.path.endswith("/Messages.json")]
+        assert len(sent) == pg.raw(sms)[0][0] == 1, sent
+    finally:
+        w1.kill()
+        if w2 is not None:
+            w2.kill()
         alerts.close()
         tags.close()

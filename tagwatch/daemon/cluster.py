@@ -159,6 +159,8 @@ class ClusterDaemon(Daemon):
         self.cluster_metrics = ClusterMetrics(self.metrics.registry)
         self._settings: BrokerSettings | None = None
         self._valid_until = 0.0  # monotonic: leases unconfirmed after this
+        self._releasing: set[int] = set()  # rebalanced away, released once nothing is sent
+        self._release_by = 0.0  # monotonic: released then, sends in flight or not
         self.pipeline.reload(ZoneSet([]))  # no partition yet, so no case
 
     # ---- state -----------------------------------------------------------------------
@@ -463,6 +465,7 @@ class ClusterDaemon(Daemon):
         try:
             await self.stopping.wait()
         finally:
+            await self._finish_sends()
             for task in (rounds, victims):
                 task.cancel()
             await asyncio.gather(rounds, victims, return_exceptions=True)
@@ -471,6 +474,20 @@ class ClusterDaemon(Daemon):
             with contextlib.suppress(RecordError):
                 await asyncio.to_thread(self.leases.leave)
             self.leases.close()
+
+    async def _finish_sends(self) -> None:
+        """Stopping: the SMS, calls and webhooks in flight end (answered and marked done)
+        while the lease rounds still run. Released before that, the partition's next
+        owner finds their rows pending and sends them again (a victim texted twice in a
+        rolling restart). Rows not yet started are left to the next owner."""
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            return
+        dispatcher.stop()
+        try:
+            await asyncio.wait_for(dispatcher.idle(), _STOP_WAIT_S)
+        except TimeoutError:  # a provider that never answers: at least once, as a crash
+            log.warning("stopping_with_sends_in_flight", wait_s=_STOP_WAIT_S)
 
     async def _victims(self) -> None:
         """Victims' fixes, from this worker's own session: those of a device of a case
@@ -530,12 +547,37 @@ class ClusterDaemon(Daemon):
         for p in list(self.served):
             if p not in self.leases.held:  # dropped, or fenced meanwhile
                 await self._drop(p, "lease_lost")
+        self._releasing -= set(result.lost)
         for p in result.surplus:
-            await self._drop(p, "rebalanced", count_loss=False)
-            await asyncio.to_thread(self.leases.release, [p])
+            if p not in self._releasing:
+                epoch = self.leases.held.get(p)
+                await self._drop(p, "rebalanced", count_loss=False)
+                if epoch is not None:  # still ours: renewed until released below
+                    if not self._releasing:
+                        self._release_by = time.monotonic() + _STOP_WAIT_S
+                    self.leases.held[p] = epoch
+                    self._releasing.add(p)
+        await self._release_sent()
         for p, epoch in sorted(result.acquired.items()):
             await self._take(p, epoch)
         m.owned.set(len(self.served))
+
+    async def _release_sent(self) -> None:
+        """Give back the partitions rebalanced away once no send is in flight: a row of
+        theirs the dispatcher is sending would otherwise be found pending by the next
+        owner and sent again (a victim texted twice when a worker joined). Until then
+        their leases are renewed, their sessions closed; a provider that never answers
+        holds them at most _STOP_WAIT_S."""
+        if not self._releasing:
+            return
+        dispatcher = self.dispatcher
+        busy = dispatcher is not None and dispatcher.sending()
+        if busy and time.monotonic() < self._release_by:
+            return
+        if busy:
+            log.warning("released_with_sends_in_flight", partitions=sorted(self._releasing))
+        await asyncio.to_thread(self.leases.release, sorted(self._releasing))
+        self._releasing.clear()
 
     async def _take(self, p: int, epoch: int) -> None:
         self.cluster_metrics.takeovers.inc()

@@ -113,6 +113,7 @@ class Daemon(Wiring, CaseReload):
         self.record_down: str | None = None
         self.conn: MqttConnection | None = None
         self.publisher: Publisher | None = None
+        self.dispatcher = None  # SMS, calls and webhooks, while running (with Twilio or police)
         self._work = asyncio.Lock()
         self._acked_seen: set[str] = set()
         self._tasks: list[asyncio.Task] = []
@@ -224,7 +225,7 @@ class Daemon(Wiring, CaseReload):
             may_send=self._may_send,
         )
         await self.publisher.flush()  # rows left by a previous run go out first
-        dispatcher = self._dispatcher()
+        dispatcher = self.dispatcher = self._dispatcher()
         self._tasks = [
             asyncio.create_task(self.batcher.pump(conn.bursts()), name="pump"),
             asyncio.create_task(self.publisher.run(), name="publisher"),

@@ -97,6 +97,10 @@ class Dispatcher:
         self._stopping = True
         self.wake.set()
 
+    def sending(self) -> bool:
+        """Whether a row is being sent (started and not yet marked done or retried)."""
+        return bool(self._inflight)
+
     async def idle(self) -> None:
         """Wait for every send in flight to finish."""
         while self._inflight:

@@ -141,6 +141,7 @@ class Leases:
         acquired: dict[int, int] = {}
         surplus: list[int] = []
         if len(self.held) < share:
+            self._end_stopped_fences(ttl)
             acquired = self._acquire(share - len(self.held), ttl)
             self.held.update(acquired)
         elif len(self.held) > share and self._someone_short(share, ttl):
@@ -159,6 +160,21 @@ class Leases:
             (ttl, list(self.held), list(self.held.values()), self.worker),
         )
         return dict(rows)
+
+    def _end_stopped_fences(self, ttl: str) -> None:
+        """End the transactions that hold a lease row share-locked (a fence) while idle for
+        longer than the TTL: their process was stopped halfway through a commit (SIGSTOP,
+        a VM pause) and would block every takeover of those partitions (SKIP LOCKED). The
+        fence's own idle_in_transaction_session_timeout does not fire in libpq's pipeline
+        mode (seen on PostgreSQL 15 with psycopg 3: the transaction stayed idle for 15 s
+        and more), so the taker ends them: pg_terminate_backend, same database role."""
+        self._run(
+            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a "
+            "WHERE a.state = 'idle in transaction' AND a.pid <> pg_backend_pid() "
+            "AND a.state_change < now() - %s::interval AND EXISTS (SELECT 1 FROM pg_locks l "
+            f"WHERE l.pid = a.pid AND l.granted AND l.relation = '{LEASES_TABLE}'::regclass)",
+            (ttl,),
+        )
 
     def _acquire(self, wanted: int, ttl: str) -> dict[int, int]:
         # SKIP LOCKED: a row share-locked by a commit in flight (the old owner's fence) or

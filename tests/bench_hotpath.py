@@ -33,6 +33,7 @@ import numpy as np
 
 from tagwatch.bench.workload import london_cases
 from tagwatch.config import load_config
+from tagwatch.daemon import main as daemon_main
 from tagwatch.daemon.service import Daemon
 from tagwatch.pipeline import Inbound
 from tagwatch.record import Record
@@ -86,6 +87,9 @@ def run(
     record = Record.open(config.record.url)
     daemon = Daemon(config, record, ZoneSet(cases), {c.id: c for c in cases})
     inbound = messages(cases, fixes + WARMUP_BATCHES * BATCH)
+    freeze = getattr(daemon_main, "_freeze_startup_objects", None)
+    if freeze is not None:  # as `tagwatch run` does after start-up (trees since 5a23f87)
+        freeze()
     accepted = 0
     profiler = cProfile.Profile() if profile else None
     measured = WARMUP_BATCHES * BATCH

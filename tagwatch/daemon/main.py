@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,6 +94,19 @@ def run(config_path: Path | None, environ: Mapping[str, str]) -> int:
         record.close()
 
 
+def _freeze_startup_objects() -> None:
+    """What start-up made (modules, cases, zones, the restored rule state) lives as long
+    as the daemon: moved out of the garbage collector's generations, a full collection
+    walks only what was made since. It holds the GIL throughout, so paho's thread and the
+    event loop both wait: a full collection of a daemon with 1,000 cases took 30-40 ms of
+    CPU (72,000 objects tracked, nearly all from start-up), under 0.1 ms once frozen; and
+    under a one-tag flood the young objects of the normal path reach the old generation
+    often, so full collections come often (12% of the GIL's samples, issue 16.8).
+    Frozen objects are still freed when their last reference goes (a case reload)."""
+    gc.collect()  # no garbage frozen for ever
+    gc.freeze()
+
+
 def _daemon_class(config) -> type[Daemon]:
     if config.cluster is None:
         return Daemon
@@ -103,6 +117,7 @@ def _daemon_class(config) -> type[Daemon]:
 
 async def _main(daemon: Daemon) -> int:
     daemon.restore()
+    _freeze_startup_objects()
     config = daemon.config
     async with contextlib.AsyncExitStack() as stack:
         url = None

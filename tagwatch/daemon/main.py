@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +13,13 @@ import structlog
 from tagwatch import signing
 from tagwatch.config import ConfigError, load_config, missing_paths
 from tagwatch.daemon import logs
-from tagwatch.daemon.caseset import CaseSet, CasesRefused, load_caseset, log_caseset
+from tagwatch.daemon.caseset import (
+    CaseSet,
+    CasesRefused,
+    freeze_long_lived,
+    load_caseset,
+    log_caseset,
+)
 from tagwatch.daemon.service import Daemon
 from tagwatch.daemon.settings import broker_settings, summarise_notify
 from tagwatch.feed.auth import PUBLIC_TOKEN_HASHES
@@ -94,19 +99,6 @@ def run(config_path: Path | None, environ: Mapping[str, str]) -> int:
         record.close()
 
 
-def _freeze_startup_objects() -> None:
-    """What start-up made (modules, cases, zones, the restored rule state) lives as long
-    as the daemon: moved out of the garbage collector's generations, a full collection
-    walks only what was made since. It holds the GIL throughout, so paho's thread and the
-    event loop both wait: a full collection of a daemon with 1,000 cases took 30-40 ms of
-    CPU (72,000 objects tracked, nearly all from start-up), under 0.1 ms once frozen; and
-    under a one-tag flood the young objects of the normal path reach the old generation
-    often, so full collections come often (12% of the GIL's samples, issue 16.8).
-    Frozen objects are still freed when their last reference goes (a case reload)."""
-    gc.collect()  # no garbage frozen for ever
-    gc.freeze()
-
-
 def _daemon_class(config) -> type[Daemon]:
     if config.cluster is None:
         return Daemon
@@ -117,7 +109,7 @@ def _daemon_class(config) -> type[Daemon]:
 
 async def _main(daemon: Daemon) -> int:
     daemon.restore()
-    _freeze_startup_objects()
+    freeze_long_lived()
     config = daemon.config
     async with contextlib.AsyncExitStack() as stack:
         url = None

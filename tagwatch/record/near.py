@@ -118,15 +118,13 @@ def place_rows(rows: list[tuple], entries: list[Entry]) -> list[tuple]:
     after another instead of at a thousand places in turn: the same rows, written with
     fewer pages touched (2,000-row commits alone: 12 -> 9 us of CPU a row)."""
     out = []
-    floor = math.floor
     for row, entry in zip(rows, entries, strict=True):
         if entry.kind != "fix" or row[4] is None:
             continue
         body = entry.body
         lat, lon = body.get("lat"), body.get("lon")
         if type(lat) in _NUMBER and type(lon) in _NUMBER:  # bool is not: as _number
-            cell = floor((lat + 90.0) * 50.0) * 18001 + floor((lon + 180.0) * 50.0)  # cell_of
-            out.append((row[0], row[1], row[3], row[4], lat, lon, cell))
+            out.append((row[0], row[1], row[3], row[4], lat, lon, cell_of(lat, lon)))
     out.sort(key=_KEY)
     return out
 
@@ -182,13 +180,8 @@ def candidates_sql(query: NearQuery, use_cells: bool = True) -> tuple[str, list]
     """The SELECT of candidate fixes (tag, chain, event_ts, body) for the query: the grid
     cells the circle touches, the window, the bounding box (all from the index), then the
     entries of what is left."""
-    where, params = (
-        ["p.event_ts BETWEEN ? AND ?", "p.cell IS NOT NULL"],
-        [
-            query.since,
-            query.until,
-        ],
-    )
+    where = ["p.event_ts BETWEEN ? AND ?", "p.cell IS NOT NULL"]
+    params = [query.since, query.until]
     listed = cells(query) if use_cells else None
     if listed is not None:
         where.insert(0, f"p.cell IN ({','.join('?' * len(listed))})")

@@ -151,6 +151,33 @@ def _parser() -> argparse.ArgumentParser:
         "--memory-tags", type=int, default=100_000, help="tags held in the memory run"
     )
     e2e.set_defaults(handler=_bench_e2e)
+    cluster = which.add_parser(
+        "cluster", help="cluster mode: one worker against two, and takeover after kill -9"
+    )
+    cluster.add_argument(
+        "--record", help="postgresql://... (required: a schema of its own per run, dropped after)"
+    )
+    cluster.add_argument(
+        "--nats", help="mqtt://host:port,... of a running cluster (default: start three nodes)"
+    )
+    cluster.add_argument("--nats-server", help="the nats-server binary to start (default: found)")
+    cluster.add_argument(
+        "--fixes", type=_count(1, 10_000_000), default=20_000, help="fixes per throughput run"
+    )
+    cluster.add_argument("--tags", type=_count(1, 100_000), default=1_000, help="tags (and cases)")
+    cluster.add_argument(
+        "--rounds", type=_count(1, 20), default=2, help="pairs of runs: 1 worker, then 2"
+    )
+    cluster.add_argument("--kills", type=_count(0, 50), default=3, help="kill -9 of a worker")
+    cluster.add_argument(
+        "--kill-rate", type=_count(1, 20_000), default=200, help="fixes/s while killing"
+    )
+    cluster.add_argument("--lease-ttl-s", type=float, default=3.0, help="the workers' lease_ttl_s")
+    cluster.add_argument(
+        "--partitions", type=_count(1, 1024), default=16, help="K: the broker mapping's"
+    )
+    cluster.add_argument("--json", action="store_true", help="print one JSON object")
+    cluster.set_defaults(handler=_bench_cluster)
     notify = which.add_parser("notify", help="breach fix published to SMS request received")
     notify.add_argument("--broker", help="mqtt://host:port (default: a private Mosquitto)")
     notify.add_argument(
@@ -755,6 +782,31 @@ def _bench_e2e(args: argparse.Namespace) -> int:
     except e2e.BenchError as exc:
         print(f"tagwatch bench e2e: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _bench_cluster(args: argparse.Namespace) -> int:
+    from tagwatch.bench import cluster
+    from tagwatch.bench.e2e import BenchError
+    from tagwatch.bench.report import emit
+
+    try:
+        result = cluster.run(
+            args.record,
+            nats=args.nats,
+            nats_server=args.nats_server,
+            fixes=args.fixes,
+            tags=args.tags,
+            rounds=args.rounds,
+            kills=args.kills,
+            kill_rate=args.kill_rate,
+            lease_ttl_s=args.lease_ttl_s,
+            partitions=args.partitions,
+        )
+    except BenchError as exc:
+        print(f"tagwatch bench cluster: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    emit(result, cluster.RESULT_LINES, args.json)
     return EXIT_OK
 
 

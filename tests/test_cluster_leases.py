@@ -7,6 +7,7 @@ epoch (Record.commit's fence) and a takeover never overlaps a commit in flight.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,10 +133,28 @@ def test_a_takeover_waits_for_the_old_owners_commit_in_flight(pg) -> None:
     fence = w1.fence(0)
     with psycopg.connect(pg.url) as conn:  # w1's batch transaction, fence taken, not ended
         conn.execute(_FENCE.replace("?", "%s"), ("60000", [0], [fence.owner], [fence.epoch]))
+        # still at work (a statement running, not idle) when the lease expires
+        busy = threading.Thread(target=conn.execute, args=(f"SELECT pg_sleep({TTL + 1.0})",))
+        busy.start()
         time.sleep(TTL + 0.3)  # the lease expires while the commit is in flight
         assert w2.round().acquired == {}, "taken over while a commit of w1 was in flight"
+        busy.join()
         conn.commit()
     assert _until(lambda: w2.round().acquired, "w2 takes over after the commit") == {0: 2}
+
+
+def test_a_fence_left_idle_past_the_ttl_is_ended_by_the_next_owner(pg) -> None:
+    """A process stopped halfway through its commit (SIGSTOP) leaves its fence idle in
+    its transaction; the server's idle timeout does not fire after a pipelined statement
+    (docs/CLUSTER.md), so the worker about to take the partition ends it."""
+    w1, w2 = _workers(pg, "w1", "w2", k=1)
+    w1.round()
+    fence = w1.fence(0)
+    with psycopg.connect(pg.url) as conn:
+        conn.execute(_FENCE.replace("?", "%s"), ("60000", [0], [fence.owner], [fence.epoch]))
+        assert _until(lambda: w2.round().acquired, "w2 takes over") == {0: 2}
+        with pytest.raises(psycopg.OperationalError):
+            conn.commit()  # ended by the server: nothing of the stopped commit lands
 
 
 def test_a_fenced_commit_costs_one_round_trip_more(pg, tmp_path: Path) -> None:

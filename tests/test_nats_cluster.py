@@ -136,8 +136,10 @@ class Publisher:
     through the next node (at least once, as a tag's firmware does)."""
 
     def __init__(self, cluster: NatsCluster, node: int, window: int = 50,
-                 auth: tuple[str, str] | None = None) -> None:
+                 auth: tuple[str, str] | None = None, rate: float | None = None) -> None:
+        """rate: fixes a second at most (a steady stream of tags, not one burst)."""
         self.auth = auth
+        self.rate = rate
         self.cluster = cluster
         self.node = node
         self.window = window
@@ -145,6 +147,8 @@ class Publisher:
         self.failovers: list[float] = []  # seconds from losing a node to the next CONNACK
         self.client: mqtt.Client | None = None
         self.lost = threading.Event()
+        self.halt = threading.Event()  # set: no window after the current one
+        self.sent = 0  # fixes[:sent] are sent and PUBACKed (when run returns)
 
     def _connect(self, deadline_s: float = WAIT_S) -> None:
         deadline = time.monotonic() + deadline_s
@@ -180,8 +184,10 @@ class Publisher:
 
     def run(self, fixes: list[tuple[str, bytes]]) -> None:
         self._connect()
-        start = 0
-        while start < len(fixes):
+        start, began = 0, time.monotonic()
+        while start < len(fixes) and not self.halt.is_set():
+            if self.rate:  # the pace of the load, not a wait for anything
+                time.sleep(max(0.0, began + start / self.rate - time.monotonic()))
             todo = [i for i in range(start, min(start + self.window, len(fixes)))
                     if i not in self.acked]
             assert self.client is not None
@@ -199,6 +205,7 @@ class Publisher:
             self.client.loop_stop()
             self._connect()
             self.failovers.append(time.monotonic() - lost_at)
+        self.sent = min(start, len(fixes))
         assert self.client is not None
         self.client.loop_stop()
         self.client.disconnect()

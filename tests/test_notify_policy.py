@@ -285,3 +285,39 @@ def test_an_acknowledged_alerts_later_updates_start_no_clock_again():
     restored.observe(alert(3, state="acknowledged", severity="warning"))
     restored.observe(alert(3, at=T0 + 30, state="updated"))  # confirmed: critical now
     assert [r["id"] for r in restored.tick(T0 + 10_000)] == [alert(3)["id"]] * 2
+
+
+def test_a_partitions_share_of_the_notify_state_moves_whole_and_only_it():
+    """Cluster mode (issue 20): the SMS ledger and escalation clocks split by alert and
+    by victim, one share per partition; a share taken over runs as it would have, and a
+    share dropped leaves nothing of it (no clock of an alert owned elsewhere runs)."""
+    ledger, esc = SmsLedger(), Escalation(EscalationSettings(ack_timeout_s=120))
+    mine, theirs = alert(1), alert(2)
+    for record in (mine, theirs):
+        deliveries_for(record, CASE, SETTINGS, ledger)
+        esc.observe(record)
+    ledger.degraded["dd"] = ["C-0001", "V-01", T0]
+    is_mine = mine["id"].__eq__
+
+    def victim_is_mine(key: str) -> bool:
+        return key == "C-0001/V-01"
+
+    share = SmsLedger.from_bytes(ledger.part(is_mine, victim_is_mine).to_bytes())
+    assert set(share.texted) == {mine["id"]} and set(share.sends) == {"C-0001/V-01"}
+    assert set(share.degraded) == {"dd"}  # a notice goes with its victim
+    clocks = Escalation.from_bytes(esc.part(is_mine).to_bytes(), esc.settings)
+    assert set(clocks.pending()) == {mine["id"]}
+
+    ledger.drop(is_mine, victim_is_mine)
+    esc.drop(is_mine)
+    assert mine["id"] not in ledger.texted and "dd" not in ledger.degraded
+    assert [r["id"] for r in esc.tick(T0 + 120)] == [theirs["id"]]
+
+    new_owner, new_ledger = Escalation(esc.settings), SmsLedger()
+    new_owner.take_part(clocks)
+    new_ledger.take(share)
+    assert deliveries_for({**mine, "state": "updated"}, CASE, SETTINGS, new_ledger) == [
+        i for i in deliveries_for({**mine, "state": "updated"}, CASE, SETTINGS, SmsLedger())
+        if i.channel == "police"]  # texted already: no second SMS
+    (first,) = new_owner.tick(T0 + 120)  # the old owner's deadline, not a new clock
+    assert first["id"] == mine["id"] and escalation_level(first) == 1

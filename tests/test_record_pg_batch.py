@@ -54,13 +54,46 @@ def _everything(i: int) -> Batch:
     )
 
 
-def test_a_small_batch_commit_is_two_round_trips(pg, tmp_path: Path) -> None:
+def test_a_small_batch_commit_is_one_round_trip_on_chains_it_wrote_before(
+        pg, tmp_path: Path) -> None:
     record, _db = pg
     record.commit(_everything(1), T0 + 10)  # creates the chain heads
-    assert _round_trips(record, tmp_path, _everything(10), T0 + 11) == 2
+    assert _round_trips(record, tmp_path, _everything(10), T0 + 11) == 1
     assert record.checkpoints() == {"T-1001": bytes(range(256)) * 3, "T-2002": b"\x00\\x"}
     assert [a["id"] for a in record.latest_alerts()] == ["a10", "a1"]
     assert record.outbox_depth() == 2
+    assert record.verify() == []
+
+
+def test_a_writer_new_to_the_chains_locks_their_heads_first(pg, tmp_path: Path) -> None:
+    record, db = pg
+    record.commit(_everything(1), T0 + 10)
+    other = Record.open(db.url)
+    try:
+        assert _round_trips(other, tmp_path, _everything(10), T0 + 11) == 2  # + the lock
+        assert _round_trips(other, tmp_path, _everything(20), T0 + 12) == 1
+    finally:
+        other.close()
+    assert record.verify() == []
+
+
+def test_a_writer_whose_known_head_another_moved_redoes_its_batch_locked(pg) -> None:
+    # Both writers append to the same chain; each remembers the head it left. The first
+    # one's next batch starts from a head that is no longer the chain's: its entry's seq is
+    # taken, the transaction fails, and the batch is redone on the locked, current head.
+    record, db = pg
+    record.commit(Batch([fix(1)], [], {"T-1001": b"one"}), T0 + 10)
+    other = Record.open(db.url)
+    try:
+        other.commit(Batch([fix(2)], [], {"T-1001": b"two"}), T0 + 11)
+        record.commit(Batch([fix(3), alert("a3", "open", 3)], [], {"T-1001": b"three"}), T0 + 12)
+        other.commit(Batch([fix(4)], [], {"T-1001": b"four"}), T0 + 13)
+    finally:
+        other.close()
+    assert [f["seq"] for f in record.track("T-1001", 0)] == [1, 2, 3, 4]
+    assert db.raw(f"SELECT seq FROM chain_heads WHERE chain = '{CHAIN}'") == [(5,)]
+    assert [a["id"] for a in record.latest_alerts()] == ["a3"]
+    assert record.checkpoints() == {"T-1001": b"four"}
     assert record.verify() == []
 
 
@@ -103,3 +136,31 @@ def test_a_one_query_read_is_two_round_trips_and_marking_rows_done_one(
                    lambda: record.outbox_done_many([r.id for r in due], {"sid": "x"})) == 1
     assert record.outbox_depth() == 0
     assert record.verify() == []  # a read transaction streaming rows
+
+
+def test_checkpoints_sliced_from_one_binary_parameter_come_back_byte_for_byte(pg) -> None:
+    # The states go concatenated in one bytea parameter, each row naming its offset and
+    # length: every byte value, empty states, and states on either side of each other.
+    record, _db = pg
+    states = {
+        "T-1001": bytes(range(256)) * 3,
+        "T-2002": b"",
+        'odd "key"\n\\ é': b"\x00",
+        "T-3003": b"\xff" * 5000,
+        **{f"T-{n}": bytes([n % 256]) * n for n in range(4000, 4040)},
+    }
+    record.commit(Batch([fix(1)], [], states), T0 + 1)
+    assert record.checkpoints() == states
+    changed = {"T-2002": b"now longer", "T-3003": b"", "T-9009": b"new"}
+    record.commit(Batch([fix(2)], [], changed), T0 + 2)
+    assert record.checkpoints() == states | changed
+
+
+def test_the_tables_every_batch_rewrites_leave_room_on_each_page(pg) -> None:
+    # So a new version of a chain head or a checkpoint stays on its page (a HOT update).
+    _record, db = pg
+    rows = db.raw(
+        "SELECT relname, reloptions FROM pg_class "
+        "WHERE oid IN ('chain_heads'::regclass, 'checkpoints'::regclass) ORDER BY relname"
+    )
+    assert rows == [("chain_heads", ["fillfactor=50"]), ("checkpoints", ["fillfactor=50"])]

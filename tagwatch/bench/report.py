@@ -56,8 +56,12 @@ def emit(result: dict, lines: list[tuple[str, str]], as_json: bool) -> None:
             shown = f"{value:,.1f}x"
         elif key.endswith("_ms"):
             shown = f"{value:,.1f} ms"
-        else:
+        elif key.endswith("_per_s"):
             shown = f"{value:,} fixes/s"
+        elif key.endswith("_s"):
+            shown = f"{value:,.2f} s"
+        else:
+            shown = f"{value:,}"
         print(f"{label:<{width}}  {shown}")
     extra = {k: v for k, v in result.items() if k not in {key for key, _ in lines}}
     print(json.dumps(extra, sort_keys=True))

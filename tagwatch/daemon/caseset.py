@@ -8,6 +8,7 @@ signals, and keeps the daemon off the broker while no case is loaded.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from dataclasses import dataclass, field
@@ -22,6 +23,20 @@ from tagwatch.notify.policy import PolicySettings
 from zones import Case, ZoneSet
 
 log = structlog.get_logger("tagwatch.daemon")
+
+
+def freeze_long_lived() -> None:
+    """What start-up (or a reload) made, modules, cases, zones, the restored rule state,
+    lives as long as the daemon: moved out of the garbage collector's generations, a full
+    collection walks only what was made since. It holds the GIL throughout, so paho's
+    thread and the event loop both wait: a full collection of a daemon with 1,000 cases
+    took 30-40 ms of CPU (72,000 objects tracked, nearly all from start-up), under 0.1 ms
+    once frozen; and under a one-tag flood the young objects of the normal path reach the
+    old generation often, so full collections come often (12% of the GIL's samples,
+    issue 16.8). Frozen objects are still freed when their last reference goes; cycles
+    among them only after gc.unfreeze() (a reload does that first)."""
+    gc.collect()  # no garbage frozen for ever
+    gc.freeze()
 
 
 class CasesRefused(Exception):
@@ -169,6 +184,8 @@ class CaseReload:
             self.notify.settings = policy_settings(self.config, cases)
         log_caseset(caseset, path)
         log.info("reloaded", cases=len(cases), refused=len(caseset.refused), path=str(path))
+        gc.unfreeze()  # what the old cases leave in cycles is collected, the new frozen
+        freeze_long_lived()
         if cases:
             self._cases_loaded.set()
         return True

@@ -12,6 +12,10 @@ work are unchanged; what differs:
 - the engine knows only the cases with a tag in a partition served here; on takeover it
   restores their rule state from the checkpoints, read after the lease was taken (so the
   old owner's last commit is in them, and any later one is refused);
+- the SMS ledger and the escalation clocks are checkpointed per partition (an alert's is
+  its tag's, a victim's its case's first tag's) under the fences of the commit, taken over
+  with the partition and forgotten when it is dropped: a new owner neither texts again
+  nor forgets a pending escalation;
 - a lease round every lease_ttl_s / 3: renew, take free or expired partitions up to a
   fair share, give one surplus back; when no round has succeeded for lease_ttl_s (the
   database unreachable, or this process stopped), every partition is dropped at once.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
@@ -32,9 +37,10 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from tagwatch.config import Config
+from tagwatch.daemon.effects import ESCALATION_KEY, LEDGER_KEY
 from tagwatch.daemon.service import Daemon
 from tagwatch.ingest import partitions as parts
-from tagwatch.ingest.batcher import Batcher
+from tagwatch.ingest.batcher import Batcher, RateGate
 from tagwatch.ingest.leases import Leases
 from tagwatch.ingest.mqtt import Backoff, BrokerSettings, Message, MqttConnection, connect_unless
 from tagwatch.ingest.partitions import partition_of
@@ -49,7 +55,7 @@ from tagwatch.record import (
     RecordError,
     RecordUnavailable,
 )
-from tagwatch.wire import status_message
+from tagwatch.wire import parse_rfc3339, status_message
 from zones import Case, ZoneSet
 from zones.models import OWNTRACKS_DEVICE
 
@@ -66,6 +72,7 @@ class Served:
     fence: Fence
     conn: MqttConnection
     batcher: Batcher[Message]
+    gate: RateGate | None  # the per-tag rate limit at its door (its own token buckets)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
     taken_at: float = field(default_factory=time.time)
@@ -74,14 +81,33 @@ class Served:
 
 
 class OwnOutbox:
-    """The record, but its outbox_due gives only the rows of the partitions served."""
+    """The record, but its outbox_due gives only the rows of the partitions served, and
+    a commit made without a fence (an operator's action) is fenced by the partitions
+    whose notification state it writes."""
 
-    def __init__(self, record: Record, partitions: Callable[[], list[int]]) -> None:
+    def __init__(self, record: Record, partitions: Callable[[], list[int]],
+                 fences_of: Callable[[Batch], list[Fence]]) -> None:
         self._record = record
         self._partitions = partitions
+        self._fences_of = fences_of
 
     def __getattr__(self, name: str):
         return getattr(self._record, name)
+
+    def commit(self, batch: Batch, recorded_at: float, fence=None) -> None:
+        fences = self._fences_of(batch) if fence is None else None
+        if not fences:
+            self._record.commit(batch, recorded_at, fence)
+            return
+        try:
+            self._record.commit(batch, recorded_at, fences)
+        except Fenced as exc:
+            # The action is evidence and is kept; the partition's state is its new
+            # owner's now (its poll of acknowledgements stops the clock there).
+            log.warning("action_state_fenced", partitions=exc.partitions)
+            points = {k: v for k, v in batch.checkpoints.items()
+                      if parts.notify_partition(k) is None}
+            self._record.commit(dataclasses.replace(batch, checkpoints=points), recorded_at)
 
     def outbox_due(self, now: float, limit: int = 100) -> list:
         return self._record.outbox_due(now, limit, partitions=self._partitions())
@@ -124,26 +150,42 @@ class ClusterDaemon(Daemon):
         record.fence_idle_s = c.lease_ttl_s  # a stopped commit must not block a takeover
         # The publisher and the dispatcher see only the outbox rows of partitions served,
         # and none once the leases went unconfirmed (a zombie woken up sends nothing).
-        self.record = OwnOutbox(record, self._sending)  # type: ignore[assignment]
+        self.record = OwnOutbox(record, self._sending, self._notify_fences)  # type: ignore[assignment]
         self.served: dict[int, Served] = {}
+        self._alert_parts: dict[str, int] = {}  # alert id -> partition, for the notify state
+        self._notify_written: dict[str, bytes] = {}  # the notify checkpoints as last committed
         self.topics.status = f"{self.topics.prefix}/status/{c.worker}"
         self.instance = f"{c.worker}/{self.instance}"
         self.cluster_metrics = ClusterMetrics(self.metrics.registry)
         self._settings: BrokerSettings | None = None
         self._valid_until = 0.0  # monotonic: leases unconfirmed after this
+        self._giving: dict[int, asyncio.Task] = {}  # partitions being given back
         self.pipeline.reload(ZoneSet([]))  # no partition yet, so no case
 
     # ---- state -----------------------------------------------------------------------
 
     def restore(self) -> None:
-        """The notification state only: rule state comes with each partition taken."""
+        """Nothing of the partitions: their rule and notification state comes with each
+        partition taken."""
         super().restore()
         self.pipeline.reset({})
 
+    def _restore_notify(self, points: dict[str, bytes]) -> None:
+        """The single process's whole-deployment keys are not a partition's: ignored."""
+        for key in (LEDGER_KEY, ESCALATION_KEY):
+            if points.pop(key, None) is not None:
+                log.warning("notify_state_ignored", key=key,
+                            detail="a single process's state; cluster mode keeps it by partition")
+
     def _sending(self) -> list[int]:
-        if time.monotonic() > self._valid_until:
+        if not self._may_send():
             return []
         return sorted(self.served)
+
+    def _may_send(self) -> bool:
+        """Not once the leases went unconfirmed (a zombie woken up sends nothing, not
+        even the rows it read before it was stopped)."""
+        return time.monotonic() <= self._valid_until
 
     def _owned_cases(self) -> dict[str, Case]:
         return parts.cases_in(self.cases, self.served, self.cluster.partitions)
@@ -153,8 +195,12 @@ class ClusterDaemon(Daemon):
         owned = sorted(self._owned_cases().values(), key=lambda c: (c.source, c.id))
         self.pipeline.reload(ZoneSet(owned))
 
-    async def _checkpoints(self, cases: dict[str, Case]) -> dict[str, bytes]:
+    async def _checkpoints(self, cases: dict[str, Case],
+                           partitions: tuple[int, ...] = ()) -> dict[str, bytes]:
+        """The committed rule state of these cases (and the notification state of these
+        partitions)."""
         keys = parts.checkpoint_keys(cases.values())
+        keys.update(k for p in partitions for k in parts.notify_keys(p))
         backoff = Backoff(0.2, 5.0)
         while True:
             try:
@@ -215,7 +261,90 @@ class ClusterDaemon(Daemon):
             return partition_of(tag, k) if tag else default
 
         outbox = [dataclasses.replace(i, partition=partition(i)) for i in batch.outbox]
+        self._alert_parts.update(
+            (alert, partition_of(tag, k)) for alert, tag in tags.items() if tag
+        )
         return dataclasses.replace(batch, outbox=outbox)
+
+    # ---- notification state by partition -----------------------------------------------
+
+    def _alerts_of(self, p: int) -> Callable[[str], bool]:
+        return lambda alert_id: self._alert_parts.get(alert_id) == p
+
+    def _victims_of(self, p: int) -> Callable[[str], bool]:
+        k = self.cluster.partitions
+        return lambda key: parts.case_partition(self.cases.get(key.split("/")[0]), k) == p
+
+    def _notify_parts(self, batch: Batch, fences: list[Fence]) -> Batch:
+        """The batch's SMS ledger and escalation checkpoints (the whole state, as the
+        effects make them) as one pair per partition fenced, each only if changed since
+        last committed: no commit writes the state of a partition it is not fenced by."""
+        points = dict(batch.checkpoints)
+        ledger = points.pop(LEDGER_KEY, None) is not None
+        escalation = points.pop(ESCALATION_KEY, None) is not None
+        if not (ledger or escalation):
+            return batch
+        for f in fences:
+            ledger_key, escalation_key = parts.notify_keys(f.partition)
+            alerts = self._alerts_of(f.partition)
+            if ledger:
+                state = self.notify.ledger.part(alerts, self._victims_of(f.partition))
+                points[ledger_key] = state.to_bytes()
+            if escalation:
+                points[escalation_key] = self.notify.escalation.part(alerts).to_bytes()
+        for key in [k for k in points if parts.notify_partition(k) is not None]:
+            if self._notify_written.get(key) == points[key]:
+                del points[key]
+        # what no state holds any more needs no partition (an alert's later records
+        # come through _partitioned again)
+        held = self.notify.escalation.alert_ids() | set(self.notify.ledger.texted)
+        self._alert_parts = {a: p for a, p in self._alert_parts.items() if a in held}
+        return dataclasses.replace(batch, checkpoints=points)
+
+    def _notify_fences(self, batch: Batch) -> list[Fence]:
+        """The fences of the partitions whose notification state a batch writes."""
+        wanted = {parts.notify_partition(k) for k in batch.checkpoints} - {None}
+        return [s.fence for p, s in self.served.items() if p in wanted]
+
+    def _action_checkpoints(self, alert_id: str) -> dict[str, bytes]:
+        """An operator's action commits its alert's partition's escalation state, when
+        served here (else its owner's poll of acknowledgements stops the clock)."""
+        p = self._alert_parts.get(alert_id)
+        if p is None or p not in self.served:
+            return {}
+        state = self.notify.escalation.part(self._alerts_of(p))
+        return {parts.notify_keys(p)[1]: state.to_bytes(without=alert_id)}
+
+    def _take_notify(self, p: int, points: dict[str, bytes]) -> list[str]:
+        """Add partition p's committed notification state (taken out of `points`);
+        returns the alert ids whose escalation clocks it brought."""
+        ledger_key, escalation_key = parts.notify_keys(p)
+        ledger, escalation = points.pop(ledger_key, None), points.pop(escalation_key, None)
+        try:
+            taken = SmsLedger.from_bytes(ledger) if ledger is not None else SmsLedger()
+            clocks = Escalation.from_bytes(escalation, self.notify.escalation.settings) \
+                if escalation is not None else Escalation(self.notify.escalation.settings)
+        except ValueError as exc:
+            log.error("notify_state_unreadable", partition=p, error=str(exc),
+                      detail="this partition's SMS ledger and escalation start empty")
+            return []
+        for key, blob in ((ledger_key, ledger), (escalation_key, escalation)):
+            if blob is not None:
+                self._notify_written[key] = blob
+        self._alert_parts.update((a, p) for a in taken.texted)
+        self._alert_parts.update((a, p) for a in clocks.alert_ids())
+        self.notify.ledger.take(taken)
+        self.notify.escalation.take_part(clocks)
+        return list(clocks.pending())
+
+    def _drop_notify(self, p: int) -> None:
+        """Forget partition p's notification state: its new owner has it."""
+        alerts = self._alerts_of(p)
+        self.notify.ledger.drop(alerts, self._victims_of(p))
+        self.notify.escalation.drop(alerts)
+        self._alert_parts = {a: q for a, q in self._alert_parts.items() if q != p}
+        for key in parts.notify_keys(p):
+            self._notify_written.pop(key, None)
 
     async def _commit(self, batch: Batch) -> None:
         """As the single process's, under the fence of the partitions the batch is of;
@@ -225,8 +354,9 @@ class ClusterDaemon(Daemon):
         backoff = Backoff(0.2, 5.0)
         while True:
             started = time.perf_counter()
+            written = self._notify_parts(batch, fences)  # again after a retry: fences change
             try:
-                await asyncio.to_thread(self.record.commit, batch, time.time(), fences)
+                await asyncio.to_thread(self.record.commit, written, time.time(), fences)
             except Fenced as exc:
                 self.cluster_metrics.fenced.inc()
                 log.error("commit_fenced", partitions=exc.partitions, error=str(exc),
@@ -245,6 +375,10 @@ class ClusterDaemon(Daemon):
                 fences = self._fences()
                 continue
             self.metrics.write_seconds.observe(time.perf_counter() - started)
+            self._notify_written.update(
+                (k, v) for k, v in written.checkpoints.items()
+                if parts.notify_partition(k) is not None
+            )
             if self.record_down is not None:
                 log.warning("record_available", record=self.record.label)
                 self.record_down = None
@@ -312,6 +446,7 @@ class ClusterDaemon(Daemon):
             [(topic, 1) for topic in self.topics.fix_filters if topic != self.topics.tag_fixes],
             will=(status, status_message("offline", self.instance, self.since)),
             online=(status, lambda: status_message("online", self.instance, time.time())),
+            door=self.gate,
         )
         if not await connect_unless(self.conn, self.stopping):
             return
@@ -329,14 +464,29 @@ class ClusterDaemon(Daemon):
         try:
             await self.stopping.wait()
         finally:
+            await self._finish_sends()
             for task in (rounds, victims):
                 task.cancel()
-            await asyncio.gather(rounds, victims, return_exceptions=True)
+            await asyncio.gather(rounds, victims, *self._giving.values(), return_exceptions=True)
             for p in list(self.served):
                 await self._drop(p, "stopping")
             with contextlib.suppress(RecordError):
                 await asyncio.to_thread(self.leases.leave)
             self.leases.close()
+
+    async def _finish_sends(self) -> None:
+        """Stopping: the SMS, calls and webhooks in flight end (answered and marked done)
+        while the lease rounds still run. Released before that, the partition's next
+        owner finds their rows pending and sends them again (a victim texted twice in a
+        rolling restart). Rows not yet started are left to the next owner."""
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            return
+        dispatcher.stop()
+        try:
+            await asyncio.wait_for(dispatcher.idle(), _STOP_WAIT_S)
+        except TimeoutError:  # a provider that never answers: at least once, as a crash
+            log.warning("stopping_with_sends_in_flight", wait_s=_STOP_WAIT_S)
 
     async def _victims(self) -> None:
         """Victims' fixes, from this worker's own session: those of a device of a case
@@ -344,6 +494,8 @@ class ClusterDaemon(Daemon):
         served); the others are acknowledged unrecorded (their owner has its own copy)."""
         while not self.stopping.is_set():
             batch = await self.batcher.next_batch(self.stopping)
+            if self.gate is not None and self.gate.waiting:
+                await self._rate_limited(self.gate.take())
             engine = self.pipeline.engine
             mine, others = [], []
             for m in batch:
@@ -395,27 +547,79 @@ class ClusterDaemon(Daemon):
             if p not in self.leases.held:  # dropped, or fenced meanwhile
                 await self._drop(p, "lease_lost")
         for p in result.surplus:
-            await self._drop(p, "rebalanced", count_loss=False)
-            await asyncio.to_thread(self.leases.release, [p])
+            self._give_back(p)
+        confirmed = started
         for p, epoch in sorted(result.acquired.items()):
-            await self._take(p, epoch)
+            if time.monotonic() - confirmed > self.cluster.lease_ttl_s / _LEASE_ROUNDS_PER_TTL:
+                # Taking partitions over (checkpoints read, the engine's cases rebuilt) can
+                # take longer than lease_ttl_s on a loaded machine: renew between the takes,
+                # or every lease, old and new, expires before the round ends (seen in
+                # `tagwatch bench cluster`: one worker taking 16 dropped them all, again).
+                confirmed = time.monotonic()
+                lost = await asyncio.to_thread(self.leases.renew)
+                self._valid_until = confirmed + self.cluster.lease_ttl_s
+                m.renewals.inc(len(self.leases.held))
+                for q in lost:
+                    await self._drop(q, "lease_lost")
+            if p in self.leases.held:
+                await self._take(p, epoch)
         m.owned.set(len(self.served))
+
+    def _give_back(self, p: int) -> None:
+        """Stop serving p, then release its lease, in a task of its own. Handling what p
+        received first can take longer than lease_ttl_s (its units of work queue behind
+        the other partitions'); meanwhile the lease rounds must go on renewing p and the
+        rest, or every lease of this worker expires and another takes them all (seen in
+        `tagwatch bench cluster`: two workers took all the partitions from each other in
+        turn after a restart)."""
+        if p in self._giving:
+            return  # still handing over: the round names the same surplus again
+
+        async def give() -> None:
+            try:
+                epoch = self.leases.held.get(p)
+                await self._drop(p, "rebalanced", count_loss=False)
+                if epoch is not None:  # still ours, renewed until its sends have ended
+                    self.leases.held[p] = epoch
+                    await self._sends_ended(p)
+                await asyncio.to_thread(self.leases.release, [p])
+            except RecordError as exc:  # the lease expires by itself
+                log.warning("lease_release_failed", partition=p, error=str(exc))
+            finally:
+                self._giving.pop(p, None)
+
+        self._giving[p] = asyncio.create_task(give(), name=f"give-back-{p}")
+
+    async def _sends_ended(self, p: int) -> None:
+        """Wait for the SMS, calls and webhooks in flight to end (answered and marked done)
+        before p is released: a row of p being sent would otherwise be found pending by
+        the next owner and sent again (a victim texted twice when a worker joined). A
+        provider that never answers holds p at most _STOP_WAIT_S."""
+        dispatcher = self.dispatcher
+        if dispatcher is not None and not await dispatcher.settled(_STOP_WAIT_S):
+            log.warning("released_with_sends_in_flight", partition=p, wait_s=_STOP_WAIT_S)
 
     async def _take(self, p: int, epoch: int) -> None:
         self.cluster_metrics.takeovers.inc()
         fence = Fence(p, self.cluster.worker, epoch)
         new = parts.cases_in(self.cases, [p], self.cluster.partitions)
         async with self._work:
-            points = await self._checkpoints(new)
+            points = await self._checkpoints(new, (p,))
+            clocks = self._take_notify(p, points)
+            try:  # acknowledged (by another worker, the CLI) after the old owner's commit
+                await asyncio.to_thread(self._stopped_elsewhere, clocks)
+            except RecordError as exc:  # the poll of acknowledgements catches up later
+                log.warning("takeover_acks_unread", partition=p, error=str(exc))
             settings = self._settings
             assert settings is not None
+            gate = self._new_gate()
             conn = MqttConnection(
                 dataclasses.replace(settings, client_id=parts.client_id(settings.client_id, p)),
                 [(parts.subscription(self.cluster.partition_prefix, p), 1)],
                 offline_on_close=False,
+                door=gate,
             )
-            cfg = self.config.ingest
-            served = Served(p, fence, conn, Batcher(cfg.batch_max, cfg.batch_wait_ms / 1000.0))
+            served = Served(p, fence, conn, self._new_batcher(gate), gate)
             self.served[p] = served
             self._configure()
             self.pipeline.restore(points)
@@ -454,6 +658,7 @@ class ClusterDaemon(Daemon):
             gone = parts.cases_in(self.cases, [p], self.cluster.partitions)
             kept = self._owned_cases()
             self._forget({cid: c for cid, c in gone.items() if cid not in kept})
+            self._drop_notify(p)
             self._configure()
         self.leases.held.pop(p, None)
         self.cluster_metrics.owned.set(len(self.served))
@@ -469,10 +674,21 @@ class ClusterDaemon(Daemon):
             return
         pump = asyncio.create_task(served.batcher.pump(self._retopic(conn.bursts())))
         try:
+            if served.fence.epoch > 1:
+                await self._settle(served)
             while not served.stop.is_set():
                 batch = await served.batcher.next_batch(served.stop)
+                gate = served.gate
+                if gate is not None and gate.waiting and not served.stop.is_set():
+                    with contextlib.suppress(Fenced):  # the partition is being dropped
+                        await self._rate_limited(gate.take(), gate)
                 if batch and not served.stop.is_set():
                     await self._handle(batch)
+            # Take no more (what comes now stays unacknowledged for the next owner), then
+            # handle what is in hand: under a steady stream, a drain that went on taking
+            # never ended, and was cut short after _STOP_WAIT_S.
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
             while served.drain and served.batcher.items:
                 batch = await served.batcher.next_batch(served.stop)
                 served.stop.clear()  # _handle_piece skips the pieces of a stopped partition
@@ -484,6 +700,22 @@ class ClusterDaemon(Daemon):
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             await conn.__aexit__(None, None, None)
+
+    async def _settle(self, served: Served) -> None:
+        """After a takeover (the partition was held before): hold what arrives for
+        lease_ttl_s, above the broker's ack_wait (docs/CLUSTER.md), then order it by tag
+        and event time. The connection took the session from the previous holder (the
+        broker closes even a stopped process's connection), so whatever that holder was
+        given and never acknowledged is due again within ack_wait and arrives in the
+        hold, not behind newer fixes as late ones (nats-server 2.15.1 gives the newer
+        fixes at once and the older ones an ack_wait later: seen, seq 6-23 committed
+        before 0-5)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(served.stop.wait(), self.cluster.lease_ttl_s)
+        items = served.batcher.items
+        held = sorted(items, key=_tag_and_time)  # stable: arrival order at equal times
+        items.clear()
+        items.extend(held)
 
     async def _retopic(self, bursts: AsyncIterator[list[Message]]) -> AsyncIterator[list[Message]]:
         """`{partition_prefix}/{p}/{tag}` is the tag's fix topic of DESIGN 3.1 to the
@@ -502,5 +734,29 @@ class ClusterDaemon(Daemon):
     def health(self) -> dict:
         out = super().health()
         out["worker"] = self.cluster.worker
-        out["partitions"] = sorted(self.served)
+        # served and subscribed: what is published for them from now on reaches this worker
+        out["partitions"] = sorted(p for p, s in self.served.items() if s.conn.ready.is_set())
         return out
+
+
+class _Stamp(msgspec.Struct):
+    ts: float | str | None = None
+
+
+_stamps = msgspec.json.Decoder(_Stamp | list[_Stamp])
+_MAX_STAMPED = 65536  # a fix message's limit (DESIGN 3.2); larger ones are rejected anyway
+
+
+def _tag_and_time(msg: Message) -> tuple[str, float]:
+    """A message's topic and the event time of its (first) fix: the order of a partition's
+    messages held at a takeover. Unreadable ones first (the pipeline rejects them)."""
+    try:
+        if len(msg.payload) > _MAX_STAMPED:
+            raise ValueError("too large")
+        stamp = _stamps.decode(msg.payload)
+        if isinstance(stamp, list):
+            stamp = stamp[0]
+        ts = stamp.ts
+        return msg.topic, float(ts) if not isinstance(ts, str) else parse_rfc3339(ts)
+    except (msgspec.DecodeError, ValueError, TypeError, IndexError, RecursionError):
+        return msg.topic, -math.inf

@@ -13,7 +13,13 @@ import structlog
 from tagwatch import signing
 from tagwatch.config import ConfigError, load_config, missing_paths
 from tagwatch.daemon import logs
-from tagwatch.daemon.caseset import CaseSet, CasesRefused, load_caseset, log_caseset
+from tagwatch.daemon.caseset import (
+    CaseSet,
+    CasesRefused,
+    freeze_long_lived,
+    load_caseset,
+    log_caseset,
+)
 from tagwatch.daemon.service import Daemon
 from tagwatch.daemon.settings import broker_settings, summarise_notify
 from tagwatch.feed.auth import PUBLIC_TOKEN_HASHES
@@ -103,6 +109,7 @@ def _daemon_class(config) -> type[Daemon]:
 
 async def _main(daemon: Daemon) -> int:
     daemon.restore()
+    freeze_long_lived()
     config = daemon.config
     async with contextlib.AsyncExitStack() as stack:
         url = None

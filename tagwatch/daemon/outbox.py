@@ -61,10 +61,14 @@ class Publisher:
         record: Record,
         conn: MqttConnection,
         on_too_large: Callable[[], None] = lambda: None,
+        may_send: Callable[[], bool] = lambda: True,
     ) -> None:
         self.record = record
         self.conn = conn
         self.on_too_large = on_too_large
+        # asked again just before a burst goes out (cluster mode: the leases still
+        # confirmed): a process stopped after reading its rows may wake much later
+        self.may_send = may_send
         self.wake = asyncio.Event()
         self.transient: deque[tuple[str, bytes]] = deque()
         self._backoff = Backoff(0.2, 5.0)
@@ -114,6 +118,8 @@ class Publisher:
         return not failed
 
     async def _rows(self, rows: list[OutboxRow]) -> bool:
+        if not self.may_send():
+            return False  # left pending, for whoever serves their partitions
         # paho sends in call order, so gathering keeps the rows' order on the wire
         results = await asyncio.gather(
             *(self.conn.publish(r.body["topic"], r.body["payload"].encode(), qos=1) for r in rows),

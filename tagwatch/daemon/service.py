@@ -105,30 +105,42 @@ class Daemon(Wiring, CaseReload):
             lambda: self.cases,
             self._tag_cases,
         )
-        limit = config.ingest.rate_limit  # at the door, so the excess never enters a batch
-        limited = self.metrics.rejected.labels(reason="rate_limited")
-        self.gate = RateGate(TokenBuckets(*limit), limited.inc) if limit else None
-        self.batcher: Batcher[Message] = Batcher(
-            config.ingest.batch_max,
-            config.ingest.batch_wait_ms / 1000.0,
-            self.gate,
-            # Fair batching (a tag's backlog never fills a batch others wait for) on the
-            # receiving clock only: on the event clock the order across tags is the clock
-            # (a tag held back would look silent), so arrival order is kept there.
-            key=_topic if self.gate is not None else None,
-        )
+        self.gate = self._new_gate()
+        self.batcher: Batcher[Message] = self._new_batcher(self.gate)
         self.stopping = asyncio.Event()
         self._cases_loaded = asyncio.Event()  # set by a reload that loaded cases
         self.dispatch_wake = asyncio.Event()
         self.record_down: str | None = None
         self.conn: MqttConnection | None = None
         self.publisher: Publisher | None = None
+        self.dispatcher = None  # SMS, calls and webhooks, while running (with Twilio or police)
         self._work = asyncio.Lock()
         self._acked_seen: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self._reloading: asyncio.Task | None = None
         self._serving = False  # pending outbox rows flushed, ingest running
         self._failed_batches: deque[float] = deque()  # monotonic times of failed batches
+
+    def _may_send(self) -> bool:
+        """Whether the outbox may be sent from here now (cluster mode says more)."""
+        return True
+
+    def _new_gate(self) -> RateGate | None:
+        """The per-tag rate limit at a session's door, so the excess never enters a batch."""
+        limit = self.config.ingest.rate_limit
+        limited = self.metrics.rejected.labels(reason="rate_limited")
+        return RateGate(TokenBuckets(*limit), limited.inc) if limit else None
+
+    def _new_batcher(self, gate: RateGate | None) -> Batcher[Message]:
+        return Batcher(
+            self.config.ingest.batch_max,
+            self.config.ingest.batch_wait_ms / 1000.0,
+            gate,
+            # Fair batching (a tag's backlog never fills a batch others wait for) on the
+            # receiving clock only: on the event clock the order across tags is the clock
+            # (a tag held back would look silent), so arrival order is kept there.
+            key=_topic if gate is not None else None,
+        )
 
     # ---- state ---------------------------------------------------------------------
 
@@ -142,25 +154,33 @@ class Daemon(Wiring, CaseReload):
 
     def restore(self) -> None:
         points = self.record.checkpoints()
+        self._restore_notify(points)
+        self.pipeline.restore(points)
+        self._acked_seen = {
+            a["id"] for a in self.record.latest_alerts("acknowledged", _ACK_POLL_LIMIT)
+        }
+        self._stopped_elsewhere(list(self.notify.escalation.pending()))
+        log.info(
+            "restored", checkpoints=len(points), escalations=len(self.notify.escalation.pending())
+        )
+
+    def _restore_notify(self, points: dict[str, bytes]) -> None:
+        """The SMS ledger and escalation state, taken out of `points`."""
         if LEDGER_KEY in points:
             self.notify.ledger = SmsLedger.from_bytes(points.pop(LEDGER_KEY))
         if ESCALATION_KEY in points:
             self.notify.escalation = Escalation.from_bytes(
                 points.pop(ESCALATION_KEY), self.notify.escalation.settings
             )
-        self.pipeline.restore(points)
-        self._acked_seen = {
-            a["id"] for a in self.record.latest_alerts("acknowledged", _ACK_POLL_LIMIT)
-        }
-        # Acknowledged or resolved while this daemon was down (the CLI): no clock left.
-        for alert_id in self.notify.escalation.pending():
+
+    def _stopped_elsewhere(self, alert_ids: list[str]) -> None:
+        """Stop the clocks of these alerts if they were acknowledged or resolved while
+        no clock of theirs ran here (the CLI while down, another worker): blocking reads."""
+        for alert_id in alert_ids:
             history = self.record.alert_history(alert_id)
             bodies = [e["body"] for e in history if e["kind"] == "alert"]
             if bodies and bodies[-1].get("state") in ("acknowledged", "resolved"):
                 self.notify.escalation.observe(bodies[-1])
-        log.info(
-            "restored", checkpoints=len(points), escalations=len(self.notify.escalation.pending())
-        )
 
     # ---- the run -------------------------------------------------------------------
 
@@ -199,10 +219,13 @@ class Daemon(Wiring, CaseReload):
 
     async def _serve(self, conn: MqttConnection) -> None:
         self.publisher = Publisher(
-            self.record, conn, on_too_large=self.metrics.publish_too_large.inc
+            self.record,
+            conn,
+            on_too_large=self.metrics.publish_too_large.inc,
+            may_send=self._may_send,
         )
         await self.publisher.flush()  # rows left by a previous run go out first
-        dispatcher = self._dispatcher()
+        dispatcher = self.dispatcher = self._dispatcher()
         self._tasks = [
             asyncio.create_task(self.batcher.pump(conn.bursts()), name="pump"),
             asyncio.create_task(self.publisher.run(), name="publisher"),
@@ -242,12 +265,12 @@ class Daemon(Wiring, CaseReload):
             if batch:
                 await self._handle(batch)
 
-    async def _rate_limited(self, reported: list[Message]) -> None:
+    async def _rate_limited(self, reported: list[Message], gate: RateGate | None = None) -> None:
         """Messages over their tag's rate (DESIGN 3.2 rate_limited) are kept out of the
         batches by the gate: the connection acknowledges and counts them as they arrive,
         except one per topic per REPORT_S, recorded and published here as a rejection
         (and counted with it)."""
-        buckets = self.gate.buckets  # type: ignore[union-attr]
+        buckets = (gate or self.gate).buckets  # type: ignore[union-attr]
         async with self._work:
             now = time.time()
             result = Result(rejected=[self.pipeline.rate_limited(m, buckets) for m in reported])

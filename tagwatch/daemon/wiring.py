@@ -132,7 +132,7 @@ class Wiring:
         async with self._work:
             # The escalation state without this alert is committed with the action: after
             # a restart an acknowledged alert does not escalate again.
-            state = {ESCALATION_KEY: self.notify.escalation.to_bytes(without=alert_id)}
+            state = self._action_checkpoints(alert_id)
             if action == "ack":
                 write = functools.partial(acknowledge, checkpoints=state, extra=extra)
             else:
@@ -147,6 +147,10 @@ class Wiring:
             # Best effort: the record is already in the case record and on the feed.
             self.publisher.send([(self.topics.alerts(record["case"]), json_bytes(record))])
         return record
+
+    def _action_checkpoints(self, alert_id: str) -> dict[str, bytes]:
+        """The escalation state an operator's action on alert_id commits with it."""
+        return {ESCALATION_KEY: self.notify.escalation.to_bytes(without=alert_id)}
 
     def health(self) -> dict:
         """/readyz: ready or why not, and the refused case files by name (not content)."""
@@ -206,6 +210,7 @@ class Wiring:
             escalation=self.notify.escalation,
             wake=self.dispatch_wake,
             settings=DispatchSettings(status_callback_url=_status_url(twilio_cfg)),
+            may_send=self._may_send,
         )
 
     async def _supervise(self, dispatcher) -> None:

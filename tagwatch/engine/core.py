@@ -394,9 +394,10 @@ class Engine:
             return evidence.NOTHING
         if st.motion is None or (st.pos_ts is not None and st.motion.seen < st.pos_ts):
             st.motion = _seed_motion(st)  # none yet, or the quiet path has moved on since
+        odd = evidence.unusual(st.motion, fix)
         st.motion, verdict = evidence.judge(st.motion, fix, xyz)
         apart = math.inf if previous is None else fix.ts - previous
-        return evidence.worth(verdict, apart)
+        return evidence.worth(verdict, apart, odd)
 
     def _zones(
         self,
@@ -688,8 +689,11 @@ def _seed_motion(st: TagState) -> Motion | None:
     if st.xyz is None or st.pos_ts is None:
         return None
     m = Motion(st.pos_ts, *st.xyz, st.acc or 15.0)
+    if st.track:
+        ts, lon, lat, acc = recent.track_columns(st.track)
+        fine = acc[acc <= evidence.COARSE_M]
+        m.usual = float(np.median(fine)) if len(fine) else 0.0
     if len(st.track) >= 64:  # two rows of (ts, lon, lat, acc) doubles
-        ts, lon, lat, _acc = recent.track_columns(st.track)
         dt = float(ts[-1] - ts[-2])
         if dt > 0 and ts[-1] == st.pos_ts:
             a, b = ecef(lon[-2:], lat[-2:]).tolist()

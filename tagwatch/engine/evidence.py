@@ -24,10 +24,14 @@ fixes since the anchor. A new fix is judged against it:
 than one sigma of its error): 1; 2 for a slow tag's fix on its track or within
 its reach, or fresh (SLOW_S or more after the tag's previous fix: one deep,
 plausible fix is enough there), a walk on its track, or a corroborated run; 0
-for a displaced fix. A displaced fix holds back what it would be worth if
-trusted; when its run proves to be the tag's true motion (a straight move from
-its first fix to its last, or a walk from the anchor at every step) the fixes it
-held inside a zone count after all (zone_rules._credit). Errors are correlated
+for a displaced fix, except the first of a run within a walk of the anchor: 1,
+and 2 for a tag reporting every LONE_S or slower, which cannot wait for its next
+fix. A fix whose acc is markedly worse than the tag's usual (`unusual`: another
+sky, a street canyon) is worth one piece at most. A displaced fix holds back
+what it would be worth if trusted; when its run proves to be the tag's true
+motion (a straight move from its first fix to its last, or a walk from the
+anchor at every step) the fixes it held inside a zone count after all
+(zone_rules._credit). Errors are correlated
 over tens of seconds: fixes closer than INDEPENDENT_S to the previous one are
 worth that share of a piece. Pure: state in, state and verdict out.
 """
@@ -43,6 +47,9 @@ from tagwatch.wire import Fix
 COARSE_M = 100.0  # acc beyond this, or fix "lbs": a coarse fix
 STALE_S = 600.0  # an anchor older than this judges nothing
 SLOW_S = 60.0  # fixes this far apart: a slow tag
+# a tag reporting this slowly cannot wait for its next fix (2 min after entry, or more): its
+# first fix within a walk of where it stood, beyond a standing tag's reach, is 2 pieces
+LONE_S = 90.0
 INDEPENDENT_S = 10.0  # fixes closer together share much of their error
 PERSIST_S = 210.0  # multipath displaces runs of fixes for at most 180 s: a run longer is true
 V_START = 0.5  # m/s: how far a tag standing still may get before its next fix
@@ -55,6 +62,10 @@ RUN_SPAN_S = 20.0  # a run explained by motion spans at least this
 ACC_FLOOR = 8.0  # m: a reported acc below this is taken as this when tracing runs back
 GATE_K = 1.65  # acc is a ~68% radius: 1.65 acc is ~2.5 sigma per axis
 RUN_MAX = 64
+# a fix whose acc is this much worse than the tag's usual was taken under another sky (a
+# street canyon, indoors): where multipath happens. Usual fixes vary by about +-25%.
+ACC_UNUSUAL = 1.3
+USUAL_ALPHA = 0.2  # smoothing of the usual accuracy, per trusted fix
 # multipath moves fixes tens of metres, 150 m in the worst canyons (issue 17): a fix this far
 # beyond the anchor's reach is the tag's true position after a move the model did not see
 # (a drive that slowed, a turn), not a displaced one: the model starts afresh from it
@@ -95,7 +106,15 @@ PLAIN = Worth(1.0, False)  # no motion model runs: every fix at face value
 NOTHING = Worth(0.0, True)  # a jump, or a fix dated ahead of its arrival
 
 
-def worth(verdict: str, apart: float) -> Worth:
+def unusual(m: Motion | None, fix: Fix) -> bool:
+    """The fix reports a markedly worse accuracy than the tag usually does near here: its
+    sky changed (a street canyon, indoors), which is where multipath happens, and an
+    urban-canyon fix displaced by tens of metres still reports 10-30 m. Such a fix is
+    at most one piece of evidence: it never confirms a breach by itself."""
+    return m is not None and m.usual > 0 and fix.acc > ACC_UNUSUAL * m.usual
+
+
+def worth(verdict: str, apart: float, odd: bool = False) -> Worth:
     """The Worth of a fix judged `verdict`, `apart` seconds after the tag's previous one.
 
     A displaced fix is held back from what it would be worth were it trusted: if its
@@ -104,8 +123,11 @@ def worth(verdict: str, apart: float) -> Worth:
     fixes is displaced at first (a walk from standing is out of its reach), but the
     fix that follows shows the move: that visit is not lost."""
     w = weight(verdict, apart)
+    if odd:  # an unusual accuracy (unusual()): one piece at most, held back or not
+        w = min(w, 1.0)
     if verdict in OFF_TRACK:
-        return Worth(w, True, max(0.0, weight(TRUSTED, apart) - w))
+        trusted = min(weight(TRUSTED, apart), 1.0 if odd else 2.0)
+        return Worth(w, True, max(0.0, trusted - w))
     return Worth(w, False, 0.0, verdict == CORROBORATED)
 
 
@@ -120,6 +142,8 @@ def weight(verdict: str, apart: float) -> float:
         # nothing to judge it by, so as plausible as a slow tag's fix within its reach.
         # The first fix a tag ever sends (no previous one) stays one piece.
         pieces = 2.0 if apart >= SLOW_S else 1.0
+    elif verdict == DISPLACED_FIRST:
+        pieces = 2.0 if apart >= LONE_S else 1.0
     else:
         pieces = 2.0 if verdict in (CORROBORATED, BENT) else 1.0
     if verdict == MOVING:
@@ -136,7 +160,7 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple) -> tuple[Motion | None, str]:
         return m, COARSE
     ts, acc = fix.ts, fix.acc
     if m is None or ts - m.ts > STALE_S:
-        return Motion(ts, *xyz, acc, seen=ts), FRESH
+        return Motion(ts, *xyz, acc, seen=ts, usual=_usual(m, acc)), FRESH
     m.seen = ts
     dt = ts - m.ts
     err = GATE_K * math.hypot(acc, m.acc)
@@ -148,7 +172,8 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple) -> tuple[Motion | None, str]:
     ahead = (m.x + m.vx * dt, m.y + m.vy * dt, m.z + m.vz * dt)
     off = _to_segment(xyz, (m.x, m.y, m.z), ahead)
     if off > reach + err + FAR_M:
-        return Motion(ts, *xyz, acc, seen=ts), FRESH  # too far for multipath: a move unseen
+        # too far for multipath: a move unseen
+        return Motion(ts, *xyz, acc, seen=ts, usual=_usual(m, acc)), FRESH
     if off <= reach + err and not (m.run and off > err and _goes_on(m.run[-1], xyz, acc)):
         # on its track: where its motion leads, without the allowance for starting off
         on_track = m.known >= 2 and off <= err + 0.5 * speed * dt
@@ -242,9 +267,15 @@ def _move(m: Motion, ts: float, xyz: tuple, acc: float, dt: float) -> None:
     m.vy += a * ((xyz[1] - m.y) / dt - m.vy)
     m.vz += a * ((xyz[2] - m.z) / dt - m.vz)
     m.ts, m.x, m.y, m.z, m.acc = ts, xyz[0], xyz[1], xyz[2], acc
+    m.usual = m.usual + USUAL_ALPHA * (acc - m.usual) if m.usual > 0 else acc
     m.known += 1
     if m.run:
         m.run = []
+
+
+def _usual(m: Motion | None, acc: float) -> float:
+    """The usual accuracy a new model starts from: the old model's, else this fix's."""
+    return m.usual if m is not None and m.usual > 0 else acc
 
 
 def _dist(a: tuple, b: tuple) -> float:

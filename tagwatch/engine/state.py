@@ -37,6 +37,7 @@ class Motion(msgspec.Struct, gc=False):
     vz: float = 0.0
     known: int = 0  # trusted moves since the anchor was set: the velocity is known from 2
     seen: float = 0.0  # the latest fix judged (an older one than the tag's: the quiet path ran)
+    usual: float = 0.0  # the accuracy the tag usually reports here (smoothed; 0: not known)
     run: list[tuple[float, float, float, float, float]] = msgspec.field(default_factory=list)
 
 

@@ -131,9 +131,8 @@ class Leases:
             "ON CONFLICT (worker) DO UPDATE SET heartbeat = now()",
             (self.worker,),
         )
-        renewed = self._renew(ttl)
-        lost = [p for p in self.held if p not in renewed]
-        self.held = renewed
+        lost = self.renew()
+        renewed = len(self.held)
         (live,) = self._run(
             f"SELECT count(*) FROM {WORKERS_TABLE} WHERE heartbeat > now() - %s::interval",
             (ttl,),
@@ -142,11 +141,12 @@ class Leases:
         acquired: dict[int, int] = {}
         surplus: list[int] = []
         if len(self.held) < share:
+            self._end_stopped_fences(ttl)
             acquired = self._acquire(share - len(self.held), ttl)
             self.held.update(acquired)
         elif len(self.held) > share and self._someone_short(share, ttl):
             surplus = [max(self.held)]  # one a round: the newcomer takes it, then the next
-        return Round(acquired, lost, surplus, len(renewed), live)
+        return Round(acquired, lost, surplus, renewed, live)
 
     def _renew(self, ttl: str) -> dict[int, int]:
         """Extend the unexpired leases still ours at the epoch we hold."""
@@ -160,6 +160,21 @@ class Leases:
             (ttl, list(self.held), list(self.held.values()), self.worker),
         )
         return dict(rows)
+
+    def _end_stopped_fences(self, ttl: str) -> None:
+        """End the transactions that hold a lease row share-locked (a fence) while idle for
+        longer than the TTL: their process was stopped halfway through a commit (SIGSTOP,
+        a VM pause) and would block every takeover of those partitions (SKIP LOCKED). The
+        fence's own idle_in_transaction_session_timeout does not fire in libpq's pipeline
+        mode (seen on PostgreSQL 15 with psycopg 3: the transaction stayed idle for 15 s
+        and more), so the taker ends them: pg_terminate_backend, same database role."""
+        self._run(
+            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a "
+            "WHERE a.state = 'idle in transaction' AND a.pid <> pg_backend_pid() "
+            "AND a.state_change < now() - %s::interval AND EXISTS (SELECT 1 FROM pg_locks l "
+            f"WHERE l.pid = a.pid AND l.granted AND l.relation = '{LEASES_TABLE}'::regclass)",
+            (ttl,),
+        )
 
     def _acquire(self, wanted: int, ttl: str) -> dict[int, int]:
         # SKIP LOCKED: a row share-locked by a commit in flight (the old owner's fence) or
@@ -185,6 +200,13 @@ class Leases:
             (ttl,),
         )
         return any(n < share for _w, n in rows)
+
+    def renew(self) -> list[int]:
+        """Renew only (between the takes of a long round); returns the leases lost."""
+        renewed = self._renew(f"{self.ttl_s} seconds")
+        lost = [p for p in self.held if p not in renewed]
+        self.held = renewed
+        return lost
 
     def release(self, partitions: list[int]) -> None:
         """Give these leases up (the caller has stopped their sessions and commits)."""

@@ -75,3 +75,29 @@ def checkpoint_keys(cases: Iterable[Case]) -> set[str]:
             if victim.phone_device:
                 keys.add(f"device:{victim.phone_device}")
     return keys
+
+
+# The notification state (SMS ledger, escalation clocks) of one partition's alerts and
+# victims: in cluster mode it moves with the partition, as the rule state does. The
+# single process keeps the whole state under `notify:sms_ledger` / `notify:escalation`.
+LEDGER_PREFIX = "notify:sms_ledger:p"
+ESCALATION_PREFIX = "notify:escalation:p"
+
+
+def notify_keys(partition: int) -> tuple[str, str]:
+    """The checkpoint keys of a partition's SMS ledger and escalation state."""
+    return f"{LEDGER_PREFIX}{partition}", f"{ESCALATION_PREFIX}{partition}"
+
+
+def notify_partition(key: str) -> int | None:
+    """The partition of a key of `notify_keys`, else None."""
+    for prefix in (LEDGER_PREFIX, ESCALATION_PREFIX):
+        if key.startswith(prefix) and key[len(prefix):].isdigit():
+            return int(key[len(prefix):])
+    return None
+
+
+def case_partition(case: Case | None, k: int) -> int | None:
+    """The partition of what concerns a case as a whole (its victims' records, their
+    SMS rate limit): that of its first tag."""
+    return partition_of(case.tags[0], k) if case is not None and case.tags else None

@@ -67,11 +67,15 @@ class Dispatcher:
         wake: asyncio.Event | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        may_send: Callable[[], bool] = lambda: True,
     ) -> None:
         self.record, self.twilio, self.police = record, twilio, police
         self.on_failure, self.settings, self.escalation = on_failure, settings, escalation
         self.wake = wake or asyncio.Event()
         self.clock, self.rng = clock, rng or random.Random()
+        # asked again just before each send (cluster mode: the leases still confirmed):
+        # a process stopped after reading its rows may wake much later
+        self.may_send = may_send
         self._inflight: dict[int, asyncio.Task] = {}
         self._paused: dict[str, float] = {}  # channel -> not before (Retry-After)
         self._sent_keys: set[tuple] = set()
@@ -92,6 +96,15 @@ class Dispatcher:
     def stop(self) -> None:
         self._stopping = True
         self.wake.set()
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait, at most `timeout` s, for the rows being sent now (started and not yet
+        marked done or retried) to end; whether they did."""
+        tasks = list(self._inflight.values())
+        if not tasks:
+            return True
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        return not pending
 
     async def idle(self) -> None:
         """Wait for every send in flight to finish."""
@@ -120,6 +133,8 @@ class Dispatcher:
     async def _deliver(self, row: OutboxRow) -> None:
         try:
             async with self._slots:
+                if not self.may_send():
+                    return  # left pending, for whoever serves its partition
                 key = _content_key(row)
                 if key in self._sent_keys:
                     await self._done(row, {"duplicate": True})

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from tagwatch.notify.records import escalated_record, escalation_level, record_time
@@ -165,6 +166,36 @@ class Escalation:
             self._clocks, self._reached, self._stopped = (
                 other._clocks, other._reached, other._stopped
             )
+
+    def alert_ids(self) -> set[str]:
+        """Every alert id this state holds anything of."""
+        with self._lock:
+            return {*self._clocks, *self._reached, *self._stopped}
+
+    def part(self, alerts: Callable[[str], bool]) -> Escalation:
+        """The state of the chosen alert ids (in cluster mode one partition's share,
+        checkpointed under that partition's key); its clocks are this one's."""
+        with self._lock:
+            return Escalation(
+                self.settings,
+                {k: c for k, c in self._clocks.items() if alerts(k)},
+                {k: v for k, v in self._reached.items() if alerts(k)},
+                {k: v for k, v in self._stopped.items() if alerts(k)},
+            )
+
+    def take_part(self, other: Escalation) -> None:
+        """Add other's clocks and levels (a partition taken over), in place."""
+        with self._lock:
+            self._clocks.update(other._clocks)
+            self._reached.update(other._reached)
+            self._stopped.update(other._stopped)
+
+    def drop(self, alerts: Callable[[str], bool]) -> None:
+        """Forget the chosen alerts (a partition given up): no clock of theirs runs here."""
+        with self._lock:
+            for table in (self._clocks, self._reached, self._stopped):
+                for k in [k for k in table if alerts(k)]:
+                    del table[k]
 
     def to_bytes(self, without: str | None = None) -> bytes:
         """The running clocks; `without`: all but that alert's (an acknowledgement's

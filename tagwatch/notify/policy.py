@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 
 from tagwatch.notify import texts
 from tagwatch.notify.records import escalation_level, record_time
@@ -93,6 +93,34 @@ class SmsLedger:
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"SMS ledger checkpoint: unreadable: {exc}") from None
+
+    def part(self, alerts: Callable[[str], bool], victims: Callable[[str], bool]) -> SmsLedger:
+        """The entries of the chosen alert ids and victims ("case/victim"): in cluster
+        mode one partition's share, checkpointed under that partition's key. A
+        protection notice's entry goes with its victim."""
+
+        def of_victim(value: list) -> bool:
+            return victims(f"{value[0]}/{value[1]}")
+
+        return SmsLedger(
+            {k: t for k, t in self.texted.items() if alerts(k)},
+            {k: list(v) for k, v in self.sends.items() if victims(k)},
+            {k: t for k, t in self.summary_at.items() if victims(k)},
+            {k: t for k, t in self.alerted.items() if victims(k)},
+            {k: list(v) for k, v in self.degraded.items() if of_victim(v)},
+            {k: list(v) for k, v in self.noticed.items() if of_victim(v)},
+        )
+
+    def take(self, other: SmsLedger) -> None:
+        """Add other's entries (a partition taken over), in place."""
+        for f in fields(self):
+            getattr(self, f.name).update(getattr(other, f.name))
+
+    def drop(self, alerts: Callable[[str], bool], victims: Callable[[str], bool]) -> None:
+        """Forget the chosen alerts' and victims' entries (a partition given up), in place."""
+        kept = self.part(lambda a: not alerts(a), lambda v: not victims(v))
+        for f in fields(self):
+            setattr(self, f.name, getattr(kept, f.name))
 
     def prune(self, now: float, window_s: float, keep_s: float) -> None:
         self.texted = {k: t for k, t in self.texted.items() if t > now - keep_s}

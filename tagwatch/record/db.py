@@ -119,6 +119,16 @@ class Db:
         """DDL, run without parameters (so a literal % or ? is left alone)."""
         raise NotImplementedError
 
+    def lost_race(self, exc: RecordError) -> bool:
+        """Whether a failed transaction appended an entry at a (chain, seq) that another
+        writer had taken (or deadlocked with one doing so): redo it with the heads locked."""
+        return False
+
+    def lock_known_heads(self, chains: list[str]) -> None:
+        """Lock existing chain heads (sorted, as lock_heads) without reading them: the
+        caller knows them, and a moved one makes its entries' insert fail."""
+        raise NotImplementedError
+
     def lock_heads(self, chains: list[str], genesis: str) -> dict[str, tuple[int, str]]:
         """Create missing chain heads and lock them all for this transaction.
 
@@ -405,9 +415,8 @@ class PostgresDb(Db):
         # One statement over the rows as JSON instead of a statement per row: same effect,
         # and a fraction of the client work of executemany, or of arrays (psycopg dumps a
         # bytea array element by element: measured 3x slower for the checkpoints).
-        names = ", ".join(name for name, _ in columns)
         sets = ", ".join(f"{name} = excluded.{name}" for name, _ in columns if name != key)
-        sql, params = _from_json(table, names, rows)
+        sql, params = _upsert_source(table, columns, rows)
         self._later(sql + f" ON CONFLICT ({key}) DO UPDATE SET {sets}".encode(), params)
 
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Row]:
@@ -425,6 +434,28 @@ class PostgresDb(Db):
             self._flush()
         for statement in statements:
             self.conn.execute(statement.encode())  # bytes: no placeholder parsing
+
+    def lost_race(self, exc: RecordError) -> bool:
+        cause = exc.__cause__
+        lost = isinstance(cause, psycopg.errors.DeadlockDetected) or (
+            isinstance(cause, psycopg.errors.UniqueViolation)
+            and cause.diag.table_name == "entries"
+        )
+        if lost:
+            # A fresh connection for the redo: after a pipeline that failed halfway,
+            # psycopg may count as prepared a statement whose PREPARE the server skipped
+            # ("prepared statement _pg3_3 does not exist", test_two_writers_on_one_chain).
+            self.close()
+        return lost
+
+    def lock_known_heads(self, chains: list[str]) -> None:
+        # Queued, so in the batch's one pipeline; in the same order as lock_heads, so a
+        # writer locking them and one knowing them wait for each other, never deadlock.
+        self._later(
+            b"SELECT chain FROM chain_heads WHERE chain = ANY(%s::text[]) ORDER BY chain "
+            b"FOR UPDATE",
+            (chains,),
+        )
 
     def lock_heads(self, chains: list[str], genesis: str) -> dict[str, tuple[int, str]]:
         # One statement creates missing heads and row-locks every head in sorted order
@@ -459,6 +490,44 @@ def _from_json(table: str, columns: str, rows: Sequence[Sequence[Any]]) -> tuple
         f"FROM json_populate_recordset(NULL::{table}, %s::json)"
     )
     return sql.encode(), (payload.decode(),)
+
+
+def _upsert_source(
+    table: str, columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]
+) -> tuple[bytes, dict]:
+    """INSERT of rows given as one JSON array of objects, typed by `columns` (name, pg type),
+    except bytea columns: their values go concatenated in one binary parameter, and the JSON
+    holds each value's offset and length. A checkpoint batch (1,001 states, about 1 MB) as
+    hex text inside JSON cost the server twice the bytes to read and a JSON string and a hex
+    decode per value; sliced from one binary blob it is a copy (docs/POSTGRESQL.md)."""
+    blobs: dict[str, list[bytes]] = {name: [] for name, kind in columns if kind == "bytea"}
+    offsets = dict.fromkeys(blobs, 1)  # substring() counts from 1
+    out = []
+    for row in rows:
+        values: dict[str, Any] = {}
+        for (name, _), value in zip(columns, row, strict=True):
+            if name not in blobs:
+                values[name] = value
+            elif value is not None:  # else both absent: substring(... for NULL) is NULL
+                blobs[name].append(value)
+                values[f"{name}__at"], values[f"{name}__len"] = offsets[name], len(value)
+                offsets[name] += len(value)
+        out.append(values)
+    fields, picks, params = [], [], {"rows": orjson.dumps(out).decode()}
+    for name, kind in columns:
+        if name in blobs:
+            fields += [f"{name}__at int", f"{name}__len int"]
+            picks.append(f"substring(%({name})s::bytea from r.{name}__at for r.{name}__len)")
+            params[name] = psycopg.Binary(b"".join(blobs[name]))  # sent as is, not hex
+        else:
+            fields.append(f"{name} {kind}")
+            picks.append(f"r.{name}")
+    listed = ", ".join(name for name, _ in columns)
+    sql = (
+        f"INSERT INTO {table} ({listed}) SELECT {', '.join(picks)} "
+        f"FROM json_to_recordset(%(rows)s::json) AS r({', '.join(fields)})"
+    )
+    return sql.encode(), params
 
 
 def _json_value(value: Any) -> Any:

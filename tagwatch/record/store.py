@@ -36,6 +36,7 @@ from tagwatch.record.schema import migrate
 
 T = TypeVar("T")
 _HEAD_COLUMNS = (("chain", "text"), ("seq", "bigint"), ("hash", "text"))
+_MAX_KNOWN_HEADS = 200_000  # chains whose head a writer remembers (about 200 bytes each)
 _CHECKPOINT_COLUMNS = (("key", "text"), ("state", "bytea"), ("recorded_at", "float8"))
 _UPSERT_ALERT = (
     "INSERT INTO alert_latest (alert_id, entry_id, state, body) "
@@ -83,6 +84,9 @@ class Record:
         # How long a fenced batch transaction may sit idle before the server ends it
         # (_FENCE); cluster mode sets it to its lease TTL.
         self.fence_idle_s = 5.0
+        # PostgreSQL: each chain's (seq, hash) as this writer's last committed batch left
+        # it, so the next batch on those chains needs no head lock first (_write).
+        self._heads: dict[str, tuple[int, str]] = {}
 
     @classmethod
     def open(cls, url: str, create: bool = True) -> Record:
@@ -134,11 +138,55 @@ class Record:
         points = [
             _checkpoint_row(key, state, recorded_at) for key, state in batch.checkpoints.items()
         ]
-        with self._lock, self._db.transaction(write=True, batch=True) as db:
+        with self._lock:
+            known = self._known_heads(batch)
+            if known is not None:
+                try:
+                    self._write(batch, outbox, partitioned, points, recorded_at, fence, known)
+                    return
+                except RecordError as exc:
+                    self._heads.clear()
+                    if not self._db.lost_race(exc):
+                        raise
+                    # another writer appended to one of these chains: lock and redo
+            self._write(batch, outbox, partitioned, points, recorded_at, fence, None)
+
+    def _known_heads(self, batch: Batch) -> dict[str, tuple[int, str]] | None:
+        """A copy of the heads of the batch's chains as this writer's last commits left
+        them, when it knows them all (PostgreSQL only), else None: lock them."""
+        if self._db.dialect != "postgresql" or not batch.entries:
+            return None
+        try:
+            return {chain: self._heads[chain] for chain in {e.chain for e in batch.entries}}
+        except KeyError:
+            return None
+
+    def _write(
+        self,
+        batch: Batch,
+        outbox: list[tuple],
+        partitioned: list[int],
+        points: list[tuple],
+        recorded_at: float,
+        fence: Fence | Sequence[Fence] | None,
+        known: dict[str, tuple[int, str]] | None,
+    ) -> None:
+        """The batch's transaction. known: the chains' heads as this writer left them: the
+        heads are locked in the same pipeline as the rest, not read first, so one round
+        trip fewer. Entries are append-only and UNIQUE (chain, seq), so if another writer
+        appended to one of those chains since, the seq this batch gives its first entry
+        there is taken: the insert fails, nothing is written, and `lost_race` says so."""
+        heads: dict[str, tuple[int, str]] = {}
+        with self._db.transaction(write=True, batch=True) as db:
             if fence is not None:
                 self._check_fence(db, fence)
             if batch.entries:
-                heads = db.lock_heads(sorted({e.chain for e in batch.entries}), GENESIS)
+                names = sorted({e.chain for e in batch.entries})
+                if known is not None:
+                    db.lock_known_heads(names)
+                    heads = known
+                else:
+                    heads = db.lock_heads(names, GENESIS)
                 rows = chains.append_rows(batch.entries, heads, recorded_at)
                 db.insert_rows("entries", chains.INSERT_COLUMNS, rows)
                 places = near.place_rows(rows, batch.entries)
@@ -157,6 +205,10 @@ class Record:
                 db.executemany(_INSERT_OUTBOX_PARTITION if partitioned else _INSERT_OUTBOX, outbox)
             if points:
                 db.upsert_rows("checkpoints", "key", _CHECKPOINT_COLUMNS, points)
+        if self._db.dialect == "postgresql":  # committed: these are the heads now
+            if len(self._heads) + len(heads) > _MAX_KNOWN_HEADS:
+                self._heads.clear()
+            self._heads.update(heads)
 
     def _check_fence(self, db: Db, fence: Fence | Sequence[Fence]) -> None:
         if db.dialect != "postgresql":
@@ -399,6 +451,7 @@ class Record:
         report = PurgeReport(older_than, keep_window_s)
         for name in names:
             with self._lock, self._db.transaction(write=True) as db:
+                self._heads.pop(name, None)  # the purge entry moves the chain's head
                 report.chains[name] = retention.purge_chain(
                     db, name, older_than, keep_window_s, now
                 )

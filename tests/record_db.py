@@ -4,7 +4,8 @@ to turn the PostgreSQL tests off), else postgresql://postgres@127.0.0.1:5432/tes
 that port answers (the README's test command then runs them).
 
 `raw` reaches the database behind the record's back, as an attacker or an operator
-could: the tamper tests use it.
+could: the tamper tests use it. `shipped_role` gives a PostgreSQL record the role tagwatch
+runs as in production (deploy/postgres/roles.sql).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+
+from tagwatch.record import Record
+
+ROLES_SQL = Path(__file__).parent.parent / "deploy" / "postgres" / "roles.sql"
 
 LOCAL_PG = ("127.0.0.1", 5432)
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -91,3 +96,22 @@ def record_database(kind: str, tmp_path: Path) -> Iterator[RecordDb]:
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@contextmanager
+def shipped_role(db: RecordDb) -> Iterator[tuple[str, str]]:
+    """(role, its URL): the record's schema created in `db` by the test's superuser (its
+    owner), and a role of this test's own made by the shipped deploy/postgres/roles.sql,
+    as tagwatch runs in production. The role is dropped afterwards (roles are not in a
+    schema: its name is the schema's, so tests running together never share one)."""
+    Record.open(db.url).close()
+    role = f"tagwatch_app_{db.schema}"
+    with psycopg.connect(db.url, autocommit=True) as admin:
+        admin.execute(ROLES_SQL.read_text().replace("tagwatch_app", role).encode())
+    scheme, rest = db.url.split("://", 1)
+    try:
+        yield role, f"{scheme}://{role}@{rest.split('@', 1)[1]}"
+    finally:
+        with psycopg.connect(db.url, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}".encode())
+            admin.execute(f"DROP ROLE {role}".encode())

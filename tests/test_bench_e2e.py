@@ -11,36 +11,47 @@ import sys
 import psycopg
 import pytest
 
+from tagwatch.bench.e2e import SCHEMA_PREFIX
 from tests.conftest import ROOT
 from tests.record_db import PG_URL
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def run(*args: str) -> tuple[subprocess.CompletedProcess, int]:
+    """The benchmark's result and its process id."""
+    with subprocess.Popen(
         [sys.executable, "-m", "tagwatch.cli", "bench", "e2e", *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        timeout=300,
-    )
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), proc.pid
 
 
-def _bench_schemas() -> set[str]:
+def _bench_schemas(pid: int) -> set[str]:
+    """The schemas left by the benchmark of process `pid` (named tagwatch_bench_<pid>_...);
+    a benchmark run at the same time on the same database has schemas of its own."""
+    mine = f"{SCHEMA_PREFIX}_{pid}_"
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tagwatch_bench_%'"
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (mine,)
         ).fetchall()
     return {name for (name,) in rows}
 
 
 def test_compare_sqlite_without_a_record_is_refused():
-    result = run("--compare-sqlite", "--fixes", "10")
+    result, _ = run("--compare-sqlite", "--fixes", "10")
     assert result.returncode == 1
     assert "--compare-sqlite needs --record" in result.stderr
 
 
 def test_a_record_that_is_not_postgresql_is_refused():
-    result = run("--record", "sqlite:///tmp/x.db", "--fixes", "10")
+    result, _ = run("--record", "sqlite:///tmp/x.db", "--fixes", "10")
     assert result.returncode == 1
     assert "expected a postgresql:// URL" in result.stderr
 
@@ -48,8 +59,7 @@ def test_a_record_that_is_not_postgresql_is_refused():
 def test_a_tiny_run_against_postgresql_beside_sqlite():
     if not PG_URL:
         pytest.skip("needs TAGWATCH_TEST_POSTGRES (e.g. postgresql://postgres@127.0.0.1:5432/test)")
-    before = _bench_schemas()
-    result = run(
+    result, pid = run(
         "--fixes", "2000", "--latency-s", "1", "--memory-tags", "200",
         "--record", PG_URL, "--compare-sqlite", "--json",
     )
@@ -67,4 +77,4 @@ def test_a_tiny_run_against_postgresql_beside_sqlite():
         "postgresql_fixes_per_s_vs_bare_receiver": figures["ratio"],
         "postgresql_p99_vs_sqlite_p99": figures["p99_ratio_vs_sqlite"],
     }
-    assert _bench_schemas() == before  # each run's schema was dropped
+    assert _bench_schemas(pid) == set()  # each of its daemons' schemas was dropped

@@ -28,6 +28,7 @@ from tagwatch.config import load_config
 from tagwatch.daemon.service import DATA_ATTEMPTS, Daemon
 from tagwatch.ingest.mqtt import Message
 from tagwatch.record import Record, RecordError, RecordUnavailable
+from tests.record_db import record_database, shipped_role
 from tests.tracks import at_distance, case_doc, circle, fix
 from zones import ZoneSet
 from zones.casefile import parse_case
@@ -105,10 +106,11 @@ class DataFaultRecord(Record):
         return super().commit(batch, recorded_at)
 
 
-def _one_case_daemon(tmp_path: Path) -> tuple[Daemon, Acks, Path]:
+def _one_case_daemon(tmp_path: Path, url: str = "") -> tuple[Daemon, Acks, Path]:
+    """A daemon of one case on a record at url (default: SQLite at the returned path)."""
     case = parse_case(case_doc([circle("home")], case_id="C-1", tags=("T-1",)), "C-1.geojson")
     db = tmp_path / "record.db"
-    (tmp_path / "t.toml").write_text(f'[record]\nurl = "sqlite:///{db}"\n'
+    (tmp_path / "t.toml").write_text(f'[record]\nurl = "{url or f"sqlite:///{db}"}"\n'
                                      f'[cases]\npath = "{tmp_path}"\n')
     config = load_config(tmp_path / "t.toml", {k: v for k, v in os.environ.items()
                                                if not k.startswith("TAGWATCH_")})
@@ -192,3 +194,35 @@ def test_an_outage_is_still_waited_out_however_long(tmp_path: Path) -> None:
     breaches = [a for a in daemon.record.latest_alerts() if a["type"] == "zone.breach"]
     assert [a["confidence"] for a in breaches] == ["confirmed"]
     assert daemon.record_down is None
+
+
+def test_writes_refused_to_the_daemons_role_hold_the_batch_whole(tmp_path: Path) -> None:
+    """The daemon's role loses INSERT on fix_places (real PostgreSQL, the shipped role):
+    every commit is refused, permission denied, whatever it holds. That is an outage: the
+    batch is held whole, unacknowledged, and retried after a backoff until INSERT is
+    granted back. It used to count as the batch's data failing: after DATA_ATTEMPTS
+    refusals the batch was split and its pieces refused and retried one by one."""
+    with record_database("postgresql", tmp_path) as db, shipped_role(db) as (role, url):
+        db.raw(f"REVOKE INSERT ON fix_places FROM {role}")
+        daemon, acks, _ = _one_case_daemon(tmp_path, url)
+        errors = daemon.metrics.write_errors._value
+
+        async def refused_then_granted() -> None:
+            handled = asyncio.create_task(daemon._handle(_breach(time.time())))
+            while errors.get() <= DATA_ATTEMPTS:  # refused more often than a data error is
+                await asyncio.sleep(0.05)
+            assert acks.mids == []
+            assert "permission denied" in (daemon.record_down or "")
+            db.raw(f"GRANT INSERT ON fix_places TO {role}")
+            await handled
+
+        try:
+            asyncio.run(asyncio.wait_for(refused_then_granted(), 60))
+            assert sorted(acks.mids) == [1, 2]
+            assert daemon.metrics.batch_failures._value.get() == 0  # never split
+            assert db.raw("SELECT count(*) FROM entries WHERE kind = 'rejected'") == [(0,)]
+            breaches = [a for a in daemon.record.latest_alerts() if a["type"] == "zone.breach"]
+            assert [a["confidence"] for a in breaches] == ["confirmed"]
+            assert daemon.record_down is None
+        finally:
+            daemon.record.close()

@@ -18,6 +18,7 @@ MIN_SPEED), so the whole file stays well under a minute and a half on 2 cores.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -42,6 +43,16 @@ OWNTRACKS = "owntracks-e2e"  # the daemon's [ingest] owntracks_prefix
 TRACCAR_SPEED = 1200.0
 
 
+# How late on the wall clock an expected alert may come (tagwatch-sim --verify's live check:
+# at most wall_grace_s, 15 s by default, after its window's end was published); the runner
+# waits that long for a missing one. The suite shares a loaded 2-core machine (pytest -n 2,
+# other test runs): day_in_the_life's battery alert came 19-31 s after its window's end at
+# load 12-19 (2 of 2 runs) and 69 s at load 20, right on event time. This test shows which
+# alerts the daemon raises and their event times, not how fast (latency is the benchmarks'
+# to measure, as ratios): a passing run waits no longer, a missing alert still fails.
+WALL_GRACE_S = 300.0
+
+
 def speed_for(scenario) -> float:
     speed = max(MIN_SPEED, scenario.duration_s / TARGET_WALL_S)
     if any(d.spec.protocol == "traccar" for d in scenario.devices):
@@ -55,7 +66,8 @@ def test_every_scenario_file_is_covered():
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
 def test_scenario_verifies_against_the_daemon(path: Path, tmp_path: Path, broker_url: str):
-    scenario = load_scenario(path)
+    scenario = dataclasses.replace(load_scenario(path), wall_grace_s=WALL_GRACE_S)
+    speed = speed_for(scenario)
     token = secrets.token_urlsafe(16)
     users = [{"name": "traccar", "role": "ingest",
               "token_sha256": hashlib.sha256(token.encode()).hexdigest()}]
@@ -68,10 +80,10 @@ def test_scenario_verifies_against_the_daemon(path: Path, tmp_path: Path, broker
     try:
         daemon.wait_ready()
         result = asyncio.run(asyncio.wait_for(
-            run_scenario(scenario, broker_url, daemon.prefix, speed_for(scenario),
+            run_scenario(scenario, broker_url, daemon.prefix, speed,
                          traccar=(f"{daemon.base}/ingest/traccar", token),
                          owntracks_prefix=OWNTRACKS),
-            timeout=120))
+            timeout=scenario.duration_s / speed + WALL_GRACE_S + 60))
     finally:
         code = daemon.stop()
     assert result.ok, f"{result.summary()}\n--- daemon log tail ---\n{daemon.logs()[-2000:]}"

@@ -116,6 +116,11 @@ async def _receiver_main(url: str, client_id: str, topic: str, protocol: str, st
             text = m.payload.decode()
             if text.startswith("ack:"):
                 await conn.ack(m)
+                # `ack` only queues the PUBACK. Before saying so (the test may kill this
+                # process at once), a barrier: the broker handles one connection's packets
+                # in order, so once this publish is acknowledged, so is the message. Killed
+                # with the PUBACK still queued, the broker rightly sends the message again.
+                await conn.publish(f"barrier/{client_id}", b"")
             print(json.dumps({"payload": text, "dup": m.dup}), flush=True)
 
 

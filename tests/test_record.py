@@ -26,7 +26,7 @@ from tagwatch.record import (
     RecordUnavailable,
 )
 from tagwatch.record.canon import canonical
-from tests.record_db import RecordDb, record_database
+from tests.record_db import RecordDb, record_database, shipped_role
 
 T0 = 1_764_324_930.0
 CHAIN = "case:C-0001"
@@ -341,6 +341,27 @@ def test_commit_after_the_backend_is_killed_reconnects(backend: Backend, record:
     record.commit(Batch([fix(2)], [], {}), T0 + 1)
     assert [f["seq"] for f in record.track("T-1001", 0)] == [1, 2]
     assert record.verify() == []
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("refusal", [
+    "REVOKE INSERT ON fix_places FROM {role}",
+    "ALTER ROLE {role} SET default_transaction_read_only = on",
+])
+def test_writes_refused_to_the_role_are_an_outage_not_a_data_error(
+        backend: Backend, refusal: str) -> None:
+    """Permission denied and a read-only transaction refuse every write, whatever it holds,
+    until an operator acts: an outage (RecordUnavailable: the daemon holds the batch and
+    retries), not the batch's own data (RecordError: the daemon splits the batch)."""
+    with shipped_role(backend) as (role, url):
+        backend.raw(refusal.format(role=role))
+        record = Record.open(url)
+        try:
+            with pytest.raises(RecordUnavailable,
+                               match=r"permission denied|read-only transaction"):
+                record.commit(Batch([fix(1)], [], {}), T0)
+        finally:
+            record.close()
 
 
 def test_unreachable_postgres_is_unavailable_not_obscure() -> None:

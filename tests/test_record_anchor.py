@@ -20,7 +20,7 @@ from tagwatch import cli
 from tagwatch.record import Batch, Entry, Record
 from tagwatch.record.anchor import AnchorWriter, anchor_once, check
 from tagwatch.record.canon import GENESIS, body_digest, entry_hash_v2
-from tests.record_db import RecordDb, record_database
+from tests.record_db import RecordDb, record_database, shipped_role
 
 T0 = 1_764_324_930.0
 CHAIN = "case:C-0001"
@@ -229,20 +229,8 @@ def test_anchor_path_without_a_key_is_a_configuration_error(
 def app_role(tmp_path: Path) -> Iterator[tuple[RecordDb, str]]:
     """A PostgreSQL record owned by the test's superuser, and the URL of a role made by
     the shipped deploy/postgres/roles.sql."""
-    with record_database("postgresql", tmp_path) as db:
-        Record.open(db.url).close()  # the owner creates the schema
-        role = f"tagwatch_app_{db.schema}"
-        sql = (Path(__file__).parent.parent / "deploy" / "postgres" / "roles.sql").read_text()
-        with psycopg.connect(db.url, autocommit=True) as admin:
-            admin.execute(sql.replace("tagwatch_app", role).encode())
-        scheme, rest = db.url.split("://", 1)
-        url = f"{scheme}://{role}@{rest.split('@', 1)[1]}"
-        try:
-            yield db, url
-        finally:
-            with psycopg.connect(db.url, autocommit=True) as admin:
-                admin.execute(f"DROP OWNED BY {role}".encode())
-                admin.execute(f"DROP ROLE {role}".encode())
+    with record_database("postgresql", tmp_path) as db, shipped_role(db) as (_role, url):
+        yield db, url
 
 
 def test_the_shipped_role_appends_and_purges_but_cannot_rewrite(

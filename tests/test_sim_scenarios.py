@@ -4,6 +4,7 @@ none of its forbidden ones. That makes the files trustworthy before any daemon r
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -13,9 +14,10 @@ from simulators import cli
 from simulators.capture import capture_line
 from simulators.inprocess import run_inprocess
 from simulators.scenario import ALERT_TYPES, ScenarioError, load_scenario
+from simulators.verify import VerifyResult
 from tagwatch.config import Rules
 from tagwatch.engine.alerts import to_dict
-from tagwatch.pipeline import Pipeline
+from tagwatch.pipeline import Inbound, Pipeline
 from tagwatch.replay import replay
 from tagwatch.wire import Topics
 from zones import ZoneSet, load_cases
@@ -30,11 +32,21 @@ def test_there_are_scenarios_and_they_cover_every_alert_type():
     assert expected == ALERT_TYPES
 
 
+@functools.cache
+def _played(path: Path) -> tuple[VerifyResult, tuple[Inbound, ...]]:
+    """A scenario played in process once per test run: its verdict and the messages sent
+    (both tests below need the same run; day_in_the_life takes a minute on a loaded
+    machine). Runs are deterministic (test_a_scenario_is_deterministic)."""
+    sent: list[Inbound] = []
+    result = run_inprocess(load_scenario(path), capture=sent)
+    return result, tuple(sent)
+
+
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
 def test_scenario_gives_its_expected_alerts_in_process(path):
     scenario = load_scenario(path)
     assert scenario.expects, f"{path.name} expects nothing"
-    result = run_inprocess(scenario)
+    result, _ = _played(path)
     assert result.ok, result.summary()
     assert len(result.met) == len(scenario.expects)
 
@@ -145,8 +157,7 @@ def test_batching_a_scenario_changes_no_decision(path):
     """The daemon batches what replay may take one by one: every alert record, command,
     rejection, accepted fix and duplicate count is the same for any batch size."""
     scenario = load_scenario(path)
-    sent: list = []
-    run_inprocess(scenario, capture=sent)
+    _, sent = _played(path)
     zoneset = ZoneSet(load_cases(scenario.cases).cases)
     one_by_one = _outputs(zoneset, sent, 1)
     assert one_by_one[0], f"{path.name} raises nothing"

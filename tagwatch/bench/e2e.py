@@ -187,13 +187,18 @@ def _kind(record: str | None) -> str:
     return "sqlite" if record is None else "postgresql"
 
 
+SCHEMA_PREFIX = "tagwatch_bench"
+
+
 @contextlib.contextmanager
-def _pg_schema(url: str, prefix: str = "tagwatch_bench"):
+def _pg_schema(url: str, prefix: str = SCHEMA_PREFIX):
     """A schema of its own in the PostgreSQL database at url, for one daemon; yields the
-    URL that makes it the daemon's search_path, and drops the schema (CASCADE) at the end."""
+    URL that makes it the daemon's search_path, and drops the schema (CASCADE) at the end.
+    Named after this process (tagwatch_bench_<pid>_...), so that a leftover schema says
+    which run made it, and a run's own schemas can be told from a concurrent run's."""
     import psycopg
 
-    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    schema = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as admin:
             admin.execute(f"CREATE SCHEMA {schema}".encode())

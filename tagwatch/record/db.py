@@ -236,6 +236,12 @@ class SqliteDb(Db):
         return {chain: (seq, digest) for chain, seq, digest in rows}
 
 
+# SQLSTATEs that refuse every write whatever it holds, until an operator acts: permission
+# denied (a role without INSERT) and read-only transaction (a standby, or a server or role
+# set default_transaction_read_only). An outage, not the batch's data: the daemon holds the
+# batch and retries; as data errors every batch was split and retried message by message.
+_PG_WRITES_REFUSED = ("42501", "25006")
+
 # A batch transaction inserts this many rows or more with COPY (less client CPU per row than
 # JSON, docs/POSTGRESQL.md); fewer go as one JSON statement in the transaction's pipeline.
 COPY_ROWS = 500
@@ -291,6 +297,8 @@ class PostgresDb(Db):
             return RecordUnavailable(text)
         if isinstance(exc, psycopg.OperationalError):
             return RecordUnavailable(text)  # serialization failure, deadlock, shutdown
+        if exc.sqlstate in _PG_WRITES_REFUSED:
+            return RecordUnavailable(text)
         return RecordError(text)
 
     @contextmanager

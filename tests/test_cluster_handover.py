@@ -74,6 +74,16 @@ async def _until(check, what: str, timeout_s: float) -> None:
         await asyncio.sleep(0.05)
 
 
+
+async def _stop(w1: ClusterDaemon, rounds: asyncio.Task, record) -> None:
+    """End the worker's lease rounds and give-backs, drop what it serves, close."""
+    rounds.cancel()
+    await asyncio.gather(rounds, *w1._giving.values(), return_exceptions=True)
+    for p in list(w1.served):
+        await w1._drop(p, "stopping")
+    w1.leases.close()
+    record.close()
+
 def test_a_slow_give_back_keeps_the_workers_other_leases(tmp_path: Path, pg) -> None:
     async def scenario() -> None:
         w1, record = _worker(tmp_path, pg)
@@ -98,12 +108,7 @@ def test_a_slow_give_back_keeps_the_workers_other_leases(tmp_path: Path, pg) -> 
             newcomer.release(list(newcomer.held))
             newcomer.close()
         finally:
-            rounds.cancel()
-            await asyncio.gather(rounds, *w1._giving.values(), return_exceptions=True)
-            for p in list(w1.served):
-                await w1._drop(p, "stopping")
-            w1.leases.close()
-            record.close()
+            await _stop(w1, rounds, record)
 
     asyncio.run(scenario())
 
@@ -170,12 +175,7 @@ def test_a_give_back_under_a_steady_stream_ends_without_being_cut_short(
             stop.set()
             streaming.join(5) if streaming.is_alive() else None
             pub.close()
-            rounds.cancel()
-            await asyncio.gather(rounds, *w1._giving.values(), return_exceptions=True)
-            for p in list(w1.served):
-                await w1._drop(p, "stopping")
-            w1.leases.close()
-            record.close()
+            await _stop(w1, rounds, record)
 
     asyncio.run(scenario())
 
@@ -207,11 +207,6 @@ def test_a_round_taking_every_partition_slowly_keeps_them_all(tmp_path: Path, pg
             epochs = pg.raw("SELECT DISTINCT owner, epoch FROM cluster_leases")
             assert [tuple(row) for row in epochs] == [("w1", 1)]
         finally:
-            rounds.cancel()
-            await asyncio.gather(rounds, *w1._giving.values(), return_exceptions=True)
-            for p in list(w1.served):
-                await w1._drop(p, "stopping")
-            w1.leases.close()
-            record.close()
+            await _stop(w1, rounds, record)
 
     asyncio.run(scenario())

@@ -55,7 +55,7 @@ from tagwatch.record import (
     RecordError,
     RecordUnavailable,
 )
-from tagwatch.wire import parse_rfc3339, status_message
+from tagwatch.wire import MAX_PAYLOAD_BYTES, parse_rfc3339, status_message, too_deep
 from zones import Case, ZoneSet
 from zones.models import OWNTRACKS_DEVICE
 
@@ -744,19 +744,18 @@ class _Stamp(msgspec.Struct):
 
 
 _stamps = msgspec.json.Decoder(_Stamp | list[_Stamp])
-_MAX_STAMPED = 65536  # a fix message's limit (DESIGN 3.2); larger ones are rejected anyway
 
 
 def _tag_and_time(msg: Message) -> tuple[str, float]:
     """A message's topic and the event time of its (first) fix: the order of a partition's
     messages held at a takeover. Unreadable ones first (the pipeline rejects them)."""
     try:
-        if len(msg.payload) > _MAX_STAMPED:
-            raise ValueError("too large")
+        if len(msg.payload) > MAX_PAYLOAD_BYTES or too_deep(msg.payload):
+            raise ValueError("not a fix message (DESIGN 3.2's limits): rejected later")
         stamp = _stamps.decode(msg.payload)
         if isinstance(stamp, list):
             stamp = stamp[0]
         ts = stamp.ts
         return msg.topic, float(ts) if not isinstance(ts, str) else parse_rfc3339(ts)
-    except (msgspec.DecodeError, ValueError, TypeError, IndexError, RecursionError):
+    except (msgspec.DecodeError, ValueError, TypeError, IndexError):
         return msg.topic, -math.inf

@@ -18,9 +18,15 @@ from tests.daemon_harness import (
     make_daemon,
     record_db,  # noqa: F401  (fixture)
 )
+from tests.test_daemon_hardening import wait_until
 from tests.twilio_server import TwilioServer
 
 SID = "AC" + "1" * 32
+
+
+def _sms_done_recorded(record_db: RecordDb, alert_id: str) -> bool:  # noqa: F811
+    return bool(record_db.raw("SELECT 1 FROM outbox WHERE channel = 'sms' AND status = 'done' "
+                              f"AND alert_id = '{alert_id}'"))
 
 
 def test_breach_texts_the_victim_once_and_the_cli_acknowledges(
@@ -86,6 +92,9 @@ def test_a_signed_sms_reply_from_the_victim_acknowledges_and_a_forged_one_is_ref
             col.wait_for(lambda ms: sum(json.loads(p)["type"] == "zone.breach"
                                         for _, p, _ in ms) >= 2, 10, "breach records")
             alert_id = col.json_on("/alerts/")[0]["id"]
+            # A reply answers an SMS the record shows Twilio took (done): the stub has
+            # the message before the daemon has recorded Twilio's answer, so wait for that.
+            wait_until("the SMS done", lambda: _sms_done_recorded(record_db, alert_id))
 
             params = {"From": "+447700900123", "To": "+447700900000", "Body": "OK",
                       "MessageSid": "SM" + "2" * 32, "AccountSid": SID}

@@ -87,8 +87,13 @@ def test_notes_are_bounded_and_odd_ack_bodies_are_400s(tmp_path: Path):
 def test_api_answers_say_no_store_and_nosniff_errors_included(tmp_path: Path):
     with running_feed(tmp_path) as feed, httpx.Client(base_url=feed.url, timeout=10) as c:
         for answer in (c.get("/api/alerts", headers=VIEW), c.get("/api/alerts"),
-                       c.get("/api/alerts/nope/deliveries", headers=VIEW),
-                       c.post("/api/alerts/x/ack", content=b"x" * (MAX_BODY_BYTES + 1),
-                              headers=OP)):
+                       c.get("/api/alerts/nope/deliveries", headers=VIEW)):
             assert answer.headers["cache-control"] == "no-store", answer.status_code
             assert answer.headers["x-content-type-options"] == "nosniff", answer.status_code
+        # The 413 is answered before the body is read: sending the body with it raced the
+        # server's close (a reset instead of the answer), so only the head goes.
+        head = _ack_head(feed.url, "x", f"Content-Length: {MAX_BODY_BYTES + 1}\r\n")
+        refused = _raw(feed.url, head).lower()
+        assert _status(refused) == 413
+        assert b"\r\ncache-control: no-store\r\n" in refused
+        assert b"\r\nx-content-type-options: nosniff\r\n" in refused

@@ -187,7 +187,15 @@ def _parser() -> argparse.ArgumentParser:
     notify.set_defaults(handler=_bench_notify)
     quality = which.add_parser("quality", help="alert quality on realistic GPS error")
     quality.add_argument("--json", action="store_true", help="print one JSON object")
-    quality.add_argument("--seed", type=int, default=17, help="seed of the generated set")
+    quality.add_argument(
+        "--seed",
+        "--seeds",
+        dest="seeds",
+        type=_seeds,
+        default=[17],
+        metavar="N|A-B",
+        help="seed of the generated set, or seeds (1-20, 1,5,9): run in parallel, summed",
+    )
     quality.set_defaults(handler=_bench_quality)
     _daemon_commands(commands)
     _own_help(parser)  # after every parser is made; their own handlers are kept
@@ -207,6 +215,16 @@ def _count(low: int, high: int):
         return value
 
     return parse
+
+
+def _seeds(text: str) -> list[int]:
+    """An argparse type: `bench quality`'s seeds (N, A-B or N,M,...)."""
+    from tagwatch.bench.quality import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _daemon_commands(commands: argparse._SubParsersAction) -> None:
@@ -819,7 +837,7 @@ def _bench_notify(args: argparse.Namespace) -> int:
 def _bench_quality(args: argparse.Namespace) -> int:
     from tagwatch.bench import quality
 
-    return quality.main(args.json, args.seed)
+    return quality.main(args.json, args.seeds)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ victim V-1 with device VD-1 (mobile radius 500 m).
 from __future__ import annotations
 
 import msgspec
+import numpy as np
 import pytest
 
 from tagwatch.engine.state import load_tag
@@ -355,3 +356,24 @@ def test_bench_quality_small_set_beats_the_naive_rules_and_meets_45_s_closed_loo
     loop = result["closed_loop"]
     for key in ("time_to_alert_p95_s_30", "time_to_alert_p95_s_60"):
         assert loop[key] is not None and loop[key] <= 45, loop
+
+
+def test_bench_quality_pools_several_seeds_counts_summed_and_times_pooled():
+    from tagwatch.bench import quality
+
+    runs = [quality.run(seed, tags=4, closed_loop=False, keep_times=True) for seed in (1, 2)]
+    total = quality.pooled(runs)
+    assert total["seeds"] == [1, 2] and total["tags"] == 8
+    for rule in ("tagwatch", "literal", "two_fix"):
+        for key in quality.COUNTS:
+            assert total[rule][key] == sum(r[rule][key] for r in runs), (rule, key)
+        raw = [r[rule][quality.TIMES][every] for r in runs for every in quality.INTERVALS]
+        times = [x for part in raw for x in part]
+        p95 = round(float(np.percentile(times, 95)), 1)
+        assert times and total[rule]["time_to_alert_p95_s"] == p95
+    assert [r["seed"] for r in total["per_seed"]] == [1, 2]
+    assert quality.TIMES not in total["per_seed"][0]["tagwatch"]
+    assert quality.parse_seeds("1-3,7") == [1, 2, 3, 7]
+    for bad in ("x", "5-2", "1-5000"):
+        with pytest.raises(ValueError, match="seeds"):
+            quality.parse_seeds(bad)

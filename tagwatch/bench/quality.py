@@ -660,24 +660,44 @@ def figures(
                 for ep in prox
             ):
                 prox_missed += 1
-    every_time = [x for v in times.values() for x in v]
-    out = {
+    out: dict = {
         "missed_visits": missed,
         "missed_visits_unseen": unseen,
         "false_critical_breaches": false,
         "flaps": flaps,
-        "time_to_alert_median_s": _pct(every_time, 50),
-        "time_to_alert_p95_s": _pct(every_time, 95),
         "proximity_false": prox_false,
         "proximity_missed": prox_missed,
         "proximity_true": prox_total,
         "dark_visits": dark_total,
         "dark_visits_late_breach": dark_ok,
     }
-    for every in INTERVALS:
-        out[f"time_to_alert_p95_s_{every:.0f}"] = _pct(times[every], 95)
-        out[f"time_to_alert_median_s_{every:.0f}"] = _pct(times[every], 50)
+    _add_times(out, times)
+    out[TIMES] = {every: list(times[every]) for every in INTERVALS}  # pooled over seeds, then cut
     return out
+
+
+TIMES = "_times"  # the raw times to alert by interval: pooled over seeds, never printed
+COUNTS = (
+    "missed_visits",
+    "missed_visits_unseen",
+    "false_critical_breaches",
+    "flaps",
+    "proximity_false",
+    "proximity_missed",
+    "proximity_true",
+    "dark_visits",
+    "dark_visits_late_breach",
+)
+
+
+def _add_times(out: dict, times: dict) -> None:
+    """Median and p95 of the times to alert, over all intervals and by interval."""
+    every_time = [x for every in INTERVALS for x in times.get(every, [])]
+    out["time_to_alert_median_s"] = _pct(every_time, 50)
+    out["time_to_alert_p95_s"] = _pct(every_time, 95)
+    for every in INTERVALS:
+        out[f"time_to_alert_p95_s_{every:.0f}"] = _pct(times.get(every, []), 95)
+        out[f"time_to_alert_median_s_{every:.0f}"] = _pct(times.get(every, []), 50)
 
 
 def _pct(values, q) -> float | None:
@@ -719,8 +739,10 @@ def _seen_live(tr: Truth, zoneset: ZoneSet, accepted) -> set:
     }
 
 
-def run(seed: int = 17, tags: int = TAGS, closed_loop: bool = True) -> dict:
-    progress = Progress("bench quality")
+def run(
+    seed: int = 17, tags: int = TAGS, closed_loop: bool = True, keep_times: bool = False
+) -> dict:
+    progress = Progress(f"bench quality, seed {seed}")
     rng = np.random.default_rng(seed)
     plans = [_plan(rng, i) for i in range(tags)]
     zoneset = cases(plans)
@@ -753,20 +775,47 @@ def run(seed: int = 17, tags: int = TAGS, closed_loop: bool = True) -> dict:
         loop = [p for p in plans if p.interval in (30.0, 60.0)]
         seen = _seen_live(tr, zoneset, accepted)
         fig = figures(tr, loop, breaches, late, prox, uploads, seen, hours * 3600)
-        result["closed_loop"] = {
-            k: fig[k]
-            for k in (
-                "missed_visits",
-                "missed_visits_unseen",
-                "false_critical_breaches",
-                "time_to_alert_median_s",
-                "time_to_alert_p95_s",
-                "time_to_alert_p95_s_30",
-                "time_to_alert_p95_s_60",
-            )
-        }
+        result["closed_loop"] = {k: fig[k] for k in LOOP_KEYS}
     progress.done()
-    return result
+    return result if keep_times else _without_times(result)
+
+
+LOOP_KEYS = (
+    "missed_visits",
+    "missed_visits_unseen",
+    "false_critical_breaches",
+    "time_to_alert_median_s",
+    "time_to_alert_p95_s",
+    "time_to_alert_p95_s_30",
+    "time_to_alert_p95_s_60",
+    TIMES,
+)
+RULES = ("tagwatch", "literal", "two_fix", "closed_loop")
+
+
+def _without_times(result: dict) -> dict:
+    return {k: {f: v for f, v in r.items() if f != TIMES} if k in RULES else r
+            for k, r in result.items()}
+
+
+def pooled(results: list[dict]) -> dict:
+    """Several seeds' results (run(keep_times=True)) as one: counts summed, times to alert
+    pooled before their median and p95 are taken; each seed's own figures under `seeds`."""
+    out: dict = {
+        "benchmark": "quality",
+        "seeds": [r["seed"] for r in results],
+        **{k: sum(r[k] for r in results) for k in ("zones", "fixes", "late_fixes", "visits")},
+        "tags": sum(r["tags"] for r in results),
+    }
+    for rule in RULES:
+        parts = [r[rule] for r in results if rule in r]
+        if not parts:
+            continue
+        fig = {k: sum(p[k] for p in parts) for k in COUNTS if k in parts[0]}
+        _add_times(fig, {e: [x for p in parts for x in p[TIMES][e]] for e in INTERVALS})
+        out[rule] = {k: v for k, v in fig.items() if rule != "closed_loop" or k in LOOP_KEYS}
+    out["per_seed"] = [_without_times(r) for r in results]
+    return out
 
 
 ROWS = [
@@ -787,12 +836,14 @@ ROWS = [
 
 def print_text(result: dict) -> None:
     cols = ("tagwatch", "literal", "two_fix")
+    seeds = result.get("seeds", [result.get("seed")])
+    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {_span(seeds)}, summed"
     print(
         f"{result['tags']} tags, {result['zones']} zones, {result['fixes']:,} fixes "
         f"({result['late_fixes']:,} late), {result['visits']} visits >= 2 min, "
         f"{result['tagwatch']['proximity_true']} true proximities, "
         f"{result['tagwatch']['dark_visits']} dark visits with a late upload "
-        f"(seed {result['seed']})"
+        f"({which})"
     )
     print(f"{'':<42}" + "".join(f"{c:>10}" for c in cols))
     for key, label in ROWS:
@@ -813,14 +864,66 @@ def _cell(value) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def main(as_json: bool, seed: int = 17) -> int:
+def _span(seeds: list[int]) -> str:
+    if seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`17`, `1-20` or `1,5,9`: the seeds to run (argparse type; ValueError names the text)."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            lo, hi = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"seeds {text!r}: give N, A-B or N,M,...") from None
+        if hi < lo or hi - lo >= 1000:
+            raise ValueError(f"seeds {text!r}: {part!r} is not a range of at most 1000 seeds")
+        seeds.extend(range(lo, hi + 1))
+    return seeds
+
+
+def _run_kept(seed: int) -> dict:
+    return run(seed, keep_times=True)
+
+
+def run_seeds(seeds: list[int]) -> dict:
+    """One seed as run(); several in parallel (one process a core), pooled."""
+    if len(seeds) == 1:
+        return run(seeds[0])
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tagwatch.bench.report import _cpus
+
+    with ProcessPoolExecutor(min(len(seeds), _cpus())) as pool:
+        return pooled(list(pool.map(_run_kept, seeds)))
+
+
+def main(as_json: bool, seeds: list[int]) -> int:
     import json
 
     from tagwatch.bench.report import machine
 
-    result = run(seed)
+    result = run_seeds(seeds)
     if as_json:
         print(json.dumps({**result, "machine": machine()}, sort_keys=True))
     else:
         print_text(result)
+        if len(seeds) > 1:
+            _print_seeds(result["per_seed"])
     return 0
+
+
+def _print_seeds(results: list[dict]) -> None:
+    print("seed  missed (+unseen)  false critical (two-fix)  flaps (two-fix)  p95 s  loop 30/60 s")
+    for r in results:
+        mine, naive, loop = r["tagwatch"], r["two_fix"], r.get("closed_loop", {})
+        print(
+            f"{r['seed']:>4}  {mine['missed_visits']:>6} (+{mine['missed_visits_unseen']})"
+            f"  {mine['false_critical_breaches']:>14} ({naive['false_critical_breaches']})"
+            f"  {mine['flaps']:>7} ({naive['flaps']})  {_cell(mine['time_to_alert_p95_s']):>5}"
+            f"  {_cell(loop.get('time_to_alert_p95_s_30'))}"
+            f"/{_cell(loop.get('time_to_alert_p95_s_60'))}"
+        )

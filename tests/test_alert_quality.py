@@ -289,12 +289,13 @@ def test_a_slow_tags_fix_of_unusual_accuracy_within_its_reach_never_confirms_alo
     assert track(6.0)[:2] == [("open", "probable"), ("updated", "confirmed")]
 
 
-def odd_start(after, acc_first=14.0, every=30.0):
-    """A 30 s tag standing 25 m outside home (acc 8, its usual), then a fix 15 m inside of
-    unusual accuracy (`acc_first`): 40 m from where it stood, within a standing tag's
-    reach (15 m in 30 s, plus both fixes' accuracy), then `after` (signed metres, acc)."""
+def odd_start(after, jump=-15.0, acc=14.0, every=30.0):
+    """A 30 s tag standing 25 m outside home (acc 8, its usual), then a fix `jump` m from
+    the boundary (15 m inside: 40 m from where it stood, within a standing tag's reach of
+    15 m in 30 s plus both fixes' accuracy) of unusual accuracy (`acc`), then `after`
+    (signed metres, acc)."""
     ds = [(25.0 + (1.0 if i % 2 else -1.0), 8.0) for i in range(10)]
-    ds += [(-15.0, acc_first), *after]
+    ds += [(jump, acc), *after]
     return [fix(T0 + every * i, at_distance(100, d), a, seq=i) for i, (d, a) in enumerate(ds)]
 
 
@@ -305,6 +306,19 @@ def test_a_fix_of_unusual_accuracy_off_a_standing_tags_position_starts_a_displac
     # pieces from one multipath episode. It is displaced instead (a run), so the second
     # fix moves together with it and adds nothing; the breach is never confirmed
     r = run(one_by_one(odd_start([(-15.0, 9.0), (25.0, 8.0), (26.0, 8.0), (24.0, 8.0)])))
+    assert [(b.state, b.confidence) for b in r.of("zone.breach")] == [
+        ("open", "probable"),
+        ("resolved", "probable"),
+    ]
+
+
+def test_a_poor_fix_within_its_noise_of_a_standing_tag_does_not_carry_the_next_one():
+    # the odd fix 90 m inside has acc 70 m (poor, not coarse): 115 m from where the tag
+    # stood is within its noise, so it is judged plausible (one piece). The next fix,
+    # same place, usual acc, is 115 m from where the tag stood: beyond a walk in 60 s,
+    # displaced. Had the poor fix become the anchor, it would be on its track instead,
+    # and the second piece of one multipath episode
+    r = run(one_by_one(odd_start([(-90.0, 9.0), (25.0, 8.0), (26.0, 8.0)], jump=-90.0, acc=70.0)))
     assert [(b.state, b.confidence) for b in r.of("zone.breach")] == [
         ("open", "probable"),
         ("resolved", "probable"),

@@ -290,6 +290,52 @@ def test_a_slow_tags_fix_of_unusual_accuracy_within_its_reach_never_confirms_alo
     assert track(6.0)[:2] == [("open", "probable"), ("updated", "confirmed")]
 
 
+def odd_start(after, jump=-15.0, acc=14.0, every=30.0):
+    """A 30 s tag standing 25 m outside home (acc 8, its usual), then a fix `jump` m from
+    the boundary (15 m inside: 40 m from where it stood, within a standing tag's reach of
+    15 m in 30 s plus both fixes' accuracy) of unusual accuracy (`acc`), then `after`
+    (signed metres, acc)."""
+    ds = [(25.0 + (1.0 if i % 2 else -1.0), 8.0) for i in range(10)]
+    ds += [(jump, acc), *after]
+    return [fix(T0 + every * i, at_distance(100, d), a, seq=i) for i, (d, a) in enumerate(ds)]
+
+
+def test_a_fix_of_unusual_accuracy_off_a_standing_tags_position_starts_a_displaced_run():
+    # multipath under another sky: a fix 15 m inside with acc 14 m (the tag's usual is 8),
+    # then one more where it is, with the usual acc, then back where the tag stood. Taken
+    # as the tag's new position, the odd fix would put the next one on its track: two
+    # pieces from one multipath episode. It is displaced instead (a run), so the second
+    # fix moves together with it and adds nothing; the breach is never confirmed
+    r = run(one_by_one(odd_start([(-15.0, 9.0), (25.0, 8.0), (26.0, 8.0), (24.0, 8.0)])))
+    assert [(b.state, b.confidence) for b in r.of("zone.breach")] == [
+        ("open", "probable"),
+        ("resolved", "probable"),
+    ]
+
+
+def test_a_poor_fix_within_its_noise_of_a_standing_tag_does_not_carry_the_next_one():
+    # the odd fix 90 m inside has acc 70 m (poor, not coarse): 115 m from where the tag
+    # stood is within its noise, so it is judged plausible (one piece). The next fix,
+    # same place, usual acc, is 115 m from where the tag stood: beyond a walk in 60 s,
+    # displaced. Had the poor fix become the anchor, it would be on its track instead,
+    # and the second piece of one multipath episode
+    r = run(one_by_one(odd_start([(-90.0, 9.0), (25.0, 8.0), (26.0, 8.0)], jump=-90.0, acc=70.0)))
+    assert [(b.state, b.confidence) for b in r.of("zone.breach")] == [
+        ("open", "probable"),
+        ("resolved", "probable"),
+    ]
+
+
+def test_a_walk_in_that_starts_with_a_fix_of_unusual_accuracy_is_confirmed_by_the_walk():
+    # the same odd first fix, then the walk goes on at 1.4 m/s (42 m per fix) into home:
+    # the run traced back starts where the tag stood, so the next fix confirms the visit
+    r = run(one_by_one(odd_start([(-57.0, 8.0), (-99.0, 8.0), (-99.0, 8.0)])))
+    assert [(b.state, b.confidence, b.ts[11:]) for b in r.of("zone.breach")] == [
+        ("open", "probable", "10:05:00Z"),
+        ("updated", "confirmed", "10:05:30Z"),
+    ]
+
+
 def test_a_drive_that_slows_into_the_zone_is_not_taken_for_multipath():
     # a 120 s tag standing 1,500 m out drives 900 m (7.5 m/s), then walks in: 40 m inside.
     # Far beyond anything multipath does, the first move resets the model (fresh), so

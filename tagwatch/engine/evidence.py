@@ -27,13 +27,14 @@ plausible fix is enough there), a walk on its track, or a corroborated run; 0
 for a displaced fix, except the first of a run within a walk of the anchor: 1,
 and 2 for a tag reporting every LONE_S or slower, which cannot wait for its next
 fix. A fix whose acc is markedly worse than the tag's usual (`unusual`: another
-sky, a street canyon) is worth one piece at most. A displaced fix holds back
-what it would be worth if trusted; when its run proves to be the tag's true
-motion (a straight move from its first fix to its last, or a walk from the
-anchor at every step) the fixes it held inside a zone count after all
-(zone_rules._credit). Errors are correlated
-over tens of seconds: fixes closer than INDEPENDENT_S to the previous one are
-worth that share of a piece. Pure: state in, state and verdict out.
+sky, a street canyon) is worth one piece at most, and when it is off the tag's known
+track by more than the noise it is displaced, even within reach: it is no anchor.
+A displaced fix holds back what it would be worth if trusted; when its run proves
+to be the tag's true motion (a straight move from its first fix to its last, or a
+walk from the anchor at every step) the fixes it held inside a zone count after all
+(zone_rules._credit). Errors are correlated over tens of seconds: fixes closer than
+INDEPENDENT_S to the previous one are worth that share of a piece. Pure: state in,
+state and verdict out.
 """
 
 from __future__ import annotations
@@ -152,8 +153,17 @@ def weight(verdict: str, apart: float) -> float:
     return pieces * min(1.0, max(apart, 0.0) / INDEPENDENT_S)
 
 
-def judge(m: Motion | None, fix: Fix, xyz: tuple) -> tuple[Motion | None, str]:
-    """The fix's verdict and the tag's motion model after it."""
+def judge(m: Motion | None, fix: Fix, xyz: tuple, odd: bool = False) -> tuple[Motion | None, str]:
+    """The fix's verdict and the tag's motion model after it.
+
+    An `odd` fix (unusual(): taken under another sky, where multipath happens) is never
+    the anchor once the tag's motion is known. Off the track by more than the noise it
+    is displaced even within reach: it claims a move (a standing tag starting off) that
+    multipath fakes as well. Trusted, it would be the anchor, and the next fix of the
+    same episode, displaced as much, would be on its track: two pieces from one error.
+    Displaced, it starts a run, and the fixes that move together with it are one
+    piece, unless the run proves to be a walk (traced back to the anchor) or lasts
+    longer than multipath does. Within the noise it is judged as any other (_hold)."""
     if coarse(fix):
         if m is not None:
             m.seen = fix.ts
@@ -174,10 +184,17 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple) -> tuple[Motion | None, str]:
     if off > reach + err + FAR_M:
         # too far for multipath: a move unseen
         return Motion(ts, *xyz, acc, seen=ts, usual=_usual(m, acc)), FRESH
-    if off <= reach + err and not (m.run and off > err and _goes_on(m.run[-1], xyz, acc)):
+    if (
+        off <= reach + err
+        and not (m.run and off > err and _goes_on(m.run[-1], xyz, acc))
+        and not (odd and m.known >= 2 and off > err)  # an odd fix claiming a move
+    ):
         # on its track: where its motion leads, without the allowance for starting off
         on_track = m.known >= 2 and off <= err + 0.5 * speed * dt
-        _move(m, ts, xyz, acc, dt)
+        if odd and m.known >= 2:
+            _hold(m, acc)
+        else:
+            _move(m, ts, xyz, acc, dt)
         if on_track and speed >= V_MOVING:
             return m, MOVING  # on a track that multipath would not follow
         return m, ON_TRACK if on_track else TRUSTED
@@ -271,6 +288,16 @@ def _move(m: Motion, ts: float, xyz: tuple, acc: float, dt: float) -> None:
     m.known += 1
     if m.run:
         m.run = []
+
+
+def _hold(m: Motion, acc: float) -> None:
+    """An odd fix within the noise of the tag's track: no anchor either. Its large acc
+    is what puts it within the noise; as the anchor it would carry that acc and its
+    displacement into the judging of the next fixes (the next fix of the same multipath
+    episode on its track). It still ends a displaced run, and the usual accuracy
+    follows it, so a tag whose sky truly changed is not odd for long."""
+    m.usual += USUAL_ALPHA * (acc - m.usual)
+    m.run = []
 
 
 def _usual(m: Motion | None, acc: float) -> float:

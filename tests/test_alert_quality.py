@@ -383,6 +383,59 @@ def test_the_first_fix_after_a_gap_deep_inside_is_confirmed_by_itself():
     ]
 
 
+# -- a slow tag's short visit seen by one shallow fix (issue 17: confirmed at the exit) -------
+
+
+def past_home(xs, miss_m, every=120.0, acc=8.0):
+    """A tag on a straight west-east line passing `miss_m` from home's centre (radius 100:
+    under 100 the line cuts the zone), at `xs` metres along it (0: closest to the centre)."""
+    side = offset(CENTRE, 0.0, miss_m)
+    return [
+        fix(T0 + every * i, offset(side, 90.0 if x >= 0 else 270.0, abs(x)), acc, seq=i)
+        for i, x in enumerate(xs)
+    ]
+
+
+def test_a_slow_tag_walking_through_the_edge_is_confirmed_at_its_exit():
+    # a 120 s tag walking at 1.4 m/s (168 m a fix) on a line that cuts home 5 m deep: one
+    # fix inside, 5 m in with acc 8 (less than one sigma: no evidence by itself), the
+    # next 93 m out on the far side. Before, inside and after lie on one walk that went
+    # on through the zone: it was a breach, confirmed as the tag leaves
+    r = run(one_by_one(past_home([-672, -504, -336, -168, 0, 168, 336, 504], 95.0)))
+    breach = r.of("zone.breach")
+    assert [(b.state, b.confidence, b.ts[11:]) for b in breach] == [
+        ("open", "probable", "10:08:00Z"),
+        ("updated", "confirmed", "10:10:00Z"),
+        ("resolved", "confirmed", "10:12:00Z"),
+    ]
+    assert "walked through" in breach[1].detail
+    assert [e.state for e in r.of("zone.exit")] == ["open"]
+
+
+def test_a_fast_tag_walking_through_the_edge_is_not_confirmed_at_its_exit():
+    # the same line at 30 s fixes (42 m a fix): one fix 5 m inside. A tag reporting this
+    # often shows a real visit by more than one fix inside; its exit is no evidence
+    xs = [-42.0 * k for k in range(8, 0, -1)] + [0.0] + [42.0 * k for k in range(1, 8)]
+    r = run(one_by_one(past_home(xs, 95.0, every=30.0)))
+    assert [(b.state, b.confidence) for b in r.of("zone.breach")] == [
+        ("open", "probable"),
+        ("resolved", "probable"),
+    ]
+
+
+def test_a_slow_tag_that_stopped_outside_is_not_confirmed_when_its_fix_inside_comes_back():
+    # a 120 s tag walks in at 1.4 m/s and stops 60 m out; multipath puts its next fix 5 m
+    # inside (where its walk led: on its track), the one after is back where it stood.
+    # Not a walk through the zone: the probable breach resolves unconfirmed
+    ds = [560, 392, 224, 60, -5, 57, 61, 58, 60]
+    fixes = [fix(T0 + 120 * i, at_distance(100, d), 8.0, seq=i) for i, d in enumerate(ds)]
+    r = run(one_by_one(fixes))
+    assert [(b.state, b.confidence) for b in r.of("zone.breach")] == [
+        ("open", "probable"),
+        ("resolved", "probable"),
+    ]
+
+
 # -- 6. the benchmark: open loop beside the naive rules, closed loop with rate ----------------
 
 

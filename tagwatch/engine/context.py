@@ -48,8 +48,10 @@ class FixView:
         "exact",
         "fix",
         "held",
+        "moving",
         "plausible",
         "tag",
+        "through",
         "weight",
     )
 
@@ -64,6 +66,8 @@ class FixView:
         displaced: bool = False,
         held: float = 0.0,
         corroborated: bool = False,
+        moving: bool = False,
+        through: bool = False,
     ) -> None:
         self.tag = tag
         self.fix = fix
@@ -75,3 +79,5 @@ class FixView:
         # what a displaced fix is held back from being worth, should its run prove true
         self.held = held
         self.corroborated = corroborated  # ends a displaced run that proved true (motion)
+        self.moving = moving  # on the track of a tag walking or faster (evidence.MOVING)
+        self.through = through  # on one walk with the fix before the last and the last

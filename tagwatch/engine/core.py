@@ -395,9 +395,10 @@ class Engine:
         if st.motion is None or (st.pos_ts is not None and st.motion.seen < st.pos_ts):
             st.motion = _seed_motion(st)  # none yet, or the quiet path has moved on since
         odd = evidence.unusual(st.motion, fix)
+        through = evidence.through(st.motion, fix, xyz)  # before judge moves the anchor
         st.motion, verdict = evidence.judge(st.motion, fix, xyz, odd)
         apart = math.inf if previous is None else fix.ts - previous
-        return evidence.worth(verdict, apart, odd)
+        return evidence.worth(verdict, apart, odd, through)
 
     def _zones(
         self,

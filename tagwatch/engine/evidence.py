@@ -32,9 +32,12 @@ track by more than the noise it is displaced, even within reach: it is no anchor
 A displaced fix holds back what it would be worth if trusted; when its run proves
 to be the tag's true motion (a straight move from its first fix to its last, or a
 walk from the anchor at every step) the fixes it held inside a zone count after all
-(zone_rules._credit). Errors are correlated over tens of seconds: fixes closer than
-INDEPENDENT_S to the previous one are worth that share of a piece. Pure: state in,
-state and verdict out.
+(zone_rules._credit). A slow tag's fix that ends up far from where the tag was two
+fixes before (`through`) shows the anchor between them on its walk: a probable
+breach of one shallow fix on a walk's track (`moving`) confirms at the exit
+(zone_rules._walked_out). Errors are correlated over tens of seconds: fixes closer
+than INDEPENDENT_S to the previous one are worth that share of a piece. Pure: state
+in, state and verdict out.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ V_MAX = 70.0  # m/s: no run faster than this is explained by motion
 SIGMA_PER_ACC = 1.515  # acc is the ~68% radius of a 2-D error: acc / 1.515 per axis
 RUN_SPAN_S = 20.0  # a run explained by motion spans at least this
 ACC_FLOOR = 8.0  # m: a reported acc below this is taken as this when tracing runs back
+THROUGH_NOISE = 2.0  # a walk through a zone ends farther than this many noises from its start
 GATE_K = 1.65  # acc is a ~68% radius: 1.65 acc is ~2.5 sigma per axis
 RUN_MAX = 64
 # a fix whose acc is this much worse than the tag's usual was taken under another sky (a
@@ -101,6 +105,8 @@ class Worth(NamedTuple):
     displaced: bool  # off the tag's motion: it ends no breach
     held: float = 0.0  # what a displaced fix would be worth, should its run prove true
     corroborated: bool = False  # it proved its displaced run true: the run's fixes count
+    moving: bool = False  # on the track of a tag walking or faster (MOVING), usual accuracy
+    through: bool = False  # with the fix before and the anchor, on one walk that went on
 
 
 PLAIN = Worth(1.0, False)  # no motion model runs: every fix at face value
@@ -115,7 +121,7 @@ def unusual(m: Motion | None, fix: Fix) -> bool:
     return m is not None and m.usual > 0 and fix.acc > ACC_UNUSUAL * m.usual
 
 
-def worth(verdict: str, apart: float, odd: bool = False) -> Worth:
+def worth(verdict: str, apart: float, odd: bool = False, through: bool = False) -> Worth:
     """The Worth of a fix judged `verdict`, `apart` seconds after the tag's previous one.
 
     A displaced fix is held back from what it would be worth were it trusted: if its
@@ -129,7 +135,8 @@ def worth(verdict: str, apart: float, odd: bool = False) -> Worth:
     if verdict in OFF_TRACK:
         trusted = min(weight(TRUSTED, apart), 1.0 if odd else 2.0)
         return Worth(w, True, max(0.0, trusted - w))
-    return Worth(w, False, 0.0, verdict == CORROBORATED)
+    moving = verdict == MOVING and not odd
+    return Worth(w, False, 0.0, verdict == CORROBORATED, moving, through and w > 0)
 
 
 def weight(verdict: str, apart: float) -> float:
@@ -215,8 +222,25 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple, odd: bool = False) -> tuple[Mo
         m.ts, m.x, m.y, m.z, m.acc = last
         m.known = 2
         m.run = []
+        m.back = None
         return m, verdict
     return m, DISPLACED_FIRST if first else DISPLACED
+
+
+def through(m: Motion | None, fix: Fix, xyz: tuple) -> bool:
+    """A slow tag's fix, with the anchor and the fix before it (m.back), on one walk that
+    went on: this fix is far from the one before the anchor (a tag standing outside
+    whose fix multipath put inside comes back where it stood), and the reports came
+    at the tag's pace (a gap hides where it went; a tag reporting faster than SLOW_S
+    shows a short visit by more fixes inside than one). Judged before `judge`."""
+    if m is None or m.back is None or coarse(fix):
+        return False
+    bts, bx, by, bz, bacc = m.back
+    step_in, step_out = m.ts - bts, fix.ts - m.ts
+    if step_in < SLOW_S or step_out < SLOW_S or step_out > 2 * step_in:
+        return False
+    noise = GATE_K * math.hypot(max(bacc, ACC_FLOOR), max(fix.acc, ACC_FLOOR))
+    return math.dist((bx, by, bz), xyz) > THROUGH_NOISE * noise
 
 
 def _goes_on(last: tuple, xyz: tuple, acc: float) -> bool:
@@ -279,6 +303,7 @@ def _explained(m: Motion) -> bool:
 
 
 def _move(m: Motion, ts: float, xyz: tuple, acc: float, dt: float) -> None:
+    m.back = (m.ts, m.x, m.y, m.z, m.acc)
     a = min(1.0, dt / SLOW_S)  # velocity smoothing: fast reports are noisier per second
     m.vx += a * ((xyz[0] - m.x) / dt - m.vx)
     m.vy += a * ((xyz[1] - m.y) / dt - m.vy)

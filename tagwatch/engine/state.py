@@ -38,6 +38,9 @@ class Motion(msgspec.Struct, gc=False):
     known: int = 0  # trusted moves since the anchor was set: the velocity is known from 2
     seen: float = 0.0  # the latest fix judged (an older one than the tag's: the quiet path ran)
     usual: float = 0.0  # the accuracy the tag usually reports here (smoothed; 0: not known)
+    # the anchor before this one (ts, x, y, z, acc), when a trusted move replaced it: the
+    # fix before a zone's fix inside (evidence.through)
+    back: tuple[float, float, float, float, float] | None = None
     run: list[tuple[float, float, float, float, float]] = msgspec.field(default_factory=list)
 
 
@@ -46,6 +49,8 @@ class ZoneTrack(msgspec.Struct, gc=False):
     inside_run: int = 0  # consecutive fixes inside (confirms a breach)
     evidence: float = 0.0  # pieces of evidence of the open breach (engine/evidence.py)
     held: float = 0.0  # pieces withheld from displaced fixes inside, until their run is judged
+    # depth (in sigmas, up to 1) of the fixes inside on a walk's track (zone_rules._walked_out)
+    walk: float = 0.0
     exit_run: int = 0  # consecutive fixes clearly outside (ends a breach)
     warning: Episode | None = None
     warn_clear_run: int = 0

@@ -336,6 +336,49 @@ def test_a_walk_in_that_starts_with_a_fix_of_unusual_accuracy_is_confirmed_by_th
     ]
 
 
+def test_a_slow_tags_usual_accuracy_is_learned_from_all_its_fixes_not_the_few_near_a_zone():
+    # a 120 s tag reports acc 12-15 m for an hour far from home, drives in, reports
+    # 10 m twice near it (the low end of its spread), then 50 m inside with acc 15.3:
+    # as usual for this tag as any. Judged against the fixes near the zone alone it
+    # looked like another sky (1.5x) and was worth one piece; against the tag's hour of
+    # fixes it is plausible, deep, and a slow tag's one fix inside confirms
+    far = [(3000 + (10.0 if i % 2 else -10.0), 12.0 + (i % 4)) for i in range(30)]
+    ds = [*far, (1700, 10.4), (410, 13.8), (50, 10.1), (-50, 15.3), (60, 12.0), (200, 12.0)]
+    fixes = [fix(T0 + 120 * i, at_distance(100, d), a, seq=i) for i, (d, a) in enumerate(ds)]
+    breach = run(one_by_one(fixes)).of("zone.breach")
+    assert [(b.state, b.confidence, b.ts[11:]) for b in breach][:2] == [
+        ("open", "probable", "11:06:00Z"),
+        ("updated", "confirmed", "11:06:00Z"),
+    ]
+
+
+def test_the_usual_accuracy_is_the_mean_of_the_first_fixes_then_a_moving_average():
+    from tagwatch.engine import evidence
+    from tagwatch.wire import Fix
+
+    def at(acc, kind="gnss"):
+        return Fix("T-1", T0, CENTRE[1], CENTRE[0], acc, fix=kind)
+
+    def learn(accs, kinds=None):
+        usual, n = 0.0, 0
+        for i, a in enumerate(accs):
+            kind = (kinds or {}).get(i, "gnss")
+            usual, n = evidence.learn_usual(usual, n, at(a, kind))
+        return usual, n
+
+    assert learn([8.0, 12.0]) == (10.0, 2)
+    assert learn([8.0, 150.0, 12.0]) == (10.0, 2)  # a coarse fix is another kind
+    assert learn([8.0, 30.0, 12.0], {1: "lbs"}) == (10.0, 2)
+    usual, n = learn([10.0] * 10 + [20.0])
+    assert n == evidence.USUAL_N and usual == pytest.approx(11.0)
+    assert not evidence.unusual(10.0, at(13.0)) and evidence.unusual(10.0, at(13.5))
+    assert not evidence.unusual(0.0, at(99.0))  # not known yet
+    # a checkpoint from when the motion model kept the usual accuracy still restores
+    motion = {"ts": T0, "x": 1.0, "y": 2.0, "z": 3.0, "acc": 8.0, "usual": 9.0}
+    st = load_tag(msgspec.msgpack.encode({"last_ts": T0, "motion": motion}))
+    assert st.motion is not None and st.motion.acc == 8.0 and (st.usual, st.usual_n) == (0, 0)
+
+
 def test_a_drive_that_slows_into_the_zone_is_not_taken_for_multipath():
     # a 120 s tag standing 1,500 m out drives 900 m (7.5 m/s), then walks in: 40 m inside.
     # Far beyond anything multipath does, the first move resets the model (fresh), so

@@ -315,6 +315,7 @@ class Engine:
         worth = self._weight(st, fix, xyz, rows, plausible, previous)
         nearest = self._zones(st, fix, rows, plausible, em, worth)
         if plausible:
+            st.usual, st.usual_n = evidence.learn_usual(st.usual, st.usual_n, fix)
             st.lon, st.lat, st.acc, st.pos_ts, st.xyz = fix.lon, fix.lat, fix.acc, fix.ts, xyz
             _remember_position(st, fix, cases[0][1])
         nearest = min(nearest, self._victims(st, fix, xyz, plausible, em))
@@ -348,6 +349,7 @@ class Engine:
             st.bat = fix.bat
         st.last_msg_ts = st.last_pos_ts = st.pos_ts = ts
         st.lon, st.lat, st.acc, st.xyz, st.near = fix.lon, fix.lat, fix.acc, xyz, False
+        st.usual, st.usual_n = evidence.learn_usual(st.usual, st.usual_n, fix)
         _remember_position(st, fix, rules)
         if (tag, watchdog.NO_COMMS) not in self.watch.armed:
             self.watch.arm(tag, watchdog.NO_COMMS, ts + rules.no_comms_s)
@@ -394,7 +396,7 @@ class Engine:
             return evidence.NOTHING
         if st.motion is None or (st.pos_ts is not None and st.motion.seen < st.pos_ts):
             st.motion = _seed_motion(st)  # none yet, or the quiet path has moved on since
-        odd = evidence.unusual(st.motion, fix)
+        odd = evidence.unusual(st.usual, fix)
         through = evidence.through(st.motion, fix, xyz)  # before judge moves the anchor
         st.motion, verdict = evidence.judge(st.motion, fix, xyz, odd)
         apart = math.inf if previous is None else fix.ts - previous
@@ -690,11 +692,8 @@ def _seed_motion(st: TagState) -> Motion | None:
     if st.xyz is None or st.pos_ts is None:
         return None
     m = Motion(st.pos_ts, *st.xyz, st.acc or 15.0)
-    if st.track:
-        ts, lon, lat, acc = recent.track_columns(st.track)
-        fine = acc[acc <= evidence.COARSE_M]
-        m.usual = float(np.median(fine)) if len(fine) else 0.0
     if len(st.track) >= 64:  # two rows of (ts, lon, lat, acc) doubles
+        ts, lon, lat, _acc = recent.track_columns(st.track)
         dt = float(ts[-1] - ts[-2])
         if dt > 0 and ts[-1] == st.pos_ts:
             a, b = ecef(lon[-2:], lat[-2:]).tolist()

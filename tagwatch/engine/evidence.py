@@ -27,14 +27,15 @@ plausible fix is enough there), a walk on its track, or a corroborated run; 0
 for a displaced fix, except the first of a run within a walk of the anchor: 1,
 and 2 for a tag reporting every LONE_S or slower, which cannot wait for its next
 fix. A fix whose acc is markedly worse than the tag's usual (`unusual`: another
-sky, a street canyon) is worth one piece at most, and when it is off the tag's known
-track by more than the noise it is displaced, even within reach: it is no anchor.
-A displaced fix holds back what it would be worth if trusted; when its run proves
-to be the tag's true motion (a straight move from its first fix to its last, or a
-walk from the anchor at every step) the fixes it held inside a zone count after all
-(zone_rules._credit). A slow tag's fix that ends up far from where the tag was two
-fixes before (`through`) shows the anchor between them on its walk: a probable
-breach of one shallow fix on a walk's track (`moving`) confirms at the exit
+sky, a street canyon) is worth one piece at most (the usual is learned from all the
+tag's fixes, `learn_usual`, not only the few near a zone), and when it is off the
+tag's known track by more than the noise it is displaced, even within reach: it is
+no anchor. A displaced fix holds back what it would be worth if trusted; when its
+run proves to be the tag's true motion (a straight move from its first fix to its
+last, or a walk from the anchor at every step) the fixes it held inside a zone count
+after all (zone_rules._credit). A slow tag's fix that ends up far from where the tag
+was two fixes before (`through`) shows the anchor between them on its walk: a
+probable breach of one shallow fix on a walk's track (`moving`) confirms at the exit
 (zone_rules._walked_out). Errors are correlated over tens of seconds: fixes closer
 than INDEPENDENT_S to the previous one are worth that share of a piece. Pure: state
 in, state and verdict out.
@@ -70,7 +71,9 @@ RUN_MAX = 64
 # a fix whose acc is this much worse than the tag's usual was taken under another sky (a
 # street canyon, indoors): where multipath happens. Usual fixes vary by about +-25%.
 ACC_UNUSUAL = 1.3
-USUAL_ALPHA = 0.2  # smoothing of the usual accuracy, per trusted fix
+# the usual accuracy is the mean of a tag's first USUAL_N fixes, then a moving average of
+# about its last USUAL_N: fewer (the few fixes near a zone) put an honest fix 1.4x over it
+USUAL_N = 10
 # multipath moves fixes tens of metres, 150 m in the worst canyons (issue 17): a fix this far
 # beyond the anchor's reach is the tag's true position after a move the model did not see
 # (a drive that slowed, a turn), not a displaced one: the model starts afresh from it
@@ -113,12 +116,24 @@ PLAIN = Worth(1.0, False)  # no motion model runs: every fix at face value
 NOTHING = Worth(0.0, True)  # a jump, or a fix dated ahead of its arrival
 
 
-def unusual(m: Motion | None, fix: Fix) -> bool:
-    """The fix reports a markedly worse accuracy than the tag usually does near here: its
-    sky changed (a street canyon, indoors), which is where multipath happens, and an
+def unusual(usual: float, fix: Fix) -> bool:
+    """The fix reports a markedly worse accuracy than the tag `usual`ly does: its sky
+    changed (a street canyon, indoors), which is where multipath happens, and an
     urban-canyon fix displaced by tens of metres still reports 10-30 m. Such a fix is
     at most one piece of evidence: it never confirms a breach by itself."""
-    return m is not None and m.usual > 0 and fix.acc > ACC_UNUSUAL * m.usual
+    return usual > 0 and fix.acc > ACC_UNUSUAL * usual
+
+
+def learn_usual(usual: float, count: int, fix: Fix) -> tuple[float, int]:
+    """The tag's usual accuracy and the fixes it has learned from, after this fix.
+
+    Every plausible fix counts, near a zone or not (a slow tag sends two or three near
+    one before it enters): an estimate from so few puts an honest fix at the top of the
+    tag's spread over 1.3x one at its bottom. Coarse fixes are another kind of fix."""
+    if coarse(fix):
+        return usual, count
+    count = min(count + 1, USUAL_N)
+    return usual + (fix.acc - usual) / count, count
 
 
 def worth(verdict: str, apart: float, odd: bool = False, through: bool = False) -> Worth:
@@ -177,7 +192,7 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple, odd: bool = False) -> tuple[Mo
         return m, COARSE
     ts, acc = fix.ts, fix.acc
     if m is None or ts - m.ts > STALE_S:
-        return Motion(ts, *xyz, acc, seen=ts, usual=_usual(m, acc)), FRESH
+        return Motion(ts, *xyz, acc, seen=ts), FRESH
     m.seen = ts
     dt = ts - m.ts
     err = GATE_K * math.hypot(acc, m.acc)
@@ -190,7 +205,7 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple, odd: bool = False) -> tuple[Mo
     off = _to_segment(xyz, (m.x, m.y, m.z), ahead)
     if off > reach + err + FAR_M:
         # too far for multipath: a move unseen
-        return Motion(ts, *xyz, acc, seen=ts, usual=_usual(m, acc)), FRESH
+        return Motion(ts, *xyz, acc, seen=ts), FRESH
     if (
         off <= reach + err
         and not (m.run and off > err and _goes_on(m.run[-1], xyz, acc))
@@ -199,7 +214,7 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple, odd: bool = False) -> tuple[Mo
         # on its track: where its motion leads, without the allowance for starting off
         on_track = m.known >= 2 and off <= err + 0.5 * speed * dt
         if odd and m.known >= 2:
-            _hold(m, acc)
+            _hold(m)
         else:
             _move(m, ts, xyz, acc, dt)
         if on_track and speed >= V_MOVING:
@@ -309,25 +324,19 @@ def _move(m: Motion, ts: float, xyz: tuple, acc: float, dt: float) -> None:
     m.vy += a * ((xyz[1] - m.y) / dt - m.vy)
     m.vz += a * ((xyz[2] - m.z) / dt - m.vz)
     m.ts, m.x, m.y, m.z, m.acc = ts, xyz[0], xyz[1], xyz[2], acc
-    m.usual = m.usual + USUAL_ALPHA * (acc - m.usual) if m.usual > 0 else acc
     m.known += 1
     if m.run:
         m.run = []
 
 
-def _hold(m: Motion, acc: float) -> None:
+def _hold(m: Motion) -> None:
     """An odd fix within the noise of the tag's track: no anchor either. Its large acc
     is what puts it within the noise; as the anchor it would carry that acc and its
     displacement into the judging of the next fixes (the next fix of the same multipath
-    episode on its track). It still ends a displaced run, and the usual accuracy
-    follows it, so a tag whose sky truly changed is not odd for long."""
-    m.usual += USUAL_ALPHA * (acc - m.usual)
+    episode on its track). It still ends a displaced run; the usual accuracy follows it
+    (TagState.usual learns from every fix), so a tag whose sky truly changed is not odd
+    for long."""
     m.run = []
-
-
-def _usual(m: Motion | None, acc: float) -> float:
-    """The usual accuracy a new model starts from: the old model's, else this fix's."""
-    return m.usual if m is not None and m.usual > 0 else acc
 
 
 def _dist(a: tuple, b: tuple) -> float:

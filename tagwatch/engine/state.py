@@ -37,7 +37,6 @@ class Motion(msgspec.Struct, gc=False):
     vz: float = 0.0
     known: int = 0  # trusted moves since the anchor was set: the velocity is known from 2
     seen: float = 0.0  # the latest fix judged (an older one than the tag's: the quiet path ran)
-    usual: float = 0.0  # the accuracy the tag usually reports here (smoothed; 0: not known)
     # the anchor before this one (ts, x, y, z, acc), when a trusted move replaced it: the
     # fix before a zone's fix inside (evidence.through)
     back: tuple[float, float, float, float, float] | None = None
@@ -124,6 +123,9 @@ class TagState(msgspec.Struct, gc=False):
     visits: dict[str, list[Visit]] = msgspec.field(default_factory=dict)  # per case
     motion: Motion | None = None  # near a zone only; new fields default: old checkpoints load
     bat: float | None = None  # the last battery level reported (GET /api/cases)
+    # the accuracy the tag usually reports, from its last usual_n fine fixes (0: not known)
+    usual: float = 0.0
+    usual_n: int = 0
 
 
 class DeviceState(msgspec.Struct, gc=False):

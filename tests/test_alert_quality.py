@@ -166,6 +166,32 @@ def test_a_good_pair_within_the_radius_confirms_a_probable_proximity():
     assert len({p.id for p in prox}) == 1
 
 
+def test_a_tag_fix_is_judged_against_a_fresh_good_victim_fix_over_a_newer_coarse_one():
+    # the phone's newest fix is a cell fix 300 m out; its good fix of 40 s before (fresh,
+    # within the cell fix's reach) is the better position, and puts the tag within 500 m
+    msgs = [
+        victim_msg(fix(T0, offset(FAR, 90, 450), 8.0)),
+        victim_msg(fix(T0 + 40, offset(FAR, 90, 750), 300.0, fix="lbs")),
+        tag_msg(fix(T0 + 60, FAR, 8.0, seq=0)),
+    ]
+    prox = run(msgs).of("proximity")
+    assert [(p.state, p.severity, p.confidence) for p in prox] == [
+        ("open", "critical", "confirmed")
+    ]
+    assert 440 < prox[0].distance_m < 460
+
+
+def test_a_coarse_victim_fix_far_from_the_last_good_one_is_judged_as_it_is():
+    # the cell fix puts the phone more than twice its accuracy from its good fix: it may
+    # have moved, and the good fix is no longer its position
+    msgs = [
+        victim_msg(fix(T0, offset(FAR, 90, 450), 8.0)),
+        victim_msg(fix(T0 + 40, offset(FAR, 90, 1700), 300.0, fix="lbs")),
+        tag_msg(fix(T0 + 60, FAR, 8.0, seq=0)),
+    ]
+    assert run(msgs).of("proximity") == []
+
+
 # -- 5. late evidence is never swallowed -----------------------------------------------------
 
 

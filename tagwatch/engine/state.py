@@ -131,6 +131,8 @@ class DeviceState(msgspec.Struct, gc=False):
     acc: float = 15.0
     coarse: bool = False  # fix "lbs" or acc of hundreds of metres: no critical proximity alone
     track: bytes = b""  # (ts, x, y, z, acc) over follow_window_s (engine/following.py)
+    # (ts, x, y, z, acc) of its last fix that was not coarse (victim_rules.judged_against)
+    good: tuple[float, float, float, float, float] | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -347,6 +347,22 @@ def test_a_run_that_bends_is_the_tags_position_but_shows_no_held_fix_true():
     assert Motion(0.0, 0.0, 0.0, 0.0, 8.0).run == []
 
 
+def test_fixes_back_on_the_track_a_multipath_jump_left_are_the_tag_not_a_run():
+    # A 5 s tag stands 40 m outside; multipath moves its fixes 70 m north, and one of them
+    # with a poor acc is taken as the tag (the anchor jumps there). When the multipath ends
+    # the fixes are back where it stood, 70 m south of the anchor: they undo the jump, so
+    # they are the tag; it walks in and is confirmed, not held displaced for minutes.
+    stand = at_distance(100, 40)
+    ghost = offset(stand, 0, 70)
+    pos = [(stand, 8.0)] * 10 + [(ghost, 15.0)] * 3 + [(ghost, 45.0)] + [(ghost, 15.0)] * 4
+    pos += [(at_distance(100, 40 - 7 * i), 8.0) for i in range(1, 25)]
+    msgs = [tag_msg(fix(T0 + 5 * i, p, acc, seq=i)) for i, (p, acc) in enumerate(pos)]
+    r = run(msgs)
+    inside = T0 + 5 * (18 + 6)  # the first fix inside (40 - 7 * 6 < 0)
+    crit = confirmed(r)
+    assert crit and utc(crit[0].ts) <= inside + 30, [b.ts for b in r.of("zone.breach")]
+
+
 def test_the_first_fix_after_a_gap_deep_inside_is_confirmed_by_itself():
     # a 120 s tag standing 300 m out, then dark for 12 minutes (its anchor is too old to
     # judge by); the first fix after the gap is 60 m inside: fresh, nothing says it is

@@ -39,6 +39,9 @@ class Motion(msgspec.Struct, gc=False):
     seen: float = 0.0  # the latest fix judged (an older one than the tag's: the quiet path ran)
     usual: float = 0.0  # the accuracy the tag usually reports here (smoothed; 0: not known)
     run: list[tuple[float, float, float, float, float]] = msgspec.field(default_factory=list)
+    # (ts, dx, dy, dz, acc): a fix that ended a displaced run moved the anchor (of that acc)
+    # off where its motion led by (dx, dy, dz) (evidence._returns); None: no such jump
+    jump: tuple[float, float, float, float, float] | None = None
 
 
 class ZoneTrack(msgspec.Struct, gc=False):

@@ -167,6 +167,32 @@ def test_a_good_pair_within_the_radius_confirms_a_probable_proximity():
     assert len({p.id for p in prox}) == 1
 
 
+def test_a_tag_fix_is_judged_against_a_fresh_good_victim_fix_over_a_newer_coarse_one():
+    # the phone's newest fix is a cell fix 300 m out; its good fix of 40 s before (fresh,
+    # within the cell fix's reach) is the better position, and puts the tag within 500 m
+    msgs = [
+        victim_msg(fix(T0, offset(FAR, 90, 450), 8.0)),
+        victim_msg(fix(T0 + 40, offset(FAR, 90, 750), 300.0, fix="lbs")),
+        tag_msg(fix(T0 + 60, FAR, 8.0, seq=0)),
+    ]
+    prox = run(msgs).of("proximity")
+    assert [(p.state, p.severity, p.confidence) for p in prox] == [
+        ("open", "critical", "confirmed")
+    ]
+    assert 440 < prox[0].distance_m < 460
+
+
+def test_a_coarse_victim_fix_far_from_the_last_good_one_is_judged_as_it_is():
+    # the cell fix puts the phone more than twice its accuracy from its good fix: it may
+    # have moved, and the good fix is no longer its position
+    msgs = [
+        victim_msg(fix(T0, offset(FAR, 90, 450), 8.0)),
+        victim_msg(fix(T0 + 40, offset(FAR, 90, 1700), 300.0, fix="lbs")),
+        tag_msg(fix(T0 + 60, FAR, 8.0, seq=0)),
+    ]
+    assert run(msgs).of("proximity") == []
+
+
 # -- 5. late evidence is never swallowed -----------------------------------------------------
 
 
@@ -409,6 +435,22 @@ def test_a_run_that_bends_is_the_tags_position_but_shows_no_held_fix_true():
     assert evidence.worth(evidence.DISPLACED_FIRST, 120.0, odd=True) == evidence.Worth(1.0, True)
     assert evidence.worth(evidence.TRUSTED, 120.0, odd=True).weight == 1.0
     assert Motion(0.0, 0.0, 0.0, 0.0, 8.0).run == []
+
+
+def test_fixes_back_on_the_track_a_multipath_jump_left_are_the_tag_not_a_run():
+    # A 5 s tag stands 40 m outside; multipath moves its fixes 70 m north, and one of them
+    # with a poor acc is taken as the tag (the anchor jumps there). When the multipath ends
+    # the fixes are back where it stood, 70 m south of the anchor: they undo the jump, so
+    # they are the tag; it walks in and is confirmed, not held displaced for minutes.
+    stand = at_distance(100, 40)
+    ghost = offset(stand, 0, 70)
+    pos = [(stand, 8.0)] * 10 + [(ghost, 15.0)] * 3 + [(ghost, 45.0)] + [(ghost, 15.0)] * 4
+    pos += [(at_distance(100, 40 - 7 * i), 8.0) for i in range(1, 25)]
+    msgs = [tag_msg(fix(T0 + 5 * i, p, acc, seq=i)) for i, (p, acc) in enumerate(pos)]
+    r = run(msgs)
+    inside = T0 + 5 * (18 + 6)  # the first fix inside (40 - 7 * 6 < 0)
+    crit = confirmed(r)
+    assert crit and utc(crit[0].ts) <= inside + 30, [b.ts for b in r.of("zone.breach")]
 
 
 def test_the_first_fix_after_a_gap_deep_inside_is_confirmed_by_itself():

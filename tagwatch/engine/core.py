@@ -500,7 +500,9 @@ class Engine:
                     continue
                 track = st.victims[victim.key] = VictimTrack()
             view = FixView(fix.tag, fix, distance, plausible)
-            victim_rules.proximity(track, victim, view, em, fix.ts, device)
+            judged = victim_rules.judged_against(device, fix.ts, victim.rules.victim_fresh_s)
+            near = FixView(fix.tag, fix, chord(xyz, judged.xyz), plausible)
+            victim_rules.proximity(track, victim, near, em, fix.ts, judged)
             if self._approach_device(track, victim, view, xyz, device, em) or track.approach:
                 patterns.activity(st, fix.tag, victim.case, fix, victim.rules, em)
             if plausible and following.worth(track, distance, victim, fix.acc + device.acc):
@@ -575,8 +577,12 @@ class Engine:
         if device is not None and fix.ts <= device.ts:
             return  # an older or duplicate victim position moves nothing
         ring = self._device_ring(fix, xyz, device)
+        coarse = evidence.coarse(fix)
+        good = device.good if device is not None else None
+        if not coarse:
+            good = (fix.ts, *xyz, fix.acc)
         device = self.devices[fix.tag] = DeviceState(
-            fix.ts, fix.lon, fix.lat, xyz, fix.acc, evidence.coarse(fix), ring
+            fix.ts, fix.lon, fix.lat, xyz, fix.acc, coarse, ring, good
         )
         self.dirty.add(f"device:{fix.tag}")
         self._protect(self.device_protected.get(fix.tag, ()), fix.ts, em)

@@ -15,6 +15,11 @@ fixes since the anchor. A new fix is judged against it:
 - corroborated: the run is explained, by motion (traced back at its own
   velocity it starts at the anchor: the tag really moved) or by lasting longer
   than multipath does (PERSIST_S). Its last fix becomes the anchor.
+- returned: a fix that ended a displaced run moved the anchor off its track (a
+  jump: onto multipath, as like as not), and this fix, less than PERSIST_S later,
+  is where the track led before that jump: the multipath ended. It is trusted and
+  becomes the anchor; without this the tag's true fixes would be a displaced run
+  that traces back to the multipath, held for PERSIST_S.
 - coarse: `lbs` or `acc` over COARSE_M. Honest, so it counts when deep enough
   for its accuracy; it never moves the anchor.
 - fresh: no anchor to judge by (first fix, or after a gap of STALE_S), or the fix
@@ -216,10 +221,16 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple, odd: bool = False) -> tuple[Mo
         if odd and m.known >= 2:
             _hold(m)
         else:
+            if m.run:  # it ends a displaced run: the anchor jumps (onto multipath?)
+                m.jump = (ts, *(xyz[k] - ahead[k] for k in range(3)), m.acc)
             _move(m, ts, xyz, acc, dt)
         if on_track and speed >= V_MOVING:
             return m, MOVING  # on a track that multipath would not follow
         return m, ON_TRACK if on_track else TRUSTED
+    if _returns(m, ts, xyz, acc, ahead):
+        m.ts, m.x, m.y, m.z, m.acc = ts, *xyz, acc  # the velocity stays: it moved with the tag
+        m.run, m.jump = [], None
+        return m, TRUSTED
     m.run.append((ts, *xyz, acc))
     # the first fix of a run, if a walk could have got there: one piece for the run
     first = len(m.run) == 1 and off <= (V_WALK + 0.5 * speed) * dt + err
@@ -236,7 +247,7 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple, odd: bool = False) -> tuple[Mo
             m.vx = m.vy = m.vz = 0.0
         m.ts, m.x, m.y, m.z, m.acc = last
         m.known = 2
-        m.run = []
+        m.run, m.jump = [], None
         m.back = None
         return m, verdict
     return m, DISPLACED_FIRST if first else DISPLACED
@@ -256,6 +267,22 @@ def through(m: Motion | None, fix: Fix, xyz: tuple) -> bool:
         return False
     noise = GATE_K * math.hypot(max(bacc, ACC_FLOOR), max(fix.acc, ACC_FLOOR))
     return math.dist((bx, by, bz), xyz) > THROUGH_NOISE * noise
+
+
+def _returns(m: Motion, ts: float, xyz: tuple, acc: float, ahead: tuple) -> bool:
+    """The fix undoes the jump the anchor made when a fix ended a displaced run, less than
+    PERSIST_S ago: it lies where the anchor's motion would have led before that jump. That
+    jump was onto multipath (it moves the fixes with the tag and ends within PERSIST_S),
+    and this fix is the tag back on its own track, not a new displaced run."""
+    jump = m.jump
+    if jump is None or ts - jump[0] > PERSIST_S:
+        return False
+    # the error of this fix, of the anchor now, and of the anchor before the jump
+    accs = (max(a, ACC_FLOOR) for a in (acc, m.acc, jump[4]))
+    gate = GATE_K * math.sqrt(sum(a * a for a in accs))
+    size = math.sqrt(sum(c * c for c in jump[1:4]))
+    back = math.sqrt(sum((xyz[k] - ahead[k] + jump[k + 1]) ** 2 for k in range(3)))
+    return size > gate and back <= gate  # a jump beyond the noise, undone within it
 
 
 def _goes_on(last: tuple, xyz: tuple, acc: float) -> bool:

@@ -41,6 +41,9 @@ class Motion(msgspec.Struct, gc=False):
     # fix before a zone's fix inside (evidence.through)
     back: tuple[float, float, float, float, float] | None = None
     run: list[tuple[float, float, float, float, float]] = msgspec.field(default_factory=list)
+    # (ts, dx, dy, dz, acc): a fix that ended a displaced run moved the anchor (of that acc)
+    # off where its motion led by (dx, dy, dz) (evidence._returns); None: no such jump
+    jump: tuple[float, float, float, float, float] | None = None
 
 
 class ZoneTrack(msgspec.Struct, gc=False):
@@ -138,6 +141,8 @@ class DeviceState(msgspec.Struct, gc=False):
     acc: float = 15.0
     coarse: bool = False  # fix "lbs" or acc of hundreds of metres: no critical proximity alone
     track: bytes = b""  # (ts, x, y, z, acc) over follow_window_s (engine/following.py)
+    # (ts, x, y, z, acc) of its last fix that was not coarse (victim_rules.judged_against)
+    good: tuple[float, float, float, float, float] | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+import msgspec
+
 from tagwatch.engine import approach, evidence
 from tagwatch.engine.alerts import CRITICAL, OPEN, RESOLVED, UPDATED, WARNING, alert_id
 from tagwatch.engine.context import FixView, VictimInfo
@@ -102,6 +104,21 @@ def proximity(
             track.proximity = None
             track.clear_run = 0
     return False
+
+
+def judged_against(device: DeviceState, ts: float, fresh_s: float) -> DeviceState:
+    """The device position a tag fix at `ts` is judged against: its newest fix, unless
+    that is coarse while its last good fix is fresh (within `fresh_s` of `ts`) and within
+    twice the coarse fix's accuracy of it. Then the coarse fix does not say the device
+    moved, and the good fix is the better position: a cell fix of hundreds of metres
+    would turn a good pair within the radius into no proximity, or a probable one."""
+    good = device.good
+    if not device.coarse or good is None or abs(ts - good[0]) > fresh_s:
+        return device
+    at, x, y, z, acc = good
+    if math.dist((x, y, z), device.xyz) > 2 * device.acc:
+        return device
+    return msgspec.structs.replace(device, ts=at, xyz=(x, y, z), acc=acc, coarse=False)
 
 
 def stale(track: VictimTrack, victim: VictimInfo, view: FixView, em: Emitter, age_s: float) -> None:

@@ -533,6 +533,10 @@ def test_bench_quality_small_set_beats_the_naive_rules_and_meets_45_s_closed_loo
     # the others are counted apart, for every rule alike
     assert literal["missed_visits"] == 0
     assert mine["missed_visits_unseen"] == literal["missed_visits_unseen"]
+    # the same for proximity: a live pair of good fixes within the radius is critical for
+    # the literal rule; a proximity no such pair shows counts apart for every rule
+    assert literal["proximity_missed"] == 0
+    assert mine["proximity_missed_unseen"] == literal["proximity_missed_unseen"]
     assert mine["false_critical_breaches"] <= naive["false_critical_breaches"]
     assert mine["flaps"] <= naive["flaps"]
     assert mine["proximity_false"] <= literal["proximity_false"]
@@ -540,6 +544,41 @@ def test_bench_quality_small_set_beats_the_naive_rules_and_meets_45_s_closed_loo
     loop = result["closed_loop"]
     for key in ("time_to_alert_p95_s_30", "time_to_alert_p95_s_60"):
         assert loop[key] is not None and loop[key] <= 45, loop
+
+
+def test_bench_quality_a_proximity_is_shown_live_only_by_a_good_pair_within_the_radius():
+    from tagwatch.bench import quality
+    from tagwatch.wire import Fix
+
+    t0, lon, lat = quality.T0, -0.1278, 51.5074
+    near = lat + 100 / 111_133  # 100 m north of the victim
+
+    def victim(t: float, **kw) -> tuple[str, dict]:
+        return "T", {"ts": t0 + t, "lon": lon, "lat": lat, "acc": 8.0, **kw}
+
+    accepted = [
+        (Fix("T", t0 + 100, near, lon, acc=150.0), False),  # poor: acc > 100 m
+        (Fix("T", t0 + 160, near, lon, fix="lbs", acc=40.0), False),  # coarse
+        (Fix("T", t0 + 220, near, lon), True),  # late: buffered, not live
+        (Fix("T", t0 + 280, near, lon), False),  # good, but the victim's fix is coarse
+        (Fix("T", t0 + 400, near, lon), False),  # good, with a good victim fix 30 s later
+    ]
+    victims = [
+        victim(90),
+        victim(150),
+        victim(210),
+        victim(270, fix="lbs", acc=300.0),
+        victim(430),
+    ]
+    fixes = [f for f, _late in accepted]
+    lates = [late for _f, late in accepted]
+    literal = quality._literal_proximity([], fixes, lates, victims)
+    assert [ep.critical for ep in literal] == [100.0]  # the literal rule takes any pair
+    seen = quality._prox_seen(accepted, victims)
+    assert seen == {"T": [(400.0, 430.0)]}  # the tag fix's time, the pair's
+    assert not quality._shown(seen["T"], 0.0, 380.0, 30.0)  # no good pair during it
+    assert quality._shown(seen["T"], 380.0, 410.0, 30.0)
+    assert not quality._shown(seen["T"], 380.0, 395.0, 30.0)  # tag fix after it ended
 
 
 def test_bench_quality_pools_several_seeds_counts_summed_and_times_pooled():

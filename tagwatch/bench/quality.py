@@ -18,7 +18,11 @@ outside the zone from the breach's opening to its confirmation. A visit of
 >= 2 min with no critical breach is missed; one that no live fix taken during it
 shows inside (a 120 s tag's two fixes of a 3-minute visit both outside, by
 their error) cannot be alerted live by any rule and counts apart
-(`missed_visits_unseen`).
+(`missed_visits_unseen`). A true proximity is >= 60 s within the victim's radius;
+one missed (no critical proximity) counts apart (`proximity_missed_unseen`) when
+no live pair of good fixes (neither `lbs` nor acc > 100 m), paired as the literal
+rule pairs them (a tag fix taken during it and the victim's latest fix within
+180 s), is within the radius: the literal rule misses those too.
 
 The fixes go through the real pipeline (tagwatch.pipeline, event time, as in
 `tagwatch replay`). In the same run, on the same accepted fixes, two naive rules
@@ -54,6 +58,7 @@ LOOP_HOURS = 3.0  # the closed loop goes fix by fix (rate commands): the first h
 TAGS = 42
 INTERVALS = (30.0, 60.0, 120.0)
 RADIUS_V = 300.0  # the victims' mobile_radius_m
+GOOD_ACC_M = 100.0  # a fix of larger acc (or `lbs`) cannot show a proximity by itself
 VICTIM_EVERY_S = 60.0
 WALK, DRIVE = 1.4, 11.0
 VISIT_MIN_S, MUST_ALERT_S = 60.0, 120.0
@@ -543,21 +548,9 @@ def naive_episodes(plans, zoneset: ZoneSet, accepted, victim_fixes, need: int):
 
 def _literal_proximity(plans, fixes, lates, victim_fixes) -> list[Episode]:
     """Any tag fix and fresh victim fix within the radius: critical at once."""
-    events = [(f.ts, 0, f.tag, (f.lon, f.lat)) for f, late in zip(fixes, lates, strict=True)]
-    events += [(v["ts"], 1, tag, (v["lon"], v["lat"])) for tag, v in victim_fixes]
-    late_ts = {(f.tag, f.ts) for f, late in zip(fixes, lates, strict=True) if late}
-    events.sort(key=lambda e: e[0])
-    last: dict = {}
     open_: dict = {}
     eps = []
-    for ts, kind, tag, pos in events:
-        if kind == 0 and (tag, ts) in late_ts:
-            continue
-        last[(tag, kind)] = (ts, pos)
-        other = last.get((tag, 1 - kind))
-        if other is None or abs(other[0] - ts) > 180:
-            continue
-        d = _metres(pos, other[1])
+    for ts, tag, _tag_fix, _good, d in _live_pairs(fixes, lates, victim_fixes):
         ep, out = open_.get(tag, (None, 0))
         if d <= RADIUS_V:
             if ep is None:
@@ -572,6 +565,46 @@ def _literal_proximity(plans, fixes, lates, victim_fixes) -> list[Episode]:
     return eps
 
 
+def _live_pairs(fixes, lates, victim_fixes):
+    """The pairs the literal rule judges, in event time: each live tag or victim fix with the
+    other side's latest fix within 180 s. Yields (ts, tag, the tag fix's ts, both good, d):
+    good is neither coarse (`lbs`) nor of acc > 100 m, on both sides."""
+    events = [
+        (f.ts, 0, f.tag, (f.lon, f.lat), _good(f.fix, f.acc))
+        for f, late in zip(fixes, lates, strict=True)
+        if not late
+    ]
+    events += [
+        (v["ts"], 1, tag, (v["lon"], v["lat"]), _good(v.get("fix", "gnss"), v["acc"]))
+        for tag, v in victim_fixes
+    ]
+    events.sort(key=lambda e: e[0])
+    last: dict = {}
+    for ts, kind, tag, pos, good in events:
+        last[(tag, kind)] = (ts, pos, good)
+        other = last.get((tag, 1 - kind))
+        if other is None or abs(other[0] - ts) > 180:
+            continue
+        tag_ts = ts if kind == 0 else other[0]
+        yield ts, tag, tag_ts, good and other[2], _metres(pos, other[1])
+
+
+def _good(kind: str, acc: float) -> bool:
+    return kind != "lbs" and acc <= GOOD_ACC_M
+
+
+def _prox_seen(accepted, victim_fixes) -> dict[str, list[tuple[float, float]]]:
+    """Per tag, the live pairs of good fixes within the victim's radius, as (the tag fix's
+    time, the pair's time) from the start: what shows a true proximity live."""
+    fixes = [f for f, _late in accepted if f.lat is not None]
+    lates = [late for f, late in accepted if f.lat is not None]
+    out: dict = defaultdict(list)
+    for ts, tag, tag_ts, good, d in _live_pairs(fixes, lates, victim_fixes):
+        if good and d <= RADIUS_V:
+            out[tag].append((tag_ts - T0, ts - T0))
+    return out
+
+
 def _metres(a, b) -> float:
     phi = math.radians((a[1] + b[1]) / 2)
     return math.hypot((a[0] - b[0]) * 111412.84 * math.cos(phi), (a[1] - b[1]) * 111132.954)
@@ -581,10 +614,12 @@ def _metres(a, b) -> float:
 
 
 def figures(
-    tr: Truth, plans, breaches, late, prox, uploads, seen, until=HOURS * 3600
+    tr: Truth, plans, breaches, late, prox, uploads, seen, prox_seen, until=HOURS * 3600
 ) -> dict:
     """`seen`: the visits (tag, zone, t0) some live fix shows inside (_seen_live): a visit
-    no live fix shows inside cannot be alerted live by any rule; it counts apart."""
+    no live fix shows inside cannot be alerted live by any rule; it counts apart.
+    `prox_seen`: per tag, the live good pairs within the radius (_prox_seen); a true
+    proximity none of them shows counts apart the same way."""
     interval = {p.tag: p.interval for p in plans}
     gaps = {p.tag: p.gaps for p in plans}
     by_key = defaultdict(list)
@@ -645,7 +680,7 @@ def figures(
         and _min_between(tr.victim_dist[ep.tag], ep.critical - 30, ep.critical)
         > RADIUS_V + FALSE_MARGIN_M
     )
-    prox_missed = prox_total = 0
+    prox_missed = prox_unseen = prox_total = 0
     for p in plans:
         t, d = tr.victim_dist[p.tag]
         for t0, t1 in _runs(t, d <= RADIUS_V):
@@ -659,7 +694,10 @@ def figures(
                 and (ep.closed is None or ep.closed >= t0)
                 for ep in prox
             ):
-                prox_missed += 1
+                if _shown(prox_seen.get(p.tag, ()), t0, t1, interval[p.tag]):
+                    prox_missed += 1
+                else:
+                    prox_unseen += 1
     out: dict = {
         "missed_visits": missed,
         "missed_visits_unseen": unseen,
@@ -667,6 +705,7 @@ def figures(
         "flaps": flaps,
         "proximity_false": prox_false,
         "proximity_missed": prox_missed,
+        "proximity_missed_unseen": prox_unseen,
         "proximity_true": prox_total,
         "dark_visits": dark_total,
         "dark_visits_late_breach": dark_ok,
@@ -674,6 +713,12 @@ def figures(
     _add_times(out, times)
     out[TIMES] = {every: list(times[every]) for every in INTERVALS}  # pooled over seeds, then cut
     return out
+
+
+def _shown(pairs, t0: float, t1: float, every: float) -> bool:
+    """A pair whose tag fix was taken during the proximity, judged by the next tag fix: the
+    literal rule is critical by then (a figure's window ends at t1 + the interval)."""
+    return any(t0 <= tag_t <= t1 and at <= t1 + every for tag_t, at in pairs)
 
 
 TIMES = "_times"  # the raw times to alert by interval: pooled over seeds, never printed
@@ -684,6 +729,7 @@ COUNTS = (
     "flaps",
     "proximity_false",
     "proximity_missed",
+    "proximity_missed_unseen",
     "proximity_true",
     "dark_visits",
     "dark_visits_late_breach",
@@ -752,6 +798,7 @@ def run(
     records, accepted, victim_fixes, devices = replay(plans, zoneset, seed + 1, obey=False)
     uploads = _uploads(tr, devices, zoneset, plans)
     seen = _seen_live(tr, zoneset, accepted)
+    prox_seen = _prox_seen(accepted, victim_fixes)
     breaches, prox, late = engine_episodes(records)
     result = {
         "benchmark": "quality",
@@ -761,20 +808,21 @@ def run(
         "fixes": len(accepted),
         "late_fixes": sum(1 for _f, late_ in accepted if late_),
         "visits": sum(1 for v in tr.visits if not v[4] and v[3] - v[2] >= MUST_ALERT_S),
-        "tagwatch": figures(tr, plans, breaches, late, prox, uploads, seen),
+        "tagwatch": figures(tr, plans, breaches, late, prox, uploads, seen, prox_seen),
     }
     progress.step("literal and two-fix rules on the same fixes")
     for name, need in (("literal", 1), ("two_fix", 2)):
         eps, late_n, prox_n = naive_episodes(plans, zoneset, accepted, victim_fixes, need)
-        result[name] = figures(tr, plans, eps, late_n, prox_n, uploads, seen)
+        result[name] = figures(tr, plans, eps, late_n, prox_n, uploads, seen, prox_seen)
     if closed_loop:
         progress.step(f"closed loop: 30 s and 60 s tags obeying rate, first {LOOP_HOURS:g} h")
         hours = LOOP_HOURS
-        records, accepted, *_ = replay(plans, zoneset, seed + 1, True, (30.0, 60.0), hours)
+        records, accepted, victims, _ = replay(plans, zoneset, seed + 1, True, (30.0, 60.0), hours)
         breaches, prox, late = engine_episodes(records)
         loop = [p for p in plans if p.interval in (30.0, 60.0)]
         seen = _seen_live(tr, zoneset, accepted)
-        fig = figures(tr, loop, breaches, late, prox, uploads, seen, hours * 3600)
+        prox_seen = _prox_seen(accepted, victims)
+        fig = figures(tr, loop, breaches, late, prox, uploads, seen, prox_seen, hours * 3600)
         result["closed_loop"] = {k: fig[k] for k in LOOP_KEYS}
     progress.done()
     return result if keep_times else _without_times(result)
@@ -829,7 +877,8 @@ ROWS = [
     ("time_to_alert_p95_s_60", "  p95, 60 s tags"),
     ("time_to_alert_p95_s_120", "  p95, 120 s tags"),
     ("proximity_false", "proximity false"),
-    ("proximity_missed", "proximity missed"),
+    ("proximity_missed", "proximity missed (a live good pair within)"),
+    ("proximity_missed_unseen", "prox. missed, no live good pair (no rule)"),
     ("dark_visits_late_breach", "dark visits with a late breach"),
 ]
 

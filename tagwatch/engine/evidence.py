@@ -135,10 +135,12 @@ def learn_usual(usual: float, count: int, fix: Fix) -> tuple[float, int]:
     Every plausible fix counts, near a zone or not (a slow tag sends two or three near
     one before it enters): an estimate from so few puts an honest fix at the top of the
     tag's spread over 1.3x one at its bottom. Coarse fixes are another kind of fix."""
-    if coarse(fix):
+    acc = fix.acc
+    if acc > COARSE_M or fix.fix == "lbs":  # coarse(), inline: this runs for every fix
         return usual, count
-    count = min(count + 1, USUAL_N)
-    return usual + (fix.acc - usual) / count, count
+    if count < USUAL_N:
+        count += 1
+    return usual + (acc - usual) / count, count
 
 
 def worth(verdict: str, apart: float, odd: bool = False, through: bool = False) -> Worth:

@@ -300,21 +300,28 @@ def _late(pg: RecordDb) -> int:
                if json.loads(body).get("late"))
 
 
-def _sms_once(pg: RecordDb, twilio: TwilioServer) -> int:
-    """Every SMS row due is sent, and each once; returns how many."""
+def _sms_once(pg: RecordDb, twilio: TwilioServer, kills: list[float]) -> dict:
+    """Every SMS row due is sent, and each once, except the documented at-least-once at a
+    kill -9 (docs/CLUSTER.md): a worker killed after Twilio took an SMS and before it
+    marked the row done leaves the row due, and the new owner sends it again. So a
+    second copy is allowed only with a kill (time.monotonic(), `kills`) between the two."""
     due = f"SELECT count(*) FROM outbox WHERE channel = 'sms' AND not_before < {time.time()}"
     rows = pg.raw(due)[0][0]
     assert rows > 0
     _until(lambda: pg.raw(due + " AND status = 'done'")[0][0] == rows, "every SMS sent", 20)
-    sent = [(r.form.get("To"), r.form.get("Body")) for r in twilio.seen
-            if r.path.endswith("/Messages.json")]
-    twice = [m for m, n in Counter(sent).items() if n > 1]
+    sent: dict[tuple, list[float]] = {}
+    for r in twilio.seen:
+        if r.path.endswith("/Messages.json"):
+            sent.setdefault((r.form.get("To"), r.form.get("Body")), []).append(r.at)
+    resent = [m for m, at in sent.items()
+              if len(at) == 2 and any(at[0] < k < at[1] for k in kills)]
+    twice = [m for m, at in sent.items() if len(at) > 1 and m not in resent]
     rows_of = [r for r in pg.raw("SELECT id, alert_id, partition, status, result, created_at, "
                                  "updated_at FROM outbox WHERE channel = 'sms'")
                if any(r[1].startswith(body[15:21].lower()) for _, body in twice)]
     assert twice == [], f"an SMS sent twice: {twice}, its rows {rows_of}"
     assert len(sent) == rows, (len(sent), rows)
-    return rows
+    return {"sms": rows, "sms_resent_after_a_kill": len(resent)}
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
@@ -333,6 +340,7 @@ def test_a_rolling_restart_of_every_worker_under_load_loses_nothing(
         return workers[name].start()
 
     workers: dict[str, Daemon] = {}
+    kills: list[float] = []
     alerts = Alerts(cluster, 1)
     load = Load(cluster, 2, messages, ROLLING_RATE)
     try:
@@ -349,6 +357,7 @@ def test_a_rolling_restart_of_every_worker_under_load_loses_nothing(
             if how == "stop":
                 assert workers[old].stop() == 0
             else:
+                kills.append(time.monotonic())
                 workers[old].kill()
             live = [w for n, w in workers.items() if n not in ("w1", old)]
             _until(lambda live=live: sorted(p for w in live for p in _partitions(w))
@@ -358,7 +367,7 @@ def test_a_rolling_restart_of_every_worker_under_load_loses_nothing(
         want = replayed(tmp_path, load.messages, cases)  # what was sent
         figures = _check(cluster, pg, load, alerts, want, [workers["w3"], workers["w4"]])
         try:
-            figures["sms"] = _sms_once(pg, twilio)
+            figures.update(_sms_once(pg, twilio, kills))
         except AssertionError:
             for w in workers.values():  # who held what when
                 print(w.config.stem, [line for line in w.logs().splitlines() if any(

@@ -86,8 +86,12 @@ class Daemon:
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll /readyz until 200, with a deadline; fail early if the process died."""
         deadline = time.monotonic() + timeout
+        retries = 3
         with httpx.Client(timeout=1.0) as client:
             while True:
+                if retries and self._port_taken():
+                    retries -= 1
+                    self._move_port()
                 assert self.proc is not None and self.proc.poll() is None, self.logs()[-3000:]
                 try:
                     if client.get(f"{self.base}/readyz").status_code == 200:
@@ -97,6 +101,23 @@ class Daemon:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"daemon not ready in {timeout} s:\n{self.logs()[-3000:]}")
                 time.sleep(0.05)
+
+    def _port_taken(self) -> bool:
+        """The daemon died because its feed port was taken between free_port() and its
+        bind (another process, or an outgoing connection's ephemeral port, got it)."""
+        return (self.proc is not None and self.proc.poll() is not None
+                and f"listen 127.0.0.1:{self.port}: cannot listen there" in self.logs())
+
+    def _move_port(self) -> None:
+        """Start again on another free port (the config's feed listen line rewritten)."""
+        port = free_port()
+        text = self.config.read_text()
+        # only the listen line: the process that took the port may be in the config too
+        old, new = f'listen = "127.0.0.1:{self.port}"', f'listen = "127.0.0.1:{port}"'
+        assert old in text, f"{self.config}: no feed listen line on port {self.port}"
+        self.config.write_text(text.replace(old, new))
+        self.port = port
+        self.start()
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(f"{self.base}{path}", timeout=5.0)

@@ -497,6 +497,34 @@ def test_a_slow_tag_walking_through_the_edge_is_confirmed_at_its_exit():
     assert [e.state for e in r.of("zone.exit")] == ["open"]
 
 
+def test_a_slow_tag_strolling_through_the_edge_is_confirmed_at_its_exit():
+    # the same line at 0.8 m/s (96 m a fix): slower than a walk (V_MOVING), so the fix
+    # 5 m inside is on its track, not `moving`. At a slow tag's pace the track is known
+    # only roughly; before, inside and after still lie on one walk that went on (bench
+    # seed 8: T-011 at 0.9 m/s, an on-track fix 11.6 m inside, the next 72 m out)
+    xs = [-96.0 * k for k in range(5, 0, -1)] + [0.0] + [96.0 * k for k in range(1, 5)]
+    r = run(one_by_one(past_home(xs, 95.0)))
+    breach = r.of("zone.breach")
+    assert [(b.state, b.confidence, b.ts[11:]) for b in breach] == [
+        ("open", "probable", "10:10:00Z"),
+        ("updated", "confirmed", "10:12:00Z"),
+        ("resolved", "confirmed", "10:14:00Z"),
+    ]
+    assert "walked through" in breach[1].detail
+
+
+def test_a_slow_tag_standing_outside_is_not_confirmed_by_an_on_track_fix_inside():
+    # a 120 s tag drifting at 0.2 m/s 60 m out; multipath puts one fix 5 m inside,
+    # the next is back where it stood: not a walk through, the breach stays probable
+    ds = [84, 80, 76, 72, 68, 64, 60, -5, 57, 56]
+    fixes = [fix(T0 + 120 * i, at_distance(100, d), 8.0, seq=i) for i, d in enumerate(ds)]
+    r = run(one_by_one(fixes))
+    assert [(b.state, b.confidence) for b in r.of("zone.breach")] == [
+        ("open", "probable"),
+        ("resolved", "probable"),
+    ]
+
+
 def test_a_fast_tag_walking_through_the_edge_is_not_confirmed_at_its_exit():
     # the same line at 30 s fixes (42 m a fix): one fix 5 m inside. A tag reporting this
     # often shows a real visit by more than one fix inside; its exit is no evidence

@@ -40,7 +40,8 @@ run proves to be the tag's true motion (a straight move from its first fix to it
 last, or a walk from the anchor at every step) the fixes it held inside a zone count
 after all (zone_rules._credit). A slow tag's fix that ends up far from where the tag
 was two fixes before (`through`) shows the anchor between them on its walk: a
-probable breach of one shallow fix on a walk's track (`moving`) confirms at the exit
+probable breach of one shallow fix on a walk's track (`moving`; a slow tag's fix on
+its track, ON_TRACK, too) confirms at the exit
 (zone_rules._walked_out). Errors are correlated over tens of seconds: fixes closer
 than INDEPENDENT_S to the previous one are worth that share of a piece. Pure: state
 in, state and verdict out.
@@ -113,7 +114,8 @@ class Worth(NamedTuple):
     displaced: bool  # off the tag's motion: it ends no breach
     held: float = 0.0  # what a displaced fix would be worth, should its run prove true
     corroborated: bool = False  # it proved its displaced run true: the run's fixes count
-    moving: bool = False  # on the track of a tag walking or faster (MOVING), usual accuracy
+    # on the track of a tag walking or faster (MOVING), or of a slow tag (ON_TRACK); usual acc
+    moving: bool = False
     through: bool = False  # with the fix before and the anchor, on one walk that went on
 
 
@@ -157,7 +159,9 @@ def worth(verdict: str, apart: float, odd: bool = False, through: bool = False) 
     if verdict in OFF_TRACK:
         trusted = min(weight(TRUSTED, apart), 1.0 if odd else 2.0)
         return Worth(w, True, max(0.0, trusted - w))
-    moving = verdict == MOVING and not odd
+    # a slow tag's fix on its track counts to a walk too: at its pace the track is
+    # known only roughly, and the exit fix must show the walk went on (`through`)
+    moving = (verdict == MOVING or (verdict == ON_TRACK and apart >= SLOW_S)) and not odd
     return Worth(w, False, 0.0, verdict == CORROBORATED, moving, through and w > 0)
 
 

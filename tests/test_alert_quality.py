@@ -513,16 +513,20 @@ def test_a_slow_tag_strolling_through_the_edge_is_confirmed_at_its_exit():
     assert "walked through" in breach[1].detail
 
 
+NEVER_CONFIRMED = [("open", "probable"), ("resolved", "probable")]
+
+
+def _breach_states(distances: list[float]) -> list[tuple[str, str]]:
+    """(state, confidence) of home's breach records for a 120 s tag at these distances
+    from home's edge (negative: inside), acc 8 m, on one bearing."""
+    fixes = [fix(T0 + 120 * i, at_distance(100, d), 8.0, seq=i) for i, d in enumerate(distances)]
+    return [(b.state, b.confidence) for b in run(one_by_one(fixes)).of("zone.breach")]
+
+
 def test_a_slow_tag_standing_outside_is_not_confirmed_by_an_on_track_fix_inside():
     # a 120 s tag drifting at 0.2 m/s 60 m out; multipath puts one fix 5 m inside,
     # the next is back where it stood: not a walk through, the breach stays probable
-    ds = [84, 80, 76, 72, 68, 64, 60, -5, 57, 56]
-    fixes = [fix(T0 + 120 * i, at_distance(100, d), 8.0, seq=i) for i, d in enumerate(ds)]
-    r = run(one_by_one(fixes))
-    assert [(b.state, b.confidence) for b in r.of("zone.breach")] == [
-        ("open", "probable"),
-        ("resolved", "probable"),
-    ]
+    assert _breach_states([84, 80, 76, 72, 68, 64, 60, -5, 57, 56]) == NEVER_CONFIRMED
 
 
 def test_a_fast_tag_walking_through_the_edge_is_not_confirmed_at_its_exit():
@@ -530,23 +534,14 @@ def test_a_fast_tag_walking_through_the_edge_is_not_confirmed_at_its_exit():
     # often shows a real visit by more than one fix inside; its exit is no evidence
     xs = [-42.0 * k for k in range(8, 0, -1)] + [0.0] + [42.0 * k for k in range(1, 8)]
     r = run(one_by_one(past_home(xs, 95.0, every=30.0)))
-    assert [(b.state, b.confidence) for b in r.of("zone.breach")] == [
-        ("open", "probable"),
-        ("resolved", "probable"),
-    ]
+    assert [(b.state, b.confidence) for b in r.of("zone.breach")] == NEVER_CONFIRMED
 
 
 def test_a_slow_tag_that_stopped_outside_is_not_confirmed_when_its_fix_inside_comes_back():
     # a 120 s tag walks in at 1.4 m/s and stops 60 m out; multipath puts its next fix 5 m
     # inside (where its walk led: on its track), the one after is back where it stood.
     # Not a walk through the zone: the probable breach resolves unconfirmed
-    ds = [560, 392, 224, 60, -5, 57, 61, 58, 60]
-    fixes = [fix(T0 + 120 * i, at_distance(100, d), 8.0, seq=i) for i, d in enumerate(ds)]
-    r = run(one_by_one(fixes))
-    assert [(b.state, b.confidence) for b in r.of("zone.breach")] == [
-        ("open", "probable"),
-        ("resolved", "probable"),
-    ]
+    assert _breach_states([560, 392, 224, 60, -5, 57, 61, 58, 60]) == NEVER_CONFIRMED
 
 
 # -- 6. the benchmark: open loop beside the naive rules, closed loop with rate ----------------

@@ -74,7 +74,7 @@ async def _demo(
         port = port or free_port()
         config = _config(workdir, broker, port, token, scenario, ingest_token)
         daemon = _start_daemon(config, workdir / "daemon.log")
-        stack.callback(_stop_daemon, daemon)
+        stack.push_async_callback(_stop_daemon, daemon)
         await _wait_ready(daemon, port, workdir / "daemon.log")
         say(f"dashboard: http://127.0.0.1:{port}/  token: {token}")
         say(f"record and daemon log in {workdir} (removed at exit)")
@@ -215,11 +215,20 @@ async def _play(
     await asyncio.wait({play, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
     if not play.done():
-        play.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await play
+        await _cancel(play)
         return None
     return play.result()
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    """Cancel `task` and wait for it to end, asking again until it does: on Python 3.11
+    asyncio.wait_for (which aiomqtt's publish awaits) drops a cancellation that lands as
+    its future completes, and the scenario then played on to its end after Ctrl-C."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def in_scenario_time(alert: dict, start: float, pacing) -> dict:
@@ -239,10 +248,13 @@ def in_scenario_time(alert: dict, start: float, pacing) -> dict:
     return {**alert, "ts": rfc3339(start + pacing.scenario_s(wall - pacing.wall0))}
 
 
-def _stop_daemon(daemon: subprocess.Popen) -> None:
+async def _stop_daemon(daemon: subprocess.Popen) -> None:
+    """SIGTERM, then wait without blocking the loop: the embedded broker runs on it, and
+    the daemon's last publishes and its disconnect wait for that broker's answers."""
     if daemon.poll() is None:
         daemon.send_signal(signal.SIGTERM)
         try:
-            daemon.wait(timeout=20)
+            await asyncio.to_thread(daemon.wait, 20)
         except subprocess.TimeoutExpired:
             daemon.kill()
+            await asyncio.to_thread(daemon.wait)

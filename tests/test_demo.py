@@ -4,6 +4,8 @@ come in over MQTT, from an OwnTracks phone and through Traccar's forwarding."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import selectors
@@ -85,6 +87,68 @@ def _demo_processes(workdir: str) -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+# A child that, told to stop, says goodbye to a server on the demo's event loop and
+# exits 0 only once answered: as the daemon's last publishes wait for the demo's
+# embedded broker.
+_NEEDS_THE_LOOP = """
+import signal, socket, sys
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+def stop(*_):
+    sock.sendall(b"bye")
+    sys.exit(0 if sock.recv(3) == b"bye" else 3)
+signal.signal(signal.SIGTERM, stop)
+sock.sendall(b"up!")
+signal.pause()
+"""
+
+
+def test_stopping_the_demos_daemon_leaves_the_loop_free_for_its_last_words() -> None:
+    """Ctrl-C once took 15-30 s: the demo waited for its daemon with the loop blocked,
+    so the embedded broker on that loop could not answer the daemon's last publishes and
+    the daemon sat out its timeouts (then was killed)."""
+    from tagwatch import demo
+
+    async def scenario() -> int:
+        up = asyncio.Event()
+
+        async def echo(reader, writer):
+            await reader.readexactly(3)
+            up.set()
+            writer.write(await reader.readexactly(3))
+            await writer.drain()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        child = subprocess.Popen([sys.executable, "-c", _NEEDS_THE_LOOP, str(port)])
+        await asyncio.wait_for(up.wait(), 30)
+        await demo._stop_daemon(child)
+        server.close()
+        return child.returncode
+
+    assert asyncio.run(scenario()) == 0  # not -9: answered, not killed after 20 s
+
+
+def test_stopping_the_play_asks_again_when_a_cancellation_is_dropped() -> None:
+    """Python 3.11's asyncio.wait_for (in aiomqtt's publish) can drop a cancellation; the
+    scenario then played on for half a minute after Ctrl-C."""
+    from tagwatch import demo
+
+    async def drops_one_cancellation() -> None:
+        # as wait_for does when its future completes at the same moment
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await asyncio.sleep(3600)
+
+    async def scenario() -> bool:
+        task = asyncio.create_task(drops_one_cancellation())
+        await asyncio.sleep(0)
+        stopping = asyncio.create_task(demo._cancel(task))
+        await asyncio.wait({stopping}, timeout=30)  # (wait_for would cancel it again)
+        return stopping.done() and task.cancelled()
+
+    assert asyncio.run(scenario())
 
 
 def test_demo_on_sighup_stops_its_daemon_and_removes_its_folder() -> None:

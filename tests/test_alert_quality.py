@@ -604,6 +604,38 @@ def test_bench_quality_a_proximity_is_shown_live_only_by_a_good_pair_within_the_
     assert not quality._shown(seen["T"], 380.0, 395.0, 30.0)  # tag fix after it ended
 
 
+def test_bench_quality_a_visit_seen_live_carries_its_deepest_fix_in_sigmas():
+    """A missed visit whose live fixes inside were all within one sigma of the edge is
+    counted as shallow (`missed_visits_shallow`): a fix 3 m inside with acc 24 m is as
+    likely outside."""
+    from tagwatch.bench import quality
+    from tagwatch.wire import Fix
+
+    plan = quality._plan(np.random.default_rng(3), 0)
+    zoneset = quality.cases([plan])
+    name, x, y, r = plan.zones[0]
+
+    def at(depth: float, t: float, acc: float, late: bool = False):
+        lon, lat = plan.lonlat(x + r - depth, y)  # `depth` m inside the zone's east edge
+        return (Fix(plan.tag, quality.T0 + t, float(lat), float(lon), acc=acc), late)
+
+    visits = [
+        (plan.tag, name, 100.0, 400.0, False, 60.0),
+        (plan.tag, name, 900.0, 1200.0, False, 60.0),
+    ]
+    truth = quality.Truth(visits, {}, {})
+    accepted = [
+        at(3.0, 160, 24.0),  # 0.19 sigma
+        at(30.0, 220, 24.0, late=True),  # deep, but buffered: not live
+        at(3.0, 500, 8.0),  # after the visit
+        at(12.0, 960, 9.0),  # 2.0 sigma
+    ]
+    seen = quality._seen_live(truth, zoneset, accepted)
+    assert set(seen) == {(plan.tag, name, 100.0), (plan.tag, name, 900.0)}
+    assert seen[(plan.tag, name, 100.0)] == pytest.approx(3.0 * 1.515 / 24.0, rel=0.02)
+    assert seen[(plan.tag, name, 900.0)] == pytest.approx(12.0 * 1.515 / 9.0, rel=0.02)
+
+
 def test_bench_quality_pools_several_seeds_counts_summed_and_times_pooled():
     from tagwatch.bench import quality
 

@@ -18,7 +18,10 @@ outside the zone from the breach's opening to its confirmation. A visit of
 >= 2 min with no critical breach is missed; one that no live fix taken during it
 shows inside (a 120 s tag's two fixes of a 3-minute visit both outside, by
 their error) cannot be alerted live by any rule and counts apart
-(`missed_visits_unseen`). A true proximity is >= 60 s within the victim's radius;
+(`missed_visits_unseen`); of the missed visits, those whose live fixes inside were
+all within their own error of the edge (inside by at most acc / 1.515, one sigma: as
+likely outside) are counted too (`missed_visits_shallow`): only a rule that takes such a
+fix at face value alerts them. A true proximity is >= 60 s within the victim's radius;
 one missed (no critical proximity) counts apart (`proximity_missed_unseen`) when
 no live pair of good fixes (neither `lbs` nor acc > 100 m), paired as the literal
 rule pairs them (a tag fix taken during it and the victim's latest fix within
@@ -48,6 +51,7 @@ import orjson
 
 from tagwatch.bench.report import Progress
 from tagwatch.config import Rules
+from tagwatch.engine.evidence import SIGMA_PER_ACC
 from tagwatch.pipeline import Inbound, Pipeline
 from tagwatch.wire import Topics, parse_rfc3339
 from zones import ZoneSet, parse_case
@@ -625,7 +629,7 @@ def figures(
     by_key = defaultdict(list)
     for ep in breaches:
         by_key[(ep.tag, ep.zone)].append(ep)
-    missed, unseen, times = 0, 0, defaultdict(list)
+    missed, unseen, shallow, times = 0, 0, 0, defaultdict(list)
     flaps = 0
     dark_total = dark_ok = 0
     seen_dark = {
@@ -661,6 +665,7 @@ def figures(
         if not hits:
             if (tag, zone, t0) in seen:
                 missed += 1
+                shallow += seen[(tag, zone, t0)] <= 1.0
             else:
                 unseen += 1
         elif not seen_dark.get((tag, t0)):  # time to alert only from an entry seen live
@@ -701,6 +706,7 @@ def figures(
     out: dict = {
         "missed_visits": missed,
         "missed_visits_unseen": unseen,
+        "missed_visits_shallow": shallow,
         "false_critical_breaches": false,
         "flaps": flaps,
         "proximity_false": prox_false,
@@ -725,6 +731,7 @@ TIMES = "_times"  # the raw times to alert by interval: pooled over seeds, never
 COUNTS = (
     "missed_visits",
     "missed_visits_unseen",
+    "missed_visits_shallow",
     "false_critical_breaches",
     "flaps",
     "proximity_false",
@@ -767,9 +774,9 @@ def _uploads(tr: Truth, devices, zoneset: ZoneSet, plans) -> set:
     return out
 
 
-def _seen_live(tr: Truth, zoneset: ZoneSet, accepted) -> set:
+def _seen_live(tr: Truth, zoneset: ZoneSet, accepted) -> dict:
     """The visits (tag, zone, t0) that at least one live fix taken during them shows
-    inside their zone."""
+    inside their zone, each with the deepest such fix's depth in sigmas of its error."""
     fixes = [f for f, late in accepted if f.lat is not None and not late]
     ev = zoneset.evaluate(
         zoneset.tag_indices(f.tag for f in fixes), [f.lon for f in fixes], [f.lat for f in fixes]
@@ -777,12 +784,15 @@ def _seen_live(tr: Truth, zoneset: ZoneSet, accepted) -> set:
     inside = defaultdict(list)
     for i, z, d in zip(ev.fix.tolist(), ev.zone.tolist(), ev.distance_m.tolist(), strict=True):
         if d <= 0:
-            inside[(fixes[i].tag, zoneset.zones[z].zone_id)].append(fixes[i].ts - T0)
-    return {
-        (tag, zone, t0)
-        for tag, zone, t0, t1, _dark, _every in tr.visits
-        if any(t0 <= t <= t1 for t in inside[(tag, zone)])
-    }
+            fix = fixes[i]
+            sigmas = -d * SIGMA_PER_ACC / fix.acc
+            inside[(fix.tag, zoneset.zones[z].zone_id)].append((fix.ts - T0, sigmas))
+    seen = {}
+    for tag, zone, t0, t1, _dark, _every in tr.visits:
+        depths = [sigmas for t, sigmas in inside[(tag, zone)] if t0 <= t <= t1]
+        if depths:
+            seen[(tag, zone, t0)] = max(depths)
+    return seen
 
 
 def run(
@@ -868,6 +878,7 @@ def pooled(results: list[dict]) -> dict:
 
 ROWS = [
     ("missed_visits", "missed visits >= 2 min (a live fix inside)"),
+    ("missed_visits_shallow", "  of which inside by <= 1 sigma only"),
     ("missed_visits_unseen", "missed, no live fix inside (no rule sees)"),
     ("false_critical_breaches", "false critical breaches"),
     ("flaps", "flaps (breach ended during a true visit)"),

@@ -453,6 +453,50 @@ def test_fixes_back_on_the_track_a_multipath_jump_left_are_the_tag_not_a_run():
     assert crit and utc(crit[0].ts) <= inside + 30, [b.ts for b in r.of("zone.breach")]
 
 
+def walk_in_then(after, every=30.0, acc=8.0):
+    """A 30 s tag standing 300 m east of home (acc 8, its usual), then walking in at 1 m/s
+    (30 m a fix) to the boundary, then `after`: (signed metres from the boundary, acc)."""
+    ds = [(300.0 + (1.0 if i % 2 else -1.0), acc) for i in range(10)]
+    ds += [(300.0 - 30.0 * k, acc) for k in range(1, 10)] + [(-1.0, 10.0)]
+    ds += after
+    return [fix(T0 + every * i, at_distance(100, d), a, seq=i) for i, (d, a) in enumerate(ds)]
+
+
+# multipath moves 4 fixes of a tag standing 45 m inside home 150 m out of it (bench seed 12)
+AWAY = [(105.0, 14.7), (106.0, 10.1), (104.0, 26.8), (105.0, 24.5)]
+
+
+def test_a_fix_back_on_the_track_after_multipath_out_of_the_zone_confirms_the_visit():
+    # the walk reaches the edge (1 m in with acc 10: shallow, no evidence) and goes in;
+    # multipath puts the next 4 fixes 105 m out (out of a walk's reach: displaced), then a
+    # fix 21 m inside with acc 28.8 (unusual: the canyon's sky) lands on the walk's track,
+    # away from the run: the multipath ended, and the edge fix and this one, 150 s apart,
+    # agree on the tag. Two pieces; before, one (its acc), and the visit was missed
+    after = [*AWAY, (-21.0, 28.8), (1.6, 22.6), (37.0, 11.0), (77.0, 10.0), (119.0, 8.0)]
+    r = run(one_by_one(walk_in_then(after)))
+    breach = r.of("zone.breach")
+    assert [(b.state, b.confidence, b.ts[11:]) for b in breach] == [
+        ("open", "probable", "10:09:30Z"),
+        ("updated", "confirmed", "10:12:00Z"),
+        ("resolved", "confirmed", "10:13:30Z"),
+    ]
+
+
+def test_a_tag_that_turned_back_is_not_confirmed_by_a_fix_where_its_walk_led():
+    # the walk in turns back 60 m out: the next fixes, 60 m farther out, are off where the
+    # walk led (displaced) but within a walk of it: the tag's own move, as like as not.
+    # Then one fix of unusual acc 25 m inside, on the track the walk had: multipath on
+    # that track (bench seed 18, T-034), not the tag coming back to it: one piece
+    walk = [(300.0 - 30.0 * k, 8.0) for k in range(1, 9)]  # ... 90, 60 m out
+    ds = [(300.0 + (1.0 if i % 2 else -1.0), 8.0) for i in range(10)] + walk
+    ds += [(120.0, 8.0), (121.0, 8.0), (-25.0, 16.0), (120.0, 8.0), (119.0, 8.0), (121.0, 8.0)]
+    fixes = [fix(T0 + 30 * i, at_distance(100, d), a, seq=i) for i, (d, a) in enumerate(ds)]
+    assert [(b.state, b.confidence) for b in run(one_by_one(fixes)).of("zone.breach")] == [
+        ("open", "probable"),
+        ("resolved", "probable"),
+    ]
+
+
 def test_the_first_fix_after_a_gap_deep_inside_is_confirmed_by_itself():
     # a 120 s tag standing 300 m out, then dark for 12 minutes (its anchor is too old to
     # judge by); the first fix after the gap is 60 m inside: fresh, nothing says it is

@@ -20,31 +20,38 @@ fixes since the anchor. A new fix is judged against it:
   is where the track led before that jump: the multipath ended. It is trusted and
   becomes the anchor; without this the tag's true fixes would be a displaced run
   that traces back to the multipath, held for PERSIST_S.
+- rejoined: on the anchor's track, within the noise, it ends a displaced run that
+  jumped (its first fix beyond a walk from the anchor) and is away from where the run
+  was (_rejoins): the run was multipath that moved the fixes off the tag and ended, and
+  this fix is the tag again. It agrees with the anchor the run's span before it (past
+  the errors' correlation), so it is 2 pieces, even with an unusual acc (the sky that
+  made the multipath is still there as it ends). A run that starts within a walk may
+  be the tag's own move (a stop short of where its walk led): not rejoined.
 - coarse: `lbs` or `acc` over COARSE_M. Honest, so it counts when deep enough
   for its accuracy; it never moves the anchor.
 - fresh: no anchor to judge by (first fix, or after a gap of STALE_S), or the fix
   is farther beyond the anchor's reach than multipath moves fixes (FAR_M).
 
-`weight` turns a verdict into pieces of evidence for a fix deep inside (by more
-than one sigma of its error): 1; 2 for a slow tag's fix on its track or within
-its reach, or fresh (SLOW_S or more after the tag's previous fix: one deep,
-plausible fix is enough there), a walk on its track, or a corroborated run; 0
-for a displaced fix, except the first of a run within a walk of the anchor: 1,
-and 2 for a tag reporting every LONE_S or slower, which cannot wait for its next
-fix. A fix whose acc is markedly worse than the tag's usual (`unusual`: another
-sky, a street canyon) is worth one piece at most (the usual is learned from all the
-tag's fixes, `learn_usual`, not only the few near a zone), and when it is off the
-tag's known track by more than the noise it is displaced, even within reach: it is
-no anchor. A displaced fix holds back what it would be worth if trusted; when its
-run proves to be the tag's true motion (a straight move from its first fix to its
-last, or a walk from the anchor at every step) the fixes it held inside a zone count
-after all (zone_rules._credit). A slow tag's fix that ends up far from where the tag
-was two fixes before (`through`) shows the anchor between them on its walk: a
-probable breach of one shallow fix on a walk's track (`moving`; a slow tag's fix on
-its track, ON_TRACK, too) confirms at the exit
-(zone_rules._walked_out). Errors are correlated over tens of seconds: fixes closer
-than INDEPENDENT_S to the previous one are worth that share of a piece. Pure: state
-in, state and verdict out.
+`weight` turns a verdict into pieces of evidence for a fix deep inside (by more than
+one sigma of its error): 1; 2 for a slow tag's fix on its track or within its reach,
+or fresh (SLOW_S or more after the tag's previous fix: one deep, plausible fix is
+enough there), a walk on its track, a corroborated run, or a fix that rejoins the
+track after a run that jumped; 0 for a displaced fix, except the first of a run
+within a walk of the anchor: 1, and 2 for a tag reporting every LONE_S or slower,
+which cannot wait for its next fix. A fix whose acc is markedly worse than the tag's
+usual (`unusual`: another sky, a street canyon) is worth one piece at most unless it
+rejoins (the usual is learned from all the tag's fixes, `learn_usual`, not only the
+few near a zone), and when it is off the tag's known track by more than the noise it
+is displaced, even within reach: it is no anchor. A displaced fix holds back what it
+would be worth if trusted; when its run proves to be the tag's true motion (a
+straight move from its first fix to its last, or a walk from the anchor at every
+step) the fixes it held inside a zone count after all (zone_rules._credit). A slow
+tag's fix that ends up far from where the tag was two fixes before (`through`) shows
+the anchor between them on its walk: a probable breach of one shallow fix on a
+walk's track (`moving`; a slow tag's fix on its track, ON_TRACK, too) confirms at
+the exit (zone_rules._walked_out). Errors are correlated over tens of seconds: fixes
+closer than INDEPENDENT_S to the previous one are worth that share of a piece. Pure:
+state in, state and verdict out.
 """
 
 from __future__ import annotations
@@ -95,6 +102,9 @@ MOVING, ON_TRACK, TRUSTED, CORROBORATED, DISPLACED, DISPLACED_FIRST, COARSE, FRE
     "coarse",
     "fresh",
 )
+# the fix that ends a displaced run lands back on the anchor's track, within the noise: the
+# run was multipath, and the anchor and this fix, the run's span apart, agree on the tag
+REJOINED = "rejoined"
 
 OFF_TRACK = frozenset({DISPLACED, DISPLACED_FIRST})
 # corroborated, but its fixes lie neither on one straight move from its first to its last
@@ -154,7 +164,9 @@ def worth(verdict: str, apart: float, odd: bool = False, through: bool = False) 
     fixes is displaced at first (a walk from standing is out of its reach), but the
     fix that follows shows the move: that visit is not lost."""
     w = weight(verdict, apart)
-    if odd:  # an unusual accuracy (unusual()): one piece at most, held back or not
+    # an unusual accuracy (unusual()): one piece at most, held back or not; not when the fix
+    # rejoins the track (the sky that moved the run is still there as its multipath ends)
+    if odd and verdict != REJOINED:
         w = min(w, 1.0)
     if verdict in OFF_TRACK:
         trusted = min(weight(TRUSTED, apart), 1.0 if odd else 2.0)
@@ -180,7 +192,7 @@ def weight(verdict: str, apart: float) -> float:
         pieces = 2.0 if apart >= LONE_S else 1.0
     else:
         pieces = 2.0 if verdict in (CORROBORATED, BENT) else 1.0
-    if verdict == MOVING:
+    if verdict in (MOVING, REJOINED):  # a rejoined fix is the run's span from the anchor
         return 2.0
     # apart < 0: the previous fix was dated ahead of its arrival (DESIGN 3.2): no credit
     return pieces * min(1.0, max(apart, 0.0) / INDEPENDENT_S)
@@ -224,12 +236,15 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple, odd: bool = False) -> tuple[Mo
     ):
         # on its track: where its motion leads, without the allowance for starting off
         on_track = m.known >= 2 and off <= err + 0.5 * speed * dt
+        rejoined = bool(m.run) and m.known >= 2 and off <= err and _rejoins(m, xyz, acc)
         if odd and m.known >= 2:
             _hold(m)
         else:
             if m.run:  # it ends a displaced run: the anchor jumps (onto multipath?)
                 m.jump = (ts, *(xyz[k] - ahead[k] for k in range(3)), m.acc)
             _move(m, ts, xyz, acc, dt)
+        if rejoined:
+            return m, REJOINED
         if on_track and speed >= V_MOVING:
             return m, MOVING  # on a track that multipath would not follow
         return m, ON_TRACK if on_track else TRUSTED
@@ -239,7 +254,7 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple, odd: bool = False) -> tuple[Mo
         return m, TRUSTED
     m.run.append((ts, *xyz, acc))
     # the first fix of a run, if a walk could have got there: one piece for the run
-    first = len(m.run) == 1 and off <= (V_WALK + 0.5 * speed) * dt + err
+    first = len(m.run) == 1 and _walkable(m, ts, xyz, acc)
     if len(m.run) > RUN_MAX:
         del m.run[0]
     if _explained(m):
@@ -289,6 +304,26 @@ def _returns(m: Motion, ts: float, xyz: tuple, acc: float, ahead: tuple) -> bool
     size = math.sqrt(sum(c * c for c in jump[1:4]))
     back = math.sqrt(sum((xyz[k] - ahead[k] + jump[k + 1]) ** 2 for k in range(3)))
     return size > gate and back <= gate  # a jump beyond the noise, undone within it
+
+
+def _rejoins(m: Motion, xyz: tuple, acc: float) -> bool:
+    """The fix, on the anchor's track, ends a displaced run that jumped: the run's first fix
+    lay beyond a walk from the anchor, and this fix is away from where the run was. The
+    run was multipath (it moved the fixes off the tag and ended), and this fix is the tag
+    again where its track led. A run that starts within a walk may be the tag's own move
+    (it stopped short of where its walk led), and multipath on that track can fake the
+    fix that seems to come back to it."""
+    first = m.run[0]
+    return not _goes_on(m.run[-1], xyz, acc) and not _walkable(m, first[0], first[1:4], first[4])
+
+
+def _walkable(m: Motion, ts: float, xyz: tuple, acc: float) -> bool:
+    """A walk from the anchor, along its track, could have got to the fix by `ts`."""
+    dt = ts - m.ts
+    speed = math.sqrt(m.vx * m.vx + m.vy * m.vy + m.vz * m.vz)
+    ahead = (m.x + m.vx * dt, m.y + m.vy * dt, m.z + m.vz * dt)
+    off = _to_segment(xyz, (m.x, m.y, m.z), ahead)
+    return off <= (V_WALK + 0.5 * speed) * dt + GATE_K * math.hypot(acc, m.acc)
 
 
 def _goes_on(last: tuple, xyz: tuple, acc: float) -> bool:

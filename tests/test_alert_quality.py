@@ -600,6 +600,7 @@ def test_bench_quality_small_set_beats_the_naive_rules_and_meets_45_s_closed_loo
     # the others are counted apart, for every rule alike
     assert literal["missed_visits"] == 0
     assert mine["missed_visits_unseen"] == literal["missed_visits_unseen"]
+    assert mine["missed_visits_silent"] == 0  # a live fix inside opens a probable breach
     # the same for proximity: a live pair of good fixes within the radius is critical for
     # the literal rule; a proximity no such pair shows counts apart for every rule
     assert literal["proximity_missed"] == 0
@@ -678,6 +679,29 @@ def test_bench_quality_a_visit_seen_live_carries_its_deepest_fix_in_sigmas():
     assert set(seen) == {(plan.tag, name, 100.0), (plan.tag, name, 900.0)}
     assert seen[(plan.tag, name, 100.0)] == pytest.approx(3.0 * 1.515 / 24.0, rel=0.02)
     assert seen[(plan.tag, name, 900.0)] == pytest.approx(12.0 * 1.515 / 9.0, rel=0.02)
+
+
+def test_bench_quality_a_missed_visit_with_no_breach_open_at_all_is_silent():
+    """Missed: no critical breach by the visit's end + one interval. Silent as well: not
+    even a probable breach was open during it."""
+    from tagwatch.bench import quality
+
+    plan = quality._plan(np.random.default_rng(3), 0)
+    plan.gaps = []
+    every = plan.interval
+    visits = [(plan.tag, "a", t0, t0 + 300.0, False, every) for t0 in (1000.0, 3000.0, 5000.0)]
+    far = (np.array([0.0, 1e6]), np.array([1e4, 1e4]))
+    truth = quality.Truth(visits, {(plan.tag, "a"): far}, {plan.tag: far})
+    breaches = [
+        quality.Episode(plan.tag, "a", 1050.0, None, 1400.0),  # probable only: missed
+        quality.Episode(plan.tag, "a", 2000.0, None, 2500.0),  # ended before the visit
+        quality.Episode(plan.tag, "a", 5100.0, 5130.0, None),  # confirmed: not missed
+    ]
+    seen = {(plan.tag, "a", t0): 2.0 for t0 in (1000.0, 3000.0)} | {(plan.tag, "a", 5000.0): 0.5}
+    fig = quality.figures(truth, [plan], breaches, [], [], set(), seen, {})
+    assert fig["missed_visits"] == 2
+    assert fig["missed_visits_silent"] == 1  # the visit at 3000 s
+    assert fig["missed_visits_shallow"] == 0  # the shallow one was confirmed
 
 
 def test_bench_quality_pools_several_seeds_counts_summed_and_times_pooled():

@@ -21,7 +21,8 @@ their error) cannot be alerted live by any rule and counts apart
 (`missed_visits_unseen`); of the missed visits, those whose live fixes inside were
 all within their own error of the edge (inside by at most acc / 1.515, one sigma: as
 likely outside) are counted too (`missed_visits_shallow`): only a rule that takes such a
-fix at face value alerts them. A true proximity is >= 60 s within the victim's radius;
+fix at face value alerts them; and those no breach was open for at all, not even a
+probable one (`missed_visits_silent`). A true proximity is >= 60 s within the victim's radius;
 one missed (no critical proximity) counts apart (`proximity_missed_unseen`) when
 no live pair of good fixes (neither `lbs` nor acc > 100 m), paired as the literal
 rule pairs them (a tag fix taken during it and the victim's latest fix within
@@ -629,7 +630,7 @@ def figures(
     by_key = defaultdict(list)
     for ep in breaches:
         by_key[(ep.tag, ep.zone)].append(ep)
-    missed, unseen, shallow, times = 0, 0, 0, defaultdict(list)
+    missed, unseen, shallow, silent, times = 0, 0, 0, 0, defaultdict(list)
     flaps = 0
     dark_total = dark_ok = 0
     seen_dark = {
@@ -666,6 +667,10 @@ def figures(
             if (tag, zone, t0) in seen:
                 missed += 1
                 shallow += seen[(tag, zone, t0)] <= 1.0
+                silent += not any(
+                    ep.opened <= t1 + every and (ep.closed is None or ep.closed >= t0)
+                    for ep in eps
+                )
             else:
                 unseen += 1
         elif not seen_dark.get((tag, t0)):  # time to alert only from an entry seen live
@@ -707,6 +712,7 @@ def figures(
         "missed_visits": missed,
         "missed_visits_unseen": unseen,
         "missed_visits_shallow": shallow,
+        "missed_visits_silent": silent,
         "false_critical_breaches": false,
         "flaps": flaps,
         "proximity_false": prox_false,
@@ -732,6 +738,7 @@ COUNTS = (
     "missed_visits",
     "missed_visits_unseen",
     "missed_visits_shallow",
+    "missed_visits_silent",
     "false_critical_breaches",
     "flaps",
     "proximity_false",
@@ -879,6 +886,7 @@ def pooled(results: list[dict]) -> dict:
 ROWS = [
     ("missed_visits", "missed visits >= 2 min (a live fix inside)"),
     ("missed_visits_shallow", "  of which inside by <= 1 sigma only"),
+    ("missed_visits_silent", "  of which not even probable"),
     ("missed_visits_unseen", "missed, no live fix inside (no rule sees)"),
     ("false_critical_breaches", "false critical breaches"),
     ("flaps", "flaps (breach ended during a true visit)"),

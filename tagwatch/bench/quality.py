@@ -848,6 +848,8 @@ def run(
 LOOP_KEYS = (
     "missed_visits",
     "missed_visits_unseen",
+    "missed_visits_shallow",
+    "missed_visits_silent",
     "false_critical_breaches",
     "time_to_alert_median_s",
     "time_to_alert_p95_s",
@@ -923,7 +925,8 @@ def print_text(result: dict) -> None:
             f"closed loop (30 s and 60 s tags obeying rate, {LOOP_HOURS:g} h): time to alert p95 "
             f"{_cell(loop['time_to_alert_p95_s'])} s "
             f"(30 s tags {_cell(loop['time_to_alert_p95_s_30'])},"
-            f" 60 s tags {_cell(loop['time_to_alert_p95_s_60'])}), missed {loop['missed_visits']},"
+            f" 60 s tags {_cell(loop['time_to_alert_p95_s_60'])}), missed {loop['missed_visits']}"
+            f" ({loop['missed_visits_shallow']} shallow, {loop['missed_visits_silent']} silent),"
             f" false {loop['false_critical_breaches']}"
         )
 

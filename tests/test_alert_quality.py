@@ -603,6 +603,22 @@ def test_a_walk_in_and_on_out_is_confirmed_by_the_fix_that_ends_its_displaced_ru
     assert log[:2] == [("open", "probable", "10:10:00Z"), ("updated", "confirmed", "10:13:00Z")]
 
 
+def test_a_run_of_fixes_seconds_apart_does_not_show_a_walk_on():
+    from tagwatch.engine import evidence
+    from tagwatch.engine.state import Motion
+
+    # a tag standing at the origin (anchor at 0 s, the one before at -60 s); a displaced
+    # run from 150 m out to 230 m out, 250 m from the anchor: beyond multipath's reach
+    m = Motion(0.0, 0.0, 0.0, 0.0, 10.0, known=5, back=(-60.0, 0.0, 0.0, 0.0, 10.0))
+    m.run = [(70.0, 150.0, 0.0, 0.0, 25.0), (100.0, 190.0, 0.0, 0.0, 25.0)]
+    m.run.append((130.0, 230.0, 0.0, 0.0, 25.0))
+    assert evidence._walks_on(m)  # 40 m in 30 s: a walk
+    # the same 50 m steps 5 s apart (a tag asked to report fast, a drive under multipath):
+    # within a walk only by the noise of acc 25 fixes, which hides any walk
+    m.run = [(70.0 + 5 * i, 150.0 + 50 * i, 0.0, 0.0, 25.0) for i in range(3)]
+    assert not evidence._walks_on(m)
+
+
 @pytest.mark.parametrize(
     "after",
     [

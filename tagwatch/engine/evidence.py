@@ -351,8 +351,10 @@ def _walks_on(m: Motion) -> bool:
     it, then comes back), and a walk could have made every step of it, from the anchor,
     from the anchor before it (the anchor was a multipath fix on the tag's track: bench
     seed 16, T-007), or from the anchor to its second fix (its first was multipath: seed
-    18, T-028). One fix alone does not show a walk: two at least."""
+    18, T-028). One fix alone does not show a walk: two at least, RUN_SPAN_S apart."""
     anchor, run = _anchor(m), m.run
+    if run[-1][0] - run[0][0] < RUN_SPAN_S:
+        return False  # fixes seconds apart: their noise hides whether they walked
     if math.dist(run[-1][1:4], anchor[1:4]) <= MULTIPATH_M + _noise(run[-1], anchor):
         return False
     starts = ((anchor, run), (m.back, run), (anchor, run[1:]))

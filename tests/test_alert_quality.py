@@ -8,6 +8,8 @@ victim V-1 with device VD-1 (mobile radius 500 m).
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 import numpy as np
 import pytest
@@ -586,6 +588,94 @@ def test_a_slow_tag_that_stopped_outside_is_not_confirmed_when_its_fix_inside_co
     # inside (where its walk led: on its track), the one after is back where it stood.
     # Not a walk through the zone: the probable breach resolves unconfirmed
     assert _breach_states([560, 392, 224, 60, -5, 57, 61, 58, 60]) == NEVER_CONFIRMED
+
+
+# -- displaced runs that are the tag walking on (issue 17: bench seeds 16, 18, 6) -------------
+
+
+def en(east: float, north: float) -> tuple[float, float]:
+    """The point `east`, `north` metres from home's centre (home: radius 100 m)."""
+    return offset(CENTRE, math.degrees(math.atan2(east, north)), math.hypot(east, north))
+
+
+def path(points: list[tuple[float, float]], every: float = 60.0, acc: float = 9.0) -> list[dict]:
+    return [fix(T0 + every * i, en(e, n), acc, seq=i) for i, (e, n) in enumerate(points)]
+
+
+def breach_log(points: list[tuple[float, float]]) -> list[tuple[str, str, str]]:
+    r = run(one_by_one(path(points)))
+    return [(b.state, b.confidence, b.ts[11:]) for b in r.of("zone.breach")]
+
+
+STAND_WEST = [(-160.0 + (2.0 if i % 2 else -2.0), 0.0) for i in range(10)]  # 60 m out
+
+
+def test_a_walk_in_whose_first_fix_inside_was_multipath_is_confirmed_as_it_walks_on():
+    # a 60 s tag standing 60 m west of home walks east through it at 1.4 m/s. Its first
+    # fix inside is multipath, 143 m from where it stood (beyond a walk in 60 s): the fixes
+    # after it move with it, one displaced run that no straight move explains. From where
+    # it stood a walk could have made every step of the run but that first fix, and its
+    # third fix is 244 m from there, farther than multipath moves a fix: the tag walked
+    # on, and the fixes the run held inside count (bench seed 18, T-028)
+    walk = [(-30.0, -60.0), (0.0, 0.0), (84.0, 0.0), (168.0, 0.0), (252.0, 0.0), (336.0, 0.0)]
+    log = breach_log(STAND_WEST + walk)
+    assert log[:2] == [("open", "probable", "10:10:00Z"), ("updated", "confirmed", "10:12:00Z")]
+
+
+def test_a_walk_in_after_a_multipath_fix_on_its_track_is_confirmed_by_the_run_inside():
+    # a 60 s tag walks east at 1.4 m/s; the fix 36 m inside is multipath 106 m behind, on
+    # its track (a slowing walk): the anchor. The tag stands 80 m inside for 4 minutes: a
+    # displaced run 190 m from that anchor, beyond a walk. From the fix before it (the
+    # anchor before) a walk could have made every step, and the run is farther from the
+    # anchor than multipath moves a fix (bench seed 16, T-007)
+    walk = [(-484.0 + 84.0 * i, 0.0) for i in range(5)] + [(-170.0, 20.0)]
+    stand = [(20.0, 0.0), (22.0, 3.0), (18.0, -2.0), (20.0, 1.0)]
+    log = breach_log(walk + stand + [(104.0, 0.0), (188.0, 0.0), (272.0, 0.0)])
+    assert log[:2] == [("open", "probable", "10:06:00Z"), ("updated", "confirmed", "10:07:00Z")]
+
+
+def test_a_walk_in_and_on_out_is_confirmed_by_the_fix_that_ends_its_displaced_run():
+    # a 60 s tag standing 60 m east of home walks 84 m in (a walk, out of a standing tag's
+    # reach: one piece), stands 2 minutes inside (its fixes go on with the first: held
+    # back), then walks out south: its next fix, 12 m outside, is within reach of where it
+    # stood, so it ends the run. It is where a walk through the run leads and farther from
+    # where the tag stood than the run's first fix: the tag went on, it did not come back
+    # where it stood, so the run was true (bench seed 6, T-004)
+    stand = [(160.0 + (2.0 if i % 2 else -2.0), 0.0) for i in range(10)]
+    visit = [(76.0, 0.0), (72.0, -4.0), (70.0, -6.0), (60.0, -95.0), (40.0, -180.0)]
+    log = breach_log(stand + visit + [(20.0, -265.0)])
+    assert log[:2] == [("open", "probable", "10:10:00Z"), ("updated", "confirmed", "10:13:00Z")]
+
+
+def test_a_run_of_fixes_seconds_apart_does_not_show_a_walk_on():
+    from tagwatch.engine import evidence
+    from tagwatch.engine.state import Motion
+
+    # a tag standing at the origin (anchor at 0 s, the one before at -60 s); a displaced
+    # run from 150 m out to 230 m out, 250 m from the anchor: beyond multipath's reach
+    m = Motion(0.0, 0.0, 0.0, 0.0, 10.0, known=5, back=(-60.0, 0.0, 0.0, 0.0, 10.0))
+    m.run = [(70.0, 150.0, 0.0, 0.0, 25.0), (100.0, 190.0, 0.0, 0.0, 25.0)]
+    m.run.append((130.0, 230.0, 0.0, 0.0, 25.0))
+    assert evidence._walks_on(m)  # 40 m in 30 s: a walk
+    # the same 50 m steps 5 s apart (a tag asked to report fast, a drive under multipath):
+    # within a walk only by the noise of acc 25 fixes, which hides any walk
+    m.run = [(70.0 + 5 * i, 150.0 + 50 * i, 0.0, 0.0, 25.0) for i in range(3)]
+    assert not evidence._walks_on(m)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        # two multipath episodes in turn, the second moving the run 85 m on: every run fix
+        # stays within multipath's reach (150 m) of where the tag stood, then it is back
+        [(-40.0, 30.0), (-40.0, -50.0), (-45.0, -55.0)] + [(-160.0, 0.0)] * 4,
+        # one episode, and as it ends the tag walks off west: back nearer where it stood
+        # than the run was, not on through it
+        [(-20.0, 0.0), (-22.0, 2.0), (-230.0, 10.0), (-314.0, 10.0), (-398.0, 10.0)],
+    ],
+)
+def test_a_standing_tags_multipath_run_is_not_taken_for_a_walk_on(after):
+    assert [(state, conf) for state, conf, _ in breach_log(STAND_WEST + after)] == NEVER_CONFIRMED
 
 
 # -- 6. the benchmark: open loop beside the naive rules, closed loop with rate ----------------

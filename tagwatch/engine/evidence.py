@@ -13,8 +13,14 @@ fixes since the anchor. A new fix is judged against it:
   gather in a run; a run of fixes moving together is one piece of evidence, not
   several: only its first fix counts, and only if a walk could have got there.
 - corroborated: the run is explained, by motion (traced back at its own
-  velocity it starts at the anchor: the tag really moved) or by lasting longer
-  than multipath does (PERSIST_S). Its last fix becomes the anchor.
+  velocity it starts at the anchor: the tag really moved), by lasting longer
+  than multipath does (PERSIST_S), or by walking on (_walks_on: a walk could have
+  made every step and it got farther from the anchor than multipath moves a fix).
+  Its last fix becomes the anchor.
+- walked: a fix within reach that ends a displaced run, where a walk from the
+  anchor through the run leads, farther from the anchor than the run's first fix
+  (_went_on): the tag went on, it did not come back where it stood. Trusted, and
+  the run proved true.
 - returned: a fix that ended a displaced run moved the anchor off its track (a
   jump: onto multipath, as like as not), and this fix, less than PERSIST_S later,
   is where the track led before that jump: the multipath ended. It is trusted and
@@ -44,18 +50,19 @@ rejoins (the usual is learned from all the tag's fixes, `learn_usual`, not only 
 few near a zone), and when it is off the tag's known track by more than the noise it
 is displaced, even within reach: it is no anchor. A displaced fix holds back what it
 would be worth if trusted; when its run proves to be the tag's true motion (a
-straight move from its first fix to its last, or a walk from the anchor at every
-step) the fixes it held inside a zone count after all (zone_rules._credit). A slow
-tag's fix that ends up far from where the tag was two fixes before (`through`) shows
-the anchor between them on its walk: a probable breach of one shallow fix on a
-walk's track (`moving`; a slow tag's fix on its track, ON_TRACK, too) confirms at
-the exit (zone_rules._walked_out). Errors are correlated over tens of seconds: fixes
-closer than INDEPENDENT_S to the previous one are worth that share of a piece. Pure:
-state in, state and verdict out.
+straight move from its first fix to its last, a walk from the anchor at every step,
+or a walk on: `corroborated`, `walked`) the fixes it held inside a zone count after
+all (zone_rules._credit). A slow tag's fix that ends up far from where the tag was
+two fixes before (`through`) shows the anchor between them on its walk: a probable
+breach of one shallow fix on a walk's track (`moving`; a slow tag's fix on its
+track, ON_TRACK, too) confirms at the exit (zone_rules._walked_out). Errors are
+correlated over tens of seconds: fixes closer than INDEPENDENT_S to the previous one
+are worth that share of a piece. Pure: state in, state and verdict out.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -91,6 +98,9 @@ USUAL_N = 10
 # beyond the anchor's reach is the tag's true position after a move the model did not see
 # (a drive that slowed, a turn), not a displaced one: the model starts afresh from it
 FAR_M = 400.0
+# how far multipath moves a fix (issue 17: 30-150 m): a run of fixes a walk could have made
+# that gets farther than this from where the tag stood is the tag walking on (_walks_on)
+MULTIPATH_M = 150.0
 
 MOVING, ON_TRACK, TRUSTED, CORROBORATED, DISPLACED, DISPLACED_FIRST, COARSE, FRESH = (
     "moving",
@@ -111,6 +121,8 @@ OFF_TRACK = frozenset({DISPLACED, DISPLACED_FIRST})
 # nor on a walk from the anchor (a multipath run that ended as the tag moved on): its last
 # fix is the tag's position, but the fixes it held back are not shown true
 BENT = "corroborated_bent"
+# trusted, and it ends a displaced run as a walk through it that went on: the run is true
+WALKED = "walked"
 
 
 def coarse(fix: Fix) -> bool:
@@ -174,7 +186,8 @@ def worth(verdict: str, apart: float, odd: bool = False, through: bool = False) 
     # a slow tag's fix on its track counts to a walk too: at its pace the track is
     # known only roughly, and the exit fix must show the walk went on (`through`)
     moving = (verdict == MOVING or (verdict == ON_TRACK and apart >= SLOW_S)) and not odd
-    return Worth(w, False, 0.0, verdict == CORROBORATED, moving, through and w > 0)
+    corroborated = verdict in (CORROBORATED, WALKED)
+    return Worth(w, False, 0.0, corroborated, moving, through and w > 0)
 
 
 def weight(verdict: str, apart: float) -> float:
@@ -183,7 +196,7 @@ def weight(verdict: str, apart: float) -> float:
     closer together than INDEPENDENT_S are worth that much less each."""
     if verdict == DISPLACED:
         return 0.0
-    if verdict in (MOVING, ON_TRACK, TRUSTED) or (verdict == FRESH and apart < math.inf):
+    if verdict in (MOVING, ON_TRACK, TRUSTED, WALKED) or (verdict == FRESH and apart < math.inf):
         # a fresh fix after a minute or more (a slow tag, or the first fix after a gap):
         # nothing to judge it by, so as plausible as a slow tag's fix within its reach.
         # The first fix a tag ever sends (no previous one) stays one piece.
@@ -237,16 +250,20 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple, odd: bool = False) -> tuple[Mo
         # on its track: where its motion leads, without the allowance for starting off
         on_track = m.known >= 2 and off <= err + 0.5 * speed * dt
         rejoined = bool(m.run) and m.known >= 2 and off <= err and _rejoins(m, xyz, acc)
+        went_on = False
         if odd and m.known >= 2:
             _hold(m)
         else:
             if m.run:  # it ends a displaced run: the anchor jumps (onto multipath?)
+                went_on = _went_on(m, (ts, *xyz, acc))
                 m.jump = (ts, *(xyz[k] - ahead[k] for k in range(3)), m.acc)
             _move(m, ts, xyz, acc, dt)
         if rejoined:
             return m, REJOINED
         if on_track and speed >= V_MOVING:
             return m, MOVING  # on a track that multipath would not follow
+        if went_on:
+            return m, WALKED
         return m, ON_TRACK if on_track else TRUSTED
     if _returns(m, ts, xyz, acc, ahead):
         m.ts, m.x, m.y, m.z, m.acc = ts, *xyz, acc  # the velocity stays: it moved with the tag
@@ -257,10 +274,11 @@ def judge(m: Motion | None, fix: Fix, xyz: tuple, odd: bool = False) -> tuple[Mo
     first = len(m.run) == 1 and _walkable(m, ts, xyz, acc)
     if len(m.run) > RUN_MAX:
         del m.run[0]
-    if _explained(m):
+    walks = _walks_on(m)
+    if walks or _explained(m):
         last = m.run[-1]
         first = m.run[0]
-        verdict = CORROBORATED if _straight(m.run) or _walked(m) else BENT
+        verdict = CORROBORATED if walks or _straight(m.run) or _walked(m) else BENT
         span = last[0] - first[0]
         if span > 0:
             m.vx, m.vy, m.vz = ((last[k] - first[k]) / span for k in (1, 2, 3))
@@ -350,14 +368,51 @@ def _straight(run: list) -> bool:
 def _walked(m: Motion) -> bool:
     """A walk from the anchor could have made every step of the run (it walked in,
     stood, walked on): multipath that jumps faster than a walk did not."""
-    prev = (m.ts, m.x, m.y, m.z, m.acc)
-    for step in m.run:
+    return _walk([_anchor(m), *m.run])
+
+
+def _walk(fixes: list) -> bool:
+    """A walk could have made every step from one fix (ts, x, y, z, acc) to the next."""
+    for prev, step in itertools.pairwise(fixes):
         dt = step[0] - prev[0]
-        err = GATE_K * math.hypot(max(step[4], ACC_FLOOR), max(prev[4], ACC_FLOOR))
-        if dt <= 0 or math.dist(prev[1:4], step[1:4]) > V_WALK * dt + err:
+        if dt <= 0 or math.dist(prev[1:4], step[1:4]) > V_WALK * dt + _noise(step, prev):
             return False
-        prev = step
     return True
+
+
+def _walks_on(m: Motion) -> bool:
+    """The run is the tag walking on: its last fix is farther from the anchor than
+    multipath moves a fix (a standing tag's multipath run stays within MULTIPATH_M of
+    it, then comes back), and a walk could have made every step of it, from the anchor,
+    from the anchor before it (the anchor was a multipath fix on the tag's track: bench
+    seed 16, T-007), or from the anchor to its second fix (its first was multipath: seed
+    18, T-028). One fix alone does not show a walk: two at least, RUN_SPAN_S apart."""
+    anchor, run = _anchor(m), m.run
+    if run[-1][0] - run[0][0] < RUN_SPAN_S:
+        return False  # fixes seconds apart: their noise hides whether they walked
+    if math.dist(run[-1][1:4], anchor[1:4]) <= MULTIPATH_M + _noise(run[-1], anchor):
+        return False
+    starts = ((anchor, run), (m.back, run), (anchor, run[1:]))
+    return any(a is not None and len(r) >= 2 and _walk([a, *r]) for a, r in starts)
+
+
+def _went_on(m: Motion, end: tuple) -> bool:
+    """The fix `end`, within reach, ends the displaced run as a walk from the anchor
+    through the run would, and farther from the anchor than the run's first fix: the
+    tag walked in and on (bench seed 6, T-004). Multipath over a standing tag ends
+    with the fixes back where it stood."""
+    anchor = _anchor(m)
+    far = math.dist(m.run[0][1:4], anchor[1:4])
+    return math.dist(end[1:4], anchor[1:4]) > far and _walk([anchor, *m.run, end])
+
+
+def _anchor(m: Motion) -> tuple:
+    return (m.ts, m.x, m.y, m.z, m.acc)
+
+
+def _noise(a: tuple, b: tuple) -> float:
+    """The gate of two fixes' error (ts, x, y, z, acc), each acc at least ACC_FLOOR."""
+    return GATE_K * math.hypot(max(a[4], ACC_FLOOR), max(b[4], ACC_FLOOR))
 
 
 def _explained(m: Motion) -> bool:

@@ -794,6 +794,22 @@ def test_bench_quality_a_missed_visit_with_no_breach_open_at_all_is_silent():
     assert fig["missed_visits_shallow"] == 0  # the shallow one was confirmed
 
 
+def test_bench_quality_a_dark_visit_counts_only_once_its_upload_was_sent():
+    """A gap at the end of the run is never uploaded: no rule can raise its late breach."""
+    from types import SimpleNamespace
+
+    from tagwatch.bench import quality
+
+    plan = quality._plan(np.random.default_rng(3), 0)
+    name, x, y, _r = plan.zones[0]
+    visits = [(plan.tag, name, t0, t0 + 300.0, True, 60.0) for t0 in (100.0, 900.0)]
+    truth = quality.Truth(visits, {}, {})
+    taken = [(200.0, x, y, True), (1000.0, x, y, True)]  # both buffered, at the zone's centre
+    device = SimpleNamespace(taken=taken, uploaded=500.0)  # the second gap's upload never came
+    uploads = quality._uploads(truth, {plan.tag: device}, None, [plan])
+    assert uploads == {(plan.tag, name, 100.0, 400.0)}
+
+
 def test_bench_quality_pools_several_seeds_counts_summed_and_times_pooled():
     from tagwatch.bench import quality
 

@@ -276,6 +276,7 @@ class TagDevice:
         self.buffer: list[dict] = []
         self.upload_in = 0  # live fixes until the buffer goes
         self.taken: list[tuple[float, float, float, bool]] = []  # t, x, y (sent), buffered
+        self.uploaded = -math.inf  # buffered fixes taken up to this time have been sent
 
     def _gap(self, t: float) -> tuple[float, float, int] | None:
         return next((g for g in self.plan.gaps if g[0] <= t < g[1]), None)
@@ -320,6 +321,7 @@ class TagDevice:
                 order = rng.permutation(len(self.buffer))
                 out.append(orjson.dumps([self.buffer[k] for k in order]))
                 self.buffer = []
+                self.uploaded = t
         return out
 
     def command(self, payload: bytes, now: float) -> None:
@@ -655,8 +657,11 @@ def figures(
         if dark:  # its late breach, unless a confirmed breach covers it already
             if (tag, zone, t0, t1) in uploads:
                 dark_total += 1
+                # one late breach a run of late fixes inside: a run may start at a fix
+                # that error put inside before the true entry, in the same gap
+                start = min([g0 for g0, g1, _u in gaps[tag] if g0 < t1 and g1 > t0] + [t0])
                 if hits or any(
-                    lt == tag and lz == zone and t0 - every <= ts <= t1 + every
+                    lt == tag and lz == zone and start - every <= ts <= t1 + every
                     for lt, lz, ts in late
                 ):
                     dark_ok += 1
@@ -765,7 +770,8 @@ def _pct(values, q) -> float | None:
 
 
 def _uploads(tr: Truth, devices, zoneset: ZoneSet, plans) -> set:
-    """Dark visits whose buffered fixes show the tag inside the zone (the upload proves it)."""
+    """Dark visits whose buffered fixes show the tag inside the zone (the upload proves it),
+    if the upload came before the run ended (a gap at its end is never uploaded)."""
     out = set()
     plan_of = {p.tag: p for p in plans}
     for tag, zone, t0, t1, dark, _every in tr.visits:
@@ -773,8 +779,9 @@ def _uploads(tr: Truth, devices, zoneset: ZoneSet, plans) -> set:
             continue
         p = plan_of[tag]
         _n, cx, cy, r = next(z for z in p.zones if z[0] == zone)
+        sent = min(t1, devices[tag].uploaded)
         if any(
-            buffered and t0 <= t <= t1 and math.hypot(x - cx, y - cy) <= r
+            buffered and t0 <= t <= sent and math.hypot(x - cx, y - cy) <= r
             for t, x, y, buffered in devices[tag].taken
         ):
             out.add((tag, zone, t0, t1))

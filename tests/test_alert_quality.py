@@ -810,6 +810,28 @@ def test_bench_quality_a_dark_visit_counts_only_once_its_upload_was_sent():
     assert uploads == {(plan.tag, name, 100.0, 400.0)}
 
 
+def test_bench_quality_a_late_breach_from_the_same_gap_covers_a_dark_visit():
+    """A run of late fixes inside can start at a fix that error put inside before the true
+    entry: its late breach, opened in the visit's gap, covers the visit; one opened in an
+    earlier gap does not."""
+    from tagwatch.bench import quality
+
+    plan = quality._plan(np.random.default_rng(3), 0)
+    plan.gaps = [(500.0, 700.0, 1), (800.0, 1500.0, 1)]
+    visit = (plan.tag, "a", 1000.0, 1300.0, True, 60.0)
+    far = (np.array([0.0, 1e6]), np.array([1e4, 1e4]))
+    truth = quality.Truth([visit], {(plan.tag, "a"): far}, {plan.tag: far})
+    uploads = {visit[:4]}
+
+    def covered(late_at: float) -> int:
+        late = [(plan.tag, "a", late_at)]
+        fig = quality.figures(truth, [plan], [], late, [], uploads, {}, {})
+        return fig["dark_visits_late_breach"]
+
+    assert covered(850.0) == 1  # in the visit's gap, 150 s before the entry
+    assert covered(600.0) == 0  # an earlier gap's late run
+
+
 def test_bench_quality_pools_several_seeds_counts_summed_and_times_pooled():
     from tagwatch.bench import quality
 

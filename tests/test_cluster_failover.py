@@ -288,6 +288,39 @@ def test_a_zombie_commits_and_publishes_nothing_and_leaves_the_session_alone(
         pub.close()
 
 
+def test_an_alert_its_dead_owner_left_unpublished_goes_out_when_its_partition_is_taken(
+    tmp_path: Path, cluster, pg
+) -> None:
+    """A worker killed between committing an alert and publishing it leaves the row in the
+    outbox. The worker that takes the partition publishes it at once: it used to wait for
+    its own next alert to wake its publisher (in CI a rolling restart's last breach was
+    not out 30 s later; with no traffic it never went)."""
+    from tagwatch.daemon.effects import MQTT
+    from tagwatch.ingest.leases import Leases
+    from tagwatch.record import Batch, OutboxItem, Record
+
+    topic = f"{PREFIX}/alerts/C-0001"
+    body = {"topic": topic, "payload": json.dumps({"id": "left-by-w0"})}
+    record = Record.open(pg.url)
+    try:
+        leases = Leases(pg.url, "w0", cluster.partitions, TTL_S)
+        leases.setup()  # the outbox's partition column
+        leases.close()
+        row = OutboxItem("left-by-w0", MQTT, topic, body, time.time(), partition=1)
+        record.commit(Batch(outbox=[row]), time.time())
+    finally:
+        record.close()
+    col = Collector(cluster.mqtt_url(1), f"{PREFIX}/alerts/#")
+    w1 = _worker(tmp_path, cluster, pg, "w1").start()
+    try:
+        w1.wait_ready()
+        col.wait_for(lambda ms: any(b"left-by-w0" in m[1] for m in ms), 30,
+                     "the row left by the dead owner published")
+    finally:
+        w1.stop()
+        col.close()
+
+
 def _unacknowledged(cluster: NatsCluster) -> int:
     """Messages NATS delivered to an MQTT session and holds unacknowledged (its
     $MQTT_msgs consumers' num_ack_pending, as the node leading them sees it)."""

@@ -624,8 +624,17 @@ class ClusterDaemon(Daemon):
             self._configure()
             self.pipeline.restore(points)
         served.task = asyncio.create_task(self._serve_partition(served), name=f"partition-{p}")
+        self._rows_left_behind()
         log.info("partition_taken", partition=p, epoch=epoch, cases=sorted(new),
                  checkpoints=len(points))
+
+    def _rows_left_behind(self) -> None:
+        """What the partition's last owner committed and did not send (it died between
+        its commit and its publish) is this worker's to send now: its publisher and its
+        dispatcher wake on their own only for new work, and a quiet partition has none."""
+        if self.publisher is not None:
+            self.publisher.wake.set()
+        self.dispatch_wake.set()
 
     def _lost_soon(self, p: int, why: str) -> None:
         """From inside a unit of work (self._work held): stop the partition's batches

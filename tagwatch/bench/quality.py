@@ -52,7 +52,7 @@ import orjson
 
 from tagwatch.bench.report import Progress
 from tagwatch.config import Rules
-from tagwatch.engine.evidence import SIGMA_PER_ACC
+from tagwatch.engine.evidence import COARSE_M, SIGMA_PER_ACC
 from tagwatch.pipeline import Inbound, Pipeline
 from tagwatch.wire import Topics, parse_rfc3339
 from zones import ZoneSet, parse_case
@@ -63,7 +63,7 @@ LOOP_HOURS = 3.0  # the closed loop goes fix by fix (rate commands): the first h
 TAGS = 42
 INTERVALS = (30.0, 60.0, 120.0)
 RADIUS_V = 300.0  # the victims' mobile_radius_m
-GOOD_ACC_M = 100.0  # a fix of larger acc (or `lbs`) cannot show a proximity by itself
+GOOD_ACC_M = COARSE_M  # a fix of larger acc (or `lbs`) cannot show a proximity by itself
 VICTIM_EVERY_S = 60.0
 WALK, DRIVE = 1.4, 11.0
 VISIT_MIN_S, MUST_ALERT_S = 60.0, 120.0

@@ -630,8 +630,9 @@ class ClusterDaemon(Daemon):
 
     def _rows_left_behind(self) -> None:
         """What the partition's last owner committed and did not send (it died between
-        its commit and its publish) is this worker's to send now: its publisher and its
-        dispatcher wake on their own only for new work, and a quiet partition has none."""
+        its commit and its publish) is this worker's to send now. The publisher wakes on
+        its own only for new work, and a quiet partition has none; the dispatcher polls
+        (poll_s) but sends the SMS and calls left behind now rather than at its next poll."""
         if self.publisher is not None:
             self.publisher.wake.set()
         self.dispatch_wake.set()
